@@ -1,0 +1,55 @@
+# Pi Platform developer entry points. Uses .venv/bin/... directly: no activation needed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+BUF         := node_modules/.bin/buf
+PY_STAMP    := $(VENV)/.setup-stamp
+NODE_STAMP  := node_modules/.setup-stamp
+LINT_PATHS  := pi tests scripts
+
+.PHONY: help setup proto lint test run bench clean
+
+help: ## Show the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv (pinned deps) and node_modules (buf). Idempotent.
+
+$(PY_STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+proto: $(PY_STAMP) ## Regenerate generated/ from protos/ (Python stubs, descriptor set, OpenAPI).
+	$(PY) scripts/gen_protos.py
+
+lint: setup ## ruff, ruff format --check, mypy, buf lint (runs all, fails if any fails).
+	@status=0; \
+	echo "+ ruff check"; $(VENV)/bin/ruff check $(wildcard $(LINT_PATHS)) || status=1; \
+	echo "+ ruff format --check"; $(VENV)/bin/ruff format --check $(wildcard $(LINT_PATHS)) || status=1; \
+	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "+ buf lint"; $(BUF) lint && echo "buf lint: ok" || status=1; \
+	exit $$status
+
+test: setup ## Run the whole test suite against local PostgreSQL and Redis.
+	scripts/ensure-services.sh
+	$(VENV)/bin/pytest
+
+run: setup ## Start the mesh (three services + Envoy) locally.
+	$(PY) -m pi.launcher
+
+bench: setup ## Load-test the mesh (not implemented yet).
+	@# TODO(edge/perf): call `$(PY) -m bench` or scripts/bench once it exists.
+	@echo "make bench: not implemented yet" >&2; exit 1
+
+clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./.venv -prune -o -path ./node_modules -prune -o \
+	    -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Pi Platform: an open payments backend built as a gRPC service mesh."""

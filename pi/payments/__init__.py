@@ -1,0 +1,1 @@
+"""The payment service: attempts to pay transactions through a processor connector."""

@@ -1,0 +1,1 @@
+"""The transaction service: what merchants are owed and what has been collected."""

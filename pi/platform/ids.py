@@ -30,9 +30,4 @@ def new_id(prefix: str, *, now_ms: int | None = None) -> str:
 def is_valid_id(value: str, prefix: str) -> bool:
     """Whether `value` has the shape of an id with this prefix (cheap input check)."""
     head, sep, body = value.partition("_")
-    return (
-        sep == "_"
-        and head == prefix
-        and len(body) == 26
-        and all(c in _ALPHABET for c in body)
-    )
+    return sep == "_" and head == prefix and len(body) == 26 and all(c in _ALPHABET for c in body)

@@ -1,0 +1,256 @@
+"""Process settings, parsed once from the environment into a frozen `Settings`.
+
+A service's composition root calls `Settings.from_env("payments")` and passes the result
+down; nothing else reads `os.environ`. Every missing or invalid variable is reported at
+once in a single `ConfigError`, so a newcomer fixes their environment in one go.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
+    {"auth": 50051, "transactions": 50052, "payments": 50053}
+)
+MAX_TOKEN_TTL_SECONDS = 900
+MASTER_KEY_BYTES = 32
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
+_SQLITE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "sqlite+pysqlite")
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class ConfigError(Exception):
+    """The environment is incomplete or wrong; `problems` lists every variable at fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a service process needs to know about its environment.
+
+    `database_url` is always set: with no `DATABASE_URL` it is a `sqlite:///` URL of
+    `var/<service>.db` under the directory the process started in. Secrets are kept out
+    of `repr` so that logging a `Settings` never leaks them.
+    """
+
+    service: str
+    grpc_host: str
+    grpc_port: int
+    database_url: str
+    db_schema: str
+    redis_url: str | None
+    admin_token: str = field(repr=False)
+    service_token: str = field(repr=False)
+    master_keys: Mapping[int, bytes] = field(repr=False, compare=False, hash=False)
+    jwt_issuer: str = "pi-platform"
+    jwt_audience: str = "pi-api"
+    token_ttl_seconds: int = MAX_TOKEN_TTL_SECONDS
+    auth_target: str = "127.0.0.1:50051"
+    transactions_target: str = "127.0.0.1:50052"
+    payments_target: str = "127.0.0.1:50053"
+    revocation_poll_seconds: float = 2.0
+    log_level: str = "INFO"
+
+    @property
+    def is_postgres(self) -> bool:
+        return _scheme(self.database_url) in _POSTGRES_SCHEMES
+
+    @property
+    def is_sqlite(self) -> bool:
+        return _scheme(self.database_url) in _SQLITE_SCHEMES
+
+    @property
+    def listen_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse `environ` (default `os.environ`); `ConfigError` lists every problem."""
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or value.strip() == "":
+                return None
+            return value.strip()
+
+        def required(name: str, what: str) -> str:
+            value = get(name)
+            if value is None:
+                problems.append(f"{name} is required ({what}).")
+                return ""
+            return value
+
+        grpc_host = get("PI_GRPC_HOST") or "127.0.0.1"
+        default_port = DEFAULT_PORTS.get(service, 0)
+        grpc_port = _parse_int(
+            get("PI_GRPC_PORT"), "PI_GRPC_PORT", default_port, 0, 65535, problems
+        )
+
+        database_url = get("DATABASE_URL")
+        if database_url is None:
+            database_url = "sqlite:///" + str(Path.cwd() / "var" / f"{service}.db")
+        elif _scheme(database_url) not in _POSTGRES_SCHEMES + _SQLITE_SCHEMES:
+            problems.append(
+                "DATABASE_URL must be a postgresql:// or sqlite:/// URL "
+                f"(got scheme {_scheme(database_url)!r})."
+            )
+
+        db_schema = get("PI_DB_SCHEMA") or service
+        if not _SCHEMA_RE.match(db_schema):
+            problems.append(
+                "PI_DB_SCHEMA must be a lowercase SQL identifier "
+                f"(letters, digits, underscores; got {db_schema!r})."
+            )
+
+        redis_url = get("REDIS_URL")
+        if redis_url is not None and _scheme(redis_url) not in _REDIS_SCHEMES:
+            problems.append("REDIS_URL must be a redis://, rediss:// or unix:// URL.")
+
+        admin_token = required("PI_ADMIN_TOKEN", "the admin bearer credential")
+        service_token = required("PI_SERVICE_TOKEN", "the service-to-service bearer credential")
+        if admin_token and admin_token == service_token:
+            problems.append("PI_ADMIN_TOKEN and PI_SERVICE_TOKEN must differ.")
+        for name, token in (
+            ("PI_ADMIN_TOKEN", admin_token),
+            ("PI_SERVICE_TOKEN", service_token),
+        ):
+            if token and (any(c.isspace() for c in token) or not token.isprintable()):
+                problems.append(f"{name} must not contain whitespace or control characters.")
+
+        raw_keys = required("PI_MASTER_KEYS", "e.g. 1=<base64 of 32 random bytes>,2=<...>")
+        master_keys: dict[int, bytes] = {}
+        if raw_keys:
+            try:
+                master_keys = parse_master_keys(raw_keys)
+            except ValueError as exc:
+                problems.append(f"PI_MASTER_KEYS: {exc}")
+
+        token_ttl = _parse_int(
+            get("PI_TOKEN_TTL_SECONDS"),
+            "PI_TOKEN_TTL_SECONDS",
+            MAX_TOKEN_TTL_SECONDS,
+            1,
+            MAX_TOKEN_TTL_SECONDS,
+            problems,
+        )
+        poll = _parse_float(
+            get("PI_REVOCATION_POLL_SECONDS"), "PI_REVOCATION_POLL_SECONDS", 2.0, problems
+        )
+
+        log_level = (get("PI_LOG_LEVEL") or "INFO").upper()
+        if log_level == "WARN":
+            log_level = "WARNING"
+        if log_level not in _LOG_LEVELS:
+            problems.append(f"PI_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}.")
+
+        if problems:
+            raise ConfigError(problems)
+
+        return cls(
+            service=service,
+            grpc_host=grpc_host,
+            grpc_port=grpc_port,
+            database_url=database_url,
+            db_schema=db_schema,
+            redis_url=redis_url,
+            admin_token=admin_token,
+            service_token=service_token,
+            master_keys=MappingProxyType(master_keys),
+            jwt_issuer=get("PI_JWT_ISSUER") or "pi-platform",
+            jwt_audience=get("PI_JWT_AUDIENCE") or "pi-api",
+            token_ttl_seconds=token_ttl,
+            auth_target=get("PI_AUTH_TARGET") or "127.0.0.1:50051",
+            transactions_target=get("PI_TRANSACTIONS_TARGET") or "127.0.0.1:50052",
+            payments_target=get("PI_PAYMENTS_TARGET") or "127.0.0.1:50053",
+            revocation_poll_seconds=poll,
+            log_level=log_level,
+        )
+
+
+def parse_master_keys(raw: str) -> dict[int, bytes]:
+    """Parse `1=<base64>,2=<base64>` into {version: 32-byte key}; raise ValueError."""
+    keys: dict[int, bytes] = {}
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        version_text, sep, encoded = part.partition("=")
+        if not sep:
+            raise ValueError(f"entry {part[:4]!r}... is not of the form <version>=<base64 key>.")
+        try:
+            version = int(version_text.strip())
+        except ValueError:
+            raise ValueError(f"key version {version_text.strip()!r} is not an integer.") from None
+        if version < 1 or version > 2**31 - 1:
+            raise ValueError(f"key version {version} must be a positive integer.")
+        if version in keys:
+            raise ValueError(f"key version {version} is given twice.")
+        keys[version] = _decode_key(version, encoded.strip())
+    if not keys:
+        raise ValueError("no keys given.")
+    return keys
+
+
+def _decode_key(version: int, encoded: str) -> bytes:
+    padded = encoded + "=" * (-len(encoded) % 4)
+    try:
+        if "-" in encoded or "_" in encoded:
+            key = base64.urlsafe_b64decode(padded)
+        else:
+            key = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"key version {version} is not valid base64.") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise ValueError(
+            f"key version {version} must decode to {MASTER_KEY_BYTES} bytes (got {len(key)})."
+        )
+    return key
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower() if "://" in url else ""
+
+
+def _parse_int(
+    raw: str | None, name: str, default: int, low: int, high: int, problems: list[str]
+) -> int:
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be an integer (got {raw!r}).")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{name} must be between {low} and {high} (got {value}).")
+        return default
+    return value
+
+
+def _parse_float(raw: str | None, name: str, default: float, problems: list[str]) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds (got {raw!r}).")
+        return default
+    if not 0 < value <= 3600:
+        problems.append(f"{name} must be greater than 0 and at most 3600 (got {raw}).")
+        return default
+    return value

@@ -1,0 +1,108 @@
+"""The async SQLAlchemy engine a service's storage layer runs on.
+
+PostgreSQL (production, tests): `postgresql+psycopg`, a pool of about ten connections,
+and `schema_translate_map={None: schema}` so that tables declared with no schema land
+in the service's own schema (`auth`, `transactions`, `payments`, or a test's unique
+schema). `search_path` is set to the same schema so hand-written SQL agrees.
+
+SQLite (embedded first run): `sqlite+aiosqlite` on `var/<service>.db`, WAL journal,
+foreign keys on, and every transaction started with `BEGIN IMMEDIATE` so that concurrent
+writers queue on the database lock instead of failing mid-transaction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from pi.platform.config import Settings
+
+POOL_SIZE = 10
+MAX_OVERFLOW = 10
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def is_postgres(engine: AsyncEngine | Connection | Any) -> bool:
+    """Whether an engine or connection (async or sync) talks to PostgreSQL."""
+    return bool(engine.dialect.name == "postgresql")
+
+
+def is_postgres_url(url: str) -> bool:
+    return make_url(url).get_backend_name() in ("postgresql", "postgres")
+
+
+def async_url(url: str) -> URL:
+    """The URL with the async driver: `postgresql+psycopg` or `sqlite+aiosqlite`."""
+    return _with_driver(url, postgres="postgresql+psycopg", sqlite="sqlite+aiosqlite")
+
+
+def sync_url(url: str) -> URL:
+    """The URL with the sync driver (for Alembic): `postgresql+psycopg` or `sqlite`."""
+    return _with_driver(url, postgres="postgresql+psycopg", sqlite="sqlite+pysqlite")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for PostgreSQL / in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def create_engine(settings: Settings, **engine_options: Any) -> AsyncEngine:
+    """Build the service's engine; call once in the composition root, dispose at exit."""
+    return create_engine_for(settings.database_url, settings.db_schema, **engine_options)
+
+
+def create_engine_for(url: str, schema: str, **engine_options: Any) -> AsyncEngine:
+    """`create_engine` from a URL and schema (tests use this with a unique schema)."""
+    if is_postgres_url(url):
+        options: dict[str, Any] = {
+            "pool_size": POOL_SIZE,
+            "max_overflow": MAX_OVERFLOW,
+            "pool_recycle": 1800,
+            "connect_args": {"options": f"-c search_path={schema}"},
+            "execution_options": {"schema_translate_map": {None: schema}},
+        }
+        options.update(engine_options)
+        return create_async_engine(async_url(url), **options)
+
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
+    options.update(engine_options)
+    engine = create_async_engine(async_url(url), **options)
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event (below) issue BEGIN instead of the driver.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _with_driver(url: str, *, postgres: str, sqlite: str) -> URL:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        return parsed.set(drivername=postgres)
+    if backend == "sqlite":
+        return parsed.set(drivername=sqlite)
+    raise ValueError(f"unsupported database URL scheme: {parsed.drivername}")

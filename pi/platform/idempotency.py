@@ -1,0 +1,221 @@
+"""Idempotent mutations (AIP-155): same key + same request → the first response, once.
+
+Each service adds `idempotency_table(metadata)` to its own tables and wraps a mutating
+use case in ONE database transaction:
+
+    idem = Idempotency(table)                     # built once, in the composition root
+    key = key_from(request.request_id, context)    # servicer: request_id or header
+    fp = fingerprint(request)                      # servicer: request minus request_id
+
+    async with engine.begin() as conn:             # use case
+        claim = await idem.claim(conn, merchant_id, "CreatePayment", key, fp)
+        if claim.replay is not None:
+            return decode(claim.replay)
+        ...do the effect on `conn`...
+        await idem.complete(conn, claim, encode(result))
+
+`claim` inserts the key with INSERT .. ON CONFLICT DO NOTHING. On PostgreSQL a
+concurrent duplicate blocks on the unique index until the first transaction ends: if it
+committed, the duplicate sees its stored response and replays it; if it rolled back, the
+duplicate claims the key and does the effect itself. Never two effects. (This relies on
+READ COMMITTED, PostgreSQL's default.) On SQLite every transaction holds the write lock
+(`BEGIN IMMEDIATE`, see `db.py`), so duplicates simply run one after the other.
+
+A different request under a used key → `AlreadyExists(reason="IDEMPOTENCY_KEY_REUSED")`.
+If the effect raises, the transaction rolls back and the key is free again. A `None` key
+(the client sent none) makes `claim`/`complete` no-ops, so use cases need no branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf.message import Message
+from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, String, Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pi.platform.errors import Aborted, AlreadyExists, InvalidArgument
+
+MAX_KEY_LENGTH = 255
+METADATA_KEY = "idempotency-key"
+RETENTION = timedelta(hours=24)
+
+
+def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
+    """The table of claimed keys; primary key (scope, operation, key).
+
+    `scope` is the merchant id (or "admin"/"service" for non-merchant callers).
+    """
+    return Table(
+        name,
+        metadata,
+        Column("scope", String(64), primary_key=True),
+        Column("operation", String(128), primary_key=True),
+        Column("key", String(MAX_KEY_LENGTH), primary_key=True),
+        Column("request_hash", String(64), nullable=False),
+        Column("response", LargeBinary, nullable=True),
+        Column("create_time", DateTime(timezone=True), nullable=False),
+        Index(f"ix_{name}_create_time", "create_time"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of `Idempotency.claim`: a replay, or the right to do the effect."""
+
+    scope: str
+    operation: str
+    key: str | None
+    fingerprint: str
+    replay: bytes | None = None
+
+
+class Idempotency:
+    """Claim/complete idempotency keys in a service's `idempotency_table`."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    @property
+    def table(self) -> Table:
+        return self._table
+
+    async def claim(
+        self,
+        conn: AsyncConnection,
+        scope: str,
+        operation: str,
+        key: str | None,
+        fingerprint: str,
+    ) -> Claim:
+        """Claim `key` inside the caller's transaction, or return the stored response.
+
+        Raises `AlreadyExists(IDEMPOTENCY_KEY_REUSED)` if the key was used with a
+        different request, `Aborted(IDEMPOTENCY_KEY_IN_USE)` if it was claimed but holds
+        no response (an effect that committed without `complete`).
+        """
+        if key is None:
+            return Claim(scope, operation, None, fingerprint)
+        t = self._table
+        values = {
+            "scope": scope,
+            "operation": operation,
+            "key": key,
+            "request_hash": fingerprint,
+            "response": None,
+            "create_time": datetime.now(UTC),
+        }
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(t).values(**values).on_conflict_do_nothing().returning(t.c.key)
+        claimed = (await conn.execute(insert)).first()
+        if claimed is not None:
+            return Claim(scope, operation, key, fingerprint)
+        row = (
+            await conn.execute(
+                select(t.c.request_hash, t.c.response).where(
+                    t.c.scope == scope, t.c.operation == operation, t.c.key == key
+                )
+            )
+        ).first()
+        if row is None:
+            # The conflicting claim vanished between the two statements (purged).
+            raise Aborted(
+                "A request with this idempotency key is in progress; retry.",
+                reason="IDEMPOTENCY_KEY_IN_USE",
+            )
+        if row.request_hash != fingerprint:
+            raise AlreadyExists(
+                "This idempotency key was already used with a different request.",
+                reason="IDEMPOTENCY_KEY_REUSED",
+                metadata={"idempotency_key": key},
+            )
+        if row.response is None:
+            raise Aborted(
+                "A request with this idempotency key is in progress; retry.",
+                reason="IDEMPOTENCY_KEY_IN_USE",
+            )
+        return Claim(scope, operation, key, fingerprint, replay=bytes(row.response))
+
+    async def complete(self, conn: AsyncConnection, claim: Claim, response: bytes) -> None:
+        """Store the response for replays, in the same transaction as the effect."""
+        if claim.key is None:
+            return
+        if claim.replay is not None:
+            raise ValueError("cannot complete a replayed claim")
+        t = self._table
+        await conn.execute(
+            t.update()
+            .where(
+                t.c.scope == claim.scope,
+                t.c.operation == claim.operation,
+                t.c.key == claim.key,
+            )
+            .values(response=response)
+        )
+
+    async def purge(self, conn: AsyncConnection, older_than: timedelta = RETENTION) -> int:
+        """Delete keys older than `older_than` (≥ 24 h); returns how many."""
+        if older_than < RETENTION:
+            raise ValueError("idempotency keys are kept at least 24 hours")
+        cutoff = datetime.now(UTC) - older_than
+        result = await conn.execute(delete(self._table).where(self._table.c.create_time < cutoff))
+        return int(result.rowcount or 0)
+
+
+def fingerprint(request: Message, *, exclude: tuple[str, ...] = ("request_id",)) -> str:
+    """sha256 hex of the request's deterministic serialization, `request_id` cleared.
+
+    The message's full name is included so two RPCs never share a fingerprint.
+    """
+    fields = request.DESCRIPTOR.fields_by_name
+    if any(name in fields for name in exclude):
+        request = _copy(request)
+        for name in exclude:
+            if name in fields:
+                request.ClearField(name)
+    digest = hashlib.sha256(request.DESCRIPTOR.full_name.encode() + b"\x00")
+    digest.update(request.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def validate_key(key: str, field: str = "request_id") -> str:
+    """A key must be 1..255 visible ASCII characters (0x21-0x7E)."""
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all("!" <= c <= "~" for c in key):
+        raise InvalidArgument.field(
+            field,
+            f"must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces).",
+        )
+    return key
+
+
+def key_from(request_id: str, context: Any = None) -> str | None:
+    """The idempotency key of a call: `request_id`, or the `idempotency-key` header.
+
+    Both given and different → `InvalidArgument`. Neither → None (not idempotent).
+    `context` is a `grpc.aio.ServicerContext` (anything with `invocation_metadata()`).
+    """
+    header: str | None = None
+    if context is not None:
+        for name, value in context.invocation_metadata() or ():
+            if name == METADATA_KEY and isinstance(value, str):
+                header = value or None
+                break
+    if request_id and header is not None and header != request_id:
+        raise InvalidArgument.field(
+            "request_id", "differs from the Idempotency-Key header; send one or make them equal."
+        )
+    if request_id:
+        return validate_key(request_id, "request_id")
+    if header is not None:
+        return validate_key(header, "idempotency_key")
+    return None
+
+
+def _copy(request: Message) -> Any:
+    clone = type(request)()
+    clone.CopyFrom(request)
+    return clone

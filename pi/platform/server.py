@@ -1,0 +1,187 @@
+"""grpc.aio server bootstrap: health, reflection, background tasks and graceful drain.
+
+A service's `main.py`:
+
+    def run() -> None:
+        server.run(_main)                      # installs uvloop, runs the coroutine
+
+    async def _main() -> None:
+        settings = Settings.from_env("payments")
+        configure_logging(settings)
+        engine = create_engine(settings)
+        ...build stores, use cases, servicer...
+        try:
+            await server.serve(
+                settings,
+                register=lambda s: add_PaymentServiceServicer_to_server(servicer, s),
+                service_names=[payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name],
+                interceptors=[AuthInterceptor(...)],
+                background=[poller.run, dispatcher.run],
+            )
+        finally:
+            await engine.dispose()
+
+`serve` returns after SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused,
+in-flight calls get `GRACE_SECONDS` to finish, then background tasks are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pi.platform.clients import MAX_MESSAGE_BYTES
+from pi.platform.config import Settings
+from pi.platform.interceptors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+GRACE_SECONDS = 10.0
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+    ("grpc.so_reuseport", 0),
+)
+
+BackgroundTask = Callable[[], Awaitable[None]]
+
+
+def create_server(
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    *,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Server:
+    """A grpc.aio server with `ErrorInterceptor` outermost, then `interceptors`.
+
+    Tests use it directly: `create_server([...])`, register servicers,
+    `port = server.add_insecure_port("127.0.0.1:0")`, `await server.start()`.
+    """
+    chain: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    chain.extend(i for i in interceptors if not isinstance(i, ErrorInterceptor))
+    return grpc.aio.server(
+        interceptors=chain,
+        options=[*SERVER_OPTIONS, *options],
+    )
+
+
+class HealthReporter:
+    """Sets the health of the server (""), and of every named service, at once."""
+
+    def __init__(self, service_names: Iterable[str]) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._names = ("", *service_names)
+
+    async def set(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._names:
+            await self.servicer.set(name, status)
+
+
+async def serve(
+    settings: Settings,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    background: Sequence[BackgroundTask] = (),
+    *,
+    grace: float = GRACE_SECONDS,
+    stop: asyncio.Event | None = None,
+    on_started: Callable[[int], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop` is set), then drain and return.
+
+    `service_names` are full proto service names, reported by health and reflection.
+    `background` are coroutine factories started after the server is listening and
+    restarted with backoff if they crash. `on_started(port)` reports the bound port.
+    """
+    server = create_server(interceptors)
+    register(server)
+    reporter = HealthReporter(service_names)
+    health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, server)
+    reflection.enable_server_reflection(
+        (
+            *service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen_address)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen_address}")
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    await server.start()
+    await reporter.set(serving=True)
+    tasks = [
+        asyncio.create_task(_supervise(factory), name=_task_name(factory)) for factory in background
+    ]
+    log.info(
+        "serving",
+        extra={"service": settings.service, "address": f"{settings.grpc_host}:{port}"},
+    )
+    if on_started is not None:
+        on_started(port)
+    try:
+        await stop.wait()
+    finally:
+        log.info("draining", extra={"grace_seconds": grace})
+        await reporter.set(serving=False)
+        await server.stop(grace)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        log.info("stopped")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The process entry point: run `main()` on uvloop (installed here, not at import)."""
+    import uvloop
+
+    uvloop.run(main())
+
+
+async def _supervise(factory: BackgroundTask) -> None:
+    backoff = 0.5
+    name = _task_name(factory)
+    while True:
+        try:
+            await factory()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s crashed; restarting in %.1fs", name, backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+def _task_name(factory: BackgroundTask) -> str:
+    return getattr(factory, "__qualname__", None) or repr(factory)

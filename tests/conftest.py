@@ -1,0 +1,260 @@
+"""Shared fixtures: real PostgreSQL and Redis, isolated per test, and test credentials.
+
+PostgreSQL: `pg_url` (PI_TEST_DATABASE_URL, default postgresql://root@127.0.0.1:5432/test);
+`pg_schema` is a fresh schema per test (`t_<hex>`), dropped with CASCADE afterwards;
+`pg_schema_module` is the same per test module. `make_engine(schema)` builds an engine the
+fixture disposes of.
+
+Redis: `redis_url` (PI_TEST_REDIS_URL, default redis://127.0.0.1:6379/9); `redis_prefix`
+is unique per test and its keys are deleted afterwards; `redis_cache` is a `RedisCache`
+on that prefix.
+
+Settings: `settings_factory("payments", **overrides)` returns `Settings` with random
+secrets, `DATABASE_URL=pg_url` and `db_schema=pg_schema`; overrides are `Settings` field
+names (`redis_url=redis_url`, `db_schema=...`, `database_url=...`).
+
+Tokens: `es256_signer` signs valid access tokens (override any claim or header);
+`make_es256_signer(kid)` makes more keys. Their `issuer`/`audience` match the defaults of
+`settings_factory`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import jwt
+import psycopg
+import pytest
+import redis
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pi.platform.config import Settings
+from pi.platform.crypto import MasterKeys
+from pi.platform.db import create_engine_for
+
+DEFAULT_PG_URL = "postgresql://root@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
+TEST_ISSUER = "pi-platform"
+TEST_AUDIENCE = "pi-api"
+
+
+# PostgreSQL -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    return os.environ.get("PI_TEST_DATABASE_URL", DEFAULT_PG_URL)
+
+
+def _psycopg_dsn(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+@pytest.fixture(scope="session")
+def _pg_admin(pg_url: str) -> Iterator[Callable[[str], None]]:
+    try:
+        conn = psycopg.connect(_psycopg_dsn(pg_url), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for these tests ({pg_url}): {exc}")
+
+    def execute(sql: str) -> None:
+        conn.execute(sql.encode())
+
+    yield execute
+    conn.close()
+
+
+def _new_schema(execute: Callable[[str], None]) -> str:
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    execute(f'CREATE SCHEMA "{schema}"')
+    return schema
+
+
+@pytest.fixture
+def pg_schema(_pg_admin: Callable[[str], None]) -> Iterator[str]:
+    """A fresh, empty schema for one test; dropped (CASCADE) afterwards."""
+    schema = _new_schema(_pg_admin)
+    yield schema
+    _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def pg_schema_module(_pg_admin: Callable[[str], None]) -> Iterator[str]:
+    """A fresh schema shared by one test module; dropped (CASCADE) afterwards."""
+    schema = _new_schema(_pg_admin)
+    yield schema
+    _pg_admin(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def make_engine(pg_url: str) -> AsyncIterator[Callable[..., AsyncEngine]]:
+    """`make_engine(schema, url=pg_url, **engine_options)`; engines are disposed after."""
+    engines: list[AsyncEngine] = []
+
+    def make(schema: str, url: str | None = None, **options: Any) -> AsyncEngine:
+        engine = create_engine_for(url or pg_url, schema, **options)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        await engine.dispose()
+
+
+# Redis ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("PI_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required for these tests ({url}): {exc}")
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key/channel prefix unique to this test; its keys are deleted afterwards."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_cache(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
+    from pi.platform.cache import RedisCache
+
+    cache = RedisCache(redis_url, prefix=redis_prefix)
+    yield cache
+    await cache.close()
+
+
+# Settings and secrets ---------------------------------------------------------------------
+
+
+def random_master_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+@pytest.fixture
+def master_keys() -> MasterKeys:
+    return MasterKeys({1: secrets.token_bytes(32)})
+
+
+@pytest.fixture
+def settings_factory(pg_url: str, request: pytest.FixtureRequest) -> Callable[..., Settings]:
+    """`settings_factory(service, **overrides)` → `Settings` for tests (random secrets).
+
+    Unless `database_url` is overridden, the database is `pg_url` with this test's
+    `pg_schema` (created on first use).
+    """
+
+    def make(service: str = "test", **overrides: Any) -> Settings:
+        database_url = overrides.get("database_url", pg_url)
+        if "db_schema" in overrides:
+            schema = overrides["db_schema"]
+        elif database_url == pg_url:
+            schema = request.getfixturevalue("pg_schema")
+        else:
+            schema = service
+        environ = {
+            "DATABASE_URL": database_url,
+            "PI_DB_SCHEMA": schema,
+            "PI_ADMIN_TOKEN": "adm_" + secrets.token_urlsafe(24),
+            "PI_SERVICE_TOKEN": "svc_" + secrets.token_urlsafe(24),
+            "PI_MASTER_KEYS": f"1={random_master_key()}",
+            "PI_GRPC_PORT": "0",
+            "PI_REVOCATION_POLL_SECONDS": "0.2",
+        }
+        settings = Settings.from_env(service, environ)
+        return dataclasses.replace(settings, **overrides) if overrides else settings
+
+    return make
+
+
+# ES256 access tokens ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Es256Signer:
+    """Signs access tokens as the auth service would; every default can be overridden."""
+
+    kid: str
+    private_key: ec.EllipticCurvePrivateKey
+    issuer: str = TEST_ISSUER
+    audience: str = TEST_AUDIENCE
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self.private_key.public_key()
+
+    def claims(
+        self, merchant_id: str = "mer_test", ttl: int = 900, **overrides: Any
+    ) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": merchant_id,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": f"tok_{uuid.uuid4().hex}",
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def sign(
+        self,
+        merchant_id: str = "mer_test",
+        *,
+        ttl: int = 900,
+        headers: dict[str, Any] | None = None,
+        **claim_overrides: Any,
+    ) -> str:
+        """A token; pass `claim=None` to drop a claim, `headers={"kid": None}` to drop kid."""
+        header = {"kid": self.kid, **(headers or {})}
+        header = {k: v for k, v in header.items() if v is not None}
+        return jwt.encode(
+            self.claims(merchant_id, ttl, **claim_overrides),
+            self.private_key,
+            algorithm="ES256",
+            headers=header,
+        )
+
+    def jti_of(self, token: str) -> str:
+        return str(jwt.decode(token, options={"verify_signature": False})["jti"])
+
+
+@pytest.fixture
+def make_es256_signer() -> Callable[..., Es256Signer]:
+    def make(kid: str | None = None) -> Es256Signer:
+        return Es256Signer(
+            kid=kid or f"k_{uuid.uuid4().hex[:8]}",
+            private_key=ec.generate_private_key(ec.SECP256R1()),
+        )
+
+    return make
+
+
+@pytest.fixture
+def es256_signer(make_es256_signer: Callable[..., Es256Signer]) -> Es256Signer:
+    return make_es256_signer()

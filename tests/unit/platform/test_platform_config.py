@@ -1,0 +1,151 @@
+import base64
+import os
+from pathlib import Path
+
+import pytest
+
+from pi.platform.config import ConfigError, Settings, parse_master_keys
+
+KEY = base64.b64encode(os.urandom(32)).decode()
+BASE = {
+    "PI_ADMIN_TOKEN": "admin-secret-token",
+    "PI_SERVICE_TOKEN": "service-secret-token",
+    "PI_MASTER_KEYS": f"1={KEY}",
+}
+
+
+def test_defaults_for_a_known_service_use_sqlite_under_var_of_the_current_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env("payments", BASE)
+    assert settings.grpc_host == "127.0.0.1"
+    assert settings.grpc_port == 50053
+    assert settings.database_url == f"sqlite:///{tmp_path}/var/payments.db"
+    assert settings.is_sqlite and not settings.is_postgres
+    assert settings.db_schema == "payments"
+    assert settings.redis_url is None
+    assert settings.jwt_issuer == "pi-platform"
+    assert settings.jwt_audience == "pi-api"
+    assert settings.token_ttl_seconds == 900
+    assert settings.auth_target == "127.0.0.1:50051"
+    assert settings.transactions_target == "127.0.0.1:50052"
+    assert settings.payments_target == "127.0.0.1:50053"
+    assert settings.revocation_poll_seconds == 2.0
+    assert settings.log_level == "INFO"
+    assert settings.master_keys == {1: base64.b64decode(KEY)}
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        **BASE,
+        "PI_GRPC_HOST": "0.0.0.0",
+        "PI_GRPC_PORT": "6000",
+        "DATABASE_URL": "postgresql://root@127.0.0.1:5432/test",
+        "PI_DB_SCHEMA": "t_abc",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "PI_JWT_ISSUER": "iss",
+        "PI_JWT_AUDIENCE": "aud",
+        "PI_TOKEN_TTL_SECONDS": "300",
+        "PI_AUTH_TARGET": "a:1",
+        "PI_TRANSACTIONS_TARGET": "t:2",
+        "PI_PAYMENTS_TARGET": "p:3",
+        "PI_REVOCATION_POLL_SECONDS": "0.5",
+        "PI_LOG_LEVEL": "debug",
+    }
+    s = Settings.from_env("auth", env)
+    assert (s.grpc_host, s.grpc_port, s.listen_address) == ("0.0.0.0", 6000, "0.0.0.0:6000")
+    assert s.is_postgres and s.db_schema == "t_abc"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.jwt_issuer, s.jwt_audience, s.token_ttl_seconds) == ("iss", "aud", 300)
+    assert (s.auth_target, s.transactions_target, s.payments_target) == ("a:1", "t:2", "p:3")
+    assert s.revocation_poll_seconds == 0.5
+    assert s.log_level == "DEBUG"
+
+
+def test_missing_required_variables_are_all_named_in_one_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env("auth", {})
+    text = str(info.value)
+    for name in ("PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"):
+        assert name in text
+    assert len(info.value.problems) == 3
+
+
+def test_invalid_values_are_all_reported() -> None:
+    env = {
+        **BASE,
+        "PI_GRPC_PORT": "http",
+        "PI_TOKEN_TTL_SECONDS": "3600",
+        "DATABASE_URL": "mysql://x/y",
+        "PI_DB_SCHEMA": "Robert'); DROP",
+        "REDIS_URL": "http://x",
+        "PI_REVOCATION_POLL_SECONDS": "-1",
+        "PI_LOG_LEVEL": "LOUD",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env("auth", env)
+    text = str(info.value)
+    for name in (
+        "PI_GRPC_PORT",
+        "PI_TOKEN_TTL_SECONDS",
+        "DATABASE_URL",
+        "PI_DB_SCHEMA",
+        "REDIS_URL",
+        "PI_REVOCATION_POLL_SECONDS",
+        "PI_LOG_LEVEL",
+    ):
+        assert name in text
+    assert len(info.value.problems) == 7
+
+
+def test_admin_and_service_tokens_must_differ() -> None:
+    env = {**BASE, "PI_SERVICE_TOKEN": BASE["PI_ADMIN_TOKEN"]}
+    with pytest.raises(ConfigError, match="must differ"):
+        Settings.from_env("auth", env)
+
+
+def test_secrets_are_not_in_repr() -> None:
+    s = Settings.from_env("auth", BASE)
+    text = repr(s)
+    assert "admin-secret-token" not in text
+    assert "service-secret-token" not in text
+    assert KEY not in text
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env("auth", BASE)
+    with pytest.raises(AttributeError):
+        s.grpc_port = 1  # type: ignore[misc]
+
+
+def test_master_keys_parse_several_versions_std_and_urlsafe_base64() -> None:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    raw = (
+        f"1={base64.b64encode(k1).decode()}, 2={base64.urlsafe_b64encode(k2).decode().rstrip('=')}"
+    )
+    assert parse_master_keys(raw) == {1: k1, 2: k2}
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("", "no keys"),
+        ("abc", "form"),
+        ("x=" + KEY, "not an integer"),
+        ("0=" + KEY, "positive"),
+        (f"1={KEY},1={KEY}", "twice"),
+        ("1=!!!!", "base64"),
+        ("1=" + base64.b64encode(b"short").decode(), "32 bytes"),
+    ],
+)
+def test_bad_master_keys_are_rejected(raw: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_master_keys(raw)
+
+
+def test_bad_master_keys_do_not_echo_the_key_material() -> None:
+    secret = base64.b64encode(b"short-secret-material").decode()
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env("auth", {**BASE, "PI_MASTER_KEYS": f"1={secret}"})
+    assert secret not in str(info.value)

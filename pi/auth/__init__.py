@@ -1,0 +1,1 @@
+"""The auth service: merchants, API keys, access tokens and their signing keys."""

@@ -1,0 +1,38 @@
+"""`python -m pi.auth [serve | migrate | rotate-keys]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pi.platform.config import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pi.auth", description="Pi auth service.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve gRPC (the default)")
+    commands.add_parser("migrate", help="apply the database migrations and exit")
+    commands.add_parser(
+        "rotate-keys",
+        help="make a new current signing key; the previous one keeps verifying its tokens",
+    )
+    args = parser.parse_args(argv)
+
+    from pi.auth import main as app
+
+    try:
+        if args.command == "migrate":
+            app.migrate()
+        elif args.command == "rotate-keys":
+            print(app.rotate_keys())
+        else:
+            app.run()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""Auth storage: SQLAlchemy Core tables and the queries the use cases need.
+
+Tables carry no schema: the platform engine maps them into the service's schema
+(`auth` by default) with `schema_translate_map`. Nothing sensitive is stored in clear:
+API secrets only as a keyed hash, signing keys' private halves only as AES-256-GCM
+ciphertext, tokens only by their `jti`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import TypeDecorator
+
+from pi.auth.domain import (
+    ApiKey,
+    LoginFailures,
+    Merchant,
+    RevokedToken,
+    SigningKeyStatus,
+    TokenGrant,
+)
+from pi.auth.signing_keys import NewSigningKey, StoredKey
+from pi.platform.idempotency import idempotency_table
+
+_ID = 40  # "key_" + 26 chars, with room for longer prefixes
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on PostgreSQL and on SQLite (which has no zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("id", String(_ID), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("create_time", UtcDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(_ID), primary_key=True),
+    Column("merchant_id", String(_ID), ForeignKey("merchants.id"), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    # HMAC-SHA256 of the secret under a key derived from master key `secret_hash_version`
+    # (pinned per row, so adding a master key does not invalidate existing secrets).
+    Column("secret_hash", LargeBinary(), nullable=False),
+    Column("secret_hash_version", Integer(), nullable=False),
+    Column("create_time", UtcDateTime(), nullable=False),
+    Column("revoke_time", UtcDateTime(), nullable=True),
+    # Listing is per merchant, newest first.
+    Index("ix_api_keys_merchant_id_create_time_id", "merchant_id", "create_time", "id"),
+)
+
+# One row per key-id *string* that had a failed secret, whether or not the key exists, so
+# that the answer (and the lockout) cannot tell existing ids from made-up ones.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("api_key_id", String(_ID), primary_key=True),
+    # Epoch milliseconds of the latest failures, oldest first (at most the threshold).
+    Column("recent_failures", JSON(), nullable=False),
+    Column("locked_until", UtcDateTime(), nullable=True),
+    Column("update_time", UtcDateTime(), nullable=False),
+    Index("ix_login_failures_update_time", "update_time"),
+)
+
+# Every token issued, by jti only (never the token itself): RevokeToken checks ownership
+# here and RevokeApiKey finds the key's live tokens here.
+issued_tokens = Table(
+    "issued_tokens",
+    metadata,
+    Column("jti", String(_ID), primary_key=True),
+    Column("merchant_id", String(_ID), nullable=False),
+    Column("api_key_id", String(_ID), nullable=False),
+    Column("issue_time", UtcDateTime(), nullable=False),
+    Column("expire_time", UtcDateTime(), nullable=False),
+    Index("ix_issued_tokens_api_key_id_expire_time", "api_key_id", "expire_time"),
+    Index("ix_issued_tokens_expire_time", "expire_time"),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("jti", String(_ID), primary_key=True),
+    Column("merchant_id", String(_ID), nullable=False),
+    Column("expire_time", UtcDateTime(), nullable=False),
+    Column("revoke_time", UtcDateTime(), nullable=False),
+    Index("ix_revoked_tokens_revoke_time", "revoke_time"),
+    Index("ix_revoked_tokens_expire_time", "expire_time"),
+)
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("public_jwk", JSON(), nullable=False),
+    Column("public_key_pem", Text(), nullable=False),
+    # AES-256-GCM ciphertext of the PKCS#8 private key; NULL once the key is retired.
+    Column("private_key_ciphertext", LargeBinary(), nullable=True),
+    Column("master_key_version", Integer(), nullable=True),
+    Column("create_time", UtcDateTime(), nullable=False),
+    Column("rotate_time", UtcDateTime(), nullable=True),
+    Column("verify_until", UtcDateTime(), nullable=True),
+    # At most one current key, enforced by the database so racing starts cannot make two.
+    Index(
+        "uq_signing_keys_current",
+        "status",
+        unique=True,
+        postgresql_where=text("status = 'current'"),
+        sqlite_where=text("status = 'current'"),
+    ),
+)
+
+idempotency_keys = idempotency_table(metadata)
+
+
+# Everything merchants may see of a key: never the hash.
+_API_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.merchant_id,
+    api_keys.c.display_name,
+    api_keys.c.create_time,
+    api_keys.c.revoke_time,
+)
+
+
+def _to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _from_ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        merchant_id=row.merchant_id,
+        display_name=row.display_name,
+        create_time=row.create_time,
+        revoke_time=row.revoke_time,
+    )
+
+
+class AuthStore:
+    """Entry point: `async with store.transaction() as tx:` runs queries atomically."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AuthTransaction]:
+        async with self.engine.begin() as conn:
+            yield AuthTransaction(conn)
+
+
+class AuthTransaction:
+    """The auth queries, all on one connection inside one database transaction."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+        self._postgres = conn.dialect.name == "postgresql"
+
+    def _insert(self, table: Table) -> Any:
+        """A dialect insert, for ON CONFLICT clauses."""
+        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
+
+    # -- merchants and API keys ----------------------------------------------------------
+
+    async def insert_merchant(self, merchant: Merchant) -> None:
+        await self.conn.execute(
+            insert(merchants).values(
+                id=merchant.id,
+                display_name=merchant.display_name,
+                create_time=merchant.create_time,
+            )
+        )
+
+    async def insert_api_key(self, key: ApiKey, secret_hash: bytes, hash_version: int) -> None:
+        await self.conn.execute(
+            insert(api_keys).values(
+                id=key.id,
+                merchant_id=key.merchant_id,
+                display_name=key.display_name,
+                secret_hash=secret_hash,
+                secret_hash_version=hash_version,
+                create_time=key.create_time,
+                revoke_time=key.revoke_time,
+            )
+        )
+
+    async def get_api_key_with_hash(self, key_id: str) -> tuple[ApiKey, bytes, int] | None:
+        """The key, its secret hash and the master-key version that hash was made with.
+
+        Locks the row FOR SHARE: a RevokeApiKey running at the same time (FOR UPDATE)
+        either waits for this token to be recorded, and then revokes it too, or commits
+        first, and then this read sees the key revoked.
+        """
+        query = select(api_keys).where(api_keys.c.id == key_id).with_for_update(read=True)
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            return None
+        return _api_key(row), bytes(row.secret_hash), int(row.secret_hash_version)
+
+    async def get_api_key(
+        self, merchant_id: str, key_id: str, *, for_update: bool = False
+    ) -> ApiKey | None:
+        query = select(*_API_KEY_COLUMNS).where(
+            api_keys.c.id == key_id, api_keys.c.merchant_id == merchant_id
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        return None if row is None else _api_key(row)
+
+    async def list_api_keys(
+        self, merchant_id: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[ApiKey]:
+        """The merchant's keys, newest first; `after` is the (create_time, id) of the last
+        key of the previous page (ids alone are only millisecond-ordered)."""
+        conditions = [api_keys.c.merchant_id == merchant_id]
+        if after is not None:
+            conditions.append(tuple_(api_keys.c.create_time, api_keys.c.id) < tuple_(*after))
+        query = (
+            select(*_API_KEY_COLUMNS)
+            .where(and_(*conditions))
+            .order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc())
+            .limit(limit)
+        )
+        return [_api_key(row) for row in await self.conn.execute(query)]
+
+    async def rehash_api_key(self, key_id: str, secret_hash: bytes, hash_version: int) -> None:
+        await self.conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id)
+            .values(secret_hash=secret_hash, secret_hash_version=hash_version)
+        )
+
+    async def mark_api_key_revoked(self, key_id: str, now: datetime) -> None:
+        await self.conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoke_time.is_(None))
+            .values(revoke_time=now)
+        )
+
+    # -- failed secrets -------------------------------------------------------------------
+
+    async def get_login_failures(self, key_id: str, *, for_update: bool = False) -> LoginFailures:
+        if for_update:
+            # Make sure a row exists so that FOR UPDATE has something to lock: concurrent
+            # failures for one id then serialize instead of losing counts.
+            await self.conn.execute(
+                self._insert(login_failures)
+                .values(
+                    api_key_id=key_id,
+                    recent_failures=[],
+                    locked_until=None,
+                    update_time=datetime.now(UTC),
+                )
+                .on_conflict_do_nothing(index_elements=["api_key_id"])
+            )
+        query = select(login_failures.c.recent_failures, login_failures.c.locked_until).where(
+            login_failures.c.api_key_id == key_id
+        )
+        if for_update:
+            query = query.with_for_update()
+        row = (await self.conn.execute(query)).first()
+        if row is None:
+            return LoginFailures()
+        return LoginFailures(
+            recent=tuple(_from_ms(ms) for ms in row.recent_failures),
+            locked_until=row.locked_until,
+        )
+
+    async def save_login_failures(self, key_id: str, state: LoginFailures, now: datetime) -> None:
+        await self.conn.execute(
+            update(login_failures)
+            .where(login_failures.c.api_key_id == key_id)
+            .values(
+                recent_failures=[_to_ms(t) for t in state.recent],
+                locked_until=state.locked_until,
+                update_time=now,
+            )
+        )
+
+    async def delete_login_failures_before(self, cutoff: datetime, now: datetime) -> int:
+        """Forget records last touched before `cutoff` that hold no running lock."""
+        result = await self.conn.execute(
+            delete(login_failures).where(
+                login_failures.c.update_time < cutoff,
+                (login_failures.c.locked_until.is_(None)) | (login_failures.c.locked_until <= now),
+            )
+        )
+        return int(result.rowcount or 0)
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    async def insert_issued_token(self, grant: TokenGrant) -> None:
+        await self.conn.execute(
+            insert(issued_tokens).values(
+                jti=grant.token_id,
+                merchant_id=grant.merchant_id,
+                api_key_id=grant.api_key_id,
+                issue_time=grant.issue_time,
+                expire_time=grant.expire_time,
+            )
+        )
+
+    async def get_issued_token(self, merchant_id: str, jti: str) -> TokenGrant | None:
+        row = (
+            await self.conn.execute(
+                select(issued_tokens).where(
+                    issued_tokens.c.jti == jti, issued_tokens.c.merchant_id == merchant_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return TokenGrant(
+            token_id=row.jti,
+            merchant_id=row.merchant_id,
+            api_key_id=row.api_key_id,
+            issue_time=row.issue_time,
+            expire_time=row.expire_time,
+        )
+
+    async def revoke_token(self, grant: TokenGrant, now: datetime) -> RevokedToken:
+        """Record the revocation (idempotent: a second call returns the first record)."""
+        await self.conn.execute(
+            self._insert(revoked_tokens)
+            .values(
+                jti=grant.token_id,
+                merchant_id=grant.merchant_id,
+                expire_time=grant.expire_time,
+                revoke_time=now,
+            )
+            .on_conflict_do_nothing(index_elements=["jti"])
+        )
+        row = (
+            await self.conn.execute(
+                select(revoked_tokens).where(revoked_tokens.c.jti == grant.token_id)
+            )
+        ).one()
+        return RevokedToken(row.jti, row.expire_time, row.revoke_time)
+
+    async def revoke_live_tokens_of_key(self, key_id: str, now: datetime) -> list[RevokedToken]:
+        """Revoke every unexpired token issued with `key_id`; returns the new revocations."""
+        live = (
+            await self.conn.execute(
+                select(
+                    issued_tokens.c.jti, issued_tokens.c.merchant_id, issued_tokens.c.expire_time
+                )
+                .where(issued_tokens.c.api_key_id == key_id, issued_tokens.c.expire_time > now)
+                .order_by(issued_tokens.c.jti)
+            )
+        ).all()
+        if not live:
+            return []
+        already = {
+            row.jti
+            for row in await self.conn.execute(
+                select(revoked_tokens.c.jti).where(
+                    revoked_tokens.c.jti.in_([row.jti for row in live])
+                )
+            )
+        }
+        fresh = [row for row in live if row.jti not in already]
+        if fresh:
+            await self.conn.execute(
+                self._insert(revoked_tokens).on_conflict_do_nothing(index_elements=["jti"]),
+                [
+                    {
+                        "jti": row.jti,
+                        "merchant_id": row.merchant_id,
+                        "expire_time": row.expire_time,
+                        "revoke_time": now,
+                    }
+                    for row in fresh
+                ],
+            )
+        return [RevokedToken(row.jti, row.expire_time, now) for row in fresh]
+
+    async def list_revoked_tokens(
+        self, *, revoked_after: datetime | None, now: datetime
+    ) -> list[RevokedToken]:
+        conditions = [revoked_tokens.c.expire_time > now]
+        if revoked_after is not None:
+            conditions.append(revoked_tokens.c.revoke_time > revoked_after)
+        rows = await self.conn.execute(
+            select(revoked_tokens.c.jti, revoked_tokens.c.expire_time, revoked_tokens.c.revoke_time)
+            .where(and_(*conditions))
+            .order_by(revoked_tokens.c.revoke_time, revoked_tokens.c.jti)
+        )
+        return [RevokedToken(row.jti, row.expire_time, row.revoke_time) for row in rows]
+
+    async def delete_expired_tokens(self, now: datetime) -> int:
+        """Issued and revoked tokens past their expiry no longer matter to anyone."""
+        issued = await self.conn.execute(
+            delete(issued_tokens).where(issued_tokens.c.expire_time <= now)
+        )
+        revoked = await self.conn.execute(
+            delete(revoked_tokens).where(revoked_tokens.c.expire_time <= now)
+        )
+        return int(issued.rowcount or 0) + int(revoked.rowcount or 0)
+
+    # -- signing keys ---------------------------------------------------------------------
+
+    async def insert_signing_key(self, key: NewSigningKey, *, status: str, now: datetime) -> None:
+        await self.conn.execute(
+            insert(signing_keys).values(
+                kid=key.kid,
+                status=status,
+                public_jwk=key.public_jwk,
+                public_key_pem=key.public_key_pem,
+                private_key_ciphertext=key.private_key_ciphertext,
+                master_key_version=key.master_key_version,
+                create_time=now,
+                rotate_time=None,
+                verify_until=None,
+            )
+        )
+
+    async def current_signing_kid(self, *, for_update: bool = False) -> str | None:
+        query = select(signing_keys.c.kid).where(signing_keys.c.status == SigningKeyStatus.CURRENT)
+        if for_update:
+            query = query.with_for_update()
+        return (await self.conn.execute(query)).scalar_one_or_none()
+
+    async def demote_signing_key(self, kid: str, *, now: datetime, verify_until: datetime) -> None:
+        await self.conn.execute(
+            update(signing_keys)
+            .where(signing_keys.c.kid == kid)
+            .values(status=SigningKeyStatus.PREVIOUS, rotate_time=now, verify_until=verify_until)
+        )
+
+    async def retire_signing_keys(self, now: datetime) -> list[str]:
+        """Previous keys no live token can need: drop from the JWKS, erase private half."""
+        kids = list(
+            (
+                await self.conn.execute(
+                    select(signing_keys.c.kid).where(
+                        signing_keys.c.status == SigningKeyStatus.PREVIOUS,
+                        signing_keys.c.verify_until <= now,
+                    )
+                )
+            ).scalars()
+        )
+        if kids:
+            await self.conn.execute(
+                update(signing_keys)
+                .where(signing_keys.c.kid.in_(kids))
+                .values(
+                    status=SigningKeyStatus.RETIRED,
+                    private_key_ciphertext=None,
+                    master_key_version=None,
+                )
+            )
+        return kids
+
+    async def list_signing_keys(self, statuses: Sequence[str]) -> list[StoredKey]:
+        """Keys with the given statuses, current first then newest first."""
+        rows = await self.conn.execute(
+            select(signing_keys)
+            .where(signing_keys.c.status.in_(list(statuses)))
+            .order_by(
+                (signing_keys.c.status == SigningKeyStatus.CURRENT).desc(),
+                signing_keys.c.create_time.desc(),
+            )
+        )
+        return [
+            StoredKey(
+                kid=row.kid,
+                status=row.status,
+                public_jwk=dict(row.public_jwk),
+                private_key_ciphertext=(
+                    None
+                    if row.private_key_ciphertext is None
+                    else bytes(row.private_key_ciphertext)
+                ),
+                create_time=row.create_time,
+                verify_until=row.verify_until,
+            )
+            for row in rows
+        ]

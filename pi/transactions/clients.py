@@ -1,0 +1,105 @@
+"""The payment service as the transaction service needs it: a port and its gRPC adapter.
+
+`CancelTransaction` asks the payment service, the authority for money on a transaction,
+to close the transaction (`PaymentLedgerService.CloseTransaction`) before it applies the
+cancellation locally.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
+from pi.platform.clients import DEFAULT_DEADLINE_SECONDS
+from pi.platform.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from pi.platform.rpc_status import error_from_rpc_error
+
+log = logging.getLogger(__name__)
+
+REASON_PAYMENT_SERVICE_UNAVAILABLE = "PAYMENT_SERVICE_UNAVAILABLE"
+
+# The payment service could not do its part now; a retry may succeed.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# Answers that mean something to the merchant, passed on as they are (reason included).
+# Any other answer is a bug or a misconfiguration between the services: INTERNAL.
+_PASSED_ON = (FailedPrecondition, NotFound, Aborted)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedTransaction:
+    """What `close_transaction` reports: the cancellation movement and the voided payments."""
+
+    movement_id: str
+    voided_payment_ids: tuple[str, ...]
+
+
+class PaymentLedger(Protocol):
+    """The payment service's ledger operations the transaction service uses."""
+
+    async def close_transaction(
+        self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
+    ) -> ClosedTransaction:
+        """Close the transaction to new payments and void its outstanding authorizations.
+
+        Idempotent. Raises FailedPrecondition(TRANSACTION_CAPTURED) if money was
+        captured, Unavailable if the payment service cannot be reached in time.
+        """
+        ...
+
+
+class GrpcPaymentLedger:
+    """`PaymentLedger` over gRPC (`PaymentLedgerService`), with a deadline on every call.
+
+    The channel carries the service credential (`pi.platform.clients.service_channel`).
+    """
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_DEADLINE_SECONDS
+    ) -> None:
+        self._stub = payments_pb2_grpc.PaymentLedgerServiceStub(channel)
+        self._timeout = timeout
+
+    async def close_transaction(
+        self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
+    ) -> ClosedTransaction:
+        request = payments_pb2.CloseTransactionRequest(
+            merchant_id=merchant_id,
+            transaction_id=transaction_id,
+            amount=amount,
+            currency=currency,
+        )
+        try:
+            response = await self._stub.CloseTransaction(request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in _TRANSIENT:
+                log.warning(
+                    "CloseTransaction failed",
+                    extra={"transaction_id": transaction_id, "code": getattr(code, "name", "")},
+                )
+                raise Unavailable(
+                    "The payment service did not answer in time; the transaction was not "
+                    "cancelled. Retrying is safe.",
+                    reason=REASON_PAYMENT_SERVICE_UNAVAILABLE,
+                ) from None
+            error = error_from_rpc_error(exc)
+            if isinstance(error, _PASSED_ON):
+                raise error from None
+            raise RuntimeError(f"CloseTransaction failed with {code}") from exc
+        if not response.movement_id:
+            raise RuntimeError("CloseTransaction answered without a movement id")
+        return ClosedTransaction(
+            movement_id=response.movement_id,
+            voided_payment_ids=tuple(response.voided_payment_ids),
+        )

@@ -1,0 +1,4 @@
+from pi.platform.migrations import run_env
+from pi.transactions.store import metadata
+
+run_env(metadata)

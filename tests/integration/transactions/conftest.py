@@ -1,0 +1,203 @@
+"""Fixtures for the transaction service on real PostgreSQL.
+
+Every test gets a freshly migrated schema. `service` is the use cases with a fake
+payment ledger (`payments`) and an adjustable `clock`; `rpc` serves the whole object
+graph from `pi.transactions.main.build` on an in-process grpc.aio server (127.0.0.1,
+ephemeral port), merchant tokens verified with a static ES256 key; `serve_app` serves
+any other wiring the same way. `count_rows(table, **where)` counts rows in the schema.
+
+Tests import nothing from here (pytest runs in importlib mode): they take fixtures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from generated.pi.transactions.v1 import transactions_pb2_grpc
+from pi.platform import migrations
+from pi.platform.config import Settings
+from pi.platform.server import create_server
+from pi.platform.tokens import StaticKeySource
+from pi.platform.validation import PageToken
+from pi.transactions.clients import ClosedTransaction, PaymentLedger
+from pi.transactions.main import MIGRATIONS, TransactionsApp, build
+from pi.transactions.service import TransactionService
+from pi.transactions.store import (
+    TransactionStore,
+    applied_movements,
+    idempotency_keys,
+    transactions,
+)
+
+_TABLES = {
+    "transactions": transactions,
+    "applied_movements": applied_movements,
+    "idempotency_keys": idempotency_keys,
+}
+
+
+class Clock:
+    """Real time plus an offset; `freeze()` makes every call return one instant."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+        self.frozen: datetime | None = None
+
+    def __call__(self) -> datetime:
+        if self.frozen is not None:
+            return self.frozen
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+        if self.frozen is not None:
+            self.frozen += delta
+
+    def freeze(self, at: datetime | None = None) -> datetime:
+        self.frozen = at or datetime.now(UTC) + self.offset
+        return self.frozen
+
+
+@dataclass
+class FakePaymentLedger:
+    """`PaymentLedger` in memory: closes transactions, or fails with `error`."""
+
+    error: Exception | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    async def close_transaction(
+        self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
+    ) -> ClosedTransaction:
+        self.calls.append(
+            {
+                "merchant_id": merchant_id,
+                "transaction_id": transaction_id,
+                "amount": amount,
+                "currency": currency,
+            }
+        )
+        if self.error is not None:
+            raise self.error
+        return ClosedTransaction(movement_id=f"mov_cancel_{transaction_id}", voided_payment_ids=())
+
+
+@dataclass
+class TransactionsRpc:
+    """Stubs on a channel to an in-process server, plus credential helpers."""
+
+    app: TransactionsApp
+    channel: grpc.aio.Channel
+    transactions: Any  # TransactionServiceAsyncStub
+    ledger: Any  # TransactionLedgerServiceAsyncStub
+    signer: Any  # the root conftest's Es256Signer
+
+    def merchant(self, merchant_id: str) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.signer.sign(merchant_id)}"),)
+
+    @property
+    def service(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.app.settings.service_token}"),)
+
+    @property
+    def admin(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.app.settings.admin_token}"),)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def txn_settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory("transactions")
+
+
+@pytest.fixture
+async def migrated(txn_settings: Settings) -> Settings:
+    await asyncio.to_thread(migrations.upgrade, txn_settings, txn_settings.db_schema, MIGRATIONS)
+    return txn_settings
+
+
+@pytest.fixture
+def engine(make_engine: Callable[..., AsyncEngine], migrated: Settings) -> AsyncEngine:
+    return make_engine(migrated.db_schema)
+
+
+@pytest.fixture
+def count_rows(engine: AsyncEngine) -> Callable[..., Awaitable[int]]:
+    """`await count_rows("transactions", status="PENDING")`."""
+
+    async def count(table: str, **where: Any) -> int:
+        t = _TABLES[table]
+        query = select(func.count()).select_from(t)
+        for column, value in where.items():
+            query = query.where(t.c[column] == value)
+        async with engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    return count
+
+
+@pytest.fixture
+def payments() -> FakePaymentLedger:
+    return FakePaymentLedger()
+
+
+@pytest.fixture
+def service(engine: AsyncEngine, payments: FakePaymentLedger, clock: Clock) -> TransactionService:
+    return TransactionService(
+        TransactionStore(engine), payments, PageToken(secrets.token_bytes(32)), clock=clock
+    )
+
+
+@pytest.fixture
+async def serve_app(
+    migrated: Settings, engine: AsyncEngine, es256_signer: Any
+) -> AsyncIterator[Callable[[PaymentLedger], Awaitable[TransactionsRpc]]]:
+    """`await serve_app(payment_ledger)`: the service built and served in-process."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def serve(payment_ledger: PaymentLedger) -> TransactionsRpc:
+        keys = StaticKeySource({es256_signer.kid: es256_signer.public_key})
+        app = await build(migrated, engine=engine, key_source=keys, payment_ledger=payment_ledger)
+        server = create_server([app.interceptor])
+        app.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+        async def cleanup() -> None:
+            await channel.close()
+            await server.stop(None)
+            await app.close()
+
+        cleanups.append(cleanup)
+        return TransactionsRpc(
+            app=app,
+            channel=channel,
+            transactions=transactions_pb2_grpc.TransactionServiceStub(channel),
+            ledger=transactions_pb2_grpc.TransactionLedgerServiceStub(channel),
+            signer=es256_signer,
+        )
+
+    yield serve
+    for cleanup in reversed(cleanups):
+        await cleanup()
+
+
+@pytest.fixture
+async def rpc(
+    serve_app: Callable[[PaymentLedger], Awaitable[TransactionsRpc]], payments: FakePaymentLedger
+) -> TransactionsRpc:
+    return await serve_app(payments)

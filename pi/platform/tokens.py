@@ -75,7 +75,9 @@ class RemoteJwks:
     """The auth service's JWKS (`AuthService.GetJwks`), cached in memory.
 
     An unknown `kid` triggers a refetch at most once per `min_refetch_seconds`, so a
-    flood of forged tokens cannot turn into a flood of calls to auth. If auth cannot be
+    flood of forged tokens cannot turn into a flood of calls to auth. After a failed
+    fetch the next one may come after `retry_after_failure_seconds` instead: a service
+    that started before auth was listening must not refuse good tokens for long. If auth cannot be
     reached and the key is unknown, `public_key` raises `Unavailable` (retry later)
     rather than calling a good token invalid.
     """
@@ -86,11 +88,13 @@ class RemoteJwks:
         *,
         timeout: float = 2.0,
         min_refetch_seconds: float = 5.0,
+        retry_after_failure_seconds: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = auth_pb2_grpc.AuthServiceStub(channel)
         self._timeout = timeout
         self._min_refetch = min_refetch_seconds
+        self._retry_after_failure = min(retry_after_failure_seconds, min_refetch_seconds)
         self._clock = clock
         self._keys: dict[str, PublicKey] = {}
         self._last_fetch: float | None = None
@@ -109,7 +113,8 @@ class RemoteJwks:
             if key is not None:
                 return key
             now = self._clock()
-            if self._last_fetch is None or now - self._last_fetch >= self._min_refetch:
+            gap = self._retry_after_failure if self._last_fetch_failed else self._min_refetch
+            if self._last_fetch is None or now - self._last_fetch >= gap:
                 await self._refresh_locked()
             key = self._keys.get(kid)
             if key is None and self._last_fetch_failed:

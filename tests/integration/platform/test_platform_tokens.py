@@ -297,6 +297,38 @@ async def test_remote_jwks_unreachable_is_unavailable_not_invalid(es256_signer: 
         await channel.close()
 
 
+async def test_remote_jwks_recovers_soon_after_auth_comes_up(es256_signer: Any) -> None:
+    # A service that starts before auth listens must not refuse good tokens for the whole
+    # refetch interval: after a failed fetch, the next one may come after 0.5 s.
+    fake = _FakeAuth()  # type: ignore[abstract]  # implements only what the test calls
+    fake.jwks = [jwk_from_public_key(es256_signer.public_key, es256_signer.kid)]
+    server = grpc.aio.server()
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    clock = [0.0]
+    verifier = TokenVerifier(
+        RemoteJwks(channel, timeout=0.5, clock=lambda: clock[0]),
+        RevocationList(),
+        ISSUER,
+        AUDIENCE,
+    )
+    try:
+        with pytest.raises(Unavailable):
+            await verifier.verify(es256_signer.sign())
+        await server.start()
+        clock[0] = 0.1  # too soon: still no second fetch
+        with pytest.raises(Unavailable):
+            await verifier.verify(es256_signer.sign())
+        assert fake.jwks_calls == 0
+        clock[0] = 0.6
+        assert (await verifier.verify(es256_signer.sign())).kind == "merchant"
+        assert fake.jwks_calls == 1
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
 async def test_revocation_poller_pulls_with_the_service_token(
     auth_server: tuple[_FakeAuth, grpc.aio.Channel],
     revocations: RevocationList,

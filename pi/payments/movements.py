@@ -1,0 +1,88 @@
+"""Movements as the outbox stores them: a serialized `pi.transactions.v1.Movement`.
+
+The payload is the wire contract with the transaction service, so what is delivered is
+byte for byte what was committed with the money change.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf import timestamp_pb2
+
+from generated.pi.transactions.v1 import transactions_pb2
+from pi.platform.ids import new_id
+from pi.transactions.domain import Movement, MovementDelta, MovementKind
+
+__all__ = [
+    "cancellation_movement_id",
+    "decode_movement",
+    "encode_movement",
+    "movement_from_pb",
+    "movement_to_pb",
+    "movements_from_deltas",
+]
+
+
+def cancellation_movement_id(transaction_id: str) -> str:
+    """The one CANCELLATION movement of a transaction has this id on every call."""
+    return f"mov_cancel_{transaction_id}"
+
+
+def movements_from_deltas(
+    deltas: tuple[MovementDelta, ...], *, merchant_id: str, transaction_id: str, now: datetime
+) -> list[Movement]:
+    """Give each delta an id (deterministic for the cancellation) and a time."""
+    return [
+        Movement.from_delta(
+            delta,
+            id=(
+                cancellation_movement_id(transaction_id)
+                if delta.kind is MovementKind.CANCELLATION
+                else new_id("mov")
+            ),
+            merchant_id=merchant_id,
+            transaction_id=transaction_id,
+            occur_time=now,
+        )
+        for delta in deltas
+    ]
+
+
+def movement_to_pb(movement: Movement) -> transactions_pb2.Movement:
+    occur = timestamp_pb2.Timestamp()
+    occur.FromDatetime(movement.occur_time)
+    return transactions_pb2.Movement(
+        id=movement.id,
+        merchant_id=movement.merchant_id,
+        transaction_id=movement.transaction_id,
+        payment_id=movement.payment_id or "",
+        kind=transactions_pb2.MovementKind.Value(f"MOVEMENT_KIND_{movement.kind.value}"),
+        authorized_delta=movement.authorized_delta,
+        captured_delta=movement.captured_delta,
+        refunded_delta=movement.refunded_delta,
+        occur_time=occur,
+    )
+
+
+def movement_from_pb(message: transactions_pb2.Movement) -> Movement:
+    kind_name = transactions_pb2.MovementKind.Name(message.kind).removeprefix("MOVEMENT_KIND_")
+    return Movement(
+        id=message.id,
+        merchant_id=message.merchant_id,
+        transaction_id=message.transaction_id,
+        payment_id=message.payment_id or None,
+        kind=MovementKind(kind_name),
+        authorized_delta=message.authorized_delta,
+        captured_delta=message.captured_delta,
+        refunded_delta=message.refunded_delta,
+        occur_time=message.occur_time.ToDatetime(tzinfo=UTC),
+    )
+
+
+def encode_movement(movement: Movement) -> bytes:
+    return movement_to_pb(movement).SerializeToString(deterministic=True)
+
+
+def decode_movement(payload: bytes) -> Movement:
+    return movement_from_pb(transactions_pb2.Movement.FromString(payload))

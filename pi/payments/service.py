@@ -1,0 +1,745 @@
+"""Use cases of the payment service: create, capture, cancel, refund, read, close, settle.
+
+Every money change follows one pattern: in ONE database transaction, lock the
+transaction's ref row, apply a pure domain function (`pi.payments.domain`), write the
+payment, the ref and the movements (outbox) and, if the caller sent a key, the response
+for idempotent replays. After the commit the outbox dispatcher is nudged.
+
+CreatePayment is split around the processor call so that a crash can never leave an
+unrecorded charge (DESIGN.md, "never a double charge"):
+
+1. validate (nothing written on bad input);
+2. T1: claim the idempotency key, lock the ref, check the budget, insert the payment as
+   PROCESSING holding its amount, and store "pending <payment id>" under the key (on
+   first sight of the transaction: roll back, look it up at the transaction service,
+   keep its facts in `transaction_refs`, and start T1 again);
+3. `connector.authorize`, keyed by the payment id (a repeat never charges twice);
+4. T2: lock the key's row, lock the ref and the payment, apply the outcome (movements
+   AUTHORIZATION / CAPTURE / FAILURE) and store the final response under the key.
+
+A duplicate request that finds "pending" resumes at step 3 with the same payment, so
+concurrent duplicates and retries after a crash converge on one payment and one
+response. A payment left PROCESSING (timeout, asynchronous method, crash) is settled by
+the reconciler through `reconcile_payment`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pi.payments import domain
+from pi.payments.connectors.base import (
+    AuthorizeRequest,
+    CaptureRequest,
+    Connector,
+    ConnectorResult,
+    RefundRequest,
+    VoidRequest,
+)
+from pi.payments.domain import (
+    BankTransferDetails,
+    BankTransferInput,
+    CaptureMode,
+    CardDetails,
+    CardInput,
+    FailureReason,
+    Payment,
+    PaymentChange,
+    PaymentMethodType,
+    PaymentRequest,
+    PaymentStatus,
+    ProcessorOutcome,
+    ReconcileAction,
+    Refund,
+    TransactionRef,
+    WalletInput,
+)
+from pi.payments.ledger_client import (
+    REASON_TRANSACTION_NOT_FOUND,
+    TransactionLedger,
+)
+from pi.payments.movements import cancellation_movement_id, movements_from_deltas
+from pi.payments.snapshots import (
+    decode_payment,
+    decode_refund_result,
+    encode_payment,
+    encode_refund_result,
+)
+from pi.payments.store import PaymentStore, PaymentTx
+from pi.platform.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    ValidationErrors,
+)
+from pi.platform.idempotency import Idempotency
+from pi.platform.ids import new_id
+from pi.platform.money import amount_problem, currency_problem
+from pi.platform.principal import Principal, require_merchant, require_service
+from pi.platform.validation import PageToken
+from pi.platform.validation import page_size as parse_page_size
+from pi.transactions.domain import text_problem
+
+__all__ = [
+    "OP_CANCEL",
+    "OP_CAPTURE",
+    "OP_CREATE",
+    "OP_REFUND",
+    "REASON_PAYMENT_NOT_FOUND",
+    "REASON_PROCESSOR_DECLINED",
+    "REASON_PROCESSOR_UNAVAILABLE",
+    "REASON_TRANSACTION_MISMATCH",
+    "CloseResult",
+    "CreatePaymentInput",
+    "PaymentPage",
+    "PaymentService",
+    "RefundResult",
+]
+
+log = logging.getLogger(__name__)
+
+OP_CREATE = "CreatePayment"
+OP_CAPTURE = "CapturePayment"
+OP_CANCEL = "CancelPayment"
+OP_REFUND = "RefundPayment"
+
+REASON_PAYMENT_NOT_FOUND = "PAYMENT_NOT_FOUND"
+REASON_PROCESSOR_DECLINED = "PROCESSOR_DECLINED"
+REASON_PROCESSOR_UNAVAILABLE = "PROCESSOR_UNAVAILABLE"
+REASON_TRANSACTION_MISMATCH = "TRANSACTION_MISMATCH"
+
+MAX_ID_LENGTH = 64
+
+# Idempotency responses of CreatePayment: "pending" with the payment id after T1, the
+# final payment snapshot after T2.
+_PENDING = b"P"
+_FINAL = b"R"
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePaymentInput:
+    """CreatePayment as plain values (unvalidated); None for an unspecified enum."""
+
+    transaction_id: str
+    amount: int
+    method: PaymentMethodType | None
+    capture_mode: CaptureMode | None = None
+    card: CardInput | None = None
+    bank_transfer: BankTransferInput | None = None
+    wallet: WalletInput | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPage:
+    payments: list[Payment]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund: Refund
+    payment: Payment
+
+
+@dataclass(frozen=True, slots=True)
+class CloseResult:
+    movement_id: str
+    voided_payment_ids: tuple[str, ...]
+
+
+class _UnknownTransaction(Exception):
+    """Rolls back a create attempt that met a transaction the service has not seen."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _payment_not_found() -> NotFound:
+    return NotFound("The payment does not exist.", reason=REASON_PAYMENT_NOT_FOUND)
+
+
+def _transaction_not_found() -> NotFound:
+    return NotFound("The transaction does not exist.", reason=REASON_TRANSACTION_NOT_FOUND)
+
+
+def _processor_refused(operation: str, result: ConnectorResult) -> FailedPrecondition | Unavailable:
+    if result.outcome is ProcessorOutcome.DECLINED:
+        return FailedPrecondition(
+            f"The processor declined the {operation}.",
+            reason=REASON_PROCESSOR_DECLINED,
+            metadata={"failure_reason": (result.failure_reason or "PROCESSOR_DECLINED")},
+        )
+    return Unavailable(
+        f"The processor did not confirm the {operation}; retry with the same idempotency key.",
+        reason=REASON_PROCESSOR_UNAVAILABLE,
+    )
+
+
+def _id_problem(value: str) -> str | None:
+    if not value:
+        return "is required"
+    if len(value) > MAX_ID_LENGTH or not all("!" <= c <= "~" for c in value):
+        return f"must be an identifier of at most {MAX_ID_LENGTH} visible ASCII characters"
+    return None
+
+
+class PaymentService:
+    """The payment use cases. Ports: store, processor connector, transaction ledger."""
+
+    def __init__(
+        self,
+        store: PaymentStore,
+        connector: Connector,
+        ledger: TransactionLedger,
+        *,
+        idempotency: Idempotency,
+        fingerprint_key: bytes,
+        request_key: bytes,
+        page_tokens: PageToken,
+        notify: Callable[[], None] = lambda: None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        """`fingerprint_key` keys card fingerprints; `request_key` keys the request
+        fingerprints stored with idempotency keys (they cover card numbers, so they must
+        not be a plain hash). `notify` wakes the outbox dispatcher after a commit."""
+        self._store = store
+        self._connector = connector
+        self._ledger = ledger
+        self._idem = idempotency
+        self._fingerprint_key = fingerprint_key
+        self._request_key = request_key
+        self._pages = page_tokens
+        self._notify = notify
+        self._clock = clock
+
+    # -- CreatePayment --------------------------------------------------------------------
+
+    async def create_payment(
+        self, principal: Principal, data: CreatePaymentInput, *, idempotency_key: str | None
+    ) -> Payment:
+        merchant_id = require_merchant(principal)
+        now = self._clock()
+        request = self._validate_create(data, now)
+        fingerprint = self._create_fingerprint(request, data)
+        payment, final = await self._record_processing(
+            merchant_id, request, fingerprint, idempotency_key, now
+        )
+        if final:
+            return payment
+
+        result = await self._authorize(payment, request)
+        key = (merchant_id, OP_CREATE, idempotency_key) if idempotency_key else None
+        settled = await self._settle(payment, result, idempotency=key)
+        log.debug(
+            "payment created",
+            extra={"payment_id": settled.id, "status": settled.status.value},
+        )
+        return settled
+
+    async def _record_processing(
+        self,
+        merchant_id: str,
+        request: PaymentRequest,
+        fingerprint: str,
+        idempotency_key: str | None,
+        now: datetime,
+    ) -> tuple[Payment, bool]:
+        """T1: the payment as PROCESSING with its hold, or what the key already holds.
+
+        Returns (payment, whether it is a final replayed response). On first sight of the
+        transaction the attempt rolls back (releasing the key), its facts are fetched
+        outside any database transaction, and the attempt is made again.
+        """
+        for _ in range(2):
+            try:
+                async with self._store.transaction() as tx:
+                    claim = await self._idem.claim(
+                        tx.conn, merchant_id, OP_CREATE, idempotency_key, fingerprint
+                    )
+                    if claim.replay is not None:
+                        if claim.replay.startswith(_FINAL):
+                            return decode_payment(claim.replay[len(_FINAL) :]), True
+                        pending_id = claim.replay[len(_PENDING) :].decode()
+                        pending = await tx.get_payment(pending_id, merchant_id=merchant_id)
+                        if pending is None:  # pragma: no cover - written with the key
+                            raise _payment_not_found()
+                        return pending, False
+                    ref = await tx.lock_ref(request.transaction_id)
+                    if ref is None:
+                        raise _UnknownTransaction
+                    if ref.merchant_id != merchant_id:
+                        raise _transaction_not_found()
+                    change = domain.start_payment(
+                        ref,
+                        request,
+                        payment_id=new_id("pay"),
+                        merchant_id=merchant_id,
+                        fingerprint_key=self._fingerprint_key,
+                        now=now,
+                    )
+                    await tx.insert_payment(change.payment)
+                    await tx.update_ref(ref, change.ref, [], now)
+                    await self._idem.complete(tx.conn, claim, _PENDING + change.payment.id.encode())
+                    return change.payment, False
+            except _UnknownTransaction:
+                await self._learn_transaction(merchant_id, request.transaction_id, now)
+        raise _transaction_not_found()  # pragma: no cover - the ref exists after learning
+
+    def _validate_create(self, data: CreatePaymentInput, now: datetime) -> PaymentRequest:
+        extra: list[FieldViolation] = []
+        if data.transaction_id and (problem := _id_problem(data.transaction_id)) is not None:
+            extra.append(FieldViolation("payment.transaction_id", problem))
+        try:
+            request = domain.validate_payment_request(
+                transaction_id=data.transaction_id,
+                amount=data.amount,
+                method=data.method,
+                capture_mode=data.capture_mode,
+                card=data.card,
+                bank_transfer=data.bank_transfer,
+                wallet=data.wallet,
+                today=now.date(),
+            )
+        except InvalidArgument as error:
+            raise InvalidArgument(error.message, [*extra, *error.violations]) from None
+        if extra:
+            raise InvalidArgument("The payment has invalid fields.", extra)
+        return request
+
+    def _create_fingerprint(self, request: PaymentRequest, data: CreatePaymentInput) -> str:
+        details = request.details
+        method_fields: dict[str, Any]
+        if isinstance(details, CardDetails):
+            method_fields = {
+                "number": details.number,
+                "exp_month": details.exp_month,
+                "exp_year": details.exp_year,
+                "cvc": details.cvc,
+            }
+        elif isinstance(details, BankTransferDetails):
+            method_fields = {
+                "holder": details.account_holder_name,
+                "account": details.account_number,
+            }
+        else:
+            method_fields = {"type": details.type.value, "token": details.token}
+        return self._fingerprint(
+            OP_CREATE,
+            {
+                "transaction_id": request.transaction_id,
+                "amount": data.amount,
+                "method": request.method.value,
+                "capture_mode": request.capture_mode.value,
+                "details": method_fields,
+            },
+        )
+
+    async def _learn_transaction(
+        self, merchant_id: str, transaction_id: str, now: datetime
+    ) -> None:
+        """First sight of a transaction: ask the transaction service (NotFound unless it
+        is the merchant's, Unavailable if it cannot answer) and keep its facts."""
+        facts = await self._ledger.lookup_transaction(merchant_id, transaction_id)
+        async with self._store.transaction() as tx:
+            await tx.insert_ref(
+                TransactionRef(
+                    transaction_id=facts.transaction_id,
+                    merchant_id=facts.merchant_id,
+                    amount=facts.amount,
+                    currency=facts.currency,
+                    closed=facts.cancelled,
+                ),
+                now,
+            )
+
+    async def _authorize(self, payment: Payment, request: PaymentRequest) -> ConnectorResult:
+        try:
+            return await self._connector.authorize(
+                AuthorizeRequest(
+                    payment_id=payment.id,
+                    merchant_id=payment.merchant_id,
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    capture=payment.capture_mode is CaptureMode.AUTOMATIC,
+                    details=request.details,
+                )
+            )
+        except Exception:
+            # Unknown outcome: the payment stays PROCESSING for the reconciler.
+            log.exception("processor authorize failed", extra={"payment_id": payment.id})
+            return ConnectorResult.timeout()
+
+    async def _settle(
+        self,
+        payment: Payment,
+        result: ConnectorResult,
+        *,
+        idempotency: tuple[str, str, str] | None = None,
+    ) -> Payment:
+        """Apply a processor outcome to a PROCESSING payment (T2, or the reconciler).
+
+        A payment someone else settled first is returned as it is. With `idempotency`,
+        the first request to get here stores the final response; the others replay it.
+        """
+        wrote_movements = False
+        async with self._store.transaction() as tx:
+            if idempotency is not None:
+                stored = await tx.lock_idempotency_response(*idempotency)
+                if stored is not None and stored.startswith(_FINAL):
+                    return decode_payment(stored[len(_FINAL) :])
+            ref = await tx.lock_ref(payment.transaction_id)
+            current = await tx.get_payment(payment.id, lock=True)
+            if ref is None or current is None:  # pragma: no cover - rows are never deleted
+                raise _payment_not_found()
+            if current.status is PaymentStatus.PROCESSING:
+                now = self._clock()
+                change = domain.authorize_outcome(
+                    ref,
+                    current,
+                    result.outcome,
+                    failure_reason=result.failure_reason,
+                    processor_reference=result.reference,
+                    now=now,
+                )
+                wrote_movements = await self._persist(tx, current, ref, change, now)
+                current = change.payment
+            if idempotency is not None:
+                await tx.set_idempotency_response(*idempotency, _FINAL + encode_payment(current))
+        if wrote_movements:
+            self._notify()
+        return current
+
+    async def _persist(
+        self, tx: PaymentTx, old: Payment, ref: TransactionRef, change: PaymentChange, now: datetime
+    ) -> bool:
+        """Write a PaymentChange; returns whether movements went to the outbox."""
+        if change.payment != old:
+            await tx.update_payment(old, change.payment)
+        movements = movements_from_deltas(
+            change.movements,
+            merchant_id=old.merchant_id,
+            transaction_id=old.transaction_id,
+            now=now,
+        )
+        if change.ref != ref or movements:
+            await tx.update_ref(ref, change.ref, movements, now)
+        if change.refund is not None:
+            await tx.insert_refund(
+                change.refund, merchant_id=old.merchant_id, transaction_id=old.transaction_id
+            )
+        return bool(movements)
+
+    # -- reconciler -----------------------------------------------------------------------
+
+    async def reconcile_payment(self, payment: Payment) -> Payment:
+        """Ask the processor about a PROCESSING payment and settle it if the answer is final
+        (the rule: `domain.reconcile_action`)."""
+        if payment.status is not PaymentStatus.PROCESSING:
+            return payment
+        result = await self._connector.status(payment.id)
+        action = domain.reconcile_action(payment, result.outcome, now=self._clock())
+        if action is ReconcileAction.WAIT:
+            return payment
+        if action is ReconcileAction.VOID_AND_FAIL:
+            void = await self._connector.void(
+                VoidRequest(
+                    payment_id=payment.id,
+                    reference=payment.processor_reference,
+                    idempotency_key=f"void_{payment.id}",
+                )
+            )
+            if void.outcome is not ProcessorOutcome.APPROVED:
+                return payment
+            result = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
+        return await self._settle(payment, result)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def get_payment(self, principal: Principal, payment_id: str) -> Payment:
+        merchant_id = require_merchant(principal)
+        if not payment_id:
+            raise InvalidArgument.field("id", "is required")
+        payment = await self._store.get_payment(merchant_id, payment_id)
+        if payment is None:
+            raise _payment_not_found()
+        return payment
+
+    async def list_payments(
+        self,
+        principal: Principal,
+        *,
+        transaction_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> PaymentPage:
+        merchant_id = require_merchant(principal)
+        size = parse_page_size(page_size)
+        filters = {"merchant_id": merchant_id, "transaction_id": transaction_id}
+        after: tuple[datetime, str] | None = None
+        if page_token:
+            position = self._pages.decode(page_token, filters)
+            try:
+                after = (datetime.fromisoformat(position["t"]), str(position["id"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument.field("page_token", "is not a valid page token.") from None
+        rows = await self._store.list_payments(
+            merchant_id, transaction_id=transaction_id or None, after=after, limit=size + 1
+        )
+        next_token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            last = rows[-1]
+            next_token = self._pages.encode(
+                {"t": last.create_time.isoformat(), "id": last.id}, filters
+            )
+        return PaymentPage(payments=rows, next_page_token=next_token)
+
+    # -- Capture / Cancel / Refund --------------------------------------------------------
+
+    async def capture_payment(
+        self,
+        principal: Principal,
+        payment_id: str,
+        *,
+        amount: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Payment:
+        merchant_id = require_merchant(principal)
+        errors = ValidationErrors()
+        if not payment_id:
+            errors.add("id", "is required")
+        if amount and (problem := amount_problem(amount)) is not None:
+            errors.add("amount", problem)
+        errors.raise_if_any("The capture has invalid fields.")
+        fingerprint = self._fingerprint(OP_CAPTURE, {"id": payment_id, "amount": amount})
+        async with self._store.transaction() as tx:
+            claim = await self._idem.claim(
+                tx.conn, merchant_id, OP_CAPTURE, idempotency_key, fingerprint
+            )
+            if claim.replay is not None:
+                return decode_payment(claim.replay)
+            payment, ref = await self._lock_payment(tx, merchant_id, payment_id)
+            now = self._clock()
+            change = domain.capture(ref, payment, amount or None, now=now)
+            result = await self._connector.capture(
+                CaptureRequest(
+                    payment_id=payment.id,
+                    reference=payment.processor_reference,
+                    amount=change.payment.captured_amount,
+                    currency=payment.currency,
+                    idempotency_key=f"capture_{payment.id}",
+                )
+            )
+            if result.outcome is not ProcessorOutcome.APPROVED:
+                raise _processor_refused("capture", result)
+            await self._persist(tx, payment, ref, change, now)
+            await self._idem.complete(tx.conn, claim, encode_payment(change.payment))
+        self._notify()
+        return change.payment
+
+    async def cancel_payment(
+        self, principal: Principal, payment_id: str, *, idempotency_key: str | None = None
+    ) -> Payment:
+        merchant_id = require_merchant(principal)
+        if not payment_id:
+            raise InvalidArgument.field("id", "is required")
+        fingerprint = self._fingerprint(OP_CANCEL, {"id": payment_id})
+        async with self._store.transaction() as tx:
+            claim = await self._idem.claim(
+                tx.conn, merchant_id, OP_CANCEL, idempotency_key, fingerprint
+            )
+            if claim.replay is not None:
+                return decode_payment(claim.replay)
+            payment, ref = await self._lock_payment(tx, merchant_id, payment_id)
+            now = self._clock()
+            change = domain.cancel(ref, payment, now=now)
+            result = await self._connector.void(
+                VoidRequest(
+                    payment_id=payment.id,
+                    reference=payment.processor_reference,
+                    idempotency_key=f"void_{payment.id}",
+                )
+            )
+            if result.outcome is not ProcessorOutcome.APPROVED:
+                raise _processor_refused("void", result)
+            await self._persist(tx, payment, ref, change, now)
+            await self._idem.complete(tx.conn, claim, encode_payment(change.payment))
+        self._notify()
+        return change.payment
+
+    async def refund_payment(
+        self,
+        principal: Principal,
+        payment_id: str,
+        *,
+        amount: int = 0,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> RefundResult:
+        merchant_id = require_merchant(principal)
+        errors = ValidationErrors()
+        if not payment_id:
+            errors.add("id", "is required")
+        if amount and (problem := amount_problem(amount)) is not None:
+            errors.add("amount", problem)
+        if (
+            problem := text_problem(
+                reason, max_length=domain.MAX_REFUND_REASON_LENGTH, multiline=True
+            )
+        ) is not None:
+            errors.add("reason", problem)
+        errors.raise_if_any("The refund has invalid fields.")
+        fingerprint = self._fingerprint(
+            OP_REFUND, {"id": payment_id, "amount": amount, "reason": reason}
+        )
+        async with self._store.transaction() as tx:
+            claim = await self._idem.claim(
+                tx.conn, merchant_id, OP_REFUND, idempotency_key, fingerprint
+            )
+            if claim.replay is not None:
+                refund, replayed = decode_refund_result(claim.replay)
+                return RefundResult(refund=refund, payment=replayed)
+            payment, ref = await self._lock_payment(tx, merchant_id, payment_id)
+            now = self._clock()
+            refund_id = new_id("ref")
+            change = domain.refund(
+                ref, payment, amount or None, refund_id=refund_id, reason=reason, now=now
+            )
+            if change.refund is None:  # pragma: no cover - refund() always sets it
+                raise AssertionError("domain.refund returned no refund")
+            # A retried request (same key) reuses the processor key even if the first
+            # attempt's database transaction was lost, so the processor refunds once.
+            processor_key = (
+                "refund_"
+                + self._fingerprint("refund-key", {"m": merchant_id, "k": idempotency_key})
+                if idempotency_key
+                else refund_id
+            )
+            result = await self._connector.refund(
+                RefundRequest(
+                    payment_id=payment.id,
+                    reference=payment.processor_reference,
+                    amount=change.refund.amount,
+                    currency=payment.currency,
+                    idempotency_key=processor_key,
+                )
+            )
+            if result.outcome is not ProcessorOutcome.APPROVED:
+                raise _processor_refused("refund", result)
+            await self._persist(tx, payment, ref, change, now)
+            await self._idem.complete(
+                tx.conn, claim, encode_refund_result(change.refund, change.payment)
+            )
+        self._notify()
+        return RefundResult(refund=change.refund, payment=change.payment)
+
+    async def _lock_payment(
+        self, tx: PaymentTx, merchant_id: str, payment_id: str
+    ) -> tuple[Payment, TransactionRef]:
+        """The merchant's payment and its ref, both locked (ref first: the lock order)."""
+        found = await tx.get_payment(payment_id, merchant_id=merchant_id)
+        if found is None:
+            raise _payment_not_found()
+        ref = await tx.lock_ref(found.transaction_id)
+        payment = await tx.get_payment(payment_id, lock=True)
+        if ref is None or payment is None:  # pragma: no cover - rows are never deleted
+            raise _payment_not_found()
+        return payment, ref
+
+    # -- PaymentLedgerService.CloseTransaction --------------------------------------------
+
+    async def close_transaction(
+        self,
+        principal: Principal,
+        *,
+        merchant_id: str,
+        transaction_id: str,
+        amount: int,
+        currency: str,
+    ) -> CloseResult:
+        """Close a transaction to new payments and void its authorizations (the money
+        flow agreement). Idempotent: closing again changes nothing."""
+        require_service(principal)
+        errors = ValidationErrors()
+        for field, value in (("merchant_id", merchant_id), ("transaction_id", transaction_id)):
+            if (problem := _id_problem(value)) is not None:
+                errors.add(field, problem)
+        if (problem := amount_problem(amount)) is not None:
+            errors.add("amount", problem)
+        if (problem := currency_problem(currency)) is not None:
+            errors.add("currency", problem)
+        errors.raise_if_any("The request has invalid fields.")
+        movement_id = cancellation_movement_id(transaction_id)
+        now = self._clock()
+        async with self._store.transaction() as tx:
+            ref = await tx.lock_ref(transaction_id)
+            if ref is None:
+                await tx.insert_ref(
+                    TransactionRef(
+                        transaction_id=transaction_id,
+                        merchant_id=merchant_id,
+                        amount=amount,
+                        currency=currency,
+                    ),
+                    now,
+                )
+                ref = await tx.lock_ref(transaction_id)
+            if ref is None or ref.merchant_id != merchant_id:
+                raise _transaction_not_found()
+            if ref.amount != amount or ref.currency != currency:
+                raise FailedPrecondition(
+                    "The transaction's amount or currency differs from what the payment "
+                    "service knows.",
+                    reason=REASON_TRANSACTION_MISMATCH,
+                )
+            existing = await tx.payments_of_transaction(transaction_id)
+            change = domain.close_transaction(ref, existing, now=now)
+            if change.already_closed:
+                return CloseResult(movement_id=movement_id, voided_payment_ids=())
+            for voided in change.voided:
+                result = await self._connector.void(
+                    VoidRequest(
+                        payment_id=voided.id,
+                        reference=voided.processor_reference,
+                        idempotency_key=f"void_{voided.id}",
+                    )
+                )
+                if result.outcome is not ProcessorOutcome.APPROVED:
+                    raise _processor_refused("void", result)
+            originals = {p.id: p for p in existing}
+            for voided in change.voided:
+                await tx.update_payment(originals[voided.id], voided)
+            movements = movements_from_deltas(
+                change.movements, merchant_id=merchant_id, transaction_id=transaction_id, now=now
+            )
+            await tx.update_ref(ref, change.ref, movements, now)
+        self._notify()
+        log.info(
+            "transaction closed",
+            extra={"transaction_id": transaction_id, "voided": len(change.voided)},
+        )
+        return CloseResult(
+            movement_id=movement_id, voided_payment_ids=tuple(v.id for v in change.voided)
+        )
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _fingerprint(self, operation: str, fields: dict[str, Any]) -> str:
+        """Keyed hash of a request, stored with its idempotency key (64 hex chars)."""
+        body = json.dumps(
+            {"op": operation, "fields": fields},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
+        return hmac.new(self._request_key, body.encode(), hashlib.sha256).hexdigest()

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from pi.platform.config import ConfigError
+from pi.platform import cli
+
+ROTATE_KEYS = cli.Command(
+    "rotate-keys",
+    "make a new current signing key; the previous one keeps verifying its tokens",
+    lambda app: print(app.rotate_keys()),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pi.auth", description="Pi auth service.")
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="serve gRPC (the default)")
-    commands.add_parser("migrate", help="apply the database migrations and exit")
-    commands.add_parser(
-        "rotate-keys",
-        help="make a new current signing key; the previous one keeps verifying its tokens",
-    )
-    args = parser.parse_args(argv)
-
-    from pi.auth import main as app
-
-    try:
-        if args.command == "migrate":
-            app.migrate()
-        elif args.command == "rotate-keys":
-            print(app.rotate_keys())
-        else:
-            app.run()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    return 0
+    return cli.main("auth", "Pi auth service.", argv, extra=[ROTATE_KEYS])
 
 
 if __name__ == "__main__":

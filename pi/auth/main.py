@@ -8,15 +8,12 @@ same object graph with `build(settings, clock=...)` and serve it in-process.
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -26,7 +23,6 @@ from pi.auth.service import AuthService, SigningKeyService, utcnow
 from pi.auth.servicer import AuthInternalServicer, AuthServicer
 from pi.auth.signing_keys import KeyRing
 from pi.auth.store import AuthStore, idempotency_keys
-from pi.platform import migrations, server
 from pi.platform.cache import Cache, create_cache
 from pi.platform.config import Settings
 from pi.platform.crypto import MasterKeys
@@ -34,15 +30,16 @@ from pi.platform.db import create_engine
 from pi.platform.idempotency import Idempotency
 from pi.platform.interceptors import AuthInterceptor
 from pi.platform.logging import configure as configure_logging
-from pi.platform.tokens import RevocationList, TokenVerifier, listen_for_revocations
+from pi.platform.server import BackgroundTask, periodic
+from pi.platform.tokens import TokenVerifier
 from pi.platform.validation import PageToken
-
-_log = logging.getLogger(__name__)
+from pi.platform.wiring import Authentication, authentication, migrate_service, run_service
 
 SERVICE = "auth"
 MIGRATIONS = Path(__file__).parent / "migrations"
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 AUTH_INTERNAL_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthInternalService"].full_name
+SERVICE_NAMES = (AUTH_SERVICE, AUTH_INTERNAL_SERVICE)
 PUBLIC_METHODS = (f"/{AUTH_SERVICE}/IssueToken", f"/{AUTH_SERVICE}/GetJwks")
 
 #: How often a running server reloads signing keys (picks up `rotate-keys`).
@@ -62,12 +59,18 @@ class AuthApp:
     master_keys: MasterKeys
     signing_keys: SigningKeyService
     keys: KeyRing
-    revocations: RevocationList
     cache: Cache
     auth: AuthService
-    verifier: TokenVerifier
-    interceptor: AuthInterceptor
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    authentication: Authentication
+    background: list[BackgroundTask] = field(default_factory=list)
+
+    @property
+    def verifier(self) -> TokenVerifier:
+        return self.authentication.verifier
+
+    @property
+    def interceptor(self) -> AuthInterceptor:
+        return self.authentication.interceptor
 
     def register(self, grpc_server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.auth), grpc_server)
@@ -76,16 +79,12 @@ class AuthApp:
         )
 
     async def housekeeping(self) -> None:
-        """Background task: forget expired tokens and failure records, retire keys."""
-        while True:
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
-            try:
-                await self.auth.purge_expired()
-                await self.signing_keys.retire_expired()
-            except Exception:
-                _log.exception("auth housekeeping failed")
+        """One housekeeping pass: forget expired tokens and failure records, retire keys."""
+        await self.auth.purge_expired()
+        await self.signing_keys.retire_expired()
 
     async def close(self) -> None:
+        await self.authentication.close()
         await self.cache.close()
         await self.engine.dispose()
 
@@ -117,29 +116,25 @@ async def build(
         activation_delay=KEY_ACTIVATION,
     )
     await keys.refresh()
-    revocations = RevocationList(clock=lambda: clock().timestamp())
     cache = cache or create_cache(settings)
+    callers = authentication(
+        settings,
+        keys=keys,
+        cache=cache,
+        public_methods=PUBLIC_METHODS,
+        clock=lambda: clock().timestamp(),
+    )
     auth = AuthService(
         store,
         keys,
         master_keys,
         Idempotency(idempotency_keys),
         PageToken.from_master_keys(master_keys),
-        RevocationFanout(revocations, cache),
+        RevocationFanout(callers.revocations, cache),
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         token_ttl=timedelta(seconds=settings.token_ttl_seconds),
         clock=clock,
-    )
-    verifier = TokenVerifier(
-        keys,
-        revocations,
-        settings.jwt_issuer,
-        settings.jwt_audience,
-        clock=lambda: clock().timestamp(),
-    )
-    interceptor = AuthInterceptor(
-        verifier, settings.admin_token, settings.service_token, public_methods=PUBLIC_METHODS
     )
     app = AuthApp(
         settings=settings,
@@ -148,62 +143,30 @@ async def build(
         master_keys=master_keys,
         signing_keys=signing_keys,
         keys=keys,
-        revocations=revocations,
         cache=cache,
         auth=auth,
-        verifier=verifier,
-        interceptor=interceptor,
+        authentication=callers,
     )
     poller = StoreRevocationPoller(
-        auth.revocations_since, revocations, interval=settings.revocation_poll_seconds
+        auth.revocations_since, callers.revocations, interval=settings.revocation_poll_seconds
     )
-    app.background = [keys.run_refresher, poller.run, app.housekeeping]
-    if settings.redis_url:
-        app.background.append(lambda: listen_for_revocations(cache, revocations))
+    app.background = [
+        keys.run_refresher,
+        poller.run,
+        periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="auth housekeeping"),
+        *callers.background,
+    ]
     return app
-
-
-def check_migrated(settings: Settings) -> None:
-    """Refuse to start on a database that `migrate` has not brought to head."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(config).get_current_head()
-    current = migrations.current(settings, settings.db_schema, MIGRATIONS)
-    if current != head:
-        raise SystemExit(
-            f"The auth database is at revision {current or 'none'}, not {head}: "
-            "run `python -m pi.auth migrate` first."
-        )
-
-
-async def _serve() -> None:
-    settings = Settings.from_env(SERVICE)
-    configure_logging(settings)
-    await asyncio.to_thread(check_migrated, settings)
-    app = await build(settings)
-    try:
-        await server.serve(
-            settings,
-            register=app.register,
-            service_names=[AUTH_SERVICE, AUTH_INTERNAL_SERVICE],
-            interceptors=[app.interceptor],
-            background=app.background,
-        )
-    finally:
-        await app.close()
 
 
 def run() -> None:
     """`python -m pi.auth`: serve until SIGTERM/SIGINT."""
-    server.run(_serve)
+    run_service(SERVICE, build, SERVICE_NAMES, MIGRATIONS)
 
 
 def migrate() -> None:
     """`python -m pi.auth migrate`: apply the auth migrations and exit."""
-    settings = Settings.from_env(SERVICE)
-    configure_logging(settings)
-    migrations.upgrade(settings, settings.db_schema, MIGRATIONS)
-    _log.info("auth database migrated", extra={"schema": settings.db_schema})
+    migrate_service(SERVICE, MIGRATIONS)
 
 
 async def _rotate_keys() -> str:

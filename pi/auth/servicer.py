@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.domain import ApiKey, Merchant, RevokedToken
 from pi.auth.service import AuthService
 from pi.platform.idempotency import fingerprint, key_from
 from pi.platform.principal import principal_of
+from pi.platform.protobuf import timestamp, to_datetime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,7 +50,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             access_token=issued.access_token,
             token_type="Bearer",
             expires_in=int((grant.expire_time - grant.issue_time).total_seconds()),
-            expire_time=_timestamp(grant.expire_time),
+            expire_time=timestamp(grant.expire_time),
             token_id=grant.token_id,
         )
 
@@ -60,7 +59,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     ) -> auth_pb2.RevokeTokenResponse:
         revoked = await self._auth.revoke_token(principal_of(context), request.token_id)
         return auth_pb2.RevokeTokenResponse(
-            token_id=revoked.token_id, revoke_time=_timestamp(revoked.revoke_time)
+            token_id=revoked.token_id, revoke_time=timestamp(revoked.revoke_time)
         )
 
     async def GetJwks(
@@ -121,28 +120,18 @@ class AuthInternalServicer(auth_pb2_grpc.AuthInternalServiceServicer):
     async def ListRevokedTokens(
         self, request: auth_pb2.ListRevokedTokensRequest, context: Context
     ) -> auth_pb2.ListRevokedTokensResponse:
-        after = (
-            request.revoked_after.ToDatetime(tzinfo=UTC)
-            if request.HasField("revoked_after")
-            else None
-        )
+        after = to_datetime(request.revoked_after) if request.HasField("revoked_after") else None
         revoked = await self._auth.list_revoked_tokens(principal_of(context), after)
         return auth_pb2.ListRevokedTokensResponse(
             revoked_tokens=[_revoked_token(r) for r in revoked]
         )
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _merchant(merchant: Merchant) -> auth_pb2.Merchant:
     return auth_pb2.Merchant(
         id=merchant.id,
         display_name=merchant.display_name,
-        create_time=_timestamp(merchant.create_time),
+        create_time=timestamp(merchant.create_time),
     )
 
 
@@ -152,16 +141,16 @@ def _api_key(key: ApiKey) -> auth_pb2.ApiKey:
         merchant_id=key.merchant_id,
         display_name=key.display_name,
         state=auth_pb2.API_KEY_STATE_ACTIVE if key.active else auth_pb2.API_KEY_STATE_REVOKED,
-        create_time=_timestamp(key.create_time),
+        create_time=timestamp(key.create_time),
     )
     if key.revoke_time is not None:
-        message.revoke_time.CopyFrom(_timestamp(key.revoke_time))
+        message.revoke_time.CopyFrom(timestamp(key.revoke_time))
     return message
 
 
 def _revoked_token(revoked: RevokedToken) -> auth_pb2.RevokedToken:
     return auth_pb2.RevokedToken(
         token_id=revoked.token_id,
-        expire_time=_timestamp(revoked.expire_time),
-        revoke_time=_timestamp(revoked.revoke_time),
+        expire_time=timestamp(revoked.expire_time),
+        revoke_time=timestamp(revoked.revoke_time),
     )

@@ -16,7 +16,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -34,9 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.types import TypeDecorator
 
 from pi.auth.domain import (
     ApiKey,
@@ -47,29 +44,10 @@ from pi.auth.domain import (
     TokenGrant,
 )
 from pi.auth.signing_keys import NewSigningKey, StoredKey
+from pi.platform.db import UtcDateTime
 from pi.platform.idempotency import idempotency_table
 
 _ID = 40  # "key_" + 26 chars, with room for longer prefixes
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC timestamps on PostgreSQL and on SQLite (which has no zones)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 metadata = MetaData()

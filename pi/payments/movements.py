@@ -6,12 +6,11 @@ byte for byte what was committed with the money change.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf import timestamp_pb2
+from datetime import datetime
 
 from generated.pi.transactions.v1 import transactions_pb2
 from pi.platform.ids import new_id
+from pi.platform.protobuf import timestamp, to_datetime
 from pi.transactions.domain import Movement, MovementDelta, MovementKind
 
 __all__ = [
@@ -50,8 +49,6 @@ def movements_from_deltas(
 
 
 def movement_to_pb(movement: Movement) -> transactions_pb2.Movement:
-    occur = timestamp_pb2.Timestamp()
-    occur.FromDatetime(movement.occur_time)
     return transactions_pb2.Movement(
         id=movement.id,
         merchant_id=movement.merchant_id,
@@ -61,7 +58,7 @@ def movement_to_pb(movement: Movement) -> transactions_pb2.Movement:
         authorized_delta=movement.authorized_delta,
         captured_delta=movement.captured_delta,
         refunded_delta=movement.refunded_delta,
-        occur_time=occur,
+        occur_time=timestamp(movement.occur_time),
     )
 
 
@@ -76,7 +73,7 @@ def movement_from_pb(message: transactions_pb2.Movement) -> Movement:
         authorized_delta=message.authorized_delta,
         captured_delta=message.captured_delta,
         refunded_delta=message.refunded_delta,
-        occur_time=message.occur_time.ToDatetime(tzinfo=UTC),
+        occur_time=to_datetime(message.occur_time),
     )
 
 

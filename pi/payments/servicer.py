@@ -7,11 +7,9 @@ response (those fields stay empty).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.payments.domain import (
@@ -27,6 +25,7 @@ from pi.payments.domain import (
 from pi.payments.service import CreatePaymentInput, PaymentService
 from pi.platform.idempotency import key_from
 from pi.platform.principal import principal_of
+from pi.platform.protobuf import timestamp
 
 __all__ = ["PaymentLedgerServicer", "PaymentServicer", "payment_to_pb", "refund_to_pb"]
 
@@ -48,12 +47,6 @@ _WALLET_TYPES = {
 }
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def payment_to_pb(payment: Payment) -> payments_pb2.Payment:
     message = payments_pb2.Payment(
         id=payment.id,
@@ -66,8 +59,8 @@ def payment_to_pb(payment: Payment) -> payments_pb2.Payment:
         status=payments_pb2.PaymentStatus.Value(f"PAYMENT_STATUS_{payment.status.value}"),
         captured_amount=payment.captured_amount,
         refunded_amount=payment.refunded_amount,
-        create_time=_timestamp(payment.create_time),
-        update_time=_timestamp(payment.update_time),
+        create_time=timestamp(payment.create_time),
+        update_time=timestamp(payment.update_time),
     )
     if payment.failure_reason is not None:
         message.failure_reason = payments_pb2.PaymentFailureReason.Value(
@@ -108,7 +101,7 @@ def refund_to_pb(refund: Refund) -> payments_pb2.Refund:
         currency=refund.currency,
         reason=refund.reason,
         status=payments_pb2.RefundStatus.Value(f"REFUND_STATUS_{refund.status.value}"),
-        create_time=_timestamp(refund.create_time),
+        create_time=timestamp(refund.create_time),
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,11 +52,6 @@ __all__ = [
     "PaymentTx",
     "metadata",
 ]
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every time in the service is aware UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _ref_from_row(row: Any) -> TransactionRef:
@@ -108,8 +103,8 @@ def _payment_from_row(row: Any) -> Payment:
         bank_transfer=bank,
         wallet=wallet,
         processor_reference=row.processor_reference,
-        create_time=_utc(row.create_time),
-        update_time=_utc(row.update_time),
+        create_time=row.create_time,
+        update_time=row.update_time,
     )
 
 
@@ -455,14 +450,14 @@ class PaymentStore:
         """When the earliest undelivered movement is due, or None if all are delivered."""
         o = outbox
         async with self._engine.connect() as conn:
-            value = (
+            value: datetime | None = (
                 await conn.execute(
                     sa.select(sa.func.min(o.c.next_attempt_time)).where(
                         o.c.delivered_time.is_(None)
                     )
                 )
             ).scalar()
-        return None if value is None else _utc(value)
+        return value
 
     async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None:
         if not movement_ids:

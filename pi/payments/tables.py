@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from pi.platform.db import UtcDateTime
 from pi.platform.idempotency import idempotency_table
 
 metadata = sa.MetaData()
@@ -48,8 +49,8 @@ transaction_refs = sa.Table(
     sa.Column("captured_amount", sa.BigInteger, nullable=False, default=0),
     sa.Column("refunded_amount", sa.BigInteger, nullable=False, default=0),
     sa.Column("movement_count", sa.BigInteger, nullable=False, default=0),
-    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("update_time", UtcDateTime(), nullable=False),
     sa.UniqueConstraint("transaction_id", "currency", name="transaction_refs_id_currency_key"),
     sa.CheckConstraint("amount > 0", name="transaction_refs_amount_positive"),
     sa.CheckConstraint(
@@ -88,8 +89,8 @@ payments = sa.Table(
     sa.Column("bank_account_last4", sa.String(4), nullable=True),
     sa.Column("wallet_type", sa.String(16), nullable=True),
     sa.Column("processor_reference", sa.String(128), nullable=True),
-    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("update_time", UtcDateTime(), nullable=False),
     sa.ForeignKeyConstraint(
         ["transaction_id", "currency"],
         ["transaction_refs.transaction_id", "transaction_refs.currency"],
@@ -140,7 +141,7 @@ refunds = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False, default=""),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
     sa.CheckConstraint("amount > 0", name="refunds_amount_positive"),
     sa.CheckConstraint("status IN ('SUCCEEDED')", name="refunds_status_known"),
     sa.ForeignKeyConstraint(
@@ -159,10 +160,10 @@ outbox = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("payload", sa.LargeBinary, nullable=False),
-    sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("delivered_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("delivered_time", UtcDateTime(), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("next_attempt_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_time", UtcDateTime(), nullable=False),
     sa.Column("last_error", sa.String(500), nullable=True),
     sa.UniqueConstraint("transaction_id", "seq", name="outbox_transaction_seq_key"),
     sa.Index(

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
         hash_secret,
         verify_secret,
     )
-    from pi.platform.db import create_engine, create_engine_for, is_postgres
+    from pi.platform.db import UtcDateTime, create_engine, create_engine_for, is_postgres
     from pi.platform.errors import (
         Aborted,
         AlreadyExists,
@@ -81,7 +81,7 @@ _EXPORTS: dict[str, str] = {
         ),
         "crypto",
     ),
-    **dict.fromkeys(("create_engine", "create_engine_for", "is_postgres"), "db"),
+    **dict.fromkeys(("UtcDateTime", "create_engine", "create_engine_for", "is_postgres"), "db"),
     **dict.fromkeys(
         (
             "Aborted",
@@ -168,6 +168,7 @@ __all__ = [
     "TokenVerifier",
     "Unauthenticated",
     "Unavailable",
+    "UtcDateTime",
     "ValidationErrors",
     "abort_with",
     "constant_time_equal",

@@ -23,7 +23,8 @@ PostgreSQL the connection translates the default schema to the service's schema
 version table lives in it. On SQLite, schemas do not exist and batch mode makes ALTERs
 work.
 
-`python -m pi.<svc> migrate` calls `upgrade(settings, settings.db_schema, <dir>)`.
+`python -m pi.<svc> migrate` calls `upgrade(settings, settings.db_schema, <dir>)`;
+`python -m pi.<svc>` calls `check_migrated(settings, <dir>)` before it serves.
 A new revision: `revision(settings, schema, <dir>, "add refunds", autogenerate=True)`
 against a database at head.
 """
@@ -39,6 +40,7 @@ from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -111,6 +113,27 @@ def current(
             return MigrationContext.configure(conn, opts=opts).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head(script_location: str | Path) -> str | None:
+    """The newest revision in `script_location`."""
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
+def check_migrated(settings: Settings, script_location: str | Path) -> None:
+    """Refuse to start on a database that `migrate` has not brought to head.
+
+    Raises SystemExit naming the command that fixes it (synchronous, like `upgrade`).
+    """
+    newest = head(script_location)
+    at = current(settings, settings.db_schema, script_location)
+    if at != newest:
+        raise SystemExit(
+            f"The {settings.service} database is at revision {at or 'none'}, not {newest}: "
+            f"run `python -m pi.{settings.service} migrate` first."
+        )
 
 
 def revision(

@@ -1,6 +1,6 @@
 """grpc.aio server bootstrap: health, reflection, background tasks and graceful drain.
 
-A service's `main.py`:
+The services' `main.py` call `pi.platform.wiring.run_service`, which amounts to:
 
     def run() -> None:
         server.run(_main)                      # installs uvloop, runs the coroutine
@@ -159,6 +159,23 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def periodic(interval: float, job: Callable[[], Awaitable[object]], *, name: str) -> BackgroundTask:
+    """A background task that runs `job` every `interval` seconds, the first time after one
+    interval. A failed run is logged ("<name> failed") and the next one comes on schedule.
+    """
+
+    async def run_periodically() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed", name)
+
+    run_periodically.__qualname__ = name
+    return run_periodically
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

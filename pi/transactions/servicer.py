@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -12,6 +12,7 @@ from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.errors import ValidationErrors
 from pi.platform.idempotency import fingerprint, key_from
 from pi.platform.principal import principal_of
+from pi.platform.protobuf import timestamp, to_datetime
 from pi.transactions.domain import Movement, MovementKind, Transaction, TransactionStatus
 from pi.transactions.service import TransactionService
 
@@ -129,8 +130,8 @@ def to_pb(transaction: Transaction) -> transactions_pb2.Transaction:
         authorized_amount=transaction.authorized_amount,
         captured_amount=transaction.captured_amount,
         refunded_amount=transaction.refunded_amount,
-        create_time=_timestamp(transaction.create_time),
-        update_time=_timestamp(transaction.update_time),
+        create_time=timestamp(transaction.create_time),
+        update_time=timestamp(transaction.update_time),
     )
 
 
@@ -158,20 +159,14 @@ def movement_from_pb(movement: transactions_pb2.Movement) -> Movement:
     )
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
-
-
 def _optional_time(
     message: Any, name: str, errors: ValidationErrors, *, field: str | None = None
 ) -> datetime | None:
     if not message.HasField(name):
         return None
-    timestamp: Timestamp = getattr(message, name)
+    stamp: Timestamp = getattr(message, name)
     try:
-        return timestamp.ToDatetime(tzinfo=UTC)
+        return to_datetime(stamp)
     except (ValueError, OverflowError):
         errors.add(field or name, "is not a valid timestamp")
         return None

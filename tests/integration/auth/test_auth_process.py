@@ -3,70 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import secrets
 import signal
-import socket
 import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import jwt
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from pi.platform.config import Settings
+from tests.support.processes import run_cli, service_environ, start, wait_serving
 
 
 @pytest.fixture
-def env(pg_url: str, pg_schema: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": pg_url,
-        "PI_DB_SCHEMA": pg_schema,
-        "PI_ADMIN_TOKEN": "adm_" + secrets.token_urlsafe(16),
-        "PI_SERVICE_TOKEN": "svc_" + secrets.token_urlsafe(16),
-        "PI_MASTER_KEYS": "1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
-        "PI_GRPC_HOST": "127.0.0.1",
-        "PI_GRPC_PORT": str(_free_port()),
-        "PI_LOG_LEVEL": "WARNING",
-    }
+def env(settings_factory: Callable[..., Settings]) -> dict[str, str]:
+    return service_environ(settings_factory("auth"), PI_GRPC_HOST="127.0.0.1")
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pi.auth", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-async def _wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes]) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(150):
-        assert process.poll() is None, "the auth service exited during start-up"
-        try:
-            response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the auth service did not become SERVING")
+    return run_cli("auth", env, *args)
 
 
 async def test_serve_refuses_an_unmigrated_database(env: dict[str, str]) -> None:
@@ -88,16 +45,10 @@ async def test_migrate_serve_rotate_and_drain(env: dict[str, str]) -> None:
     again = await asyncio.to_thread(_cli, env, "migrate")  # idempotent
     assert again.returncode == 0, again.stderr
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pi.auth"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start("auth", env, stdout=subprocess.DEVNULL)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{env['PI_GRPC_PORT']}")
     try:
-        await _wait_serving(channel, process)
+        await wait_serving(channel, process)
 
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = reflection.ServerReflectionInfo(
@@ -137,7 +88,7 @@ async def test_migrate_serve_rotate_and_drain(env: dict[str, str]) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
-        stderr = process.stderr.read().decode() if process.stderr else ""
+        stderr = process.stderr.read() if process.stderr else ""
     assert code == 0, stderr
     assert created.api_key_secret not in stderr
     assert issued.access_token not in stderr

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -19,60 +15,32 @@ from generated.pi.transactions.v1 import transactions_pb2 as pb
 from generated.pi.transactions.v1 import transactions_pb2_grpc
 from pi.platform.config import Settings
 from pi.platform.rpc_status import error_from_rpc_error
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.processes import (
+    run_cli,
+    running,
+    service_environ,
+    unreachable,
+    wait_serving,
+)
 
 
 @pytest.fixture
-def environ(settings_factory: Callable[..., Settings], pg_schema: str) -> dict[str, str]:
-    settings = settings_factory("transactions")
-    nobody = f"127.0.0.1:{_free_port()}"  # auth and payments are not running
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "PI_DB_SCHEMA": pg_schema,
-        "PI_ADMIN_TOKEN": settings.admin_token,
-        "PI_SERVICE_TOKEN": settings.service_token,
-        "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
-        "PI_GRPC_PORT": str(_free_port()),
-        "PI_AUTH_TARGET": nobody,
-        "PI_PAYMENTS_TARGET": nobody,
-        "PI_LOG_LEVEL": "WARNING",
-    }
+def environ(settings_factory: Callable[..., Settings]) -> dict[str, str]:
+    nobody = unreachable()  # auth and payments are not running
+    return service_environ(
+        settings_factory("transactions"), PI_AUTH_TARGET=nobody, PI_PAYMENTS_TARGET=nobody
+    )
 
 
 def _run(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pi.transactions", *args],
-        env=environ,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli("transactions", environ, *args)
 
 
 @pytest.fixture
 def serving(environ: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     assert _run(environ, "migrate").returncode == 0
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pi.transactions"],
-        env=environ,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with running("transactions", environ) as process:
+        yield process
 
 
 def test_serving_refuses_an_unmigrated_database(environ: dict[str, str]) -> None:
@@ -94,25 +62,12 @@ def test_missing_configuration_is_reported_at_once(environ: dict[str, str]) -> N
     assert "PI_SERVICE_TOKEN" in result.stderr and "PI_MASTER_KEYS" in result.stderr
 
 
-async def _wait_serving(target: str) -> grpc.aio.Channel:
-    channel = grpc.aio.insecure_channel(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    for _ in range(150):
-        try:
-            answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return channel
-        except grpc.aio.AioRpcError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("the service never became SERVING")
-
-
 async def test_the_service_serves_health_and_the_ledger_then_drains_on_sigterm(
     environ: dict[str, str], serving: subprocess.Popen[str]
 ) -> None:
-    channel = await _wait_serving(f"127.0.0.1:{environ['PI_GRPC_PORT']}")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{environ['PI_GRPC_PORT']}")
     try:
+        await wait_serving(channel, serving)
         health = health_pb2_grpc.HealthStub(channel)
         named = await health.Check(
             health_pb2.HealthCheckRequest(service="pi.transactions.v1.TransactionLedgerService")

@@ -1,0 +1,178 @@
+"""What every service's composition root (`pi/<svc>/main.py`) wires the same way.
+
+- `authentication(settings, ...)`: how a service knows its callers. The admin and
+  service credentials, and merchant access tokens verified against the auth service's
+  keys with revocations kept current, as one `AuthInterceptor` plus the background tasks
+  that keep it current.
+- `run_service(...)`: the process `python -m pi.<svc>` runs. Settings from the
+  environment, logging, refuse a database `migrate` has not brought to head, build the
+  object graph, serve until SIGTERM/SIGINT, close.
+- `migrate_service(...)`: `python -m pi.<svc> migrate`.
+
+A service's `main.py` keeps what is its own: which stores, use cases and servicers,
+which service names, which periodic housekeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from pi.platform import migrations, server
+from pi.platform.cache import Cache, create_cache
+from pi.platform.clients import service_channel
+from pi.platform.config import Settings
+from pi.platform.interceptors import AuthInterceptor
+from pi.platform.logging import configure as configure_logging
+from pi.platform.server import BackgroundTask
+from pi.platform.tokens import (
+    KeySource,
+    RemoteJwks,
+    RevocationList,
+    RevocationPoller,
+    TokenVerifier,
+    listen_for_revocations,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Authentication:
+    """How a service authenticates its callers, and what keeps that current.
+
+    Run `background` with the server; `close()` closes the channel to the auth service
+    and the Redis connection if `authentication()` opened them.
+    """
+
+    revocations: RevocationList
+    verifier: TokenVerifier
+    interceptor: AuthInterceptor
+    background: list[BackgroundTask] = field(default_factory=list)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    cache: Cache | None = None
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+        if self.cache is not None:
+            await self.cache.close()
+
+
+def authentication(
+    settings: Settings,
+    *,
+    keys: KeySource | None = None,
+    cache: Cache | None = None,
+    public_methods: Iterable[str] = (),
+    clock: Callable[[], float] = time.time,
+) -> Authentication:
+    """The admin and service credentials of `settings`, and merchant access tokens.
+
+    Tokens are verified with `keys`; by default with the auth service's JWKS at
+    `settings.auth_target`, whose revocations are then pulled every
+    `settings.revocation_poll_seconds`. With REDIS_URL set, revocations published on
+    `pi:revocations` are applied at once too, received over `cache` (or a connection
+    opened here). `public_methods` need no credentials. Call inside the event loop
+    (gRPC channels bind to it).
+    """
+    revocations = RevocationList(clock=clock)
+    background: list[BackgroundTask] = []
+    channels: list[grpc.aio.Channel] = []
+    if keys is None:
+        auth_channel = service_channel(settings.auth_target, service_token=settings.service_token)
+        channels.append(auth_channel)
+        jwks = RemoteJwks(auth_channel)
+        poller = RevocationPoller(
+            auth_channel,
+            revocations,
+            interval=settings.revocation_poll_seconds,
+            service_token=settings.service_token,
+        )
+        keys = jwks
+        background += [jwks.run, poller.run]
+    opened: Cache | None = None
+    if settings.redis_url:
+        if cache is None:
+            cache = opened = create_cache(settings)
+        subscriber = cache
+        background.append(lambda: listen_for_revocations(subscriber, revocations))
+    verifier = TokenVerifier(
+        keys, revocations, settings.jwt_issuer, settings.jwt_audience, clock=clock
+    )
+    interceptor = AuthInterceptor(
+        verifier, settings.admin_token, settings.service_token, public_methods=public_methods
+    )
+    return Authentication(
+        revocations=revocations,
+        verifier=verifier,
+        interceptor=interceptor,
+        background=background,
+        channels=channels,
+        cache=opened,
+    )
+
+
+class ServiceApp(Protocol):
+    """A service's object graph as `run_service` serves it (each main.py's `...App`)."""
+
+    @property
+    def interceptor(self) -> grpc.aio.ServerInterceptor: ...
+
+    @property
+    def background(self) -> Sequence[BackgroundTask]: ...
+
+    def register(self, grpc_server: grpc.aio.Server) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def run_service(
+    service: str,
+    build: Callable[[Settings], Awaitable[ServiceApp]],
+    service_names: Sequence[str],
+    script_location: Path,
+) -> None:
+    """`python -m pi.<service>`: serve what `build` wires until SIGTERM/SIGINT.
+
+    Refuses to start (SystemExit) on a database not migrated to the newest revision in
+    `script_location`.
+    """
+    server.run(lambda: _serve(service, build, service_names, script_location))
+
+
+async def _serve(
+    service: str,
+    build: Callable[[Settings], Awaitable[ServiceApp]],
+    service_names: Sequence[str],
+    script_location: Path,
+) -> None:
+    settings = Settings.from_env(service)
+    configure_logging(settings)
+    await asyncio.to_thread(migrations.check_migrated, settings, script_location)
+    app = await build(settings)
+    try:
+        await server.serve(
+            settings,
+            register=app.register,
+            service_names=service_names,
+            interceptors=[app.interceptor],
+            background=app.background,
+        )
+    finally:
+        await app.close()
+
+
+def migrate_service(service: str, script_location: Path) -> None:
+    """`python -m pi.<service> migrate`: apply the migrations in `script_location`."""
+    settings = Settings.from_env(service)
+    configure_logging(settings)
+    migrations.upgrade(settings, settings.db_schema, script_location)
+    log.info("%s database migrated", service, extra={"schema": settings.db_schema})

@@ -1,0 +1,48 @@
+"""`python -m pi.launcher` (what `make run` runs). `REPLICAS=n` runs n of each service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# The launcher forks children while its gRPC health probes run; gRPC's fork handlers
+# would only log a warning about that. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from pi.launcher.app import LaunchOptions, launch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pi.launcher", description=__doc__)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=int(os.environ.get("REPLICAS") or 1),
+        help="processes per service (default: $REPLICAS or 1)",
+    )
+    parser.add_argument("--var-dir", type=Path, default=Path("var"))
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--https-port", type=int, default=8443)
+    parser.add_argument("--admin-port", type=int, default=9901)
+    args = parser.parse_args(argv)
+    if not 1 <= args.replicas <= 9:
+        parser.error("--replicas must be between 1 and 9")
+    options = LaunchOptions(
+        var_dir=args.var_dir,
+        replicas=args.replicas,
+        http_port=args.http_port,
+        https_port=args.https_port,
+        admin_port=args.admin_port,
+    )
+    try:
+        return asyncio.run(launch(options))
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

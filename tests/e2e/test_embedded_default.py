@@ -1,0 +1,336 @@
+"""`make run` on a machine with no PostgreSQL or Redis: the embedded default.
+
+`python -m pi.launcher` runs in a fresh working directory with no DATABASE_URL/REDIS_URL,
+so the services use SQLite files under `var/` and the in-process cache. The test waits for
+the demo merchant's credentials in the banner, pays a transaction over HTTP through Envoy,
+stops everything with SIGINT (Ctrl-C) and checks that no process is left; then starts it
+again and checks that the data survived and the demo merchant was not recreated.
+
+The launcher always puts the services on 127.0.0.1:50051-50053 (only Envoy's ports are
+flags), so the test is skipped when another `make run` holds those ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_PORTS = (50051, 50052, 50053)
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 30.0
+APPROVE_CARD = "4242424242424242"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _children_of(pid: int) -> set[int]:
+    """Live direct children of `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            # pid (comm) state ppid ...: comm may contain spaces, so split after ")".
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+class Launcher:
+    """One `python -m pi.launcher` run, its output collected line by line."""
+
+    def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
+        self.ports = ports
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PI_", "PYTEST_")) and key not in ("DATABASE_URL", "REDIS_URL")
+        }
+        env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", "REPLICAS": "1"})
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pi.launcher",
+                "--http-port",
+                str(ports["http"]),
+                "--https-port",
+                str(ports["https"]),
+                "--admin-port",
+                str(ports["admin"]),
+            ],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.children: set[int] = set()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = START_TIMEOUT) -> re.Match[str]:
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = regex.search("\n".join(self.lines))
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"launcher output never matched {pattern!r} "
+                        f"(exit {self.process.poll()}):\n{chr(10).join(self.lines)[-6000:]}"
+                    )
+                self._changed.wait(min(left, 0.5))
+
+    def credentials(self) -> dict[str, str]:
+        """The demo merchant of the banner, once the banner is complete."""
+        self.wait_for(r"^Try it:\n(?:  .+\n)+")  # its curl example, then a blank line
+        secret = self.wait_for(r"^\s*API key secret\s+(\S+)\s*$")
+        key = self.wait_for(r"^\s*API key id\s+(\S+)\s*$")
+        merchant = self.wait_for(r"^Demo merchant (\S+)")
+        self.children = _children_of(self.process.pid)
+        return {"merchant_id": merchant[1], "api_key_id": key[1], "api_key_secret": secret[1]}
+
+    def interrupt(self) -> int:
+        """Ctrl-C: SIGINT to the launcher only, as a terminal sends it to the foreground job."""
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(STOP_TIMEOUT)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        """Teardown after a failure: the launcher and every child it had, by PID."""
+        pids = self.children | _children_of(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pid in pids:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh working directory: `var/` is created in it; the descriptor set and OpenAPI
+    document come from the repository's `generated/` (linked, as a checkout would have it)."""
+    busy = [port for port in SERVICE_PORTS if _port_busy(port)]
+    if busy:
+        pytest.skip(f"ports {busy} are in use (another `make run`?); the launcher needs them")
+    (tmp_path / "generated").symlink_to(REPO / "generated", target_is_directory=True)
+    return tmp_path
+
+
+@pytest.fixture
+def launchers() -> Iterator[list[Launcher]]:
+    started: list[Launcher] = []
+    yield started
+    for launcher in started:
+        launcher.kill()
+
+
+def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
+    json_call: Any, workdir: Path, launchers: list[Launcher]
+) -> None:
+    ports = {"http": _free_port(), "https": _free_port(), "admin": _free_port()}
+    base = f"http://127.0.0.1:{ports['http']}"
+
+    first = Launcher(workdir, ports)
+    launchers.append(first)
+    demo = first.credentials()
+    assert "SQLite" in first.output and "in-process cache" in first.output, first.output
+    assert f"curl -s {base}/v1/auth/token" in first.output, first.output
+
+    # One payment over HTTP/JSON through the launcher's Envoy, with the printed credentials.
+    token = json_call(
+        base,
+        "POST",
+        "/v1/auth/token",
+        {"apiKeyId": demo["api_key_id"], "apiKeySecret": demo["api_key_secret"]},
+    )["accessToken"]
+    transaction = json_call(
+        base, "POST", "/v1/transactions", {"amount": "1250", "currency": "USD"}, token=token
+    )["transaction"]
+    payment = json_call(
+        base,
+        "POST",
+        "/v1/payments",
+        {
+            "transactionId": transaction["id"],
+            "method": "PAYMENT_METHOD_TYPE_CARD",
+            "card": {"number": APPROVE_CARD, "expMonth": 12, "expYear": 2034, "cvc": "123"},
+        },
+        token=token,
+    )["payment"]
+    assert payment["status"] == "PAYMENT_STATUS_SUCCEEDED", payment
+    shown = _poll_captured(json_call, base, token, transaction["id"])
+    assert shown["status"] == "TRANSACTION_STATUS_COMPLETED", shown
+
+    # The curl example of the banner works as printed.
+    if shutil.which("curl"):
+        created = _run_curl_example(first.output)
+        assert created["transaction"]["amount"] == "1250", created
+        assert created["transaction"]["merchantId"] == demo["merchant_id"], created
+
+    # The data is in SQLite files under the working directory's var/.
+    for service in ("auth", "transactions", "payments"):
+        assert (workdir / "var" / f"{service}.db").is_file(), sorted(workdir.rglob("*.db"))
+
+    # Ctrl-C: everything stops, nothing is left behind, the ports are free again.
+    children = first.children
+    assert len(children) >= 4, f"expected 3 services + Envoy under the launcher: {children}"
+    assert first.interrupt() == 0, first.output
+    assert "stopped" in first.output.splitlines()[-1], first.output[-2000:]
+    leftover = [pid for pid in children if _alive(pid)]
+    assert not leftover, f"processes left after Ctrl-C: {leftover}"
+    busy = [p for p in (*SERVICE_PORTS, *ports.values()) if _port_busy(p)]
+    assert not busy, f"ports still bound after Ctrl-C: {busy}"
+
+    # A restart keeps the data and the demo merchant.
+    second = Launcher(workdir, ports)
+    launchers.append(second)
+    again = second.credentials()
+    assert again == demo, (demo, again)
+    assert "creating a new one" not in second.output, second.output
+    token = json_call(
+        base,
+        "POST",
+        "/v1/auth/token",
+        {"apiKeyId": demo["api_key_id"], "apiKeySecret": demo["api_key_secret"]},
+    )["accessToken"]
+    kept = json_call(base, "GET", f"/v1/transactions/{transaction['id']}", token=token)
+    assert kept["transaction"]["capturedAmount"] == "1250", kept
+    kept_payment = json_call(base, "GET", f"/v1/payments/{payment['id']}", token=token)
+    assert kept_payment["payment"]["status"] == "PAYMENT_STATUS_SUCCEEDED", kept_payment
+
+    children = second.children
+    assert second.interrupt() == 0, second.output
+    leftover = [pid for pid in children if _alive(pid)]
+    assert not leftover, f"processes left after Ctrl-C: {leftover}"
+
+    # Both runs stopped without a traceback in any service log.
+    for log in sorted((workdir / "var" / "log").glob("*.log")):
+        assert "Traceback" not in log.read_text(errors="replace"), f"{log}:\n{log.read_text()}"
+
+
+def _run_curl_example(output: str) -> dict[str, Any]:
+    """The shell commands after "Try it:" in the banner, run as a user would paste them."""
+    lines = output.split("Try it:", 1)[1].strip("\n").splitlines()
+    script = "\n".join(line[2:] for line in itertools.takewhile(str.strip, lines))
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, f"{script}\n{done.stdout}\n{done.stderr}"
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _poll_captured(call: Any, base: str, token: str, txn_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        reply = call(base, "GET", f"/v1/transactions/{txn_id}", token=token)
+        transaction: dict[str, Any] = reply["transaction"]
+        if transaction["capturedAmount"] != "0" or time.monotonic() > deadline:
+            return transaction
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def json_call() -> Any:
+    """`call(base, method, path, body=None, token=None)` → the JSON body of a 200."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    def call(
+        base: str, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> dict[str, Any]:
+        url = urlsplit(base)
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        try:
+            connection.request(
+                method, path, body=None if body is None else json.dumps(body), headers=headers
+            )
+            reply = connection.getresponse()
+            text = reply.read().decode()
+        finally:
+            connection.close()
+        assert reply.status == 200, f"{method} {path}: {reply.status} {text}"
+        result: dict[str, Any] = json.loads(text)
+        return result
+
+    return call

@@ -380,12 +380,13 @@ async def _until(stop: asyncio.Event, work: Awaitable[T], default: T | None = No
 
 
 def _busy_ports(ports: Iterable[int]) -> list[int]:
+    """Ports something already listens on (a bind test would also trip over short-lived
+    client sockets, since 50051-50053 lie in Linux's ephemeral port range)."""
     busy = []
     for port in ports:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 busy.append(port)
+        except OSError:
+            pass
     return busy

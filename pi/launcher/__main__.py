@@ -1,4 +1,9 @@
-"""`python -m pi.launcher` (what `make run` runs). `REPLICAS=n` runs n of each service."""
+"""`python -m pi.launcher` (what `make run` runs). `REPLICAS=n` runs n of each service.
+
+The services listen on --grpc-port-base (auth), +1 (transactions), +2 (payments), and
+replica i 100·i above that; everything else (secrets, certificate, logs, SQLite files)
+goes to --var-dir.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pathlib import Path
 # would only log a warning about that. Must be set before grpc is imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from pi.launcher.app import LaunchOptions, launch
+from pi.launcher.app import DEFAULT_GRPC_PORT_BASE, LaunchOptions, launch
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,7 +29,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=int(os.environ.get("REPLICAS") or 1),
         help="processes per service (default: $REPLICAS or 1)",
     )
-    parser.add_argument("--var-dir", type=Path, default=Path("var"))
+    parser.add_argument(
+        "--var-dir",
+        type=Path,
+        default=Path("var"),
+        help="secrets, certificate, logs and SQLite files (default: ./var)",
+    )
+    parser.add_argument(
+        "--grpc-port-base",
+        type=int,
+        default=int(os.environ.get("PI_GRPC_PORT_BASE") or DEFAULT_GRPC_PORT_BASE),
+        help="auth's port; transactions +1, payments +2, replica i +100*i "
+        f"(default: $PI_GRPC_PORT_BASE or {DEFAULT_GRPC_PORT_BASE})",
+    )
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--https-port", type=int, default=8443)
     parser.add_argument("--admin-port", type=int, default=9901)
@@ -34,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = LaunchOptions(
         var_dir=args.var_dir,
         replicas=args.replicas,
+        grpc_port_base=args.grpc_port_base,
         http_port=args.http_port,
         https_port=args.https_port,
         admin_port=args.admin_port,

@@ -4,26 +4,31 @@ Order of events: dev secrets and certificate → migrations → the three servic
 replicas each) → Envoy once they are healthy → the demo merchant → addresses and a curl
 example. Then it supervises (a crashed process is restarted with backoff) until Ctrl-C or
 SIGTERM, and stops Envoy first, then the services (SIGTERM, SIGKILL after a grace period).
-Data lives in `var/` (or in DATABASE_URL / REDIS_URL, passed through), so a restart keeps it.
+Secrets, certificate, logs and the SQLite files live in the var dir (`var/` under the
+working directory unless `--var-dir` says otherwise), so a restart keeps them; a
+DATABASE_URL / REDIS_URL the caller exports is passed through instead. `generated/` is
+found through the installed `generated` package, so any working directory will do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO, TypeVar
 
 from pi.edge import (
     DEFAULT_GRPC_PORTS,
     REPLICA_PORT_STEP,
+    Endpoint,
     ensure_dev_cert,
     envoy_command,
     render_bootstrap,
@@ -36,27 +41,58 @@ from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import ProcessSpec, State, Supervised, tail
 
 SERVICES = tuple(DEFAULT_GRPC_PORTS)
+"""In port order: auth on the base port, transactions on base + 1, payments on base + 2."""
+DEFAULT_GRPC_PORT_BASE = DEFAULT_GRPC_PORTS[SERVICES[0]]
 T = TypeVar("T")
+
+
+def generated_dir() -> Path:
+    """The `generated` package's directory (descriptor set, OpenAPI), wherever it is installed."""
+    return Path(str(importlib.resources.files("generated")))
 
 
 @dataclass(frozen=True)
 class LaunchOptions:
+    """What to start and where; `root` is the working directory of every child."""
+
     root: Path = field(default_factory=Path.cwd)
     var_dir: Path = Path("var")
     replicas: int = 1
+    grpc_port_base: int = DEFAULT_GRPC_PORT_BASE
     http_port: int = 8080
     https_port: int = 8443
     admin_port: int = 9901
     startup_timeout: float = 90.0
     grace: float = 15.0
     python: str = sys.executable
+    generated: Path = field(default_factory=generated_dir)
 
     @property
     def var(self) -> Path:
-        return self.var_dir if self.var_dir.is_absolute() else self.root / self.var_dir
+        """The var dir as an absolute path (a relative `var_dir` is under `root`)."""
+        return (self.root / self.var_dir).absolute()
 
     def port(self, service: str, replica: int) -> int:
-        return DEFAULT_GRPC_PORTS[service] + REPLICA_PORT_STEP * replica
+        """Base + 0/1/2 for auth/transactions/payments, plus 100 per replica."""
+        return self.grpc_port_base + SERVICES.index(service) + REPLICA_PORT_STEP * replica
+
+    def ports(self) -> list[int]:
+        """Every port the launcher listens on: the services' and Envoy's."""
+        services = [self.port(s, i) for s in SERVICES for i in range(self.replicas)]
+        return [self.http_port, self.https_port, self.admin_port, *services]
+
+    def upstreams(self) -> dict[str, tuple[Endpoint, ...]]:
+        """What Envoy routes to: every replica of every service."""
+        return {
+            service: tuple(
+                Endpoint("127.0.0.1", self.port(service, i)) for i in range(self.replicas)
+            )
+            for service in SERVICES
+        }
+
+    def sqlite_url(self, service: str) -> str:
+        """The service's database when DATABASE_URL is unset: a file in the var dir."""
+        return "sqlite:///" + str(self.var / f"{service}.db")
 
     def target(self, service: str) -> str:
         """How services reach each other: one address, or all replicas (gRPC ipv4: list)."""
@@ -140,7 +176,11 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
                 spec = ProcessSpec(
                     name=f"{service}-{replica}",
                     argv=[options.python, "-m", f"pi.{service}"],
-                    env={**env, "PI_GRPC_HOST": "127.0.0.1", "PI_GRPC_PORT": str(port)},
+                    env={
+                        **service_env(options, env, service),
+                        "PI_GRPC_HOST": "127.0.0.1",
+                        "PI_GRPC_PORT": str(port),
+                    },
                     log_path=options.var / "log" / f"{service}-{replica}.log",
                     probe=probe,
                     address=f":{port}",
@@ -184,7 +224,7 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
 
         merchant = await _until(stop, _demo_merchant(options, env, out), default=None)
         if not stop.is_set():
-            _banner(options, merchant, out)
+            _banner(options, env, merchant, out)
             await stop.wait()
         return 0
     except LaunchError as problem:
@@ -203,13 +243,19 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
 
 def _prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     """Checks and files the processes need; returns the environment for the services."""
-    descriptor = options.root / "generated" / "descriptors.binpb"
+    descriptor = options.generated / "descriptors.binpb"
     if not descriptor.is_file():
         raise LaunchError(f"{descriptor} is missing: run `make proto`")
-    busy = _busy_ports(
-        [options.http_port, options.https_port, options.admin_port]
-        + [options.port(s, i) for s in SERVICES for i in range(options.replicas)]
-    )
+    ports = options.ports()
+    if not all(0 < port < 65536 for port in ports):
+        raise LaunchError(f"ports must be between 1 and 65535: {ports}")
+    clashes = sorted({port for port in ports if ports.count(port) > 1})
+    if clashes:
+        raise LaunchError(
+            f"port(s) {', '.join(map(str, clashes))} would be used twice: "
+            "choose Envoy's ports outside the services' (--grpc-port-base)"
+        )
+    busy = _busy_ports(ports)
     if busy:
         raise LaunchError(
             f"port(s) {', '.join(map(str, busy))} already in use on 127.0.0.1 "
@@ -219,7 +265,7 @@ def _prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     secrets_file = options.var / "dev-secrets.env"
     dev_secrets = ensure_dev_secrets(secrets_file)
     cert = ensure_dev_cert(options.var / "certs")
-    openapi = options.root / "generated" / "openapi" / "pi.swagger.json"
+    openapi = options.generated / "openapi" / "pi.swagger.json"
     config = local_config(
         str(descriptor),
         replicas=options.replicas,
@@ -230,19 +276,35 @@ def _prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
         https_port=options.https_port,
         admin_port=options.admin_port,
     )
+    config = replace(config, upstreams=options.upstreams())
     write_bootstrap(render_bootstrap(config), options.var / "envoy.json")
 
     env = {**dev_secrets, **os.environ}  # what the caller exported wins
     env["PYTHONUNBUFFERED"] = "1"
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)
-    store = "PostgreSQL" if env.get("DATABASE_URL") else f"SQLite files in {options.var}"
+    store = data_store(options, env)
     cache = "Redis" if env.get("REDIS_URL") else "in-process cache"
     out.say(
         f"Pi Platform: {len(SERVICES)} services x {options.replicas} replica(s) + Envoy; "
         f"{store}; {cache}; secrets in {secrets_file}"
     )
     return env
+
+
+def service_env(options: LaunchOptions, env: Mapping[str, str], service: str) -> dict[str, str]:
+    """`env` for one service: its own SQLite file in the var dir unless DATABASE_URL is set."""
+    if (env.get("DATABASE_URL") or "").strip():
+        return dict(env)
+    return {**env, "DATABASE_URL": options.sqlite_url(service)}
+
+
+def data_store(options: LaunchOptions, env: Mapping[str, str]) -> str:
+    """Where the services keep their data, for people (never the URL: it may hold a password)."""
+    url = (env.get("DATABASE_URL") or "").strip()
+    if not url:
+        return f"SQLite files in {options.var}"
+    return "PostgreSQL (DATABASE_URL)" if url.startswith("postgres") else "DATABASE_URL"
 
 
 async def _migrate(options: LaunchOptions, env: dict[str, str], out: Console) -> bool:
@@ -258,7 +320,7 @@ async def _migrate(options: LaunchOptions, env: dict[str, str], out: Console) ->
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                env=env,
+                env=service_env(options, env, service),
                 cwd=str(options.root),
             )
             try:
@@ -300,7 +362,7 @@ async def _demo_merchant(
         if status not in (400, 401, 403, 404):
             out.say(f"!! the edge answered {status} to POST /v1/auth/token")
             return merchant
-        out.say("demo merchant in var/ is unknown to this database: creating a new one")
+        out.say(f"the demo merchant in {path} is unknown to this database: creating a new one")
     try:
         merchant = await demo.create(f"127.0.0.1:{options.port('auth', 0)}", env["PI_ADMIN_TOKEN"])
     except Exception as error:  # the platform still runs; only the demo is missing
@@ -326,11 +388,16 @@ async def _token_status(http_base: str, merchant: demo.DemoMerchant) -> int:
     return status
 
 
-def _banner(options: LaunchOptions, merchant: demo.DemoMerchant | None, out: Console) -> None:
+def _banner(
+    options: LaunchOptions,
+    env: Mapping[str, str],
+    merchant: demo.DemoMerchant | None,
+    out: Console,
+) -> None:
     http_base = f"http://127.0.0.1:{options.http_port}"
     ca = options.var / "certs" / "ca.pem"
     out.say()
-    kept = "PostgreSQL" if os.environ.get("DATABASE_URL") else f"{options.var_dir}/"
+    kept = data_store(options, env)
     out.say(f"Pi Platform is running. Ctrl-C stops everything; the data stays in {kept}.")
     out.say(f"  HTTP/JSON    {http_base}   (OpenAPI: {http_base}/openapi.json)")
     out.say(f"  HTTPS        https://localhost:{options.https_port}   (TLS 1.3; CA: {ca})")

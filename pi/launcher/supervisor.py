@@ -182,7 +182,7 @@ class Supervised:
                 env=dict(self.spec.env) if self.spec.env is not None else None,
                 cwd=self.spec.cwd,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         self.pid = self._process.pid
         self._set(State.STARTING)
@@ -231,8 +231,12 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
-    """A preexec hook that makes the child get SIGTERM when the launcher dies (Linux)."""
+def die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get SIGTERM when `parent` dies (Linux).
+
+    `parent` is the pid of the process starting the child (`os.getpid()`); on other
+    platforms there is no such hook and None is returned (no `preexec_fn`).
+    """
     if not sys.platform.startswith("linux"):
         return None
     import ctypes

@@ -47,7 +47,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pi.edge import Endpoint, ensure_dev_cert, envoy_command, render_bootstrap, write_bootstrap
 from pi.edge.profiles import e2e_config
 from pi.launcher.secrets import ensure_dev_secrets
-from pi.launcher.supervisor import _die_with_parent
+from pi.launcher.supervisor import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
@@ -110,7 +110,7 @@ class Processes:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 # SIGTERM to the child if pytest itself dies without a teardown.
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         child = Child(name, process, log_path)
         self.children.append(child)
@@ -265,9 +265,7 @@ class Merchant:
 
 @dataclass
 class Mesh:
-    """Addresses and credentials of the running mesh (attribute names are a contract with
-    test_js_client.py: grpc_target, http_target, http_address, admin_token, tls_target,
-    ca_file)."""
+    """Addresses and credentials of the running mesh."""
 
     http_port: int
     https_port: int
@@ -298,15 +296,8 @@ class Mesh:
         return f"127.0.0.1:{self.http_port}"
 
     @property
-    def http_target(self) -> str:
-        return self.grpc_target
-
-    @property
-    def http_address(self) -> str:
-        return self.grpc_target
-
-    @property
     def tls_target(self) -> str:
+        """Envoy's TLS 1.3 port, by the name its development certificate carries."""
         return f"localhost:{self.https_port}"
 
     def ssl_context(self) -> ssl.SSLContext:

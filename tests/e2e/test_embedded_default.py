@@ -1,13 +1,12 @@
 """`make run` on a machine with no PostgreSQL or Redis: the embedded default.
 
-`python -m pi.launcher` runs in a fresh working directory with no DATABASE_URL/REDIS_URL,
-so the services use SQLite files under `var/` and the in-process cache. The test waits for
-the demo merchant's credentials in the banner, pays a transaction over HTTP through Envoy,
-stops everything with SIGINT (Ctrl-C) and checks that no process is left; then starts it
-again and checks that the data survived and the demo merchant was not recreated.
-
-The launcher always puts the services on 127.0.0.1:50051-50053 (only Envoy's ports are
-flags), so the test is skipped when another `make run` holds those ports.
+`python -m pi.launcher` runs with no DATABASE_URL/REDIS_URL, from an empty working
+directory (no `generated/` in it) and with `--var-dir` elsewhere, so the services use SQLite
+files in the var dir and the in-process cache; every port (services and Envoy) is a free one
+chosen by the test. The test waits for the demo merchant's credentials in the banner, pays
+a transaction over HTTP through Envoy, stops everything with SIGINT (Ctrl-C) and checks that
+no process is left; then starts it again and checks that the data survived and the demo
+merchant was not recreated.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,8 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-SERVICE_PORTS = (50051, 50052, 50053)
+SERVICES = ("auth", "transactions", "payments")
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 APPROVE_CARD = "4242424242424242"
@@ -43,6 +42,17 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _free_port_base(avoid: set[int]) -> int:
+    """A base port with base, base + 1 and base + 2 free: below Linux's ephemeral range
+    (32768-60999), so that no client socket of another test takes one meanwhile."""
+    for _ in range(200):
+        base = random.randrange(20_000, 32_000)
+        ports = {base, base + 1, base + 2}
+        if not ports & avoid and not any(_port_busy(port) for port in ports):
+            return base
+    raise AssertionError("no three consecutive free ports in 20000-32000")
 
 
 def _port_busy(port: int) -> bool:
@@ -81,7 +91,7 @@ def _alive(pid: int) -> bool:
 class Launcher:
     """One `python -m pi.launcher` run, its output collected line by line."""
 
-    def __init__(self, workdir: Path, ports: dict[str, int]) -> None:
+    def __init__(self, cwd: Path, var_dir: Path, ports: dict[str, int]) -> None:
         self.ports = ports
         env = {
             key: value
@@ -94,6 +104,10 @@ class Launcher:
                 sys.executable,
                 "-m",
                 "pi.launcher",
+                "--var-dir",
+                str(var_dir),
+                "--grpc-port-base",
+                str(ports["grpc_base"]),
                 "--http-port",
                 str(ports["http"]),
                 "--https-port",
@@ -101,7 +115,7 @@ class Launcher:
                 "--admin-port",
                 str(ports["admin"]),
             ],
-            cwd=workdir,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -180,13 +194,21 @@ class Launcher:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    """A fresh working directory: `var/` is created in it; the descriptor set and OpenAPI
-    document come from the repository's `generated/` (linked, as a checkout would have it)."""
-    busy = [port for port in SERVICE_PORTS if _port_busy(port)]
-    if busy:
-        pytest.skip(f"ports {busy} are in use (another `make run`?); the launcher needs them")
-    (tmp_path / "generated").symlink_to(REPO / "generated", target_is_directory=True)
-    return tmp_path
+    """An empty working directory: the launcher must find `generated/` without it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return cwd
+
+
+@pytest.fixture
+def ports() -> dict[str, int]:
+    """Envoy's ports and the services' base port (auth; transactions +1, payments +2)."""
+    envoy = {"http": _free_port(), "https": _free_port(), "admin": _free_port()}
+    return {**envoy, "grpc_base": _free_port_base(set(envoy.values()))}
+
+
+def _service_ports(ports: dict[str, int]) -> list[int]:
+    return [ports["grpc_base"] + offset for offset in range(len(SERVICES))]
 
 
 @pytest.fixture
@@ -198,15 +220,18 @@ def launchers() -> Iterator[list[Launcher]]:
 
 
 def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
-    json_call: Any, workdir: Path, launchers: list[Launcher]
+    json_call: Any, workdir: Path, ports: dict[str, int], launchers: list[Launcher], tmp_path: Path
 ) -> None:
-    ports = {"http": _free_port(), "https": _free_port(), "admin": _free_port()}
+    var_dir = tmp_path / "state"
     base = f"http://127.0.0.1:{ports['http']}"
 
-    first = Launcher(workdir, ports)
+    first = Launcher(workdir, var_dir, ports)
     launchers.append(first)
     demo = first.credentials()
-    assert "SQLite" in first.output and "in-process cache" in first.output, first.output
+    assert f"SQLite files in {var_dir}" in first.output, first.output
+    assert "in-process cache" in first.output, first.output
+    for port in _service_ports(ports):
+        assert f":{port}" in first.output, first.output
     assert f"curl -s {base}/v1/auth/token" in first.output, first.output
 
     # One payment over HTTP/JSON through the launcher's Envoy, with the printed credentials.
@@ -240,9 +265,13 @@ def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
         assert created["transaction"]["amount"] == "1250", created
         assert created["transaction"]["merchantId"] == demo["merchant_id"], created
 
-    # The data is in SQLite files under the working directory's var/.
-    for service in ("auth", "transactions", "payments"):
-        assert (workdir / "var" / f"{service}.db").is_file(), sorted(workdir.rglob("*.db"))
+    # Secrets, certificate, logs and the SQLite files are all in the var dir; the working
+    # directory is left alone.
+    for service in SERVICES:
+        assert (var_dir / f"{service}.db").is_file(), sorted(tmp_path.rglob("*.db"))
+    for name in ("dev-secrets.env", "certs/ca.pem", "log/auth-0.log", "demo-merchant.json"):
+        assert (var_dir / name).is_file(), sorted(var_dir.rglob("*"))
+    assert list(workdir.iterdir()) == [], sorted(workdir.rglob("*"))
 
     # Ctrl-C: everything stops, nothing is left behind, the ports are free again.
     children = first.children
@@ -251,11 +280,12 @@ def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
     assert "stopped" in first.output.splitlines()[-1], first.output[-2000:]
     leftover = [pid for pid in children if _alive(pid)]
     assert not leftover, f"processes left after Ctrl-C: {leftover}"
-    busy = [p for p in (*SERVICE_PORTS, *ports.values()) if _port_busy(p)]
+    envoy_ports = (ports["http"], ports["https"], ports["admin"])
+    busy = [p for p in (*_service_ports(ports), *envoy_ports) if _port_busy(p)]
     assert not busy, f"ports still bound after Ctrl-C: {busy}"
 
     # A restart keeps the data and the demo merchant.
-    second = Launcher(workdir, ports)
+    second = Launcher(workdir, var_dir, ports)
     launchers.append(second)
     again = second.credentials()
     assert again == demo, (demo, again)
@@ -277,7 +307,7 @@ def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
     assert not leftover, f"processes left after Ctrl-C: {leftover}"
 
     # Both runs stopped without a traceback in any service log.
-    for log in sorted((workdir / "var" / "log").glob("*.log")):
+    for log in sorted((var_dir / "log").glob("*.log")):
         assert "Traceback" not in log.read_text(errors="replace"), f"{log}:\n{log.read_text()}"
 
 
@@ -317,7 +347,7 @@ def json_call() -> Any:
         base: str, method: str, path: str, body: Any = None, token: str | None = None
     ) -> dict[str, Any]:
         url = urlsplit(base)
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=15)
+        connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=15)
         headers = {"content-type": "application/json"}
         if token:
             headers["authorization"] = f"Bearer {token}"

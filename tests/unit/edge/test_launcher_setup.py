@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import io
+import json
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from pi.edge import DEFAULT_GRPC_PORTS
+from pi.launcher import __main__ as cli
 from pi.launcher import demo
-from pi.launcher.app import LaunchOptions, _busy_ports, _describe_exit
+from pi.launcher.app import (
+    Console,
+    LaunchError,
+    LaunchOptions,
+    _busy_ports,
+    _describe_exit,
+    _prepare,
+    data_store,
+    generated_dir,
+    service_env,
+)
 from pi.launcher.secrets import REQUIRED, ensure_dev_secrets, read_env_file
 from pi.platform.config import parse_master_keys
 
@@ -38,6 +56,133 @@ def test_replicas_listen_100_ports_apart_and_services_see_all_of_them() -> None:
     triple = LaunchOptions(replicas=3)
     assert [triple.port("auth", i) for i in range(3)] == [50051, 50151, 50251]
     assert triple.target("auth") == "ipv4:127.0.0.1:50051,127.0.0.1:50151,127.0.0.1:50251"
+
+
+def test_the_default_ports_are_the_documented_ones() -> None:
+    options = LaunchOptions()
+    assert {s: options.port(s, 0) for s in DEFAULT_GRPC_PORTS} == dict(DEFAULT_GRPC_PORTS)
+
+
+def test_a_port_base_moves_every_service_and_replica_and_envoy_follows() -> None:
+    options = LaunchOptions(grpc_port_base=20000, replicas=2)
+    assert [options.port(s, 0) for s in ("auth", "transactions", "payments")] == [
+        20000,
+        20001,
+        20002,
+    ]
+    assert options.target("payments") == "ipv4:127.0.0.1:20002,127.0.0.1:20102"
+    assert {s: [e.port for e in endpoints] for s, endpoints in options.upstreams().items()} == {
+        "auth": [20000, 20100],
+        "transactions": [20001, 20101],
+        "payments": [20002, 20102],
+    }
+
+
+def test_the_port_base_comes_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[LaunchOptions] = []
+
+    async def fake_launch(options: LaunchOptions) -> int:
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(cli, "launch", fake_launch)
+    monkeypatch.delenv("PI_GRPC_PORT_BASE", raising=False)
+    assert cli.main([]) == 0
+    monkeypatch.setenv("PI_GRPC_PORT_BASE", "21000")
+    assert cli.main([]) == 0
+    assert cli.main(["--grpc-port-base", "22000", "--var-dir", "/tmp/pi-x"]) == 0
+    assert [o.grpc_port_base for o in seen] == [50051, 21000, 22000]
+    assert seen[-1].var == Path("/tmp/pi-x")
+
+
+def test_sqlite_files_live_in_the_var_dir_unless_database_url_is_set(tmp_path: Path) -> None:
+    options = LaunchOptions(root=tmp_path, var_dir=Path("state"))
+    assert options.var == tmp_path / "state"
+    own = service_env(options, {"PI_LOG_LEVEL": "INFO"}, "payments")
+    assert own["DATABASE_URL"] == f"sqlite:///{tmp_path}/state/payments.db"
+    assert own["PI_LOG_LEVEL"] == "INFO"
+    assert data_store(options, {}) == f"SQLite files in {tmp_path / 'state'}"
+    exported = {"DATABASE_URL": "postgresql://u:secret@db/pi"}
+    assert service_env(options, exported, "auth") == exported
+    assert "secret" not in data_store(options, exported)
+    absolute = LaunchOptions(root=tmp_path, var_dir=Path("/srv/pi"))
+    assert absolute.sqlite_url("auth") == "sqlite:////srv/pi/auth.db"
+
+
+def test_generated_files_are_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert (generated_dir() / "__init__.py").is_file()
+    assert generated_dir().is_absolute()
+    assert LaunchOptions().generated == generated_dir()
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _port_values(node: Any) -> set[int]:
+    if isinstance(node, dict):
+        found = {node["port_value"]} if "port_value" in node else set()
+        return found.union(*(_port_values(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_port_values(v) for v in node))
+    return set()
+
+
+def test_prepare_keeps_every_file_in_the_var_dir_and_points_envoy_at_the_port_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not (generated_dir() / "descriptors.binpb").is_file():
+        pytest.skip("generated/descriptors.binpb is missing (make proto)")
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    http, https, admin, base = _free_ports(4)
+    options = LaunchOptions(
+        var_dir=tmp_path / "state",
+        grpc_port_base=base,
+        http_port=http,
+        https_port=https,
+        admin_port=admin,
+    )
+    console = io.StringIO()
+    env = _prepare(options, Console(console))
+
+    state = tmp_path / "state"
+    assert {p.name for p in state.iterdir()} == {"dev-secrets.env", "certs", "envoy.json"}
+    assert list(cwd.iterdir()) == []
+    bootstrap = json.loads((state / "envoy.json").read_text())
+    assert {base, base + 1, base + 2, http, https, admin} <= _port_values(bootstrap)
+    assert 50051 not in _port_values(bootstrap)
+    assert env["PI_TRANSACTIONS_TARGET"] == f"127.0.0.1:{base + 1}"
+    assert f"SQLite files in {state}" in console.getvalue()
+
+
+def test_prepare_refuses_ports_used_twice(tmp_path: Path) -> None:
+    options = LaunchOptions(var_dir=tmp_path, grpc_port_base=30000, http_port=30001)
+    with pytest.raises(LaunchError, match="30001"):
+        _prepare(options, Console(io.StringIO()))
 
 
 def test_ports_in_use_are_detected() -> None:

@@ -207,6 +207,7 @@ async def test_stop_during_a_restart_stops_the_new_child_too(tmp_path: Path) -> 
     )
     runner = asyncio.create_task(proc.run())
     await _eventually(lambda: proc.restarts == 1)
-    await asyncio.wait_for(proc.stop(grace=2), 10)
-    await asyncio.wait_for(runner, 10)
+    async with asyncio.timeout(10):
+        await proc.stop(grace=2)
+        await runner
     assert proc.state is State.STOPPED

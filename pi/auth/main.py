@@ -72,6 +72,11 @@ class AuthApp:
     def interceptor(self) -> AuthInterceptor:
         return self.authentication.interceptor
 
+    @property
+    def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """What the server installs: auth, then the per-merchant rate limit."""
+        return self.authentication.interceptors
+
     def register(self, grpc_server: grpc.aio.Server) -> None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(self.auth), grpc_server)
         auth_pb2_grpc.add_AuthInternalServiceServicer_to_server(

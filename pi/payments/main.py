@@ -1,8 +1,8 @@
 """Composition root of the payment service.
 
 settings → engine → store → connector (sandbox) → ledger client (transaction service)
-→ use cases → servicers → platform server with the auth interceptor and the background
-tasks (outbox dispatcher, reconciler, JWKS refresh, revocation polling).
+→ use cases → servicers → platform server with the auth and rate-limit interceptors and
+the background tasks (outbox dispatcher, reconciler, JWKS refresh, revocation polling).
 
 Nothing is built at import time. `run()` serves (`python -m pi.payments`), `migrate()`
 applies the Alembic migrations (`python -m pi.payments migrate`). Tests build the same
@@ -75,6 +75,11 @@ class PaymentsApp:
     @property
     def interceptor(self) -> AuthInterceptor:
         return self.authentication.interceptor
+
+    @property
+    def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """What the server installs: auth, then the per-merchant rate limit."""
+        return self.authentication.interceptors
 
     async def housekeeping(self) -> None:
         """One housekeeping pass: forget old delivered movements and expired idempotency keys."""

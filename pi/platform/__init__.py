@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         key_from,
     )
     from pi.platform.ids import is_valid_id, new_id
-    from pi.platform.interceptors import AuthInterceptor, ErrorInterceptor
+    from pi.platform.interceptors import AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
     from pi.platform.principal import (
         Principal,
         current_principal,
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         require_merchant,
         require_service,
     )
+    from pi.platform.ratelimit import RateLimiter
     from pi.platform.rpc_status import abort_with, error_from_rpc_error, to_status_proto
     from pi.platform.tokens import (
         KeySource,
@@ -105,7 +106,10 @@ _EXPORTS: dict[str, str] = {
         "idempotency",
     ),
     **dict.fromkeys(("is_valid_id", "new_id"), "ids"),
-    **dict.fromkeys(("AuthInterceptor", "ErrorInterceptor"), "interceptors"),
+    **dict.fromkeys(
+        ("AuthInterceptor", "ErrorInterceptor", "RateLimitInterceptor"), "interceptors"
+    ),
+    "RateLimiter": "ratelimit",
     **dict.fromkeys(
         (
             "Principal",
@@ -158,6 +162,8 @@ __all__ = [
     "PageToken",
     "PermissionDenied",
     "Principal",
+    "RateLimitInterceptor",
+    "RateLimiter",
     "RedisCache",
     "RemoteJwks",
     "ResourceExhausted",

@@ -57,6 +57,13 @@ def create_cache(settings: Settings, *, prefix: str = "") -> Cache:
     return MemoryCache()
 
 
+# Creates the key with its TTL if absent, then adds: the TTL is set once per key.
+_INCR_WITH_TTL = """
+redis.call('SET', KEYS[1], 0, 'PX', ARGV[2], 'NX')
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"""
+
+
 class RedisCache:
     """`Cache` on Redis. `prefix` namespaces keys and channels (tests use a unique one)."""
 
@@ -69,6 +76,7 @@ class RedisCache:
             health_check_interval=30,
         )
         self._url = url
+        self._incr_with_ttl: Any = self._redis.register_script(_INCR_WITH_TTL)
 
     async def get(self, key: str) -> bytes | None:
         with _wrap_errors():
@@ -90,12 +98,11 @@ class RedisCache:
     async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
         full = self._prefix + key
         with _wrap_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if ttl is not None:
-                    pipe.set(full, 0, px=_ms(ttl), nx=True)
-                pipe.incrby(full, amount)
-                results: list[Any] = await pipe.execute()
-        return int(results[-1])
+            if ttl is None:
+                return int(await self._redis.incrby(full, amount))
+            # One round trip, atomic; EVALSHA costs about half the client CPU of a
+            # MULTI pipeline, which matters on the rate limiter's per-call path.
+            return int(await self._incr_with_ttl(keys=[full], args=[amount, _ms(ttl)]))
 
     async def publish(self, channel: str, message: bytes) -> None:
         with _wrap_errors():

@@ -20,6 +20,9 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
     {"auth": 50051, "transactions": 50052, "payments": 50053}
 )
 MAX_TOKEN_TTL_SECONDS = 900
+DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
+"""Requests per second per merchant per service: Stripe's live-mode default."""
+MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
 MASTER_KEY_BYTES = 32
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -62,6 +65,7 @@ class Settings:
     transactions_target: str = "127.0.0.1:50052"
     payments_target: str = "127.0.0.1:50053"
     revocation_poll_seconds: float = 2.0
+    rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
 
     @property
@@ -152,6 +156,15 @@ class Settings:
             get("PI_REVOCATION_POLL_SECONDS"), "PI_REVOCATION_POLL_SECONDS", 2.0, problems
         )
 
+        rate_limit = _parse_int(
+            get("PI_RATE_LIMIT_PER_MERCHANT"),
+            "PI_RATE_LIMIT_PER_MERCHANT",
+            DEFAULT_RATE_LIMIT_PER_MERCHANT,
+            0,
+            MAX_RATE_LIMIT_PER_MERCHANT,
+            problems,
+        )
+
         log_level = (get("PI_LOG_LEVEL") or "INFO").upper()
         if log_level == "WARN":
             log_level = "WARNING"
@@ -178,6 +191,7 @@ class Settings:
             transactions_target=get("PI_TRANSACTIONS_TARGET") or "127.0.0.1:50052",
             payments_target=get("PI_PAYMENTS_TARGET") or "127.0.0.1:50053",
             revocation_poll_seconds=poll,
+            rate_limit_per_merchant=rate_limit,
             log_level=log_level,
         )
 

@@ -103,8 +103,22 @@ class Unauthenticated(DomainError):
 
 
 class ResourceExhausted(DomainError):
+    """A quota or rate limit is used up. `retry_after` (seconds), when known, tells the
+    client when trying again can succeed; it is reported as a `google.rpc.RetryInfo`."""
+
     code = Code.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after
 
 
 class Aborted(DomainError):

@@ -1,8 +1,10 @@
-"""Server interceptors: errors become statuses, bearer credentials become principals.
+"""Server interceptors: errors become statuses, bearer credentials become principals,
+merchants are rate limited.
 
 `server.create_server` installs `ErrorInterceptor` outermost itself; a service passes
-`AuthInterceptor(...)`. All our RPCs are unary-unary; health and reflection (streaming)
-are public and pass through untouched.
+`AuthInterceptor(...)` then `RateLimitInterceptor(...)` (in that order: the rate limit
+counts the principal the auth interceptor found). All our RPCs are unary-unary; health
+and reflection (streaming) are public and pass through untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import grpc
 
 from pi.platform.crypto import constant_time_equal
 from pi.platform.errors import DomainError, Unauthenticated, Unavailable
-from pi.platform.principal import Principal, reset_principal, set_principal
+from pi.platform.principal import Principal, current_principal, reset_principal, set_principal
+from pi.platform.ratelimit import RateLimiter
 from pi.platform.rpc_status import INTERNAL_MESSAGE, abort_with
 from pi.platform.tokens import TokenVerifier
 
@@ -167,6 +170,48 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 reset_principal(token)
 
         return authenticated
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every call by a merchant principal against `limiter` (see `pi.platform.ratelimit`).
+
+    Install it after `AuthInterceptor`, which sets the principal it reads. Calls by the
+    admin, by services and without credentials are not counted. Over the limit the call
+    ends with RESOURCE_EXHAUSTED (reason RATE_LIMITED) before it reaches the servicer.
+    """
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        # Per method: the handler last seen and its rate-limited wrapper, built once.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _replace_unary(handler, self._limited(handler.unary_unary))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _limited(self, behavior: UnaryBehavior) -> UnaryBehavior:
+        check = self.limiter.check
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            principal = current_principal()
+            if principal is not None and principal.kind == "merchant" and principal.merchant_id:
+                try:
+                    await check(principal.merchant_id)
+                except DomainError as error:
+                    await abort_with(context, error)
+            return await behavior(request, context)
+
+        return limited
 
 
 def _header(metadata: Any, name: str) -> str | None:

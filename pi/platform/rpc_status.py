@@ -1,8 +1,9 @@
 """The one place where domain errors become `google.rpc.Status` (and back).
 
 A `DomainError` is reported as its gRPC code, its message, and the details
-`ErrorInfo(reason, domain="pi.platform", metadata)` plus `BadRequest` field violations
-for `InvalidArgument`. Envoy renders the same details as JSON for HTTP clients.
+`ErrorInfo(reason, domain="pi.platform", metadata)`, plus `BadRequest` field violations
+for `InvalidArgument` and `RetryInfo` for a `ResourceExhausted` that knows when to retry.
+Envoy renders the same details as JSON for HTTP clients.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -73,6 +74,11 @@ def to_status_proto(error: DomainError) -> status_pb2.Status:
                 )
             )
         )
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(max(0, round(retry_after * 1e9)))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     return status_pb2.Status(code=code.value[0], message=error.message, details=details)
 
 
@@ -107,20 +113,26 @@ def error_from_rpc_error(error: grpc.RpcError) -> DomainError | None:
     reason: str | None = None
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
+    retry_after: float | None = None
     status = _status_from_error(error)
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             bad = error_details_pb2.BadRequest()
+            retry = error_details_pb2.RetryInfo()
             if detail.Unpack(info):
                 reason = info.reason or None
                 metadata = dict(info.metadata)
             elif detail.Unpack(bad):
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+            elif detail.Unpack(retry):
+                retry_after = retry.retry_delay.ToNanoseconds() / 1e9
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         reason = reason or "DEADLINE_EXCEEDED"
     if cls is InvalidArgument:
         return InvalidArgument(message, violations, reason=reason, metadata=metadata)
+    if cls is ResourceExhausted:
+        return ResourceExhausted(message, reason=reason, metadata=metadata, retry_after=retry_after)
     return cls(message, reason=reason, metadata=metadata)
 
 

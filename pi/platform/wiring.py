@@ -3,7 +3,8 @@
 - `authentication(settings, ...)`: how a service knows its callers. The admin and
   service credentials, and merchant access tokens verified against the auth service's
   keys with revocations kept current, as one `AuthInterceptor` plus the background tasks
-  that keep it current.
+  that keep it current; then the per-merchant rate limit (`RateLimitInterceptor`), so
+  `Authentication.interceptors` is what a server installs.
 - `run_service(...)`: the process `python -m pi.<svc>` runs. Settings from the
   environment, logging, refuse a database `migrate` has not brought to head, build the
   object graph, serve until SIGTERM/SIGINT, close.
@@ -29,8 +30,9 @@ from pi.platform import migrations, server
 from pi.platform.cache import Cache, create_cache
 from pi.platform.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.interceptors import AuthInterceptor
+from pi.platform.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.logging import configure as configure_logging
+from pi.platform.ratelimit import create_rate_limiter
 from pi.platform.server import BackgroundTask
 from pi.platform.tokens import (
     KeySource,
@@ -46,10 +48,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Authentication:
-    """How a service authenticates its callers, and what keeps that current.
+    """How a service authenticates (and rate limits) its callers, and what keeps that current.
 
-    Run `background` with the server; `close()` closes the channel to the auth service
-    and the Redis connection if `authentication()` opened them.
+    Install `interceptors` on the server and run `background` with it; `close()` closes
+    the channel to the auth service and the caches `authentication()` opened.
     """
 
     revocations: RevocationList
@@ -57,13 +59,21 @@ class Authentication:
     interceptor: AuthInterceptor
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
-    cache: Cache | None = None
+    caches: list[Cache] = field(default_factory=list)
+    rate_limit: RateLimitInterceptor | None = None
+
+    @property
+    def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """The auth interceptor, then the rate limit (which counts the principal it set)."""
+        if self.rate_limit is None:
+            return (self.interceptor,)
+        return (self.interceptor, self.rate_limit)
 
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
-        if self.cache is not None:
-            await self.cache.close()
+        for cache in self.caches:
+            await cache.close()
 
 
 def authentication(
@@ -80,8 +90,9 @@ def authentication(
     `settings.auth_target`, whose revocations are then pulled every
     `settings.revocation_poll_seconds`. With REDIS_URL set, revocations published on
     `pi:revocations` are applied at once too, received over `cache` (or a connection
-    opened here). `public_methods` need no credentials. Call inside the event loop
-    (gRPC channels bind to it).
+    opened here). `public_methods` need no credentials. Merchant calls are limited to
+    `settings.rate_limit_per_merchant` per second (0: unlimited; see
+    `pi.platform.ratelimit`). Call inside the event loop (gRPC channels bind to it).
     """
     revocations = RevocationList(clock=clock)
     background: list[BackgroundTask] = []
@@ -98,10 +109,11 @@ def authentication(
         )
         keys = jwks
         background += [jwks.run, poller.run]
-    opened: Cache | None = None
+    opened: list[Cache] = []
     if settings.redis_url:
         if cache is None:
-            cache = opened = create_cache(settings)
+            cache = create_cache(settings)
+            opened.append(cache)
         subscriber = cache
         background.append(lambda: listen_for_revocations(subscriber, revocations))
     verifier = TokenVerifier(
@@ -110,13 +122,17 @@ def authentication(
     interceptor = AuthInterceptor(
         verifier, settings.admin_token, settings.service_token, public_methods=public_methods
     )
+    limiter = create_rate_limiter(settings)
+    if limiter is not None:
+        opened.append(limiter.cache)
     return Authentication(
         revocations=revocations,
         verifier=verifier,
         interceptor=interceptor,
         background=background,
         channels=channels,
-        cache=opened,
+        caches=opened,
+        rate_limit=None if limiter is None else RateLimitInterceptor(limiter),
     )
 
 
@@ -124,7 +140,8 @@ class ServiceApp(Protocol):
     """A service's object graph as `run_service` serves it (each main.py's `...App`)."""
 
     @property
-    def interceptor(self) -> grpc.aio.ServerInterceptor: ...
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """In order, after the platform's error interceptor: auth, then rate limit."""
 
     @property
     def background(self) -> Sequence[BackgroundTask]: ...
@@ -163,7 +180,7 @@ async def _serve(
             settings,
             register=app.register,
             service_names=service_names,
-            interceptors=[app.interceptor],
+            interceptors=app.interceptors,
             background=app.background,
         )
     finally:

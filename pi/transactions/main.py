@@ -54,6 +54,11 @@ class TransactionsApp:
     def interceptor(self) -> AuthInterceptor:
         return self.authentication.interceptor
 
+    @property
+    def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """What the server installs: auth, then the per-merchant rate limit."""
+        return self.authentication.interceptors
+
     def register(self, grpc_server: grpc.aio.Server) -> None:
         transactions_pb2_grpc.add_TransactionServiceServicer_to_server(
             TransactionServicer(self.transactions), grpc_server

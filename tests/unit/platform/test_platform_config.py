@@ -32,6 +32,7 @@ def test_defaults_for_a_known_service_use_sqlite_under_var_of_the_current_dir(
     assert settings.transactions_target == "127.0.0.1:50052"
     assert settings.payments_target == "127.0.0.1:50053"
     assert settings.revocation_poll_seconds == 2.0
+    assert settings.rate_limit_per_merchant == 100
     assert settings.log_level == "INFO"
     assert settings.master_keys == {1: base64.b64decode(KEY)}
 
@@ -51,6 +52,7 @@ def test_every_variable_is_read() -> None:
         "PI_TRANSACTIONS_TARGET": "t:2",
         "PI_PAYMENTS_TARGET": "p:3",
         "PI_REVOCATION_POLL_SECONDS": "0.5",
+        "PI_RATE_LIMIT_PER_MERCHANT": "25",
         "PI_LOG_LEVEL": "debug",
     }
     s = Settings.from_env("auth", env)
@@ -60,6 +62,7 @@ def test_every_variable_is_read() -> None:
     assert (s.jwt_issuer, s.jwt_audience, s.token_ttl_seconds) == ("iss", "aud", 300)
     assert (s.auth_target, s.transactions_target, s.payments_target) == ("a:1", "t:2", "p:3")
     assert s.revocation_poll_seconds == 0.5
+    assert s.rate_limit_per_merchant == 25
     assert s.log_level == "DEBUG"
 
 
@@ -81,6 +84,7 @@ def test_invalid_values_are_all_reported() -> None:
         "PI_DB_SCHEMA": "Robert'); DROP",
         "REDIS_URL": "http://x",
         "PI_REVOCATION_POLL_SECONDS": "-1",
+        "PI_RATE_LIMIT_PER_MERCHANT": "lots",
         "PI_LOG_LEVEL": "LOUD",
     }
     with pytest.raises(ConfigError) as info:
@@ -93,10 +97,23 @@ def test_invalid_values_are_all_reported() -> None:
         "PI_DB_SCHEMA",
         "REDIS_URL",
         "PI_REVOCATION_POLL_SECONDS",
+        "PI_RATE_LIMIT_PER_MERCHANT",
         "PI_LOG_LEVEL",
     ):
         assert name in text
-    assert len(info.value.problems) == 7
+    assert len(info.value.problems) == 8
+
+
+def test_a_rate_limit_of_zero_disables_it_and_negative_or_huge_ones_are_refused() -> None:
+    assert (
+        Settings.from_env(
+            "auth", {**BASE, "PI_RATE_LIMIT_PER_MERCHANT": "0"}
+        ).rate_limit_per_merchant
+        == 0
+    )
+    for bad in ("-1", "1000001", "2.5"):
+        with pytest.raises(ConfigError, match="PI_RATE_LIMIT_PER_MERCHANT"):
+            Settings.from_env("auth", {**BASE, "PI_RATE_LIMIT_PER_MERCHANT": bad})
 
 
 def test_admin_and_service_tokens_must_differ() -> None:

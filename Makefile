@@ -9,7 +9,10 @@ PIP         := $(PY) -m pip
 BUF         := node_modules/.bin/buf
 PY_STAMP    := $(VENV)/.setup-stamp
 NODE_STAMP  := node_modules/.setup-stamp
-LINT_PATHS  := pi tests scripts
+LINT_PATHS  := pi tests scripts bench
+# v1 is published: proto changes must not break it. Compared with the main branch, so a
+# feature branch is checked against what landed and main against its last commit.
+BREAKING_AGAINST ?= .git\#branch=main
 
 .PHONY: help setup proto lint test run bench clean
 
@@ -30,12 +33,14 @@ $(NODE_STAMP): package.json package-lock.json
 proto: $(PY_STAMP) ## Regenerate generated/ from protos/ (Python stubs, descriptor set, OpenAPI).
 	$(PY) scripts/gen_protos.py
 
-lint: setup ## ruff, ruff format --check, mypy, buf lint (runs all, fails if any fails).
+lint: setup ## ruff, ruff format --check, mypy, buf lint, buf breaking (runs all, fails if any fails).
 	@status=0; \
 	echo "+ ruff check"; $(VENV)/bin/ruff check $(wildcard $(LINT_PATHS)) || status=1; \
 	echo "+ ruff format --check"; $(VENV)/bin/ruff format --check $(wildcard $(LINT_PATHS)) || status=1; \
 	echo "+ mypy"; $(VENV)/bin/mypy || status=1; \
 	echo "+ buf lint"; $(BUF) lint && echo "buf lint: ok" || status=1; \
+	echo "+ buf breaking (against $(BREAKING_AGAINST))"; \
+	$(BUF) breaking --against '$(BREAKING_AGAINST)' && echo "buf breaking: ok" || status=1; \
 	exit $$status
 
 test: setup ## Run the whole test suite against local PostgreSQL and Redis.
@@ -45,9 +50,9 @@ test: setup ## Run the whole test suite against local PostgreSQL and Redis.
 run: setup ## Start the mesh (three services + Envoy) locally.
 	$(PY) -m pi.launcher
 
-bench: setup ## Load-test the mesh (not implemented yet).
-	@# TODO(edge/perf): call `$(PY) -m bench` or scripts/bench once it exists.
-	@echo "make bench: not implemented yet" >&2; exit 1
+bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
+	scripts/ensure-services.sh
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

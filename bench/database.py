@@ -1,0 +1,152 @@
+"""The benchmark database: a fresh `pi_bench` on the local PostgreSQL, and checks on it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+SETTINGS_REPORTED = (
+    "server_version",
+    "synchronous_commit",
+    "fsync",
+    "full_page_writes",
+    "wal_sync_method",
+    "commit_delay",
+    "shared_buffers",
+    "max_connections",
+)
+
+
+@dataclass(frozen=True)
+class Postgres:
+    host: str
+    port: int
+    user: str
+    database: str
+
+    def url(self, database: str | None = None) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database or self.database}"
+
+    def connect(self, database: str | None = None) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname=database or self.database,
+            autocommit=True,
+            connect_timeout=10,
+        )
+
+
+def recreate_database(pg: Postgres) -> None:
+    """Drop and create the benchmark database, with durable commits forced on for it.
+
+    `ALTER DATABASE ... SET synchronous_commit = on` applies to every session in this
+    database only, so the benchmark measures durable commits even on a server whose
+    default is off, without touching the server's configuration.
+    """
+    if not pg.database.startswith("pi_bench"):
+        raise ValueError(
+            f"refusing to drop {pg.database!r}: the bench database name starts with pi_bench"
+        )
+    with pg.connect("postgres") as conn:
+        name = sql.Identifier(pg.database)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = on").format(name))
+
+
+def drop_database(pg: Postgres) -> None:
+    with pg.connect("postgres") as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(pg.database))
+        )
+
+
+def server_settings(pg: Postgres) -> dict[str, Any]:
+    """What decides durability and capacity, as seen by a session in the bench database."""
+    out: dict[str, Any] = {}
+    with pg.connect() as conn:
+        for name in SETTINGS_REPORTED:
+            out[name] = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
+        out["connections_in_use"] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+        ).fetchone()[0]  # type: ignore[index]
+    with pg.connect("postgres") as conn:
+        # The server-wide value (the bench database forces it on for its own sessions).
+        out["server_synchronous_commit"] = conn.execute("SHOW synchronous_commit").fetchone()[0]  # type: ignore[index]
+    out["durable_commits"] = (
+        out["synchronous_commit"] in ("on", "remote_write", "remote_apply", "local")
+        and out["fsync"] == "on"
+    )
+    return out
+
+
+def scalar(pg: Postgres, query: str, *params: Any) -> Any:
+    with pg.connect() as conn:
+        row = conn.execute(query, params or None).fetchone()
+        return None if row is None else row[0]
+
+
+def table_exists(pg: Postgres, qualified: str) -> bool:
+    return bool(scalar(pg, "SELECT to_regclass(%s) IS NOT NULL", qualified))
+
+
+def wait_outbox_drained(pg: Postgres, timeout: float) -> dict[str, Any]:
+    """Wait until the payment service's outbox holds no undelivered movement.
+
+    The flow is only done when the transaction service has applied every movement; a
+    backlog left at the end of a phase means the mesh did not keep up with the load.
+    """
+    if not table_exists(pg, "payments.outbox"):
+        return {"checked": False}
+    query = "SELECT count(*) FROM payments.outbox WHERE delivered_time IS NULL"
+    started = time.monotonic()
+    backlog_at_end = int(scalar(pg, query))
+    backlog = backlog_at_end
+    while backlog and time.monotonic() - started < timeout:
+        time.sleep(0.25)
+        backlog = int(scalar(pg, query))
+    return {
+        "checked": True,
+        "undelivered_at_end_of_load": backlog_at_end,
+        "undelivered_after_wait": backlog,
+        "drain_seconds": round(time.monotonic() - started, 2),
+    }
+
+
+_DB_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+    "blks_read",
+    "blks_hit",
+    "sessions",
+)
+
+
+def database_counters(pg: Postgres) -> dict[str, int]:
+    """Cumulative pg_stat_database counters of the bench database (commits, rows, ...)."""
+    columns = ", ".join(_DB_COUNTERS)
+    with pg.connect() as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        row = conn.execute(
+            f"SELECT {columns} FROM pg_stat_database WHERE datname = %s", (pg.database,)
+        ).fetchone()
+    return dict(zip(_DB_COUNTERS, (int(v or 0) for v in row or ()), strict=False))
+
+
+def counters_per_flow(before: dict[str, int], after: dict[str, int], flows: int) -> dict[str, Any]:
+    """What the database did per payment flow during a phase (the stats are flushed by
+    backends at least every second, so the last second may be missing)."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in before}
+    per_flow = {k: round(v / flows, 2) for k, v in delta.items()} if flows else {}
+    return {"total": delta, "per_flow": per_flow}

@@ -1,0 +1,522 @@
+"""`python -m bench`: set up, run every phase with a time bound, report, clean up.
+
+Phases (each bounded in time; every process started here is stopped by pid in `finally`):
+
+1. tools (wrk, h2load, pgbench) and RLIMIT_NOFILE; a fresh `pi_bench` database.
+2. the mesh on PostgreSQL + Redis: migrations, 3 services x replicas, Envoy.
+3. seed: merchants and tokens through the edge (admin token → CreateMerchant → IssueToken).
+4. warm-up, then the measured payment flow over HTTP/JSON through Envoy (wrk + Lua),
+   sampling CPU and memory of every process.
+5. references: the same flow over native gRPC straight to the services and through
+   Envoy (bench.grpc_flow); one RPC with h2load, direct and through Envoy; pgbench
+   running the flow's SQL.
+6. many keep-alive connections to Envoy doing slow GETs.
+7. the JSON report and a short table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import secrets
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bench import grpc_ref, h2load, pgbench, report, wrk
+from bench.config import REPO, BenchConfig, load
+from bench.database import (
+    Postgres,
+    counters_per_flow,
+    database_counters,
+    drop_database,
+    recreate_database,
+    scalar,
+    server_settings,
+    table_exists,
+    wait_outbox_drained,
+)
+from bench.mesh import Mesh, Ports, secrets_env
+from bench.procstat import Sampler, pids_by_comm, postgres_pids
+from bench.profile import Profiler
+from bench.seed import EdgeClient, Merchant, create_merchants, issue_tokens
+from bench.tools import ensure_tools, raise_nofile, tool_versions
+
+OUTBOX_DRAIN_TIMEOUT = 120.0
+# Envoy counters that explain errors and latency: resets, timeouts, retries, overflows,
+# local replies by class (cumulative since Envoy started).
+_ENVOY_DIAGNOSTICS = (
+    r"^(cluster\.(auth|transactions|payments)\.(upstream_rq_(timeout|per_try_timeout|retry"
+    r"|retry_overflow|pending_overflow|rx_reset|tx_reset|[45]xx|total)|upstream_cx_"
+    r"(destroy_remote_with_active_rq|destroy_local_with_active_rq|connect_fail|total)"
+    r"|upstream_rq_pending_active)|http\.http\.(downstream_rq_[1-5]xx|downstream_rq_timeout"
+    r"|downstream_rq_rx_reset|downstream_rq_tx_reset|downstream_cx_total|rs_too_large"
+    r"|downstream_rq_overload_close)|http\.http\.edge_rate_limit\.rate_limited)$"
+)
+CALLS = ("create_transaction", "create_payment")
+
+
+def _log(message: str) -> None:
+    stamp = dt.datetime.now().strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def _errors_text(errors: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in errors.items()) or "none"
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    rep: dict[str, Any] = {
+        "schema": "pi-bench/1",
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config": cfg.public(),
+        "machine": report.machine_info(),
+    }
+    started = time.monotonic()
+    status = 2
+    try:
+        status = Bench(cfg, rep).run()
+    except KeyboardInterrupt as exc:
+        rep["failure"] = f"interrupted ({exc})"
+        _log("interrupted; everything started was stopped")
+        status = 130
+    except Exception as exc:
+        rep["failure"] = f"{type(exc).__name__}: {exc}"
+        rep["failure_traceback"] = traceback.format_exc()
+        _log(f"FAILED: {type(exc).__name__}: {exc}")
+        status = 2
+    finally:
+        rep["wall_seconds"] = round(time.monotonic() - started, 1)
+        rep["targets"] = report.verdict(rep)
+        report.write_json(rep, cfg.out)
+        print(report.table(rep))
+        print(f"report: {cfg.out}")
+    return status
+
+
+class Bench:
+    """One run: `run()` does every phase and fills `rep` (the JSON report) as it goes."""
+
+    def __init__(self, cfg: BenchConfig, rep: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.rep = rep
+        self.workdir = Path(cfg.workdir)
+        self.pg = Postgres(cfg.pg_host, cfg.pg_port, cfg.pg_user, cfg.database)
+        self.ports = Ports(cfg.port_base)
+        self.exp_year = dt.date.today().year + 5
+        self.url = f"http://127.0.0.1:{self.ports.envoy_http}"
+        self.merchants: list[Merchant] = []
+        self.client: EdgeClient | None = None
+        self.mesh: Mesh | None = None
+
+    # --- orchestration -------------------------------------------------------------------
+
+    def run(self) -> int:
+        cfg, rep = self.cfg, self.rep
+        soft, hard = raise_nofile(max(65536, cfg.conn_count * 3 + 4096))
+        rep["rlimit_nofile"] = [soft, hard]
+        ensure_tools(install=cfg.install_tools)
+        rep["tools"] = tool_versions()
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+
+        secret = secrets_env(self.workdir)
+        self.mesh = mesh = Mesh(
+            repo=REPO,
+            workdir=self.workdir,
+            ports=self.ports,
+            replicas=cfg.replicas,
+            base_env={
+                "DATABASE_URL": self.pg.url(),
+                "REDIS_URL": cfg.redis_url,
+                "PI_LOG_LEVEL": cfg.log_level,
+                "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
+                **secret,
+            },
+            envoy_concurrency=cfg.envoy_concurrency,
+            envoy_access_log=cfg.envoy_access_log,
+            edge_rate_limit_rps=cfg.edge_rate_limit_rps or None,
+        )
+        mesh.check_ports()
+        _log(f"recreating database {cfg.database} on {cfg.pg_host}:{cfg.pg_port}")
+        recreate_database(self.pg)
+        rep["postgres"] = server_settings(self.pg)
+        rep["redis"] = _redis_info(cfg.redis_url)
+        self._check_connection_budget()
+        try:
+            _log("migrating")
+            mesh.migrate()
+            _log(f"starting {cfg.replicas} process(es) per service and Envoy on {self.ports.base}+")
+            mesh.start()
+            self.client = EdgeClient("127.0.0.1", self.ports.envoy_http)
+            _log(f"seeding {cfg.merchants} merchants and their tokens through the edge")
+            self.merchants = create_merchants(self.client, secret["PI_ADMIN_TOKEN"], cfg.merchants)
+            rep["seed"] = {"merchants": len(self.merchants)}
+
+            self.flow()
+            rep["references"] = {}
+            if not cfg.skips("grpc"):
+                self.grpc_references()
+            if not cfg.skips("h2load"):
+                self.rpc_references()
+            rep["references"]["edge_cost"] = _edge_cost(rep)
+            if not cfg.skips("pgbench"):
+                self.pgbench_reference()
+            if not cfg.skips("connections"):
+                self.connections()
+        finally:
+            if self.client is not None:
+                self.client.close()
+            _log("stopping the mesh")
+            try:
+                mesh.stop()
+            finally:
+                rep["mesh"] = {"events": mesh.events, "restarts": mesh.restarts()}
+                if not cfg.keep_database:
+                    with contextlib.suppress(Exception):
+                        drop_database(self.pg)
+
+        errors = rep["flow"]["error_count"] + rep.get("connections", {}).get("error_count", 0)
+        errors += sum(
+            r.get("error_count", 0) for r in rep["references"].values() if isinstance(r, dict)
+        )
+        return 0 if errors == 0 else 1
+
+    def _groups(self) -> dict[str, Callable[[], Iterable[int]]]:
+        mesh = self.mesh
+        assert mesh is not None
+
+        def pids_of(name: str) -> Callable[[], Iterable[int]]:
+            return lambda: mesh.pids().get(name, [])
+
+        groups = {name: pids_of(name) for name in ("envoy", "auth", "transactions", "payments")}
+        groups["postgres"] = lambda: postgres_pids(self.cfg.database)
+        groups["redis"] = lambda: pids_by_comm("redis-server")
+        groups["bench harness"] = lambda: [os.getpid()]
+        return groups
+
+    def _sampler(self, only: Iterable[str] | None = None) -> Sampler:
+        groups = self._groups()
+        if only is not None:
+            groups = {name: groups[name] for name in only}
+        return Sampler(groups, pss_groups=["postgres"]).start()
+
+    def _tokens(self) -> list[str]:
+        return [m.token for m in self.merchants]
+
+    def _fresh_tokens(self) -> None:
+        """Access tokens live at most 15 minutes: issue new ones before a later phase."""
+        assert self.client is not None
+        issue_tokens(self.client, self.merchants)
+
+    # --- phases --------------------------------------------------------------------------
+
+    def flow(self) -> None:
+        cfg, mesh = self.cfg, self.mesh
+        assert mesh is not None
+        _log(f"warm-up: {cfg.warmup:g} s")
+        warm = self._run_flow(cfg.warmup, "w")
+        self.rep["warmup"] = {
+            k: warm[k] for k in ("flows_per_second", "api_calls_per_second", "errors")
+        }
+        wait_outbox_drained(self.pg, OUTBOX_DRAIN_TIMEOUT)
+
+        _log(f"payment flow: {cfg.connections} connections for {cfg.duration:g} s")
+        profiler = None
+        if cfg.profile:
+            targets = {
+                f"{name}#{i}": pid
+                for name, pids in mesh.pids().items()
+                if name != "envoy"
+                for i, pid in enumerate(pids)
+            }
+            profiler = Profiler(targets, cfg.duration - 1, self.workdir, native=cfg.profile_native)
+            profiler.start()
+        db_before = database_counters(self.pg)
+        sampler = self._sampler()
+        try:
+            flow = self._run_flow(cfg.duration, "m")
+        finally:
+            flow_resources = sampler.stop()
+        flow["resources"] = flow_resources
+        flow["envoy_stats"] = mesh.admin_stats(_ENVOY_DIAGNOSTICS)
+        if profiler is not None:
+            self.rep["profile"] = profiler.finish()
+        flow["outbox"] = wait_outbox_drained(self.pg, OUTBOX_DRAIN_TIMEOUT)
+        time.sleep(1.0)  # backends report their statistics at most once a second
+        flow["database"] = counters_per_flow(db_before, database_counters(self.pg), flow["flows"])
+        flow["database_check"] = self._database_check()
+        self.rep["flow"] = flow
+        _log(f"flow: {flow['flows_per_second']} flows/s, errors {_errors_text(flow['errors'])}")
+        mesh.check_alive()
+
+    def _run_flow(self, duration: float, tag: str) -> dict[str, Any]:
+        return wrk.run_flow(
+            self.url,
+            connections=self.cfg.connections,
+            duration=duration,
+            tokens=self._tokens(),
+            nonce=f"{tag}{secrets.token_hex(4)}",
+            idempotency=self.cfg.idempotency,
+            exp_year=self.exp_year,
+            workdir=str(self.workdir),
+        )
+
+    def grpc_references(self) -> None:
+        cfg, ports, refs = self.cfg, self.ports, self.rep["references"]
+        self._fresh_tokens()
+        direct = (
+            f"127.0.0.1:{ports.service('transactions')}",
+            f"127.0.0.1:{ports.service('payments')}",
+        )
+        edge = (f"127.0.0.1:{ports.envoy_http}",) * 2
+        for key, (txn_target, pay_target) in (("grpc_direct", direct), ("grpc_envoy", edge)):
+            _log(f"{key}: {cfg.grpc_concurrency} concurrent flows for {cfg.ref_duration:g} s")
+            sampler = self._sampler()
+            try:
+                result = grpc_ref.run(
+                    repo=REPO,
+                    transactions_target=txn_target,
+                    payments_target=pay_target,
+                    processes=cfg.grpc_processes,
+                    concurrency=cfg.grpc_concurrency,
+                    duration=cfg.ref_duration,
+                    tokens=self._tokens(),
+                    nonce=f"{key[5]}{secrets.token_hex(4)}",
+                    idempotency=cfg.idempotency,
+                    exp_year=self.exp_year,
+                    workdir=self.workdir,
+                )
+            finally:
+                resources = sampler.stop()
+            result["resources"] = resources
+            result["outbox"] = wait_outbox_drained(self.pg, OUTBOX_DRAIN_TIMEOUT)
+            refs[key] = result
+            _log(
+                f"{key}: {result['flows_per_second']} flows/s, "
+                f"errors {_errors_text(result['errors'])}"
+            )
+        assert self.mesh is not None
+        self.mesh.check_alive()
+
+    def rpc_references(self) -> None:
+        cfg, ports, refs = self.cfg, self.ports, self.rep["references"]
+        self._fresh_tokens()
+        connections = min(4, cfg.grpc_concurrency)
+        for key, target in (
+            ("rpc_direct", f"127.0.0.1:{ports.service('transactions')}"),
+            ("rpc_envoy", f"127.0.0.1:{ports.envoy_http}"),
+        ):
+            _log(
+                f"{key}: h2load CreateTransaction, {cfg.grpc_concurrency} streams "
+                f"for {cfg.ref_duration:g} s"
+            )
+            sampler = self._sampler()
+            try:
+                result = h2load.run(
+                    target,
+                    token=self.merchants[0].token,
+                    merchant_id=self.merchants[0].id,
+                    pg=self.pg,
+                    connections=connections,
+                    streams=max(1, cfg.grpc_concurrency // connections),
+                    duration=cfg.ref_duration,
+                    workdir=self.workdir,
+                )
+            finally:
+                resources = sampler.stop()
+            result["resources"] = resources
+            refs[key] = result
+            _log(
+                f"{key}: {result['requests_per_second']} calls/s, "
+                f"errors {_errors_text(result['errors'])}"
+            )
+        assert self.mesh is not None
+        self.mesh.check_alive()
+
+    def pgbench_reference(self) -> None:
+        cfg, refs = self.cfg, self.rep["references"]
+        clients = cfg.pgbench_clients
+        _log(f"pgbench: the flow's SQL, {clients} clients for {cfg.ref_duration:g} s")
+        sampler = self._sampler(only=["postgres"])
+        try:
+            result = pgbench.run(
+                self.pg, clients=clients, threads=2, duration=cfg.ref_duration, workdir=self.workdir
+            )
+        finally:
+            resources = sampler.stop()
+        result["resources"] = resources
+        refs["pgbench"] = result
+        if result.get("tps"):
+            refs["flows_per_pgbench_tps"] = round(
+                self.rep["flow"]["flows_per_second"] / result["tps"], 3
+            )
+        _log(f"pgbench: {result['tps']} flows/s")
+
+    def connections(self) -> None:
+        cfg, mesh = self.cfg, self.mesh
+        assert mesh is not None
+        soft = self.rep["rlimit_nofile"][0]
+        if soft < cfg.conn_count + 1024:
+            raise RuntimeError(
+                f"RLIMIT_NOFILE is {soft}: too low for {cfg.conn_count} connections "
+                "(raise the hard limit, e.g. `ulimit -Hn 65536` as root, or lower BENCH_CONN_COUNT)"
+            )
+        self._fresh_tokens()
+        targets = self._read_targets(limit=2000)
+        if not targets:
+            raise RuntimeError("no transactions to read for the connection run")
+        _log(
+            f"connections: {cfg.conn_count} keep-alive connections, one GET every "
+            f"{cfg.conn_interval:g} s each, for {cfg.conn_duration:g} s"
+        )
+        peak = {"active": 0}
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(0.5):
+                value = mesh.admin_stat("http.http.downstream_cx_active")
+                if value is not None:
+                    peak["active"] = max(peak["active"], value)
+
+        watcher = threading.Thread(target=watch, name="bench-envoy-stats", daemon=True)
+        watcher.start()
+        sampler = self._sampler()
+        try:
+            result = wrk.run_connections(
+                self.url,
+                connections=cfg.conn_count,
+                threads=cfg.conn_threads,
+                duration=cfg.conn_duration,
+                interval_ms=int(cfg.conn_interval * 1000),
+                targets=targets,
+                workdir=str(self.workdir),
+            )
+        finally:
+            resources = sampler.stop()
+            stop.set()
+            watcher.join(timeout=5)
+        result["resources"] = resources
+        result["envoy_stats"] = mesh.admin_stats(_ENVOY_DIAGNOSTICS)
+        result["envoy_max_active_connections"] = peak["active"]
+        result["interval_s"] = cfg.conn_interval
+        if peak["active"] < cfg.conn_count:
+            result["errors"]["connections_not_established"] = cfg.conn_count - peak["active"]
+            result["error_count"] = sum(result["errors"].values())
+            result["all_answered"] = False
+        self.rep["connections"] = result
+        _log(
+            f"connections: {result['requests_answered']} answered, "
+            f"p99 {result['latency'].get('p99_ms')} ms, max active {peak['active']}, "
+            f"errors {_errors_text(result['errors'])}"
+        )
+        mesh.check_alive()
+
+    # --- checks --------------------------------------------------------------------------
+
+    def _check_connection_budget(self) -> None:
+        """Each service process pools up to 20 connections (pi.platform.db: 10 + 10)."""
+        from pi.platform import db
+
+        pg, cfg = self.rep["postgres"], self.cfg
+        per_process = db.POOL_SIZE + db.MAX_OVERFLOW
+        needed = 3 * cfg.replicas * per_process
+        if not cfg.skips("pgbench"):
+            needed += cfg.pgbench_clients
+        available = int(pg["max_connections"]) - int(pg["connections_in_use"]) - 3
+        pg["connection_budget"] = {"needed_at_most": needed, "available": available}
+        if needed > available:
+            _log(
+                f"warning: the mesh may open up to {needed} PostgreSQL connections, "
+                f"{available} are free (max_connections={pg['max_connections']})"
+            )
+
+    def _database_check(self) -> dict[str, Any]:
+        """After the outbox drained: as many COMPLETED transactions as SUCCEEDED payments."""
+        pg = self.pg
+        if not (
+            table_exists(pg, "payments.payments") and table_exists(pg, "transactions.transactions")
+        ):
+            return {"checked": False}
+        paid = int(scalar(pg, "SELECT count(*) FROM payments.payments WHERE status = 'SUCCEEDED'"))
+        completed = int(
+            scalar(pg, "SELECT count(*) FROM transactions.transactions WHERE status = 'COMPLETED'")
+        )
+        return {
+            "checked": True,
+            "succeeded_payments": paid,
+            "completed_transactions": completed,
+            "consistent": paid == completed,
+        }
+
+    def _read_targets(self, limit: int) -> list[tuple[str, str]]:
+        """(token, transaction id) pairs: transactions the flow created, for their merchants."""
+        tokens = {m.id: m.token for m in self.merchants}
+        with self.pg.connect() as conn:
+            rows = conn.execute(
+                "SELECT id, merchant_id FROM transactions.transactions "
+                "WHERE merchant_id = ANY(%s) ORDER BY random() LIMIT %s",
+                (list(tokens), limit),
+            ).fetchall()
+        return [(tokens[merchant], txn) for txn, merchant in rows]
+
+
+def _redis_info(url: str) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        info = client.info("server")
+        persistence = client.info("persistence")
+        return {
+            "url": url,
+            "version": info.get("redis_version"),
+            "aof_enabled": persistence.get("aof_enabled"),
+        }
+    finally:
+        client.close()
+
+
+def _edge_cost(rep: dict[str, Any]) -> dict[str, Any]:
+    """What Envoy costs: the same client direct vs. through the edge."""
+    refs = rep.get("references", {})
+    out: dict[str, Any] = {}
+    rpc_direct, rpc_envoy = refs.get("rpc_direct"), refs.get("rpc_envoy")
+    if rpc_direct and rpc_envoy and rpc_direct.get("requests_per_second"):
+        out["rpc_throughput_loss"] = round(
+            1 - (rpc_envoy["requests_per_second"] or 0) / rpc_direct["requests_per_second"], 3
+        )
+    direct, envoy = refs.get("grpc_direct"), refs.get("grpc_envoy")
+    if direct and envoy and direct["flows_per_second"]:
+        loss = 1 - envoy["flows_per_second"] / direct["flows_per_second"]
+        out["grpc_throughput_loss"] = round(loss, 3)
+        added = {}
+        for call in CALLS:
+            a = direct["calls"][call]["latency"]["p50_ms"]
+            b = envoy["calls"][call]["latency"]["p50_ms"]
+            if a is not None and b is not None:
+                added[call] = round(b - a, 3)
+        out["grpc_p50_added_ms"] = added
+        flow = rep.get("flow")
+        out["summary"] = (
+            f"same Python client: {direct['flows_per_second']:.1f} flows/s direct vs "
+            f"{envoy['flows_per_second']:.1f} through Envoy ({loss * 100:.1f}% fewer), p50 "
+            + "/".join(f"{v:+.2f}" for v in added.values())
+            + f" ms per call (txn/pay); HTTP/JSON with wrk: "
+            f"{flow['flows_per_second'] if flow else '-'} flows/s"
+        )
+    return out

@@ -1,0 +1,85 @@
+"""The bench's pure parts: wrk result parsing, percentiles, the pgbench script, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import config, pgbench, stats, wrk
+
+FLOW_OUTPUT = """\
+summary 2000000 6 1234 0 0 0 1 0
+counters 2 0 0 4 4
+status create_transaction 200 2
+status create_payment 200 2
+lat create_transaction 1000 3000
+lat create_payment 2000 4000
+counters 0 0 0 3 2
+status create_transaction 503 1
+status create_transaction 200 1
+sample create_transaction 503 {"code":14,"message":"upstream connect error"}
+lat create_transaction 5000 6000
+lat create_payment
+"""
+
+
+def test_parse_flow_counts_per_call_type() -> None:
+    result = wrk.parse_flow(FLOW_OUTPUT)
+    assert result["flows"] == 2
+    assert result["flows_per_second"] == 1.0
+    assert result["api_calls"] == 6
+    ct = result["calls"]["create_transaction"]
+    assert ct["statuses"] == {"200": 3, "503": 1}
+    assert ct["errors"] == {"503": 1}
+    assert ct["latency"]["count"] == 4
+    assert ct["latency"]["max_ms"] == 6.0
+    assert result["calls"]["create_payment"]["latency"]["p50_ms"] == 2.0
+    assert result["errors"] == {"http_503": 1}
+    assert result["error_count"] == 1
+    assert result["error_samples"]["create_transaction 503"].startswith('{"code":14')
+
+
+def test_parse_connections_detects_unanswered_and_socket_errors() -> None:
+    text = (
+        "summary 4000000 10 999 2 0 0 0 1\n"
+        "latency 100 9000 1500 1000 4000 8000 9000\n"
+        "counters 12 10\n"
+        "status 200 10\n"
+    )
+    result = wrk.parse_connections(text, connections=1)
+    assert result["requests_sent"] == 12 and result["requests_answered"] == 10
+    assert result["errors"] == {"socket_connect": 2, "socket_timeout": 1}
+    assert result["all_answered"] is False
+    assert result["latency"]["p99_ms"] == 8.0
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert stats.percentile(values, 50) == 50
+    assert stats.percentile(values, 99) == 99
+    assert stats.percentile(values, 100) == 100
+    summary = stats.summarize_us([1000, 2000, 3000])
+    assert summary["p50_ms"] == 2.0 and summary["max_ms"] == 3.0
+    assert stats.summarize_us([])["count"] == 0
+
+
+def test_pgbench_script_has_one_command_per_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = pgbench.write_script(tmp_path / "flow.sql").read_text()
+    lines = text.splitlines()
+    assert lines.count("COMMIT;") == 6  # + the dispatcher's single-statement commit
+    assert lines.count("\\gset") == 2
+    for line in lines:
+        assert line.startswith("\\") or line.endswith(";") or "RETURNING" in line, line
+
+
+def test_config_quick_env_and_flags() -> None:
+    cfg = config.load(["--quick", "--connections", "3"], environ={"BENCH_DURATION": "7"})
+    assert cfg.quick and cfg.connections == 3 and cfg.duration == 7.0
+    assert cfg.conn_count == config.QUICK["conn_count"]
+    cfg = config.load([], environ={"BENCH_SKIP": "grpc, pgbench", "BENCH_IDEMPOTENCY": "0"})
+    assert cfg.skip == ("grpc", "pgbench") and cfg.idempotency is False
+    assert cfg.duration == 60.0 and cfg.conn_count == 10_000
+
+
+def test_config_refuses_a_database_it_should_not_drop() -> None:
+    with pytest.raises(SystemExit):
+        config.load([], environ={"BENCH_DB": "test"})

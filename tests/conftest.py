@@ -184,6 +184,8 @@ def settings_factory(pg_url: str, request: pytest.FixtureRequest) -> Callable[..
             "PI_MASTER_KEYS": f"1={random_master_key()}",
             "PI_GRPC_PORT": "0",
             "PI_REVOCATION_POLL_SECONDS": "0.2",
+            # Many engines are alive at once in tests: keep each pool small.
+            "PI_DB_POOL_SIZE": "10",
         }
         settings = Settings.from_env(service, environ)
         return dataclasses.replace(settings, **overrides) if overrides else settings

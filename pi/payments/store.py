@@ -42,6 +42,7 @@ from pi.payments.tables import (
     refunds,
     transaction_refs,
 )
+from pi.platform.db import autocommit
 from pi.platform.errors import Aborted
 from pi.platform.idempotency import Idempotency
 from pi.transactions.domain import Movement
@@ -148,6 +149,62 @@ _MUTABLE_PAYMENT_COLUMNS = (
 )
 
 
+# Statements of the hot paths (create, settle), built once: executing a prebuilt
+# statement with parameters skips building it and computing its cache key per call.
+_LOCK_REF = (
+    sa.select(transaction_refs)
+    .where(transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"))
+    .with_for_update()
+)
+_UPDATE_REF = (
+    transaction_refs.update()
+    .where(transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"))
+    .values(
+        held_amount=transaction_refs.c.held_amount
+        + sa.bindparam("p_held_delta", type_=sa.BigInteger()),
+        captured_amount=transaction_refs.c.captured_amount
+        + sa.bindparam("p_captured_delta", type_=sa.BigInteger()),
+        refunded_amount=transaction_refs.c.refunded_amount
+        + sa.bindparam("p_refunded_delta", type_=sa.BigInteger()),
+        closed=sa.bindparam("p_closed", type_=sa.Boolean()),
+        movement_count=transaction_refs.c.movement_count
+        + sa.bindparam("p_movement_count", type_=sa.BigInteger()),
+        update_time=sa.bindparam("p_update_time", type_=transaction_refs.c.update_time.type),
+    )
+    .returning(transaction_refs.c.movement_count)
+)
+_LOCK_PAYMENT = sa.select(payments).where(payments.c.id == sa.bindparam("p_id")).with_for_update()
+_INSERT_PAYMENT = payments.insert()
+_UPDATE_PAYMENT = (
+    payments.update()
+    .where(
+        payments.c.id == sa.bindparam("p_id"),
+        payments.c.status == sa.bindparam("p_old_status"),
+        payments.c.refunded_amount == sa.bindparam("p_old_refunded_amount"),
+    )
+    .values(
+        {
+            name: sa.bindparam(f"p_{name}", type_=payments.c[name].type)
+            for name in _MUTABLE_PAYMENT_COLUMNS
+        }
+    )
+)
+_INSERT_OUTBOX = outbox.insert()
+_IDEMPOTENCY_KEY = sa.and_(
+    idempotency_keys.c.scope == sa.bindparam("p_scope"),
+    idempotency_keys.c.operation == sa.bindparam("p_operation"),
+    idempotency_keys.c.key == sa.bindparam("p_key"),
+)
+_LOCK_IDEMPOTENCY_RESPONSE = (
+    sa.select(idempotency_keys.c.response).where(_IDEMPOTENCY_KEY).with_for_update()
+)
+_SET_IDEMPOTENCY_RESPONSE = (
+    idempotency_keys.update()
+    .where(_IDEMPOTENCY_KEY)
+    .values(response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """An undelivered movement: its id, transaction, position and serialized `Movement`."""
@@ -170,13 +227,7 @@ class PaymentTx:
 
     async def lock_ref(self, transaction_id: str) -> TransactionRef | None:
         """The ref row, locked until the end of this transaction (FOR UPDATE)."""
-        row = (
-            await self.conn.execute(
-                sa.select(transaction_refs)
-                .where(transaction_refs.c.transaction_id == transaction_id)
-                .with_for_update()
-            )
-        ).first()
+        row = (await self.conn.execute(_LOCK_REF, {"p_transaction_id": transaction_id})).first()
         return None if row is None else _ref_from_row(row)
 
     async def insert_ref(self, ref: TransactionRef, now: datetime) -> None:
@@ -213,25 +264,23 @@ class PaymentTx:
         The amounts are written as deltas from `old`, so even a caller that forgot the
         lock could not lose an update; the CHECK constraints are the last word.
         """
-        t = transaction_refs
         result = await self.conn.execute(
-            t.update()
-            .where(t.c.transaction_id == old.transaction_id)
-            .values(
-                held_amount=t.c.held_amount + (new.held_amount - old.held_amount),
-                captured_amount=t.c.captured_amount + (new.captured_amount - old.captured_amount),
-                refunded_amount=t.c.refunded_amount + (new.refunded_amount - old.refunded_amount),
-                closed=new.closed,
-                movement_count=t.c.movement_count + len(movements),
-                update_time=now,
-            )
-            .returning(t.c.movement_count)
+            _UPDATE_REF,
+            {
+                "p_transaction_id": old.transaction_id,
+                "p_held_delta": new.held_amount - old.held_amount,
+                "p_captured_delta": new.captured_amount - old.captured_amount,
+                "p_refunded_delta": new.refunded_amount - old.refunded_amount,
+                "p_closed": new.closed,
+                "p_movement_count": len(movements),
+                "p_update_time": now,
+            },
         )
         count = result.scalar_one()
         if movements:
             first = count - len(movements) + 1
             await self.conn.execute(
-                outbox.insert(),
+                _INSERT_OUTBOX,
                 [
                     {
                         "id": movement.id,
@@ -254,6 +303,9 @@ class PaymentTx:
     async def get_payment(
         self, payment_id: str, *, merchant_id: str | None = None, lock: bool = False
     ) -> Payment | None:
+        if lock and merchant_id is None:
+            row = (await self.conn.execute(_LOCK_PAYMENT, {"p_id": payment_id})).first()
+            return None if row is None else _payment_from_row(row)
         query = sa.select(payments).where(payments.c.id == payment_id)
         if merchant_id is not None:
             query = query.where(payments.c.merchant_id == merchant_id)
@@ -273,20 +325,16 @@ class PaymentTx:
         return [_payment_from_row(row) for row in rows]
 
     async def insert_payment(self, payment: Payment) -> None:
-        await self.conn.execute(payments.insert().values(**_payment_values(payment)))
+        await self.conn.execute(_INSERT_PAYMENT, _payment_values(payment))
 
     async def update_payment(self, old: Payment, new: Payment) -> None:
         """Write `new` over `old`; Aborted if the row is no longer what `old` says."""
         values = _payment_values(new)
-        result = await self.conn.execute(
-            payments.update()
-            .where(
-                payments.c.id == old.id,
-                payments.c.status == old.status.value,
-                payments.c.refunded_amount == old.refunded_amount,
-            )
-            .values({name: values[name] for name in _MUTABLE_PAYMENT_COLUMNS})
-        )
+        params = {f"p_{name}": values[name] for name in _MUTABLE_PAYMENT_COLUMNS}
+        params["p_id"] = old.id
+        params["p_old_status"] = old.status.value
+        params["p_old_refunded_amount"] = old.refunded_amount
+        result = await self.conn.execute(_UPDATE_PAYMENT, params)
         if result.rowcount != 1:
             raise Aborted(
                 "The payment changed concurrently; retry.", reason="CONCURRENT_MODIFICATION"
@@ -311,24 +359,16 @@ class PaymentTx:
 
     async def lock_idempotency_response(self, scope: str, operation: str, key: str) -> bytes | None:
         """The stored response of a claimed key, locked so one request finishes it."""
-        t = idempotency_keys
-        row = (
-            await self.conn.execute(
-                sa.select(t.c.response)
-                .where(t.c.scope == scope, t.c.operation == operation, t.c.key == key)
-                .with_for_update()
-            )
-        ).first()
+        params = {"p_scope": scope, "p_operation": operation, "p_key": key}
+        row = (await self.conn.execute(_LOCK_IDEMPOTENCY_RESPONSE, params)).first()
         return None if row is None or row.response is None else bytes(row.response)
 
     async def set_idempotency_response(
         self, scope: str, operation: str, key: str, response: bytes
     ) -> None:
-        t = idempotency_keys
         await self.conn.execute(
-            t.update()
-            .where(t.c.scope == scope, t.c.operation == operation, t.c.key == key)
-            .values(response=response)
+            _SET_IDEMPOTENCY_RESPONSE,
+            {"p_scope": scope, "p_operation": operation, "p_key": key, "p_response": response},
         )
 
 
@@ -337,6 +377,8 @@ class PaymentStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # Reads are single statements: autocommit, no BEGIN/ROLLBACK (see pi.platform.db).
+        self._reads = autocommit(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -351,7 +393,7 @@ class PaymentStore:
     # -- reads --------------------------------------------------------------------------
 
     async def get_ref(self, transaction_id: str) -> TransactionRef | None:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(transaction_refs).where(
@@ -362,7 +404,7 @@ class PaymentStore:
         return None if row is None else _ref_from_row(row)
 
     async def get_payment(self, merchant_id: str, payment_id: str) -> Payment | None:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(payments).where(
@@ -391,7 +433,7 @@ class PaymentStore:
                 sa.or_(p.c.create_time < time, sa.and_(p.c.create_time == time, p.c.id < last_id))
             )
         query = query.order_by(p.c.create_time.desc(), p.c.id.desc()).limit(limit)
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(query)
             return [_payment_from_row(row) for row in rows]
 
@@ -413,7 +455,7 @@ class PaymentStore:
             query = query.where(
                 sa.or_(p.c.update_time > time, sa.and_(p.c.update_time == time, p.c.id > last_id))
             )
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(query.order_by(p.c.update_time, p.c.id).limit(limit))
             return [_payment_from_row(row) for row in rows]
 
@@ -435,7 +477,7 @@ class PaymentStore:
     async def due_movements(self, now: datetime, limit: int) -> list[OutboxRow]:
         """Undelivered movements whose next attempt is due, in creation order."""
         o = outbox
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(
                 sa.select(o.c.id, o.c.transaction_id, o.c.seq, o.c.payload, o.c.attempts)
                 .where(o.c.delivered_time.is_(None), o.c.next_attempt_time <= now)
@@ -449,7 +491,7 @@ class PaymentStore:
     async def next_movement_time(self) -> datetime | None:
         """When the earliest undelivered movement is due, or None if all are delivered."""
         o = outbox
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             value: datetime | None = (
                 await conn.execute(
                     sa.select(sa.func.min(o.c.next_attempt_time)).where(
@@ -488,7 +530,7 @@ class PaymentStore:
             )
 
     async def undelivered_count(self) -> int:
-        async with self._engine.connect() as conn:
+        async with self._reads.connect() as conn:
             value = (
                 await conn.execute(
                     sa.select(sa.func.count())

@@ -5,7 +5,10 @@
     await stub.LookupTransaction(request)            # deadline 5 s unless `timeout=` given
 
 Every call on the channel carries `authorization: Bearer <service token>` (when given)
-and a deadline. Build channels in the composition root; `await channel.close()` at exit.
+and a deadline. A target listing several addresses, one per replica
+(`ipv4:127.0.0.1:50052,127.0.0.1:50152`), is balanced call by call (`round_robin`)
+instead of gRPC's default `pick_first`, which would send everything to one replica.
+Build channels in the composition root; `await channel.close()` at exit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 )
+
+
+def _lists_addresses(target: str) -> bool:
+    """Whether the target names several addresses (`ipv4:a,b`, `ipv6:[a],[b]`)."""
+    return "," in target
 
 
 class _CallDefaults(grpc.aio.UnaryUnaryClientInterceptor):
@@ -71,8 +79,11 @@ def service_channel(
     Call inside a running event loop (the composition root's async main).
     """
     authorization = f"Bearer {service_token}" if service_token else None
+    balancing: list[tuple[str, Any]] = []
+    if _lists_addresses(target) and not any(name == "grpc.lb_policy_name" for name, _ in options):
+        balancing.append(("grpc.lb_policy_name", "round_robin"))
     return grpc.aio.insecure_channel(
         target,
-        options=[*CHANNEL_OPTIONS, *options],
+        options=[*CHANNEL_OPTIONS, *balancing, *options],
         interceptors=[_CallDefaults(authorization, deadline)],
     )

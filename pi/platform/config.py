@@ -21,6 +21,10 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
 )
 MAX_TOKEN_TTL_SECONDS = 900
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
+# PostgreSQL connections per service process (a fixed pool): 3 services x 20 stay well
+# under the server's default max_connections of 100.
+DEFAULT_DB_POOL_SIZE = 20
+MAX_DB_POOL_SIZE = 100
 """Requests per second per merchant per service: Stripe's live-mode default."""
 MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
 MASTER_KEY_BYTES = 32
@@ -67,6 +71,7 @@ class Settings:
     revocation_poll_seconds: float = 2.0
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
 
     @property
     def is_postgres(self) -> bool:
@@ -165,6 +170,15 @@ class Settings:
             problems,
         )
 
+        db_pool_size = _parse_int(
+            get("PI_DB_POOL_SIZE"),
+            "PI_DB_POOL_SIZE",
+            DEFAULT_DB_POOL_SIZE,
+            1,
+            MAX_DB_POOL_SIZE,
+            problems,
+        )
+
         log_level = (get("PI_LOG_LEVEL") or "INFO").upper()
         if log_level == "WARN":
             log_level = "WARNING"
@@ -193,6 +207,7 @@ class Settings:
             revocation_poll_seconds=poll,
             rate_limit_per_merchant=rate_limit,
             log_level=log_level,
+            db_pool_size=db_pool_size,
         )
 
 

@@ -1,13 +1,19 @@
 """The async SQLAlchemy engine a service's storage layer runs on.
 
-PostgreSQL (production, tests): `postgresql+psycopg`, a pool of about ten connections,
-and `schema_translate_map={None: schema}` so that tables declared with no schema land
-in the service's own schema (`auth`, `transactions`, `payments`, or a test's unique
+PostgreSQL (production, tests): `postgresql+psycopg`, a fixed pool of `POOL_SIZE`
+connections (`PI_DB_POOL_SIZE`; no overflow: under load connections are kept, not
+opened and closed per burst; no pre-ping: they are recycled after 30 minutes), and
+`schema_translate_map={None: schema}` so that tables declared with no schema land in
+the service's own schema (`auth`, `transactions`, `payments`, or a test's unique
 schema). `search_path` is set to the same schema so hand-written SQL agrees.
 
 SQLite (embedded first run): `sqlite+aiosqlite` on `var/<service>.db`, WAL journal,
 foreign keys on, and every transaction started with `BEGIN IMMEDIATE` so that concurrent
 writers queue on the database lock instead of failing mid-transaction.
+
+Reads run on `autocommit(engine)`: no BEGIN/ROLLBACK around them (on PostgreSQL a
+ROLLBACK also makes psycopg drop the connection's prepared statements; on SQLite a
+read takes no write lock). Writes keep `engine.begin()` transactions.
 """
 
 from __future__ import annotations
@@ -21,11 +27,15 @@ from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
-from pi.platform.config import Settings
+from pi.platform.config import DEFAULT_DB_POOL_SIZE, Settings
 
-POOL_SIZE = 10
-MAX_OVERFLOW = 10
+POOL_SIZE = DEFAULT_DB_POOL_SIZE
+MAX_OVERFLOW = 0
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# The execution option that marks a SQLite engine's connections as autocommit (the
+# driver's own AUTOCOMMIT level would be reset on every check-in, see `autocommit`).
+_SQLITE_AUTOCOMMIT = "pi_autocommit"
 
 
 def is_postgres(engine: AsyncEngine | Connection | Any) -> bool:
@@ -57,6 +67,8 @@ def sqlite_path(url: str) -> Path | None:
 
 def create_engine(settings: Settings, **engine_options: Any) -> AsyncEngine:
     """Build the service's engine; call once in the composition root, dispose at exit."""
+    if settings.is_postgres:
+        engine_options = {"pool_size": settings.db_pool_size, **engine_options}
     return create_engine_for(settings.database_url, settings.db_schema, **engine_options)
 
 
@@ -66,6 +78,7 @@ def create_engine_for(url: str, schema: str, **engine_options: Any) -> AsyncEngi
         options: dict[str, Any] = {
             "pool_size": POOL_SIZE,
             "max_overflow": MAX_OVERFLOW,
+            "pool_pre_ping": False,
             "pool_recycle": 1800,
             "connect_args": {"options": f"-c search_path={schema}"},
             "execution_options": {"schema_translate_map": {None: schema}},
@@ -81,6 +94,20 @@ def create_engine_for(url: str, schema: str, **engine_options: Any) -> AsyncEngi
     engine = create_async_engine(async_url(url), **options)
     _configure_sqlite(engine)
     return engine
+
+
+def autocommit(engine: AsyncEngine) -> AsyncEngine:
+    """The engine (same pool) with every statement committed on its own: for reads.
+
+    PostgreSQL: isolation level AUTOCOMMIT, so a read sends no BEGIN/ROLLBACK and the
+    connection keeps its prepared statements. SQLite: the `BEGIN IMMEDIATE` of the
+    engine is skipped (its connections are in driver autocommit mode already), so a
+    read neither opens a transaction nor queues on the write lock. Create it once
+    (in a store's constructor), not per query.
+    """
+    if is_postgres(engine):
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine.execution_options(**{_SQLITE_AUTOCOMMIT: True})
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -120,7 +147,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not conn.get_execution_options().get(_SQLITE_AUTOCOMMIT):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _with_driver(url: str, *, postgres: str, sqlite: str) -> URL:

@@ -34,7 +34,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, String, Table, delete, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -79,6 +91,23 @@ class Idempotency:
 
     def __init__(self, table: Table) -> None:
         self._table = table
+        # Built once: claim/complete run on every mutating call.
+        t = table
+        self._claim = {
+            name: dialect.insert(t).on_conflict_do_nothing().returning(t.c.key)
+            for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+        }
+        same_key = and_(
+            t.c.scope == bindparam("p_scope"),
+            t.c.operation == bindparam("p_operation"),
+            t.c.key == bindparam("p_key"),
+        )
+        self._stored = select(t.c.request_hash, t.c.response).where(same_key)
+        self._complete = (
+            t.update()
+            .where(same_key)
+            .values(response=bindparam("p_response", type_=t.c.response.type))
+        )
 
     @property
     def table(self) -> Table:
@@ -100,7 +129,6 @@ class Idempotency:
         """
         if key is None:
             return Claim(scope, operation, None, fingerprint)
-        t = self._table
         values = {
             "scope": scope,
             "operation": operation,
@@ -109,16 +137,12 @@ class Idempotency:
             "response": None,
             "create_time": datetime.now(UTC),
         }
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(t).values(**values).on_conflict_do_nothing().returning(t.c.key)
-        claimed = (await conn.execute(insert)).first()
+        claimed = (await conn.execute(self._claim[conn.dialect.name], values)).first()
         if claimed is not None:
             return Claim(scope, operation, key, fingerprint)
         row = (
             await conn.execute(
-                select(t.c.request_hash, t.c.response).where(
-                    t.c.scope == scope, t.c.operation == operation, t.c.key == key
-                )
+                self._stored, {"p_scope": scope, "p_operation": operation, "p_key": key}
             )
         ).first()
         if row is None:
@@ -146,15 +170,14 @@ class Idempotency:
             return
         if claim.replay is not None:
             raise ValueError("cannot complete a replayed claim")
-        t = self._table
         await conn.execute(
-            t.update()
-            .where(
-                t.c.scope == claim.scope,
-                t.c.operation == claim.operation,
-                t.c.key == claim.key,
-            )
-            .values(response=response)
+            self._complete,
+            {
+                "p_scope": claim.scope,
+                "p_operation": claim.operation,
+                "p_key": claim.key,
+                "p_response": response,
+            },
         )
 
     async def purge(self, conn: AsyncConnection, older_than: timedelta = RETENTION) -> int:

@@ -207,7 +207,7 @@ class TransactionService:
         _require_id(transaction_id, "id")
         idempotency = self._store.idempotency
         if idempotency_key is not None:
-            async with self._store.read() as conn:
+            async with self._store.discarded() as conn:
                 claim = await idempotency.claim(
                     conn, merchant_id, _CANCEL, idempotency_key, fingerprint
                 )

@@ -38,7 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    insert,
+    bindparam,
     literal,
     select,
     tuple_,
@@ -49,7 +49,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pi.platform.db import UtcDateTime
+from pi.platform.db import UtcDateTime, autocommit
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency, idempotency_table
 from pi.transactions.domain import (
@@ -154,6 +154,41 @@ Index(
 idempotency_keys = idempotency_table(metadata)
 
 
+# Statements of the hot paths (create, lookup, apply a movement), built once: executing
+# a prebuilt statement with parameters skips building it and computing its cache key.
+_INSERT_TRANSACTION = transactions.insert()
+_GET = select(transactions).where(
+    transactions.c.id == bindparam("p_id"), transactions.c.merchant_id == bindparam("p_merchant_id")
+)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_ADD_MOVEMENT = (
+    update(transactions)
+    .where(
+        transactions.c.id == bindparam("p_id"),
+        transactions.c.merchant_id == bindparam("p_merchant_id"),
+    )
+    .values(
+        authorized_amount=transactions.c.authorized_amount
+        + bindparam("p_authorized_delta", type_=BigInteger()),
+        captured_amount=transactions.c.captured_amount
+        + bindparam("p_captured_delta", type_=BigInteger()),
+        refunded_amount=transactions.c.refunded_amount
+        + bindparam("p_refunded_delta", type_=BigInteger()),
+        status=bindparam("p_status", type_=transactions.c.status.type),
+        cancelled=bindparam("p_cancelled", type_=Boolean()),
+        last_payment_failed=bindparam("p_last_payment_failed", type_=Boolean()),
+        update_time=bindparam("p_update_time", type_=transactions.c.update_time.type),
+    )
+    .returning(*transactions.c)
+)
+_RECORD_MOVEMENT = {
+    name: dialect.insert(applied_movements)
+    .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
+    .returning(applied_movements.c.id)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
     """A position in the newest-first listing: strictly after the row (create_time, id)."""
@@ -179,6 +214,7 @@ class TransactionStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._reads = autocommit(engine)
         self.idempotency = Idempotency(idempotency_keys)
 
     @asynccontextmanager
@@ -189,12 +225,22 @@ class TransactionStore:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads; nothing it does is committed."""
+        """A connection for reads only, in autocommit mode (no BEGIN/ROLLBACK).
+
+        Every statement commits on its own: never write on it (use `begin` or
+        `discarded`).
+        """
+        async with self._reads.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def discarded(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that is always rolled back: writes made to check something."""
         async with self._engine.connect() as conn:
             yield conn
 
     async def insert(self, conn: AsyncConnection, transaction: Transaction) -> None:
-        await conn.execute(insert(transactions).values(**_to_row(transaction)))
+        await conn.execute(_INSERT_TRANSACTION, _to_row(transaction))
 
     async def get(
         self,
@@ -205,12 +251,10 @@ class TransactionStore:
         for_update: bool = False,
     ) -> Transaction | None:
         """The merchant's transaction, or None; `for_update` locks the row (PostgreSQL)."""
-        query = select(transactions).where(
-            transactions.c.id == transaction_id, transactions.c.merchant_id == merchant_id
-        )
-        if for_update:
-            query = query.with_for_update()
-        row = (await conn.execute(query)).first()
+        query = _GET_FOR_UPDATE if for_update else _GET
+        row = (
+            await conn.execute(query, {"p_id": transaction_id, "p_merchant_id": merchant_id})
+        ).first()
         return None if row is None else _from_row(row)
 
     async def list(self, conn: AsyncConnection, query: ListQuery) -> list[Transaction]:
@@ -239,24 +283,19 @@ class TransactionStore:
         self, conn: AsyncConnection, movement: Movement, apply_time: datetime
     ) -> bool:
         """Remember `movement` as applied; False if its id was applied before."""
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        statement = (
-            dialect.insert(applied_movements)
-            .values(
-                id=movement.id,
-                transaction_id=movement.transaction_id,
-                payment_id=movement.payment_id,
-                kind=movement.kind.value,
-                authorized_delta=movement.authorized_delta,
-                captured_delta=movement.captured_delta,
-                refunded_delta=movement.refunded_delta,
-                occur_time=movement.occur_time,
-                apply_time=apply_time,
-            )
-            .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
-            .returning(applied_movements.c.id)
-        )
-        return (await conn.execute(statement)).first() is not None
+        statement = _RECORD_MOVEMENT[conn.dialect.name]
+        values = {
+            "id": movement.id,
+            "transaction_id": movement.transaction_id,
+            "payment_id": movement.payment_id,
+            "kind": movement.kind.value,
+            "authorized_delta": movement.authorized_delta,
+            "captured_delta": movement.captured_delta,
+            "refunded_delta": movement.refunded_delta,
+            "occur_time": movement.occur_time,
+            "apply_time": apply_time,
+        }
+        return (await conn.execute(statement, values)).first() is not None
 
     async def get_movement(self, conn: AsyncConnection, movement_id: str) -> Row[Any] | None:
         query = select(applied_movements).where(applied_movements.c.id == movement_id)
@@ -272,23 +311,19 @@ class TransactionStore:
         raises FailedPrecondition(LEDGER_INVARIANT_VIOLATED); the caller's unit of work
         then rolls back.
         """
-        t = transactions
-        statement = (
-            update(t)
-            .where(t.c.id == movement.transaction_id, t.c.merchant_id == movement.merchant_id)
-            .values(
-                authorized_amount=t.c.authorized_amount + movement.authorized_delta,
-                captured_amount=t.c.captured_amount + movement.captured_delta,
-                refunded_amount=t.c.refunded_amount + movement.refunded_delta,
-                status=after.status.value,
-                cancelled=after.cancelled,
-                last_payment_failed=after.last_payment_failed,
-                update_time=after.update_time,
-            )
-            .returning(*t.c)
-        )
+        params = {
+            "p_id": movement.transaction_id,
+            "p_merchant_id": movement.merchant_id,
+            "p_authorized_delta": movement.authorized_delta,
+            "p_captured_delta": movement.captured_delta,
+            "p_refunded_delta": movement.refunded_delta,
+            "p_status": after.status.value,
+            "p_cancelled": after.cancelled,
+            "p_last_payment_failed": after.last_payment_failed,
+            "p_update_time": after.update_time,
+        }
         try:
-            row = (await conn.execute(statement)).one()
+            row = (await conn.execute(_ADD_MOVEMENT, params)).one()
         except IntegrityError as exc:
             raise FailedPrecondition(
                 f"The movement would break an invariant of transaction {after.id}.",

@@ -88,8 +88,11 @@ class OutboxDispatcher:
             if more:
                 continue
             wait = await self._idle_wait()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that races with its timeout, and this loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     async def deliver_once(self) -> tuple[int, bool]:
         """One round over due rows. Returns (delivered, whether a full batch was read)."""

@@ -43,18 +43,6 @@ def serving(environ: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         yield process
 
 
-def test_serving_refuses_an_unmigrated_database(environ: dict[str, str]) -> None:
-    result = _run(environ)
-    assert result.returncode != 0
-    assert "python -m pi.payments migrate" in result.stderr
-
-
-def test_migrate_is_repeatable(environ: dict[str, str]) -> None:
-    assert _run(environ, "migrate").returncode == 0
-    again = _run(environ, "migrate")
-    assert again.returncode == 0, again.stderr
-
-
 async def test_the_service_serves_health_and_the_ledger_then_drains_on_sigterm(
     environ: dict[str, str], serving: subprocess.Popen[str]
 ) -> None:

@@ -43,18 +43,6 @@ def serving(environ: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         yield process
 
 
-def test_serving_refuses_an_unmigrated_database(environ: dict[str, str]) -> None:
-    result = _run(environ)
-    assert result.returncode != 0
-    assert "python -m pi.transactions migrate" in result.stderr
-
-
-def test_migrate_is_repeatable(environ: dict[str, str]) -> None:
-    assert _run(environ, "migrate").returncode == 0
-    again = _run(environ, "migrate")
-    assert again.returncode == 0, again.stderr
-
-
 def test_missing_configuration_is_reported_at_once(environ: dict[str, str]) -> None:
     del environ["PI_SERVICE_TOKEN"], environ["PI_MASTER_KEYS"]
     result = _run(environ, "migrate")

@@ -248,7 +248,10 @@ class PaymentTx:
                 create_time=now,
                 update_time=now,
             )
-            .on_conflict_do_nothing(index_elements=["transaction_id"])
+            # No conflict target: a concurrent first sight of the same transaction can
+            # collide on the (transaction_id, currency) key before the primary key, and
+            # either collision means the ref already exists.
+            .on_conflict_do_nothing()
         )
         await self.conn.execute(statement)
 

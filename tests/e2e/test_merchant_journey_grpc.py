@@ -274,6 +274,13 @@ INTERNAL_CALLS = [
         id="TransactionLedgerService.ApplyMovement",
     ),
     pytest.param(
+        transactions_pb2_grpc.TransactionLedgerServiceStub,
+        "ApplyMovements",
+        T.ApplyMovementsRequest(),
+        "transactions",
+        id="TransactionLedgerService.ApplyMovements",
+    ),
+    pytest.param(
         payments_pb2_grpc.PaymentLedgerServiceStub,
         "CloseTransaction",
         P.CloseTransactionRequest(merchant_id="mer_x", transaction_id="txn_x", amount=1),

@@ -317,6 +317,7 @@ def test_not_found_from_a_service_is_a_404_json_status(edge: Edge) -> None:
         ("DELETE", "/v1/auth/jwks"),
         ("POST", "/pi.auth.v1.AuthInternalService/ListRevokedTokens"),
         ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovement"),
+        ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovements"),
         ("POST", "/pi.auth.v1.AuthService/GetJwks"),
         ("GET", "/"),
     ],

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pi/transactions/v1/transactions.proto\x12\x12pi.transactions.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x04\n\x0bTransaction\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bmerchant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61mount\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63urrency\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32-.pi.transactions.v1.Transaction.MetadataEntryB\x04\xe2\x41\x01\x01\x12;\n\x06status\x18\x07 \x01(\x0e\x32%.pi.transactions.v1.TransactionStatusB\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x61uthorized_amount\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63\x61ptured_amount\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0frefunded_amount\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x18\x43reateTransactionRequest\x12:\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.TransactionB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x19\x43reateTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\")\n\x15GetTransactionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x16GetTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"\x81\x02\n\x17ListTransactionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12;\n\x06status\x18\x03 \x01(\x0e\x32%.pi.transactions.v1.TransactionStatusB\x04\xe2\x41\x01\x01\x12;\n\x11\x63reate_time_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x39\n\x0f\x63reate_time_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"j\n\x18ListTransactionsResponse\x12\x35\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1f.pi.transactions.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x18\x43\x61ncelTransactionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x19\x43\x61ncelTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"S\n\x18LookupTransactionRequest\x12\x19\n\x0bmerchant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0etransaction_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x19LookupTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"\xa5\x02\n\x08Movement\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bmerchant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0etransaction_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\npayment_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x04kind\x18\x05 \x01(\x0e\x32 .pi.transactions.v1.MovementKindB\x04\xe2\x41\x01\x02\x12\x18\n\x10\x61uthorized_delta\x18\x06 \x01(\x03\x12\x16\n\x0e\x63\x61ptured_delta\x18\x07 \x01(\x03\x12\x16\n\x0erefunded_delta\x18\x08 \x01(\x03\x12\x34\n\noccur_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\"L\n\x14\x41pplyMovementRequest\x12\x34\n\x08movement\x18\x01 \x01(\x0b\x32\x1c.pi.transactions.v1.MovementB\x04\xe2\x41\x01\x02\"M\n\x15\x41pplyMovementResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction*\xa9\x02\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRANSACTION_STATUS_PENDING\x10\x01\x12!\n\x1dTRANSACTION_STATUS_AUTHORIZED\x10\x02\x12 \n\x1cTRANSACTION_STATUS_COMPLETED\x10\x03\x12)\n%TRANSACTION_STATUS_PARTIALLY_REFUNDED\x10\x04\x12\x1f\n\x1bTRANSACTION_STATUS_REFUNDED\x10\x05\x12 \n\x1cTRANSACTION_STATUS_CANCELLED\x10\x06\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x07*\xd6\x01\n\x0cMovementKind\x12\x1d\n\x19MOVEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMOVEMENT_KIND_AUTHORIZATION\x10\x01\x12\x19\n\x15MOVEMENT_KIND_CAPTURE\x10\x02\x12\x16\n\x12MOVEMENT_KIND_VOID\x10\x03\x12\x18\n\x14MOVEMENT_KIND_REFUND\x10\x04\x12\x19\n\x15MOVEMENT_KIND_FAILURE\x10\x05\x12\x1e\n\x1aMOVEMENT_KIND_CANCELLATION\x10\x06\x32\xdd\x04\n\x12TransactionService\x12\x97\x01\n\x11\x43reateTransaction\x12,.pi.transactions.v1.CreateTransactionRequest\x1a-.pi.transactions.v1.CreateTransactionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/transactions:\x0btransaction\x12\x86\x01\n\x0eGetTransaction\x12).pi.transactions.v1.GetTransactionRequest\x1a*.pi.transactions.v1.GetTransactionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/transactions/{id}\x12\x87\x01\n\x10ListTransactions\x12+.pi.transactions.v1.ListTransactionsRequest\x1a,.pi.transactions.v1.ListTransactionsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/transactions\x12\x99\x01\n\x11\x43\x61ncelTransaction\x12,.pi.transactions.v1.CancelTransactionRequest\x1a-.pi.transactions.v1.CancelTransactionResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/transactions/{id}:cancel:\x01*2\xf2\x01\n\x18TransactionLedgerService\x12p\n\x11LookupTransaction\x12,.pi.transactions.v1.LookupTransactionRequest\x1a-.pi.transactions.v1.LookupTransactionResponse\x12\x64\n\rApplyMovement\x12(.pi.transactions.v1.ApplyMovementRequest\x1a).pi.transactions.v1.ApplyMovementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%pi/transactions/v1/transactions.proto\x12\x12pi.transactions.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x85\x04\n\x0bTransaction\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bmerchant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06\x61mount\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\x12\x16\n\x08\x63urrency\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x64\x65scription\x18\x05 \x01(\tB\x04\xe2\x41\x01\x01\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32-.pi.transactions.v1.Transaction.MetadataEntryB\x04\xe2\x41\x01\x01\x12;\n\x06status\x18\x07 \x01(\x0e\x32%.pi.transactions.v1.TransactionStatusB\x04\xe2\x41\x01\x03\x12\x1f\n\x11\x61uthorized_amount\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63\x61ptured_amount\x18\t \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0frefunded_amount\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"p\n\x18\x43reateTransactionRequest\x12:\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.TransactionB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x19\x43reateTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\")\n\x15GetTransactionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"N\n\x16GetTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"\x81\x02\n\x17ListTransactionsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12;\n\x06status\x18\x03 \x01(\x0e\x32%.pi.transactions.v1.TransactionStatusB\x04\xe2\x41\x01\x01\x12;\n\x11\x63reate_time_start\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x39\n\x0f\x63reate_time_end\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\"j\n\x18ListTransactionsResponse\x12\x35\n\x0ctransactions\x18\x01 \x03(\x0b\x32\x1f.pi.transactions.v1.Transaction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x18\x43\x61ncelTransactionRequest\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\nrequest_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"Q\n\x19\x43\x61ncelTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"S\n\x18LookupTransactionRequest\x12\x19\n\x0bmerchant_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0etransaction_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x19LookupTransactionResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"\xa5\x02\n\x08Movement\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\x0bmerchant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x0etransaction_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x02\x12\x18\n\npayment_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x34\n\x04kind\x18\x05 \x01(\x0e\x32 .pi.transactions.v1.MovementKindB\x04\xe2\x41\x01\x02\x12\x18\n\x10\x61uthorized_delta\x18\x06 \x01(\x03\x12\x16\n\x0e\x63\x61ptured_delta\x18\x07 \x01(\x03\x12\x16\n\x0erefunded_delta\x18\x08 \x01(\x03\x12\x34\n\noccur_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\"L\n\x14\x41pplyMovementRequest\x12\x34\n\x08movement\x18\x01 \x01(\x0b\x32\x1c.pi.transactions.v1.MovementB\x04\xe2\x41\x01\x02\"M\n\x15\x41pplyMovementResponse\x12\x34\n\x0btransaction\x18\x01 \x01(\x0b\x32\x1f.pi.transactions.v1.Transaction\"N\n\x15\x41pplyMovementsRequest\x12\x35\n\tmovements\x18\x01 \x03(\x0b\x32\x1c.pi.transactions.v1.MovementB\x04\xe2\x41\x01\x02\"M\n\x16\x41pplyMovementsResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".pi.transactions.v1.MovementResult\"I\n\x0eMovementResult\x12\x13\n\x0bmovement_id\x18\x01 \x01(\t\x12\"\n\x06status\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status*\xa9\x02\n\x11TransactionStatus\x12\"\n\x1eTRANSACTION_STATUS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRANSACTION_STATUS_PENDING\x10\x01\x12!\n\x1dTRANSACTION_STATUS_AUTHORIZED\x10\x02\x12 \n\x1cTRANSACTION_STATUS_COMPLETED\x10\x03\x12)\n%TRANSACTION_STATUS_PARTIALLY_REFUNDED\x10\x04\x12\x1f\n\x1bTRANSACTION_STATUS_REFUNDED\x10\x05\x12 \n\x1cTRANSACTION_STATUS_CANCELLED\x10\x06\x12\x1d\n\x19TRANSACTION_STATUS_FAILED\x10\x07*\xd6\x01\n\x0cMovementKind\x12\x1d\n\x19MOVEMENT_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMOVEMENT_KIND_AUTHORIZATION\x10\x01\x12\x19\n\x15MOVEMENT_KIND_CAPTURE\x10\x02\x12\x16\n\x12MOVEMENT_KIND_VOID\x10\x03\x12\x18\n\x14MOVEMENT_KIND_REFUND\x10\x04\x12\x19\n\x15MOVEMENT_KIND_FAILURE\x10\x05\x12\x1e\n\x1aMOVEMENT_KIND_CANCELLATION\x10\x06\x32\xdd\x04\n\x12TransactionService\x12\x97\x01\n\x11\x43reateTransaction\x12,.pi.transactions.v1.CreateTransactionRequest\x1a-.pi.transactions.v1.CreateTransactionResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/transactions:\x0btransaction\x12\x86\x01\n\x0eGetTransaction\x12).pi.transactions.v1.GetTransactionRequest\x1a*.pi.transactions.v1.GetTransactionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/transactions/{id}\x12\x87\x01\n\x10ListTransactions\x12+.pi.transactions.v1.ListTransactionsRequest\x1a,.pi.transactions.v1.ListTransactionsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/transactions\x12\x99\x01\n\x11\x43\x61ncelTransaction\x12,.pi.transactions.v1.CancelTransactionRequest\x1a-.pi.transactions.v1.CancelTransactionResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/transactions/{id}:cancel:\x01*2\xdb\x02\n\x18TransactionLedgerService\x12p\n\x11LookupTransaction\x12,.pi.transactions.v1.LookupTransactionRequest\x1a-.pi.transactions.v1.LookupTransactionResponse\x12\x64\n\rApplyMovement\x12(.pi.transactions.v1.ApplyMovementRequest\x1a).pi.transactions.v1.ApplyMovementResponse\x12g\n\x0e\x41pplyMovements\x12).pi.transactions.v1.ApplyMovementsRequest\x1a*.pi.transactions.v1.ApplyMovementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -98,6 +99,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MOVEMENT'].fields_by_name['occur_time']._serialized_options = b'\342A\001\002'
   _globals['_APPLYMOVEMENTREQUEST'].fields_by_name['movement']._loaded_options = None
   _globals['_APPLYMOVEMENTREQUEST'].fields_by_name['movement']._serialized_options = b'\342A\001\002'
+  _globals['_APPLYMOVEMENTSREQUEST'].fields_by_name['movements']._loaded_options = None
+  _globals['_APPLYMOVEMENTSREQUEST'].fields_by_name['movements']._serialized_options = b'\342A\001\002'
   _globals['_TRANSACTIONSERVICE'].methods_by_name['CreateTransaction']._loaded_options = None
   _globals['_TRANSACTIONSERVICE'].methods_by_name['CreateTransaction']._serialized_options = b'\202\323\344\223\002\037\"\020/v1/transactions:\013transaction'
   _globals['_TRANSACTIONSERVICE'].methods_by_name['GetTransaction']._loaded_options = None
@@ -106,42 +109,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSACTIONSERVICE'].methods_by_name['ListTransactions']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/transactions'
   _globals['_TRANSACTIONSERVICE'].methods_by_name['CancelTransaction']._loaded_options = None
   _globals['_TRANSACTIONSERVICE'].methods_by_name['CancelTransaction']._serialized_options = b'\202\323\344\223\002!\"\034/v1/transactions/{id}:cancel:\001*'
-  _globals['_TRANSACTIONSTATUS']._serialized_start=2142
-  _globals['_TRANSACTIONSTATUS']._serialized_end=2439
-  _globals['_MOVEMENTKIND']._serialized_start=2442
-  _globals['_MOVEMENTKIND']._serialized_end=2656
-  _globals['_TRANSACTION']._serialized_start=158
-  _globals['_TRANSACTION']._serialized_end=675
-  _globals['_TRANSACTION_METADATAENTRY']._serialized_start=628
-  _globals['_TRANSACTION_METADATAENTRY']._serialized_end=675
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=677
-  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=789
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=791
-  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=872
-  _globals['_GETTRANSACTIONREQUEST']._serialized_start=874
-  _globals['_GETTRANSACTIONREQUEST']._serialized_end=915
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=917
-  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=995
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=998
-  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1255
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1257
-  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1363
-  _globals['_CANCELTRANSACTIONREQUEST']._serialized_start=1365
-  _globals['_CANCELTRANSACTIONREQUEST']._serialized_end=1435
-  _globals['_CANCELTRANSACTIONRESPONSE']._serialized_start=1437
-  _globals['_CANCELTRANSACTIONRESPONSE']._serialized_end=1518
-  _globals['_LOOKUPTRANSACTIONREQUEST']._serialized_start=1520
-  _globals['_LOOKUPTRANSACTIONREQUEST']._serialized_end=1603
-  _globals['_LOOKUPTRANSACTIONRESPONSE']._serialized_start=1605
-  _globals['_LOOKUPTRANSACTIONRESPONSE']._serialized_end=1686
-  _globals['_MOVEMENT']._serialized_start=1689
-  _globals['_MOVEMENT']._serialized_end=1982
-  _globals['_APPLYMOVEMENTREQUEST']._serialized_start=1984
-  _globals['_APPLYMOVEMENTREQUEST']._serialized_end=2060
-  _globals['_APPLYMOVEMENTRESPONSE']._serialized_start=2062
-  _globals['_APPLYMOVEMENTRESPONSE']._serialized_end=2139
-  _globals['_TRANSACTIONSERVICE']._serialized_start=2659
-  _globals['_TRANSACTIONSERVICE']._serialized_end=3264
-  _globals['_TRANSACTIONLEDGERSERVICE']._serialized_start=3267
-  _globals['_TRANSACTIONLEDGERSERVICE']._serialized_end=3509
+  _globals['_TRANSACTIONSTATUS']._serialized_start=2401
+  _globals['_TRANSACTIONSTATUS']._serialized_end=2698
+  _globals['_MOVEMENTKIND']._serialized_start=2701
+  _globals['_MOVEMENTKIND']._serialized_end=2915
+  _globals['_TRANSACTION']._serialized_start=183
+  _globals['_TRANSACTION']._serialized_end=700
+  _globals['_TRANSACTION_METADATAENTRY']._serialized_start=653
+  _globals['_TRANSACTION_METADATAENTRY']._serialized_end=700
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_start=702
+  _globals['_CREATETRANSACTIONREQUEST']._serialized_end=814
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_start=816
+  _globals['_CREATETRANSACTIONRESPONSE']._serialized_end=897
+  _globals['_GETTRANSACTIONREQUEST']._serialized_start=899
+  _globals['_GETTRANSACTIONREQUEST']._serialized_end=940
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_start=942
+  _globals['_GETTRANSACTIONRESPONSE']._serialized_end=1020
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_start=1023
+  _globals['_LISTTRANSACTIONSREQUEST']._serialized_end=1280
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_start=1282
+  _globals['_LISTTRANSACTIONSRESPONSE']._serialized_end=1388
+  _globals['_CANCELTRANSACTIONREQUEST']._serialized_start=1390
+  _globals['_CANCELTRANSACTIONREQUEST']._serialized_end=1460
+  _globals['_CANCELTRANSACTIONRESPONSE']._serialized_start=1462
+  _globals['_CANCELTRANSACTIONRESPONSE']._serialized_end=1543
+  _globals['_LOOKUPTRANSACTIONREQUEST']._serialized_start=1545
+  _globals['_LOOKUPTRANSACTIONREQUEST']._serialized_end=1628
+  _globals['_LOOKUPTRANSACTIONRESPONSE']._serialized_start=1630
+  _globals['_LOOKUPTRANSACTIONRESPONSE']._serialized_end=1711
+  _globals['_MOVEMENT']._serialized_start=1714
+  _globals['_MOVEMENT']._serialized_end=2007
+  _globals['_APPLYMOVEMENTREQUEST']._serialized_start=2009
+  _globals['_APPLYMOVEMENTREQUEST']._serialized_end=2085
+  _globals['_APPLYMOVEMENTRESPONSE']._serialized_start=2087
+  _globals['_APPLYMOVEMENTRESPONSE']._serialized_end=2164
+  _globals['_APPLYMOVEMENTSREQUEST']._serialized_start=2166
+  _globals['_APPLYMOVEMENTSREQUEST']._serialized_end=2244
+  _globals['_APPLYMOVEMENTSRESPONSE']._serialized_start=2246
+  _globals['_APPLYMOVEMENTSRESPONSE']._serialized_end=2323
+  _globals['_MOVEMENTRESULT']._serialized_start=2325
+  _globals['_MOVEMENTRESULT']._serialized_end=2398
+  _globals['_TRANSACTIONSERVICE']._serialized_start=2918
+  _globals['_TRANSACTIONSERVICE']._serialized_end=3523
+  _globals['_TRANSACTIONLEDGERSERVICE']._serialized_start=3526
+  _globals['_TRANSACTIONLEDGERSERVICE']._serialized_end=3873
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -587,3 +588,90 @@ class ApplyMovementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyMovementResponse: _TypeAlias = ApplyMovementResponse  # noqa: Y015
+
+@_typing.final
+class ApplyMovementsRequest(_message.Message):
+    """Request message for TransactionLedgerService.ApplyMovements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Movement]:
+        """Required. The movements to apply, 1 to 1000. Order matters: the movements of one
+        transaction are applied in the order they appear here. Movements of different
+        transactions may be interleaved.
+        """
+
+    def __init__(
+        self,
+        *,
+        movements: _abc.Iterable[Global___Movement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["movements", b"movements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyMovementsRequest: _TypeAlias = ApplyMovementsRequest  # noqa: Y015
+
+@_typing.final
+class ApplyMovementsResponse(_message.Message):
+    """Response message for TransactionLedgerService.ApplyMovements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___MovementResult]:
+        """One result per movement of the request, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___MovementResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyMovementsResponse: _TypeAlias = ApplyMovementsResponse  # noqa: Y015
+
+@_typing.final
+class MovementResult(_message.Message):
+    """What became of one movement of an ApplyMovements request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    movement_id: _builtins.str
+    """Identifier of the movement, as in the request."""
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """Code 0 (OK) if the movement is applied: now, or earlier with the same contents.
+        Otherwise what ApplyMovement would have answered for this movement alone, with the
+        same code, message and details (for example FAILED_PRECONDITION
+        LEDGER_INVARIANT_VIOLATED, NOT_FOUND TRANSACTION_NOT_FOUND, ALREADY_EXISTS
+        MOVEMENT_ID_REUSED, INVALID_ARGUMENT), or ABORTED if the movement was not attempted
+        because an earlier movement of the same transaction in this request was not
+        applied: nothing of it was written, and it may be sent again once the earlier one
+        is applied.
+        """
+
+    def __init__(
+        self,
+        *,
+        movement_id: _builtins.str = ...,
+        status: _status_pb2.Status | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["movement_id", b"movement_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MovementResult: _TypeAlias = MovementResult  # noqa: Y015

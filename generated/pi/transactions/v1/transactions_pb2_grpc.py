@@ -257,6 +257,11 @@ class TransactionLedgerServiceStub:
                 request_serializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementRequest.SerializeToString,
                 response_deserializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementResponse.FromString,
                 _registered_method=True)
+        self.ApplyMovements = channel.unary_unary(
+                '/pi.transactions.v1.TransactionLedgerService/ApplyMovements',
+                request_serializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsRequest.SerializeToString,
+                response_deserializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsResponse.FromString,
+                _registered_method=True)
 
 
 class TransactionLedgerServiceServicer:
@@ -280,6 +285,21 @@ class TransactionLedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyMovements(self, request, context):
+        """Applies a batch of movements, each with the effect ApplyMovement would have, and
+        answers one result per movement. Movements of one transaction are applied in the
+        order given; after one of them is not applied, the later ones of that transaction
+        are not attempted (ABORTED) and the other transactions' movements still apply. A
+        refused movement is reported in its result, not as the call's status: the call
+        itself fails only if the request is invalid (no movements, more than 1000), the
+        caller is not the platform, or the service cannot answer; sending the same batch
+        again is always safe, as movement ids make it idempotent. Requires the service
+        credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TransactionLedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -292,6 +312,11 @@ def add_TransactionLedgerServiceServicer_to_server(servicer, server):
                     servicer.ApplyMovement,
                     request_deserializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementRequest.FromString,
                     response_serializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementResponse.SerializeToString,
+            ),
+            'ApplyMovements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyMovements,
+                    request_deserializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsRequest.FromString,
+                    response_serializer=pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -349,6 +374,33 @@ class TransactionLedgerService:
             '/pi.transactions.v1.TransactionLedgerService/ApplyMovement',
             pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementRequest.SerializeToString,
             pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyMovements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pi.transactions.v1.TransactionLedgerService/ApplyMovements',
+            pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsRequest.SerializeToString,
+            pi_dot_transactions_dot_v1_dot_transactions__pb2.ApplyMovementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

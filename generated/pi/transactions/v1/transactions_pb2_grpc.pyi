@@ -121,6 +121,17 @@ class TransactionLedgerServiceStub:
     changes nothing and returns the transaction as it is. Requires the service
     credential.
     """
+    ApplyMovements: _grpc.UnaryUnaryMultiCallable[_transactions_pb2.ApplyMovementsRequest, _transactions_pb2.ApplyMovementsResponse]
+    """Applies a batch of movements, each with the effect ApplyMovement would have, and
+    answers one result per movement. Movements of one transaction are applied in the
+    order given; after one of them is not applied, the later ones of that transaction
+    are not attempted (ABORTED) and the other transactions' movements still apply. A
+    refused movement is reported in its result, not as the call's status: the call
+    itself fails only if the request is invalid (no movements, more than 1000), the
+    caller is not the platform, or the service cannot answer; sending the same batch
+    again is always safe, as movement ids make it idempotent. Requires the service
+    credential.
+    """
 
 @_typing.type_check_only
 class TransactionLedgerServiceAsyncStub(TransactionLedgerServiceStub):
@@ -134,6 +145,17 @@ class TransactionLedgerServiceAsyncStub(TransactionLedgerServiceStub):
     ApplyMovement: _aio.UnaryUnaryMultiCallable[_transactions_pb2.ApplyMovementRequest, _transactions_pb2.ApplyMovementResponse]  # type: ignore[assignment]
     """Applies one money movement to its transaction. Applying the same movement id again
     changes nothing and returns the transaction as it is. Requires the service
+    credential.
+    """
+    ApplyMovements: _aio.UnaryUnaryMultiCallable[_transactions_pb2.ApplyMovementsRequest, _transactions_pb2.ApplyMovementsResponse]  # type: ignore[assignment]
+    """Applies a batch of movements, each with the effect ApplyMovement would have, and
+    answers one result per movement. Movements of one transaction are applied in the
+    order given; after one of them is not applied, the later ones of that transaction
+    are not attempted (ABORTED) and the other transactions' movements still apply. A
+    refused movement is reported in its result, not as the call's status: the call
+    itself fails only if the request is invalid (no movements, more than 1000), the
+    caller is not the platform, or the service cannot answer; sending the same batch
+    again is always safe, as movement ids make it idempotent. Requires the service
     credential.
     """
 
@@ -158,6 +180,23 @@ class TransactionLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_transactions_pb2.ApplyMovementResponse, _abc.Awaitable[_transactions_pb2.ApplyMovementResponse]]:
         """Applies one money movement to its transaction. Applying the same movement id again
         changes nothing and returns the transaction as it is. Requires the service
+        credential.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyMovements(
+        self,
+        request: _transactions_pb2.ApplyMovementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transactions_pb2.ApplyMovementsResponse, _abc.Awaitable[_transactions_pb2.ApplyMovementsResponse]]:
+        """Applies a batch of movements, each with the effect ApplyMovement would have, and
+        answers one result per movement. Movements of one transaction are applied in the
+        order given; after one of them is not applied, the later ones of that transaction
+        are not attempted (ABORTED) and the other transactions' movements still apply. A
+        refused movement is reported in its result, not as the call's status: the call
+        itself fails only if the request is invalid (no movements, more than 1000), the
+        caller is not the platform, or the service cannot answer; sending the same batch
+        again is always safe, as movement ids make it idempotent. Requires the service
         credential.
         """
 

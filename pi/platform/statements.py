@@ -1,0 +1,344 @@
+"""Hot statements: built with SQLAlchemy Core, run on PostgreSQL by psycopg directly.
+
+`conn.execute(core_statement, params)` spends about twice psycopg's own CPU around each
+statement (the compiled-cache lookup, parameter and result processing, the greenlet hop
+of the async adapter, the result object): measured on the 2-core box, ~150 µs against
+~50 µs for a primary-key SELECT. A `Statement` compiles its Core statement once, for
+`postgresql+psycopg`, and on PostgreSQL sends that SQL on the psycopg connection under
+the SQLAlchemy one, as a server-side prepared statement:
+
+    _GET = Statement(select(accounts).where(accounts.c.id == bindparam("p_id")))
+
+    row = await _GET.first(conn, {"p_id": account_id})
+    row.balance
+
+- Same transaction: the statement runs on the caller's connection, so it is part of the
+  transaction `engine.begin()` started, and commits or rolls back with it; on an
+  AUTOCOMMIT connection it commits on its own. On a connection with no transaction yet,
+  SQLAlchemy's transaction is begun first, as `conn.execute` would.
+- Same values: parameters go through the column types' bind processors (`UtcDateTime`,
+  JSON(B) → `Jsonb`, ...) and result columns through their result processors, so rows
+  hold what `conn.execute` would give. Rows are named tuples: `row.column` or `row[i]`.
+- Same errors: a psycopg error is raised as the `sqlalchemy.exc` error `conn.execute`
+  would raise (e.g. `IntegrityError`, with the psycopg error as `orig`).
+- No schema in the SQL: tables must carry no schema; the connection's `search_path`
+  (see `pi.platform.db`) finds them, as it does for hand-written SQL.
+- SQLite and other drivers: `conn.execute(statement, params)`, rows are SQLAlchemy `Row`s
+  (also `row.column`), so store code does not depend on the dialect.
+
+Many rows: `execute_many(conn, [params, ...])` runs the statement once per mapping, all
+in one round trip (psycopg's `executemany` pipelines them), like `conn.execute(statement,
+[params, ...])`: for statements that must run once per row, in order (an UPDATE per row).
+Where one statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)` for
+`col IN (...)` or `INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row
+INSERT: one statement, prepared once whatever the number of rows.
+
+Not for statements that need SQLAlchemy at execution time: client-side column defaults,
+expanding (`IN`) or literal-execute parameters; the constructor refuses them (an
+`IN (...)` can stay as the SQLite `fallback` of an `= ANY(...)`). A prebuilt
+`table.insert()` takes every column as a parameter (`conn.execute` would leave out the
+ones not given). The statements bypass SQLAlchemy's cursor events and echo logging.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
+
+import psycopg
+from psycopg.rows import RowMaker
+from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
+from sqlalchemy import Column, Insert, Update
+from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
+
+__all__ = ["Record", "Statement"]
+
+# The dialect statements are compiled for: the one `create_engine` uses on PostgreSQL,
+# with its DB-API module loaded so that types see what they see on a real engine.
+_PSYCOPG: Dialect = PGDialectAsync_psycopg(dbapi=PGDialectAsync_psycopg.import_dbapi())
+
+_NO_PARAMS: Mapping[str, Any] = {}
+
+# The key of a connection's reused cursors in its pool `info`.
+_CURSORS = "pi.platform.statements.cursors"
+
+_Processor = Callable[[Any], Any]
+
+
+class Record(Protocol):
+    """A result row: a column by attribute (`row.amount`) or by position (`row[2]`)."""
+
+    def __getattr__(self, name: str) -> Any: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class Statement:
+    """A Core statement compiled once and run on PostgreSQL as a prepared statement.
+
+    Build it once (at module level, next to the tables), run it with `execute`, `first`,
+    `one` or `all` on the caller's `AsyncConnection` with a mapping of parameter values
+    by bind name (a prebuilt INSERT's are its column keys), or with `execute_many` and
+    one such mapping per run.
+    """
+
+    __slots__ = (
+        "_bind_processors",
+        "_defaults",
+        "_fallback",
+        "_result_types",
+        "_row_maker",
+        "sql",
+    )
+
+    def __init__(self, statement: Executable, *, fallback: Executable | None = None) -> None:
+        """Compile `statement` for PostgreSQL; other dialects run `fallback` (default: the
+        same statement) with `conn.execute`, e.g. the SQLite twin of a PostgreSQL-only
+        `INSERT ... ON CONFLICT`."""
+        if not isinstance(statement, ClauseElement):
+            raise TypeError(f"not a Core statement: {statement!r}")
+        compiled = statement.compile(dialect=_PSYCOPG)
+        assert isinstance(compiled, SQLCompiler)
+        if compiled.insert_prefetch or compiled.update_prefetch or _has_client_defaults(statement):
+            raise ValueError("statements with client-side column defaults need conn.execute")
+        defaults: dict[str, Any] = {}
+        processors: list[tuple[str, _Processor]] = []
+        for name, bind in compiled.binds.items():
+            if bind.expanding or bind.literal_execute or bind.callable is not None:
+                raise ValueError(f"parameter {name!r} needs conn.execute (expanding/literal)")
+            if not bind.required:
+                defaults[name] = bind.value
+            process = bind.type.dialect_impl(_PSYCOPG).bind_processor(_PSYCOPG)
+            if process is not None:
+                processors.append((name, process))
+        self._fallback = statement if fallback is None else fallback
+        #: The SQL sent to PostgreSQL (psycopg `%(name)s` parameters).
+        self.sql: str = compiled.string
+        self._defaults = defaults
+        self._bind_processors = tuple(processors)
+        self._result_types: tuple[TypeEngine[Any], ...] = tuple(
+            column.type for column in getattr(statement, "exported_columns", ())
+        )
+        self._row_maker: RowMaker[Record] | None = None
+
+    def __repr__(self) -> str:
+        return f"Statement({self.sql!r})"
+
+    async def execute(self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS) -> int:
+        """Run the statement; the number of rows it affected (or returned)."""
+        pooled = _pooled_psycopg_connection(conn)
+        if pooled is None:
+            return int((await conn.execute(self._fallback, params)).rowcount)
+        cursor = await self._run(conn, pooled, params)
+        return cursor.rowcount
+
+    async def execute_many(
+        self, conn: AsyncConnection, params_seq: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Run the statement once per mapping, in order; the number of rows they affected.
+
+        For statements that return no rows (a SELECT or RETURNING is refused). On
+        PostgreSQL the runs go in one round trip (a pipeline). The first failing run
+        raises, as `conn.execute` would, and leaves the transaction failed: the caller
+        rolls back. Nothing to run: nothing is sent.
+        """
+        if self._result_types:
+            raise ValueError(f"execute_many would drop the rows of {self!r}")
+        runs = list(params_seq)
+        if not runs:  # conn.execute would run the statement once, with no parameters
+            return 0
+        pooled = _pooled_psycopg_connection(conn)
+        if pooled is None:
+            return int((await conn.execute(self._fallback, runs)).rowcount)
+        try:
+            # Every run bound before any is sent: a bad value (a naive datetime) fails the
+            # call without running part of it.
+            values = [self._bind(params) for params in runs]
+            cursor = self._cursor(pooled)
+            await cursor.executemany(self.sql, values)
+        except Exception as error:
+            raise await _sqlalchemy_error(conn, self.sql, runs, error) from error
+        return cursor.rowcount
+
+    async def first(
+        self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Record | None:
+        """The first row, or None when there is none."""
+        pooled = _pooled_psycopg_connection(conn)
+        if pooled is None:
+            return (await conn.execute(self._fallback, params)).first()
+        cursor = await self._run(conn, pooled, params)
+        return await cursor.fetchone()
+
+    async def one(self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS) -> Record:
+        """Exactly one row; `NoResultFound` or `MultipleResultsFound` otherwise."""
+        rows = await self.all(conn, params)
+        if not rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return rows[0]
+
+    async def all(
+        self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> list[Record]:
+        """Every row."""
+        pooled = _pooled_psycopg_connection(conn)
+        if pooled is None:
+            return list((await conn.execute(self._fallback, params)).all())
+        cursor = await self._run(conn, pooled, params)
+        return await cursor.fetchall()
+
+    async def _run(
+        self, conn: AsyncConnection, pooled: PoolProxiedConnection, params: Mapping[str, Any]
+    ) -> psycopg.AsyncCursor[Record]:
+        try:
+            values = self._bind(params)
+            cursor = self._cursor(pooled)
+            await cursor.execute(self.sql, values, prepare=True)
+        except Exception as error:
+            raise await _sqlalchemy_error(conn, self.sql, params, error) from error
+        return cursor
+
+    def _cursor(self, pooled: PoolProxiedConnection) -> psycopg.AsyncCursor[Record]:
+        # A cursor per statement and connection, reused: a new one builds its adapters
+        # map and transformer again (about a tenth of the statement's CPU). They are kept
+        # in the pool's info of the connection, which is emptied when the connection is
+        # closed or replaced.
+        cursors: dict[Statement, psycopg.AsyncCursor[Record]] | None = pooled.info.get(_CURSORS)
+        if cursors is None:
+            cursors = pooled.info[_CURSORS] = {}
+        cursor = cursors.get(self)
+        if cursor is None:
+            cursor = cursors[self] = _new_cursor(_driver(pooled), self._row_factory)
+        return cursor
+
+    def _bind(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        if not self._bind_processors and not self._defaults:
+            return params
+        values = {**self._defaults, **params} if self._defaults else dict(params)
+        for name, process in self._bind_processors:
+            if name in values:
+                values[name] = process(values[name])
+        return values
+
+    def _row_factory(self, cursor: psycopg.AsyncCursor[Any]) -> RowMaker[Record]:
+        # psycopg asks for a row maker per result; the columns of a statement never
+        # change, so the first result's description serves for every later one.
+        maker = self._row_maker
+        if maker is None:
+            maker = self._row_maker = _row_maker(cursor.description or (), self._result_types)
+        return maker
+
+
+def _has_client_defaults(statement: Executable) -> bool:
+    # An INSERT compiled without values takes every column as a parameter, so a default
+    # that `conn.execute` would fill in for a missing one would be a missing parameter.
+    if not isinstance(statement, Insert | Update):
+        return False
+    return any(
+        column.default is not None or column.onupdate is not None
+        for column in statement.table.c
+        if isinstance(column, Column)
+    )
+
+
+def _row_maker(
+    description: Sequence[psycopg.Column], types: Sequence[TypeEngine[Any]]
+) -> RowMaker[Record]:
+    names = [column.name for column in description]
+    # The names are known at run time only, hence the dynamic named tuple.
+    row_type: type[tuple[Any, ...]] = namedtuple("Record", names)  # type: ignore[misc]
+    if types and len(types) != len(names):
+        raise ValueError(f"result columns {names} do not match the statement's {len(types)}")
+    processors = [
+        (index, process)
+        for index, (type_, column) in enumerate(zip(types, description, strict=False))
+        if (process := type_.dialect_impl(_PSYCOPG).result_processor(_PSYCOPG, column.type_code))
+        is not None
+    ]
+    new = tuple.__new__
+
+    def make(values: Sequence[Any]) -> Record:
+        return cast(Record, new(row_type, values))
+
+    def process_and_make(values: Sequence[Any]) -> Record:
+        processed = list(values)
+        for index, process in processors:
+            processed[index] = process(processed[index])
+        return cast(Record, new(row_type, processed))
+
+    return process_and_make if processors else make
+
+
+def _pooled_psycopg_connection(conn: AsyncConnection) -> PoolProxiedConnection | None:
+    """The pooled psycopg connection under `conn`, in a transaction unless in autocommit.
+
+    None when `conn` is not on psycopg (SQLite): the caller uses `conn.execute`.
+    """
+    sync = conn.sync_connection
+    if sync is None or sync.dialect.driver != "psycopg" or sync.invalidated:
+        return None
+    pooled = sync.connection
+    if not _driver(pooled).autocommit and sync.get_transaction() is None:
+        # What `conn.execute` does first (autobegin), so that `conn.commit()` commits what
+        # runs here; psycopg itself sends BEGIN before the statement. On psycopg this is
+        # bookkeeping only (no I/O), so it needs no greenlet.
+        sync.begin()
+    return pooled
+
+
+def _new_cursor(
+    driver: psycopg.AsyncConnection[Any], row_factory: Callable[[Any], RowMaker[Record]]
+) -> psycopg.AsyncCursor[Record]:
+    cursor = driver.cursor(row_factory=row_factory)
+    # psycopg types an int parameter by its size (int2, int4, int8 or numeric) and
+    # prepares a statement per combination of parameter types: always int8 keeps one
+    # prepared statement per SQL text (the SQL casts to the column's type anyway). An int
+    # beyond int8 is then refused by PostgreSQL (DataError) rather than sent as numeric.
+    cursor.adapters.register_dumper(int, Int8Dumper)
+    cursor.adapters.register_dumper(int, Int8BinaryDumper)
+    return cursor
+
+
+def _driver(pooled: PoolProxiedConnection) -> psycopg.AsyncConnection[Any]:
+    return cast("psycopg.AsyncConnection[Any]", pooled.driver_connection)
+
+
+async def _sqlalchemy_error(
+    conn: AsyncConnection,
+    sql: str,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    error: Exception,
+) -> Exception:
+    """`error` as SQLAlchemy raises it from `conn.execute` (DBAPIError subclasses)."""
+    sync = conn.sync_connection
+    assert sync is not None
+    invalidated = False
+    if isinstance(error, psycopg.Error):
+        dbapi_connection = sync.connection.dbapi_connection
+        # psycopg's Error is the DB-API module's Error the dialect expects.
+        if sync.dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
+            # A broken connection must not go back to the pool.
+            await conn.invalidate(error)
+            invalidated = True
+    return DBAPIError.instance(
+        sql,
+        dict(params) if isinstance(params, Mapping) else [dict(p) for p in params],
+        error,
+        psycopg.Error,
+        hide_parameters=sync.engine.hide_parameters,
+        connection_invalidated=invalidated,
+        dialect=sync.dialect,
+    )

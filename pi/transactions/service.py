@@ -4,26 +4,32 @@ Each use case takes plain values and the caller's `Principal`, checks who may ca
 and runs its effect in one database unit of work. A merchant only ever sees its own
 transactions: another merchant's id answers NOT_FOUND, exactly like an unknown one.
 
-Money on a transaction changes only through movements (`apply_movement`): the payment
-service reports them over `TransactionLedgerService.ApplyMovement`, and
-`cancel_transaction` applies the cancellation movement the payment service returns when
-it closes the transaction. A movement id is applied at most once.
+Money on a transaction changes only through movements: the payment service reports
+them in batches over `TransactionLedgerService.ApplyMovements` (`apply_movements`, one
+database transaction per batch) or one at a time over `ApplyMovement`
+(`apply_movement`), and `cancel_transaction` applies the cancellation movement the
+payment service returns when it closes the transaction. A movement id is applied at most
+once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform import validation
 from pi.platform.errors import (
+    Aborted,
     AlreadyExists,
+    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -31,9 +37,11 @@ from pi.platform.errors import (
 )
 from pi.platform.ids import is_valid_id, new_id
 from pi.platform.principal import Principal, require_merchant, require_service
+from pi.platform.statements import Record
 from pi.platform.validation import PageToken
 from pi.transactions.clients import PaymentLedger
 from pi.transactions.domain import (
+    ALLOWED_TRANSITIONS,
     REASON_TRANSACTION_CAPTURED,
     Movement,
     MovementKind,
@@ -55,6 +63,11 @@ from pi.transactions.store import (
 ID_PREFIX = "txn"
 REASON_TRANSACTION_NOT_FOUND = "TRANSACTION_NOT_FOUND"
 REASON_MOVEMENT_ID_REUSED = "MOVEMENT_ID_REUSED"
+REASON_EARLIER_MOVEMENT_NOT_APPLIED = "EARLIER_MOVEMENT_NOT_APPLIED"
+MAX_BATCH_MOVEMENTS = 1000
+"""At most this many movements per `apply_movements` call (transactions.proto)."""
+
+log = logging.getLogger(__name__)
 
 _CREATE = "CreateTransaction"
 _CANCEL = "CancelTransaction"
@@ -67,6 +80,30 @@ class TransactionPage:
 
     transactions: list[Transaction]
     next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableMovement:
+    """A movement of a batch that the transport could not turn into a `Movement` (bad
+    kind or time): `apply_movements` reports `error` for it, like any invalid one."""
+
+    id: str
+    transaction_id: str
+    error: InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class MovementResult:
+    """What `apply_movements` did with one movement.
+
+    `error` is None if the movement is applied (now, or earlier with the same contents);
+    else the `DomainError` `apply_movement` would raise for it, or `Aborted`
+    (EARLIER_MOVEMENT_NOT_APPLIED) if it was not attempted. Any other exception means it
+    failed inside the service (INTERNAL); it was logged.
+    """
+
+    movement_id: str
+    error: Exception | None = None
 
 
 class TransactionService:
@@ -102,7 +139,8 @@ class TransactionService:
 
         With an idempotency key, a retry of the same request returns the first result
         and a different request under the key is ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED);
-        the key is claimed in the same database transaction as the insert.
+        the key is claimed, holding the response, in the same database transaction as the
+        insert.
         """
         merchant_id = require_merchant(principal)
         transaction = new_transaction(
@@ -116,13 +154,19 @@ class TransactionService:
         )
         idempotency = self._store.idempotency
         async with self._store.begin() as conn:
+            # The key is claimed already holding the response: the insert below either
+            # commits with it or rolls it back, so no separate `complete` is needed.
             claim = await idempotency.claim(
-                conn, merchant_id, _CREATE, idempotency_key, fingerprint
+                conn,
+                merchant_id,
+                _CREATE,
+                idempotency_key,
+                fingerprint,
+                response=_encode(transaction),
             )
             if claim.replay is not None:
                 return _decode(claim.replay)
             await self._store.insert(conn, transaction)
-            await idempotency.complete(conn, claim, _encode(transaction))
         return transaction
 
     async def get_transaction(self, principal: Principal, transaction_id: str) -> Transaction:
@@ -283,7 +327,111 @@ class TransactionService:
         async with self._store.begin() as conn:
             return await self._apply(conn, movement)
 
+    async def apply_movements(
+        self, principal: Principal, movements: Sequence[Movement | UnreadableMovement]
+    ) -> list[MovementResult]:
+        """Apply a batch of movements; one result per movement, in the given order.
+
+        Each movement gets the outcome `apply_movement` would give it alone; the
+        movements of one transaction apply in the given order, and once one of them is
+        refused the later ones of that transaction are not attempted (ABORTED), while
+        other transactions go on. InvalidArgument for the request as a whole only if it
+        holds no movements or more than `MAX_BATCH_MOVEMENTS`.
+
+        One database transaction: lock every touched row (one statement, id order),
+        record the movement ids (one statement; a known id is a duplicate, checked for
+        sameness with one more statement), apply the domain rules in memory, forget the
+        ids of refused movements, and write the rows (one call, a step per movement only
+        where the trigger's transitions need it). Should the database still refuse
+        something, the batch is rolled back and its movements are applied one by one, so
+        one bad movement cannot hold back the others.
+        """
+        require_service(principal)
+        if not movements:
+            raise InvalidArgument.field("movements", "is required")
+        if len(movements) > MAX_BATCH_MOVEMENTS:
+            raise InvalidArgument.field(
+                "movements", f"must hold at most {MAX_BATCH_MOVEMENTS} movements"
+            )
+        invalid = [_invalid(movement) for movement in movements]
+        try:
+            errors = await self._apply_batch(movements, invalid)
+        except IntegrityError:
+            log.warning(
+                "the database refused a batch of movements; applying them one by one",
+                exc_info=True,
+                extra={"movements": len(movements)},
+            )
+            errors = await self._apply_one_by_one(movements, invalid)
+        return [
+            MovementResult(movement.id, error)
+            for movement, error in zip(movements, errors, strict=True)
+        ]
+
     # Helpers ------------------------------------------------------------------------------
+
+    async def _apply_batch(
+        self,
+        movements: Sequence[Movement | UnreadableMovement],
+        invalid: Sequence[InvalidArgument | None],
+    ) -> list[Exception | None]:
+        valid = [
+            m
+            for m, error in zip(movements, invalid, strict=True)
+            if error is None and isinstance(m, Movement)
+        ]
+        if not valid:
+            return list(invalid)
+        firsts: dict[str, Movement | UnreadableMovement] = {}
+        for movement in movements:
+            firsts.setdefault(movement.id, movement)
+        async with self._store.begin() as conn:
+            now = self._clock()
+            current = await self._store.lock_many(conn, {m.transaction_id for m in valid})
+            # Recorded up front (one statement) to learn which ids are duplicates; the
+            # ids of movements that do not apply after all are forgotten below.
+            candidates = [
+                m
+                for m in valid
+                if firsts[m.id] is m and _owner_matches(current.get(m.transaction_id), m)
+            ]
+            recorded = await self._store.record_movements(conn, candidates, now)
+            known = await self._store.get_movements(
+                conn, [m.id for m in candidates if m.id not in recorded]
+            )
+            outcome = _plan_batch(movements, invalid, current, recorded, known, now)
+            await self._store.forget_movements(
+                conn, [m.id for m in candidates if m.id in recorded and m.id not in outcome.applied]
+            )
+            await self._store.write_steps(conn, outcome.steps)
+        return outcome.errors
+
+    async def _apply_one_by_one(
+        self,
+        movements: Sequence[Movement | UnreadableMovement],
+        invalid: Sequence[InvalidArgument | None],
+    ) -> list[Exception | None]:
+        """The batch's outcome with one unit of work per movement (`apply_movement`)."""
+        errors: list[Exception | None] = list(invalid)
+        refused: set[str] = set()
+        for index, movement in enumerate(movements):
+            if errors[index] is not None or isinstance(movement, UnreadableMovement):
+                refused.add(movement.transaction_id)
+                continue
+            if movement.transaction_id in refused:
+                errors[index] = _aborted(movement.transaction_id)
+                continue
+            try:
+                async with self._store.begin() as conn:
+                    await self._apply(conn, movement)
+            except DomainError as error:
+                errors[index] = error
+            except IntegrityError as error:
+                log.exception("the database refused a movement", extra={"movement_id": movement.id})
+                errors[index] = error
+            if errors[index] is not None:
+                refused.add(movement.transaction_id)
+        return errors
 
     async def _get(
         self, conn: AsyncConnection, merchant_id: str, transaction_id: str
@@ -313,19 +461,147 @@ class TransactionService:
         row = await self._store.get_movement(conn, movement.id)
         if row is None:  # pragma: no cover - the insert just conflicted with it
             return
-        same = (
-            row.transaction_id == movement.transaction_id
-            and row.kind == movement.kind.value
-            and row.authorized_delta == movement.authorized_delta
-            and row.captured_delta == movement.captured_delta
-            and row.refunded_delta == movement.refunded_delta
-        )
-        if not same:
-            raise AlreadyExists(
-                "This movement id was already applied with different contents.",
-                reason=REASON_MOVEMENT_ID_REUSED,
-                metadata={"movement_id": movement.id},
-            )
+        if not _same_movement(row, movement):
+            raise _movement_id_reused(movement)
+
+
+@dataclass
+class _BatchOutcome:
+    """`_plan_batch`'s answer: per movement its error (None: applied), the ids that are
+    applied (by this batch or before), and the row writes (before, after) in order."""
+
+    errors: list[Exception | None]
+    applied: set[str]
+    steps: list[tuple[Transaction, Transaction]]
+
+
+def _plan_batch(
+    movements: Sequence[Movement | UnreadableMovement],
+    invalid: Sequence[InvalidArgument | None],
+    current: Mapping[str, Transaction],
+    recorded: set[str],
+    known: Mapping[str, Record],
+    now: datetime,
+) -> _BatchOutcome:
+    """The domain rules over a batch, in memory, in the given order.
+
+    `current` holds the locked transactions, `recorded` the ids the batch recorded as
+    new, `known` the movements applied before the batch (for the duplicates).
+    """
+    errors: list[Exception | None] = list(invalid)
+    state = dict(current)
+    chains: dict[str, list[Transaction]] = {}
+    applied: dict[str, Movement] = {}
+    seen: set[str] = set()
+    refused: set[str] = set()
+    for index, movement in enumerate(movements):
+        transaction_id = movement.transaction_id
+        first_sight = movement.id not in seen
+        seen.add(movement.id)
+        if errors[index] is not None or isinstance(movement, UnreadableMovement):
+            refused.add(transaction_id)
+            continue
+        if transaction_id in refused:
+            errors[index] = _aborted(transaction_id)
+            continue
+        transaction = state.get(transaction_id)
+        error: Exception | None = None
+        if transaction is None or not _owner_matches(transaction, movement):
+            error = _not_found(transaction_id)
+        elif movement.id in applied:  # the same id earlier in this batch
+            if not _same_movement(applied[movement.id], movement):
+                error = _movement_id_reused(movement)
+        elif not first_sight:
+            # Its first occurrence in this batch did not apply: not attempted again here.
+            error = _aborted(transaction_id)
+        elif movement.id not in recorded:  # applied by an earlier call
+            row = known.get(movement.id)
+            if row is None:  # pragma: no cover - the insert just conflicted with it
+                error = _aborted(transaction_id)
+            elif _same_movement(row, movement):
+                applied[movement.id] = movement
+            else:
+                error = _movement_id_reused(movement)
+        else:
+            try:
+                after = apply_movement(transaction, movement, now=now)
+            except DomainError as refusal:
+                error = refusal
+            else:
+                chains.setdefault(transaction_id, [transaction]).append(after)
+                state[transaction_id] = after
+                applied[movement.id] = movement
+        if error is not None:
+            errors[index] = error
+            refused.add(transaction_id)
+    steps = [step for chain in chains.values() for step in _steps(chain)]
+    return _BatchOutcome(errors, set(applied), steps)
+
+
+def _steps(chain: list[Transaction]) -> list[tuple[Transaction, Transaction]]:
+    """The (before, after) row writes that take a row along `chain`, its states from the
+    locked one through one per movement.
+
+    The PostgreSQL trigger judges each UPDATE's old and new status, so consecutive
+    movements share one write only while the status change from that write's start is
+    still an allowed transition: PENDING -> AUTHORIZED -> COMPLETED (a card payment
+    captured at once) takes two writes, a run of refunds one. The other rules (amounts
+    that never decrease, a final cancellation) hold for a merged write when they hold for
+    each movement.
+    """
+    steps: list[tuple[Transaction, Transaction]] = []
+    start = previous = chain[0]
+    for state in chain[1:]:
+        if (
+            state.status is not start.status
+            and state.status not in ALLOWED_TRANSITIONS[start.status]
+        ):
+            steps.append((start, previous))
+            start = previous
+        previous = state
+    steps.append((start, previous))
+    return steps
+
+
+def _owner_matches(transaction: Transaction | None, movement: Movement) -> bool:
+    return transaction is not None and transaction.merchant_id == movement.merchant_id
+
+
+def _same_movement(earlier: Record | Movement, movement: Movement) -> bool:
+    return bool(
+        earlier.transaction_id == movement.transaction_id
+        and earlier.kind == movement.kind.value
+        and earlier.authorized_delta == movement.authorized_delta
+        and earlier.captured_delta == movement.captured_delta
+        and earlier.refunded_delta == movement.refunded_delta
+    )
+
+
+def _movement_id_reused(movement: Movement) -> AlreadyExists:
+    return AlreadyExists(
+        "This movement id was already applied with different contents.",
+        reason=REASON_MOVEMENT_ID_REUSED,
+        metadata={"movement_id": movement.id},
+    )
+
+
+def _aborted(transaction_id: str) -> Aborted:
+    return Aborted(
+        "An earlier movement of this transaction in the batch was not applied, so this one "
+        "was not attempted; send it again after that one.",
+        reason=REASON_EARLIER_MOVEMENT_NOT_APPLIED,
+        metadata={"transaction_id": transaction_id[:64]},
+    )
+
+
+def _invalid(movement: Movement | UnreadableMovement) -> InvalidArgument | None:
+    if isinstance(movement, UnreadableMovement):
+        return movement.error
+    try:
+        _validate_movement(movement)
+    except InvalidArgument as error:
+        return error
+    return None
 
 
 def _not_found(transaction_id: str) -> NotFound:

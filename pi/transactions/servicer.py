@@ -7,14 +7,16 @@ from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import status_pb2
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.errors import ValidationErrors
+from pi.platform.errors import DomainError, InvalidArgument, ValidationErrors
 from pi.platform.idempotency import fingerprint, key_from
 from pi.platform.principal import principal_of
 from pi.platform.protobuf import timestamp, to_datetime
+from pi.platform.rpc_status import internal_status, to_status_proto
 from pi.transactions.domain import Movement, MovementKind, Transaction, TransactionStatus
-from pi.transactions.service import TransactionService
+from pi.transactions.service import MovementResult, TransactionService, UnreadableMovement
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -117,6 +119,17 @@ class TransactionLedgerServicer(transactions_pb2_grpc.TransactionLedgerServiceSe
         )
         return transactions_pb2.ApplyMovementResponse(transaction=to_pb(transaction))
 
+    async def ApplyMovements(
+        self, request: transactions_pb2.ApplyMovementsRequest, context: Context
+    ) -> transactions_pb2.ApplyMovementsResponse:
+        principal = principal_of(context)
+        results = await self._transactions.apply_movements(
+            principal, [_readable_movement(movement) for movement in request.movements]
+        )
+        return transactions_pb2.ApplyMovementsResponse(
+            results=[_result_to_pb(result) for result in results]
+        )
+
 
 def to_pb(transaction: Transaction) -> transactions_pb2.Transaction:
     return transactions_pb2.Transaction(
@@ -157,6 +170,24 @@ def movement_from_pb(movement: transactions_pb2.Movement) -> Movement:
         refunded_delta=movement.refunded_delta,
         occur_time=occur_time,
     )
+
+
+def _readable_movement(movement: transactions_pb2.Movement) -> Movement | UnreadableMovement:
+    """One movement of a batch; one that cannot be read is reported in its own result."""
+    try:
+        return movement_from_pb(movement)
+    except InvalidArgument as error:
+        return UnreadableMovement(movement.id, movement.transaction_id, error)
+
+
+def _result_to_pb(result: MovementResult) -> transactions_pb2.MovementResult:
+    if result.error is None:
+        status = status_pb2.Status()
+    elif isinstance(result.error, DomainError):
+        status = to_status_proto(result.error)
+    else:
+        status = internal_status()
+    return transactions_pb2.MovementResult(movement_id=result.movement_id, status=status)
 
 
 def _optional_time(

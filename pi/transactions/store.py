@@ -17,10 +17,11 @@ a movement delivered twice is applied once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from types import MappingProxyType
 from typing import Any
 
@@ -33,25 +34,27 @@ from sqlalchemy import (
     Column,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
-    Row,
     String,
     Table,
     Text,
+    any_,
     bindparam,
-    literal,
+    func,
     select,
     tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pi.platform.db import UtcDateTime, autocommit
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency, idempotency_table
+from pi.platform.statements import Record, Statement
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,
@@ -156,12 +159,15 @@ idempotency_keys = idempotency_table(metadata)
 
 # Statements of the hot paths (create, lookup, apply a movement), built once: executing
 # a prebuilt statement with parameters skips building it and computing its cache key.
-_INSERT_TRANSACTION = transactions.insert()
-_GET = select(transactions).where(
+# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.statements).
+_GET_QUERY = select(transactions).where(
     transactions.c.id == bindparam("p_id"), transactions.c.merchant_id == bindparam("p_merchant_id")
 )
-_GET_FOR_UPDATE = _GET.with_for_update()
-_ADD_MOVEMENT = (
+_INSERT_TRANSACTION = Statement(transactions.insert())
+_GET = Statement(_GET_QUERY)
+_GET_FOR_UPDATE = Statement(_GET_QUERY.with_for_update())
+# A movement's deltas added to its transaction, with the status and flags it leads to.
+_ADD_DELTAS_QUERY = (
     update(transactions)
     .where(
         transactions.c.id == bindparam("p_id"),
@@ -179,14 +185,114 @@ _ADD_MOVEMENT = (
         last_payment_failed=bindparam("p_last_payment_failed", type_=Boolean()),
         update_time=bindparam("p_update_time", type_=transactions.c.update_time.type),
     )
-    .returning(*transactions.c)
 )
-_RECORD_MOVEMENT = {
-    name: dialect.insert(applied_movements)
+_ADD_MOVEMENT = Statement(_ADD_DELTAS_QUERY.returning(*transactions.c))
+_RECORD_MOVEMENT_SQLITE = (
+    sqlite.insert(applied_movements)
     .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
     .returning(applied_movements.c.id)
-    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-}
+)
+_RECORD_MOVEMENT = Statement(
+    postgresql.insert(applied_movements)
+    .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
+    .returning(applied_movements.c.id),
+    fallback=_RECORD_MOVEMENT_SQLITE,
+)
+_GET_MOVEMENT = Statement(
+    select(applied_movements).where(applied_movements.c.id == bindparam("p_id"))
+)
+
+# Statements of ApplyMovements (a batch of movements in one unit of work). On PostgreSQL
+# a list of ids is one array parameter (`= ANY`), so that each statement is one SQL text,
+# prepared once, whatever the batch's size; elsewhere its `IN (...)` twin runs.
+# (Array parameters are cast to unsized VARCHAR[]: a cast to VARCHAR(n)[] would silently
+# truncate a longer value.)
+_IDS = bindparam("p_ids", type_=ARRAY(String()))
+_IN_IDS = bindparam("p_ids", type_=String(), expanding=True)
+_LOCK_MANY = Statement(
+    select(transactions)
+    .where(transactions.c.id == any_(_IDS))
+    .order_by(transactions.c.id)
+    .with_for_update(),
+    fallback=select(transactions)
+    .where(transactions.c.id.in_(_IN_IDS))
+    .order_by(transactions.c.id)
+    .with_for_update(),
+)
+_GET_MOVEMENTS = Statement(
+    select(applied_movements).where(applied_movements.c.id == any_(_IDS)),
+    fallback=select(applied_movements).where(applied_movements.c.id.in_(_IN_IDS)),
+)
+_FORGET_MOVEMENTS = Statement(
+    applied_movements.delete().where(applied_movements.c.id == any_(_IDS)),
+    fallback=applied_movements.delete().where(applied_movements.c.id.in_(_IN_IDS)),
+)
+# `_RECORD_MOVEMENT` for a whole batch in one statement. On PostgreSQL the movements go
+# as one array per column, unnested into rows: one SQL text whatever the number of
+# movements. SQLite runs `_RECORD_MOVEMENT_SQLITE` with a list of rows, which SQLAlchemy
+# sends as one many-row INSERT.
+_MOVEMENT_ARRAYS = func.unnest(
+    bindparam("p_id", type_=ARRAY(String())),
+    bindparam("p_transaction_id", type_=ARRAY(String())),
+    bindparam("p_payment_id", type_=ARRAY(String())),
+    bindparam("p_kind", type_=ARRAY(String())),
+    bindparam("p_authorized_delta", type_=ARRAY(BigInteger())),
+    bindparam("p_captured_delta", type_=ARRAY(BigInteger())),
+    bindparam("p_refunded_delta", type_=ARRAY(BigInteger())),
+    bindparam("p_occur_time", type_=ARRAY(UtcDateTime())),
+)
+_MOVEMENT_ROWS = _MOVEMENT_ARRAYS.table_valued(
+    "id",
+    "transaction_id",
+    "payment_id",
+    "kind",
+    "authorized_delta",
+    "captured_delta",
+    "refunded_delta",
+    "occur_time",
+).render_derived(name="m")
+_RECORD_MOVEMENTS = Statement(
+    postgresql.insert(applied_movements)
+    .from_select(
+        [*_MOVEMENT_ROWS.c.keys(), "apply_time"],
+        select(
+            *_MOVEMENT_ROWS.c,
+            bindparam("p_apply_time", type_=applied_movements.c.apply_time.type).label(
+                "apply_time"
+            ),
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
+    .returning(applied_movements.c.id)
+)
+# `_ADD_MOVEMENT` without RETURNING: one run per step of a batch (`execute_many`).
+_ADD_DELTAS = Statement(_ADD_DELTAS_QUERY)
+
+
+@cache
+def _list_statement(*, status: bool, start: bool, end: bool, after: bool) -> Statement:
+    """The listing query with the filters a `ListQuery` uses (16 at most, built once each)."""
+    t = transactions
+    statement = select(t).where(t.c.merchant_id == bindparam("p_merchant_id"))
+    if status:
+        statement = statement.where(t.c.status == bindparam("p_status"))
+    if start:
+        statement = statement.where(t.c.create_time >= bindparam("p_start"))
+    if end:
+        statement = statement.where(t.c.create_time < bindparam("p_end"))
+    if after:
+        # A row comparison, so PostgreSQL walks the (merchant, time, id) index from it.
+        statement = statement.where(
+            tuple_(t.c.create_time, t.c.id)
+            < tuple_(
+                bindparam("p_after_create_time", type_=t.c.create_time.type),
+                bindparam("p_after_id", type_=t.c.id.type),
+            )
+        )
+    statement = statement.order_by(t.c.create_time.desc(), t.c.id.desc()).limit(
+        bindparam("p_limit", type_=Integer())
+    )
+    return Statement(statement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +346,7 @@ class TransactionStore:
             yield conn
 
     async def insert(self, conn: AsyncConnection, transaction: Transaction) -> None:
-        await conn.execute(_INSERT_TRANSACTION, _to_row(transaction))
+        await _INSERT_TRANSACTION.execute(conn, _to_row(transaction))
 
     async def get(
         self,
@@ -252,54 +358,36 @@ class TransactionStore:
     ) -> Transaction | None:
         """The merchant's transaction, or None; `for_update` locks the row (PostgreSQL)."""
         query = _GET_FOR_UPDATE if for_update else _GET
-        row = (
-            await conn.execute(query, {"p_id": transaction_id, "p_merchant_id": merchant_id})
-        ).first()
-        return None if row is None else _from_row(row)
+        row = await query.first(conn, {"p_id": transaction_id, "p_merchant_id": merchant_id})
+        return None if row is None else _from_record(row)
 
     async def list(self, conn: AsyncConnection, query: ListQuery) -> list[Transaction]:
-        t = transactions
-        statement = select(t).where(t.c.merchant_id == query.merchant_id)
-        if query.status is not None:
-            statement = statement.where(t.c.status == query.status.value)
-        if query.create_time_start is not None:
-            statement = statement.where(t.c.create_time >= query.create_time_start)
-        if query.create_time_end is not None:
-            statement = statement.where(t.c.create_time < query.create_time_end)
-        if query.after is not None:
-            # A row comparison, so PostgreSQL walks the (merchant, time, id) index from it.
-            statement = statement.where(
-                tuple_(t.c.create_time, t.c.id)
-                < tuple_(
-                    literal(query.after.create_time, t.c.create_time.type),
-                    literal(query.after.id, t.c.id.type),
-                )
-            )
-        statement = statement.order_by(t.c.create_time.desc(), t.c.id.desc()).limit(query.limit)
-        rows = (await conn.execute(statement)).all()
-        return [_from_row(row) for row in rows]
+        statement = _list_statement(
+            status=query.status is not None,
+            start=query.create_time_start is not None,
+            end=query.create_time_end is not None,
+            after=query.after is not None,
+        )
+        params: dict[str, Any] = {
+            "p_merchant_id": query.merchant_id,
+            "p_status": None if query.status is None else query.status.value,
+            "p_start": query.create_time_start,
+            "p_end": query.create_time_end,
+            "p_after_create_time": None if query.after is None else query.after.create_time,
+            "p_after_id": None if query.after is None else query.after.id,
+            "p_limit": query.limit,
+        }
+        return [_from_record(row) for row in await statement.all(conn, params)]
 
     async def record_movement(
         self, conn: AsyncConnection, movement: Movement, apply_time: datetime
     ) -> bool:
         """Remember `movement` as applied; False if its id was applied before."""
-        statement = _RECORD_MOVEMENT[conn.dialect.name]
-        values = {
-            "id": movement.id,
-            "transaction_id": movement.transaction_id,
-            "payment_id": movement.payment_id,
-            "kind": movement.kind.value,
-            "authorized_delta": movement.authorized_delta,
-            "captured_delta": movement.captured_delta,
-            "refunded_delta": movement.refunded_delta,
-            "occur_time": movement.occur_time,
-            "apply_time": apply_time,
-        }
-        return (await conn.execute(statement, values)).first() is not None
+        return await _RECORD_MOVEMENT.first(conn, _movement_row(movement, apply_time)) is not None
 
-    async def get_movement(self, conn: AsyncConnection, movement_id: str) -> Row[Any] | None:
-        query = select(applied_movements).where(applied_movements.c.id == movement_id)
-        return (await conn.execute(query)).first()
+    async def get_movement(self, conn: AsyncConnection, movement_id: str) -> Record | None:
+        """The applied movement with this id (a row of `applied_movements`), or None."""
+        return await _GET_MOVEMENT.first(conn, {"p_id": movement_id})
 
     async def add_movement(
         self, conn: AsyncConnection, movement: Movement, after: Transaction
@@ -323,14 +411,86 @@ class TransactionStore:
             "p_update_time": after.update_time,
         }
         try:
-            row = (await conn.execute(_ADD_MOVEMENT, params)).one()
+            row = await _ADD_MOVEMENT.one(conn, params)
         except IntegrityError as exc:
             raise FailedPrecondition(
                 f"The movement would break an invariant of transaction {after.id}.",
                 reason=REASON_LEDGER_INVARIANT_VIOLATED,
                 metadata={"transaction_id": after.id},
             ) from exc
-        return _from_row(row)
+        return _from_record(row)
+
+    # Batches of movements (ApplyMovements): a few statements for the whole batch.
+
+    async def lock_many(
+        self, conn: AsyncConnection, transaction_ids: Collection[str]
+    ) -> dict[str, Transaction]:
+        """The transactions with these ids (any merchant's), locked, by id.
+
+        One statement, locking in id order: two batches that touch the same transactions
+        queue behind each other instead of deadlocking. (SQLite has no row locks; its
+        `BEGIN IMMEDIATE` already serializes writers.)
+        """
+        rows = await _LOCK_MANY.all(conn, {"p_ids": list(transaction_ids)})
+        return {row.id: _from_record(row) for row in rows}
+
+    async def record_movements(
+        self, conn: AsyncConnection, movements: Sequence[Movement], apply_time: datetime
+    ) -> set[str]:
+        """Remember the movements as applied (one statement); the ids that were new.
+
+        The ids must be distinct. An id missing from the answer was applied before.
+        """
+        if not movements:
+            return set()
+        if conn.dialect.name == "postgresql":
+            rows = await _RECORD_MOVEMENTS.all(conn, _movement_columns(movements, apply_time))
+        else:
+            values = [_movement_row(movement, apply_time) for movement in movements]
+            rows = list(await conn.execute(_RECORD_MOVEMENT_SQLITE, values))
+        return {row.id for row in rows}
+
+    async def get_movements(
+        self, conn: AsyncConnection, movement_ids: Collection[str]
+    ) -> dict[str, Record]:
+        """The applied movements with these ids (one statement), by id."""
+        if not movement_ids:
+            return {}
+        rows = await _GET_MOVEMENTS.all(conn, {"p_ids": list(movement_ids)})
+        return {row.id: row for row in rows}
+
+    async def forget_movements(self, conn: AsyncConnection, movement_ids: Collection[str]) -> None:
+        """Undo `record_movements` for movements that turned out not to apply."""
+        if movement_ids:
+            await _FORGET_MOVEMENTS.execute(conn, {"p_ids": list(movement_ids)})
+
+    async def write_steps(
+        self, conn: AsyncConnection, steps: Sequence[tuple[Transaction, Transaction]]
+    ) -> None:
+        """Move each locked row from `before` to `after` of its steps, in the given order.
+
+        One UPDATE per step, all sent in one round trip on PostgreSQL. Each adds the
+        differences of the amounts to what is stored, like `add_movement`, so the CHECK
+        constraints and the PostgreSQL trigger judge every step. A violation raises
+        IntegrityError: the caller's unit of work then rolls back.
+        """
+        await _ADD_DELTAS.execute_many(
+            conn,
+            [
+                {
+                    "p_id": after.id,
+                    "p_merchant_id": after.merchant_id,
+                    "p_authorized_delta": after.authorized_amount - before.authorized_amount,
+                    "p_captured_delta": after.captured_amount - before.captured_amount,
+                    "p_refunded_delta": after.refunded_amount - before.refunded_amount,
+                    "p_status": after.status.value,
+                    "p_cancelled": after.cancelled,
+                    "p_last_payment_failed": after.last_payment_failed,
+                    "p_update_time": after.update_time,
+                }
+                for before, after in steps
+            ],
+        )
 
 
 def _to_row(transaction: Transaction) -> dict[str, Any]:
@@ -352,20 +512,49 @@ def _to_row(transaction: Transaction) -> dict[str, Any]:
     }
 
 
-def _from_row(row: Row[Any]) -> Transaction:
-    values = row._mapping
+def _movement_row(movement: Movement, apply_time: datetime) -> dict[str, Any]:
+    return {
+        "id": movement.id,
+        "transaction_id": movement.transaction_id,
+        "payment_id": movement.payment_id,
+        "kind": movement.kind.value,
+        "authorized_delta": movement.authorized_delta,
+        "captured_delta": movement.captured_delta,
+        "refunded_delta": movement.refunded_delta,
+        "occur_time": movement.occur_time,
+        "apply_time": apply_time,
+    }
+
+
+def _movement_columns(movements: Sequence[Movement], apply_time: datetime) -> dict[str, Any]:
+    """The parameters of `_RECORD_MOVEMENTS`: a list per column, one apply time."""
+    return {
+        "p_id": [m.id for m in movements],
+        "p_transaction_id": [m.transaction_id for m in movements],
+        "p_payment_id": [m.payment_id for m in movements],
+        "p_kind": [m.kind.value for m in movements],
+        "p_authorized_delta": [m.authorized_delta for m in movements],
+        "p_captured_delta": [m.captured_delta for m in movements],
+        "p_refunded_delta": [m.refunded_delta for m in movements],
+        "p_occur_time": [m.occur_time for m in movements],
+        "p_apply_time": apply_time,
+    }
+
+
+def _from_record(row: Record) -> Transaction:
+    """A row of `transactions` (from a `Statement`: a named tuple or a SQLAlchemy `Row`)."""
     return Transaction(
-        id=values["id"],
-        merchant_id=values["merchant_id"],
-        amount=values["amount"],
-        currency=values["currency"],
-        description=values["description"],
-        metadata=MappingProxyType(dict(values["metadata"])),
-        status=TransactionStatus(values["status"]),
-        authorized_amount=values["authorized_amount"],
-        captured_amount=values["captured_amount"],
-        refunded_amount=values["refunded_amount"],
-        last_payment_failed=bool(values["last_payment_failed"]),
-        create_time=values["create_time"],
-        update_time=values["update_time"],
+        id=row.id,
+        merchant_id=row.merchant_id,
+        amount=row.amount,
+        currency=row.currency,
+        description=row.description,
+        metadata=MappingProxyType(dict(row.metadata)),
+        status=TransactionStatus(row.status),
+        authorized_amount=row.authorized_amount,
+        captured_amount=row.captured_amount,
+        refunded_amount=row.refunded_amount,
+        last_payment_failed=bool(row.last_payment_failed),
+        create_time=row.create_time,
+        update_time=row.update_time,
     )

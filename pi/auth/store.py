@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     insert,
     select,
@@ -46,6 +47,7 @@ from pi.auth.domain import (
 from pi.auth.signing_keys import NewSigningKey, StoredKey
 from pi.platform.db import UtcDateTime
 from pi.platform.idempotency import idempotency_table
+from pi.platform.statements import Statement
 
 _ID = 40  # "key_" + 26 chars, with room for longer prefixes
 
@@ -150,6 +152,35 @@ _API_KEY_COLUMNS = (
 )
 
 
+# Lookups of every token issue and key check, built once as `Statement`s (on PostgreSQL
+# they skip SQLAlchemy's execution, see pi.platform.statements).
+_KEY_ID = api_keys.c.id == bindparam("p_key_id")
+# FOR SHARE: see `get_api_key_with_hash`.
+_GET_API_KEY_WITH_HASH = Statement(select(api_keys).where(_KEY_ID).with_for_update(read=True))
+_MERCHANTS_API_KEY = select(*_API_KEY_COLUMNS).where(
+    _KEY_ID, api_keys.c.merchant_id == bindparam("p_merchant_id")
+)
+# By whether to lock the row.
+_GET_API_KEY = {
+    False: Statement(_MERCHANTS_API_KEY),
+    True: Statement(_MERCHANTS_API_KEY.with_for_update()),
+}
+_LOGIN_FAILURES = select(login_failures.c.recent_failures, login_failures.c.locked_until).where(
+    login_failures.c.api_key_id == bindparam("p_key_id")
+)
+# By whether to lock the row.
+_GET_LOGIN_FAILURES = {
+    False: Statement(_LOGIN_FAILURES),
+    True: Statement(_LOGIN_FAILURES.with_for_update()),
+}
+_GET_ISSUED_TOKEN = Statement(
+    select(issued_tokens).where(
+        issued_tokens.c.jti == bindparam("p_jti"),
+        issued_tokens.c.merchant_id == bindparam("p_merchant_id"),
+    )
+)
+
+
 def _to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
@@ -222,8 +253,7 @@ class AuthTransaction:
         either waits for this token to be recorded, and then revokes it too, or commits
         first, and then this read sees the key revoked.
         """
-        query = select(api_keys).where(api_keys.c.id == key_id).with_for_update(read=True)
-        row = (await self.conn.execute(query)).first()
+        row = await _GET_API_KEY_WITH_HASH.first(self.conn, {"p_key_id": key_id})
         if row is None:
             return None
         return _api_key(row), bytes(row.secret_hash), int(row.secret_hash_version)
@@ -231,12 +261,9 @@ class AuthTransaction:
     async def get_api_key(
         self, merchant_id: str, key_id: str, *, for_update: bool = False
     ) -> ApiKey | None:
-        query = select(*_API_KEY_COLUMNS).where(
-            api_keys.c.id == key_id, api_keys.c.merchant_id == merchant_id
+        row = await _GET_API_KEY[for_update].first(
+            self.conn, {"p_key_id": key_id, "p_merchant_id": merchant_id}
         )
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).first()
         return None if row is None else _api_key(row)
 
     async def list_api_keys(
@@ -285,12 +312,7 @@ class AuthTransaction:
                 )
                 .on_conflict_do_nothing(index_elements=["api_key_id"])
             )
-        query = select(login_failures.c.recent_failures, login_failures.c.locked_until).where(
-            login_failures.c.api_key_id == key_id
-        )
-        if for_update:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).first()
+        row = await _GET_LOGIN_FAILURES[for_update].first(self.conn, {"p_key_id": key_id})
         if row is None:
             return LoginFailures()
         return LoginFailures(
@@ -333,13 +355,7 @@ class AuthTransaction:
         )
 
     async def get_issued_token(self, merchant_id: str, jti: str) -> TokenGrant | None:
-        row = (
-            await self.conn.execute(
-                select(issued_tokens).where(
-                    issued_tokens.c.jti == jti, issued_tokens.c.merchant_id == merchant_id
-                )
-            )
-        ).first()
+        row = await _GET_ISSUED_TOKEN.first(self.conn, {"p_jti": jti, "p_merchant_id": merchant_id})
         if row is None:
             return None
         return TokenGrant(

@@ -1,18 +1,21 @@
 """The payment service's port to the transaction service, and its gRPC adapter.
 
 `TransactionLedger` is what the use cases and the outbox dispatcher need:
-`lookup_transaction` (first sight of a transaction) and `apply_movement` (delivery of an
-outbox row). `GrpcTransactionLedger` calls `pi.transactions.v1.TransactionLedgerService`
-with the service credential (carried by the channel from `clients.service_channel`) and
-a deadline on every call.
+`lookup_transaction` (first sight of a transaction) and `apply_movements` (delivery of a
+round of outbox rows in one call, with an outcome per movement).
+`GrpcTransactionLedger` calls `pi.transactions.v1.TransactionLedgerService` with the
+service credential (carried by the channel from `clients.service_channel`) and a
+deadline on every call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.payments.movements import movement_to_pb
@@ -20,10 +23,12 @@ from pi.platform.errors import NotFound, Unavailable
 from pi.transactions.domain import Movement
 
 __all__ = [
+    "MAX_MOVEMENTS_PER_CALL",
     "REASON_TRANSACTIONS_UNAVAILABLE",
     "REASON_TRANSACTION_NOT_FOUND",
     "GrpcTransactionLedger",
     "LedgerError",
+    "MovementOutcome",
     "TransactionFacts",
     "TransactionLedger",
 ]
@@ -33,6 +38,8 @@ REASON_TRANSACTIONS_UNAVAILABLE = "TRANSACTIONS_UNAVAILABLE"
 
 LOOKUP_DEADLINE_SECONDS = 2.0
 APPLY_DEADLINE_SECONDS = 2.0
+# The transaction service's cap on ApplyMovements (transactions.proto).
+MAX_MOVEMENTS_PER_CALL = 1000
 
 _TRANSIENT = frozenset(
     {
@@ -58,14 +65,34 @@ class TransactionFacts:
 
 
 class LedgerError(Exception):
-    """The transaction service refused a call for a reason other than being down.
+    """The transaction service refused a call or a movement for a reason other than
+    being down.
 
-    `code` is the gRPC status name; the message never contains request data.
+    `code` is the gRPC status name, `reason` the ErrorInfo reason if there was one; the
+    message never contains request data.
     """
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
+    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
+        super().__init__(f"{code} {reason}: {message}" if reason else f"{code}: {message}")
         self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class MovementOutcome:
+    """What the transaction service did with one movement of `apply_movements`.
+
+    `error` is None if the movement is applied (now, or already before). Otherwise it was
+    not applied: refused (e.g. FAILED_PRECONDITION), or ABORTED because an earlier
+    movement of its transaction in the same call was not applied.
+    """
+
+    movement_id: str
+    error: LedgerError | None = None
+
+    @property
+    def applied(self) -> bool:
+        return self.error is None
 
 
 class TransactionLedger(Protocol):
@@ -75,9 +102,11 @@ class TransactionLedger(Protocol):
         transaction service cannot answer."""
         ...
 
-    async def apply_movement(self, movement: Movement) -> None:
-        """Apply a movement (idempotent by its id). Unavailable if the transaction service
-        cannot answer, LedgerError if it refused the movement."""
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
+        """Apply 1 to `MAX_MOVEMENTS_PER_CALL` movements in one call (idempotent by id);
+        one outcome per movement, in order. Movements of one transaction apply in the
+        given order, and none after one that is not applied. Unavailable if the
+        transaction service cannot answer, LedgerError if it refused the whole call."""
         ...
 
 
@@ -129,11 +158,31 @@ class GrpcTransactionLedger:
             cancelled=txn.status == transactions_pb2.TRANSACTION_STATUS_CANCELLED,
         )
 
-    async def apply_movement(self, movement: Movement) -> None:
-        request = transactions_pb2.ApplyMovementRequest(movement=movement_to_pb(movement))
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
+        request = transactions_pb2.ApplyMovementsRequest(
+            movements=[movement_to_pb(movement) for movement in movements]
+        )
         try:
-            await self._stub.ApplyMovement(request, timeout=self._apply_deadline)
+            response = await self._stub.ApplyMovements(request, timeout=self._apply_deadline)
         except grpc.aio.AioRpcError as error:
             if error.code() in _TRANSIENT:
                 raise _unavailable() from None
             raise LedgerError(error.code().name, error.details() or "") from None
+        results = response.results
+        if [r.movement_id for r in results] != [m.id for m in movements]:
+            # Never mark a row delivered on an answer about other movements.
+            raise LedgerError("INTERNAL", "ApplyMovements answered for other movements")
+        return [MovementOutcome(r.movement_id, _refusal(r.status)) for r in results]
+
+
+def _refusal(status: status_pb2.Status) -> LedgerError | None:
+    """None for OK, else the refusal with its ErrorInfo reason."""
+    if status.code == code_pb2.OK:
+        return None
+    reason = None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            reason = info.reason or None
+    name = code_pb2.Code.Name(status.code) if status.code in code_pb2.Code.values() else "UNKNOWN"
+    return LedgerError(name, status.message, reason)

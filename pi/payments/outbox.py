@@ -1,15 +1,21 @@
 """The outbox dispatcher: delivers committed movements to the transaction service.
 
 Every money change writes its movements to the `outbox` table in the same database
-transaction (see `service.py`). This background task delivers them with
-`TransactionLedgerService.ApplyMovement`:
+transaction (see `service.py`). This background task delivers them in batches: each
+round reads the due rows and sends them in one `TransactionLedgerService.ApplyMovements`
+call (several if there are more than one call takes), then marks the applied ones
+delivered with one statement:
 
-- at least once: a row is marked delivered only after the transaction service answered;
-  the transaction service ignores a movement id it has applied already;
-- in order per transaction: rows go out by `seq`, and after a failed delivery every
-  undelivered row of that transaction waits for the retry, so none overtakes another;
-- with exponential backoff (capped at `max_backoff`, ~2 s) while the transaction service
-  is down, and a deadline on every call (the ledger client's);
+- at least once: a row is marked delivered only after the transaction service answered
+  that its movement is applied; the transaction service ignores a movement id it has
+  applied already;
+- in order per transaction: a transaction's rows go out by `seq` in the same call, and
+  the transaction service applies none after one it did not apply. That row is
+  postponed, which holds back every undelivered row of its transaction until the retry,
+  so none overtakes another; the other transactions' rows are delivered meanwhile;
+- with exponential backoff per transaction (capped at `max_backoff`, ~2 s) while
+  movements are refused or the transaction service is down (then every transaction of
+  the round waits), and a deadline on every call (the ledger client's);
 - promptly: the use cases call `nudge()` after each commit, which wakes the loop, so on
   the happy path a movement is delivered within milliseconds. Without nudges the loop
   still polls every `idle_poll` seconds (rows written by another process, retries).
@@ -24,10 +30,11 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from pi.payments.ledger_client import LedgerError, TransactionLedger
+from pi.payments.ledger_client import MAX_MOVEMENTS_PER_CALL, LedgerError, TransactionLedger
 from pi.payments.movements import decode_movement
 from pi.payments.store import OutboxRow, PaymentStore
 from pi.platform.errors import DomainError
+from pi.transactions.domain import Movement
 
 __all__ = ["OutboxDispatcher"]
 
@@ -36,6 +43,10 @@ log = logging.getLogger(__name__)
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _seq(row: OutboxRow) -> int:
+    return row.seq
 
 
 def _describe(error: Exception) -> str:
@@ -55,7 +66,7 @@ class OutboxDispatcher:
         ledger: TransactionLedger,
         *,
         batch_size: int = 500,
-        concurrency: int = 16,
+        movements_per_call: int = MAX_MOVEMENTS_PER_CALL,
         idle_poll: float = 1.0,
         base_backoff: float = 0.05,
         max_backoff: float = 2.0,
@@ -64,7 +75,7 @@ class OutboxDispatcher:
         self._store = store
         self._ledger = ledger
         self._batch_size = batch_size
-        self._concurrency = concurrency
+        self._movements_per_call = min(movements_per_call, MAX_MOVEMENTS_PER_CALL)
         self._idle_poll = idle_poll
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
@@ -103,15 +114,42 @@ class OutboxDispatcher:
         streams: dict[str, list[OutboxRow]] = {}
         for row in rows:
             streams.setdefault(row.transaction_id, []).append(row)
-        limit = asyncio.Semaphore(self._concurrency)
-
-        async def deliver(stream: list[OutboxRow]) -> list[str]:
-            async with limit:
-                return await self._deliver_stream(sorted(stream, key=lambda r: r.seq))
-
-        results = await asyncio.gather(*(deliver(stream) for stream in streams.values()))
-        delivered = [movement_id for ids in results for movement_id in ids]
+        queue = [row for stream in streams.values() for row in sorted(stream, key=_seq)]
+        delivered: list[str] = []
+        # Per transaction, its first row that was not delivered and why: the row to
+        # postpone. Nothing later of that transaction is sent in this round.
+        held: dict[str, tuple[OutboxRow, Exception]] = {}
+        for start in range(0, len(queue), self._movements_per_call):
+            sent: list[OutboxRow] = []
+            movements: list[Movement] = []
+            for row in queue[start : start + self._movements_per_call]:
+                if row.transaction_id in held:
+                    continue
+                try:
+                    movements.append(decode_movement(row.payload))
+                except Exception as error:
+                    held[row.transaction_id] = (row, error)
+                    continue
+                sent.append(row)
+            if not sent:
+                continue
+            try:
+                outcomes = await self._ledger.apply_movements(movements)
+            except Exception as error:
+                # Down or refusing every call: every transaction not done waits.
+                for row in [*sent, *queue[start + self._movements_per_call :]]:
+                    held.setdefault(row.transaction_id, (row, error))
+                break
+            for row, outcome in zip(sent, outcomes, strict=True):
+                if row.transaction_id in held:
+                    continue
+                if outcome.error is None:
+                    delivered.append(row.id)
+                else:
+                    held[row.transaction_id] = (row, outcome.error)
         await self._store.mark_delivered(delivered, self._clock())
+        for row, why in held.values():
+            await self._postpone(row, why)
         return len(delivered), len(rows) >= self._batch_size
 
     async def drain(self, timeout: float = 10.0) -> None:
@@ -121,17 +159,6 @@ class OutboxDispatcher:
                 delivered, _ = await self.deliver_once()
                 if delivered == 0:
                     await asyncio.sleep(0.02)
-
-    async def _deliver_stream(self, rows: list[OutboxRow]) -> list[str]:
-        delivered: list[str] = []
-        for row in rows:
-            try:
-                await self._ledger.apply_movement(decode_movement(row.payload))
-            except Exception as error:
-                await self._postpone(row, error)
-                break
-            delivered.append(row.id)
-        return delivered
 
     async def _postpone(self, row: OutboxRow, error: Exception) -> None:
         attempts = row.attempts + 1

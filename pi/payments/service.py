@@ -8,19 +8,25 @@ for idempotent replays. After the commit the outbox dispatcher is nudged.
 CreatePayment is split around the processor call so that a crash can never leave an
 unrecorded charge (DESIGN.md, "never a double charge"):
 
-1. validate (nothing written on bad input);
-2. T1: claim the idempotency key, lock the ref, check the budget, insert the payment as
-   PROCESSING holding its amount, and store "pending <payment id>" under the key (on
-   first sight of the transaction: roll back, look it up at the transaction service,
-   keep its facts in `transaction_refs`, and start T1 again);
+1. validate (nothing written on bad input); read the ref without a transaction and,
+   on first sight of the transaction, look it up at the transaction service (outside
+   any database transaction: a replayed key always finds its ref, so never needs this);
+2. T1: claim the idempotency key already holding "pending <payment id>" (the id is made
+   up front), check the budget and insert the payment as PROCESSING holding its amount.
+   The ref is inserted holding it on first sight, or updated only if it is still what
+   the check read; if either finds the row changed, the ref is locked and checked again;
 3. `connector.authorize`, keyed by the payment id (a repeat never charges twice);
-4. T2: lock the key's row, lock the ref and the payment, apply the outcome (movements
-   AUTHORIZATION / CAPTURE / FAILURE) and store the final response under the key.
+4. T2: replace "pending" under the key with the final response, apply the outcome to
+   the ref, then to the payment only if it is still PROCESSING as T1 left it, and add
+   the movements (AUTHORIZATION / CAPTURE / FAILURE). If the key or the payment moved
+   on (a concurrent duplicate or the reconciler settled it), T2 rolls back and is done
+   again the careful way: lock the key's row, the ref and the payment, re-read, decide.
 
-A duplicate request that finds "pending" resumes at step 3 with the same payment, so
-concurrent duplicates and retries after a crash converge on one payment and one
-response. A payment left PROCESSING (timeout, asynchronous method, crash) is settled by
-the reconciler through `reconcile_payment`.
+Lock order everywhere: the idempotency key, the ref, then payments. A duplicate request
+that finds "pending" resumes at step 3 with the same payment, so concurrent duplicates
+and retries after a crash converge on one payment and one response. A payment left
+PROCESSING (timeout, asynchronous method, crash) is settled by the reconciler through
+`reconcile_payment`.
 """
 
 from __future__ import annotations
@@ -156,8 +162,8 @@ class CloseResult:
     voided_payment_ids: tuple[str, ...]
 
 
-class _UnknownTransaction(Exception):
-    """Rolls back a create attempt that met a transaction the service has not seen."""
+class _Superseded(Exception):
+    """Rolls back a settlement whose key or payment changed since T1."""
 
 
 def _utc_now() -> datetime:
@@ -231,7 +237,7 @@ class PaymentService:
         now = self._clock()
         request = self._validate_create(data, now)
         fingerprint = self._create_fingerprint(request, data)
-        payment, final = await self._record_processing(
+        payment, ref, final = await self._record_processing(
             merchant_id, request, fingerprint, idempotency_key, now
         )
         if final:
@@ -239,7 +245,7 @@ class PaymentService:
 
         result = await self._authorize(payment, request)
         key = (merchant_id, OP_CREATE, idempotency_key) if idempotency_key else None
-        settled = await self._settle(payment, result, idempotency=key)
+        settled = await self._settle(payment, result, ref=ref, idempotency=key)
         log.debug(
             "payment created",
             extra={"payment_id": settled.id, "status": settled.status.value},
@@ -253,47 +259,90 @@ class PaymentService:
         fingerprint: str,
         idempotency_key: str | None,
         now: datetime,
-    ) -> tuple[Payment, bool]:
+    ) -> tuple[Payment, TransactionRef | None, bool]:
         """T1: the payment as PROCESSING with its hold, or what the key already holds.
 
-        Returns (payment, whether it is a final replayed response). On first sight of the
-        transaction the attempt rolls back (releasing the key), its facts are fetched
-        outside any database transaction, and the attempt is made again.
+        Returns (payment, the ref as T1 left it or None for a replay, whether the payment
+        is a final replayed response).
         """
-        for _ in range(2):
-            try:
-                async with self._store.transaction() as tx:
-                    claim = await self._idem.claim(
-                        tx.conn, merchant_id, OP_CREATE, idempotency_key, fingerprint
-                    )
-                    if claim.replay is not None:
-                        if claim.replay.startswith(_FINAL):
-                            return decode_payment(claim.replay[len(_FINAL) :]), True
-                        pending_id = claim.replay[len(_PENDING) :].decode()
-                        pending = await tx.get_payment(pending_id, merchant_id=merchant_id)
-                        if pending is None:  # pragma: no cover - written with the key
-                            raise _payment_not_found()
-                        return pending, False
-                    ref = await tx.lock_ref(request.transaction_id)
-                    if ref is None:
-                        raise _UnknownTransaction
-                    if ref.merchant_id != merchant_id:
-                        raise _transaction_not_found()
-                    change = domain.start_payment(
-                        ref,
-                        request,
-                        payment_id=new_id("pay"),
-                        merchant_id=merchant_id,
-                        fingerprint_key=self._fingerprint_key,
-                        now=now,
-                    )
+        known = await self._store.get_ref(request.transaction_id)
+        if known is not None:
+            seen = known
+        else:
+            seen = await self._look_up(
+                merchant_id, request.transaction_id, fingerprint, idempotency_key
+            )
+        payment_id = new_id("pay")
+        async with self._store.transaction() as tx:
+            claim = await self._idem.claim(
+                tx.conn,
+                merchant_id,
+                OP_CREATE,
+                idempotency_key,
+                fingerprint,
+                response=_PENDING + payment_id.encode(),
+            )
+            if claim.replay is not None:
+                if claim.replay.startswith(_FINAL):
+                    return decode_payment(claim.replay[len(_FINAL) :]), None, True
+                pending_id = claim.replay[len(_PENDING) :].decode()
+                pending = await tx.get_payment(pending_id, merchant_id=merchant_id)
+                if pending is None:  # pragma: no cover - written with the key
+                    raise _payment_not_found()
+                return pending, None, False
+            if seen.merchant_id != merchant_id:  # never changes: no lock needed to say so
+                raise _transaction_not_found()
+            # Fast path: the check runs on the ref as read; the write below applies only
+            # if the row is still exactly that (or, on first sight, does not exist yet).
+            change = self._try_start(seen, request, payment_id, merchant_id, now)
+            if change is not None:
+                if known is None:
+                    written = await tx.insert_ref(change.ref, now)
+                else:
+                    written = await tx.update_ref_if_unchanged(known, change.ref, now)
+                if written:
                     await tx.insert_payment(change.payment)
-                    await tx.update_ref(ref, change.ref, [], now)
-                    await self._idem.complete(tx.conn, claim, _PENDING + change.payment.id.encode())
-                    return change.payment, False
-            except _UnknownTransaction:
-                await self._learn_transaction(merchant_id, request.transaction_id, now)
-        raise _transaction_not_found()  # pragma: no cover - the ref exists after learning
+                    return change.payment, change.ref, False
+            elif known is None:
+                await tx.insert_ref(seen, now)  # for the lock below; rolled back if refused
+            # The ref changed since it was read (or the check refused it): decide again
+            # under its lock, where the answer is final.
+            ref = await tx.lock_ref(request.transaction_id)
+            if ref is None or ref.merchant_id != merchant_id:  # pragma: no cover - inserted
+                raise _transaction_not_found()
+            change = domain.start_payment(
+                ref,
+                request,
+                payment_id=payment_id,
+                merchant_id=merchant_id,
+                fingerprint_key=self._fingerprint_key,
+                now=now,
+            )
+            await tx.insert_payment(change.payment)
+            await tx.update_ref(ref, change.ref, [], now)
+            return change.payment, change.ref, False
+
+    def _try_start(
+        self,
+        ref: TransactionRef,
+        request: PaymentRequest,
+        payment_id: str,
+        merchant_id: str,
+        now: datetime,
+    ) -> PaymentChange | None:
+        """`domain.start_payment` on a ref read without a lock; None if it refuses (the
+        refusal is only final under the lock: the ref may have changed since)."""
+        try:
+            return domain.start_payment(
+                ref,
+                request,
+                payment_id=payment_id,
+                merchant_id=merchant_id,
+                fingerprint_key=self._fingerprint_key,
+                now=now,
+            )
+        except FailedPrecondition:
+            return None
 
     def _validate_create(self, data: CreatePaymentInput, now: datetime) -> PaymentRequest:
         extra: list[FieldViolation] = []
@@ -344,23 +393,29 @@ class PaymentService:
             },
         )
 
-    async def _learn_transaction(
-        self, merchant_id: str, transaction_id: str, now: datetime
-    ) -> None:
-        """First sight of a transaction: ask the transaction service (NotFound unless it
-        is the merchant's, Unavailable if it cannot answer) and keep its facts."""
-        facts = await self._ledger.lookup_transaction(merchant_id, transaction_id)
-        async with self._store.transaction() as tx:
-            await tx.insert_ref(
-                TransactionRef(
-                    transaction_id=facts.transaction_id,
-                    merchant_id=facts.merchant_id,
-                    amount=facts.amount,
-                    currency=facts.currency,
-                    closed=facts.cancelled,
-                ),
-                now,
-            )
+    async def _look_up(
+        self, merchant_id: str, transaction_id: str, fingerprint: str, idempotency_key: str | None
+    ) -> TransactionRef:
+        """First sight of a transaction: its facts from the transaction service, as a ref
+        holding nothing yet (NotFound unless it is the merchant's, Unavailable if the
+        service cannot answer). T1 inserts it with the payment."""
+        try:
+            facts = await self._ledger.lookup_transaction(merchant_id, transaction_id)
+        except Exception:
+            # The key would have been claimed before the lookup's failure mattered: a key
+            # used for another request is reported as such, whatever the lookup said.
+            async with self._store.reading() as conn:
+                await self._idem.reject_reuse(
+                    conn, merchant_id, OP_CREATE, idempotency_key, fingerprint
+                )
+            raise
+        return TransactionRef(
+            transaction_id=facts.transaction_id,
+            merchant_id=facts.merchant_id,
+            amount=facts.amount,
+            currency=facts.currency,
+            closed=facts.cancelled,
+        )
 
     async def _authorize(self, payment: Payment, request: PaymentRequest) -> ConnectorResult:
         try:
@@ -384,40 +439,103 @@ class PaymentService:
         payment: Payment,
         result: ConnectorResult,
         *,
+        ref: TransactionRef | None = None,
         idempotency: tuple[str, str, str] | None = None,
     ) -> Payment:
         """Apply a processor outcome to a PROCESSING payment (T2, or the reconciler).
 
         A payment someone else settled first is returned as it is. With `idempotency`,
         the first request to get here stores the final response; the others replay it.
+        With `ref` (the ref as T1 left it), the payment is settled without re-reading
+        what T1 wrote, unless someone changed it since.
         """
+        if ref is not None:
+            settled = await self._settle_as_recorded(payment, ref, result, idempotency)
+            if settled is not None:
+                return settled
         wrote_movements = False
         async with self._store.transaction() as tx:
             if idempotency is not None:
                 stored = await tx.lock_idempotency_response(*idempotency)
                 if stored is not None and stored.startswith(_FINAL):
                     return decode_payment(stored[len(_FINAL) :])
-            ref = await tx.lock_ref(payment.transaction_id)
+            locked_ref = await tx.lock_ref(payment.transaction_id)
             current = await tx.get_payment(payment.id, lock=True)
-            if ref is None or current is None:  # pragma: no cover - rows are never deleted
+            if locked_ref is None or current is None:  # pragma: no cover - never deleted
                 raise _payment_not_found()
             if current.status is PaymentStatus.PROCESSING:
                 now = self._clock()
                 change = domain.authorize_outcome(
-                    ref,
+                    locked_ref,
                     current,
                     result.outcome,
                     failure_reason=result.failure_reason,
                     processor_reference=result.reference,
                     now=now,
                 )
-                wrote_movements = await self._persist(tx, current, ref, change, now)
+                wrote_movements = await self._persist(tx, current, locked_ref, change, now)
                 current = change.payment
             if idempotency is not None:
                 await tx.set_idempotency_response(*idempotency, _FINAL + encode_payment(current))
         if wrote_movements:
             self._notify()
         return current
+
+    async def _settle_as_recorded(
+        self,
+        payment: Payment,
+        ref: TransactionRef,
+        result: ConnectorResult,
+        idempotency: tuple[str, str, str] | None,
+    ) -> Payment | None:
+        """T2 on the payment and ref as T1 wrote them, each write conditional on nobody
+        having settled first. None (nothing written) if someone did, or if the outcome
+        changes nothing (unknown): the caller then re-reads under locks.
+
+        The outcome only moves this payment's own hold, so `ref` being older than the row
+        does not matter: the ref is written as deltas under its row lock, and the CHECK
+        constraints have the last word. Lock order as everywhere: key, ref, payment.
+        """
+        now = self._clock()
+        change = domain.authorize_outcome(
+            ref,
+            payment,
+            result.outcome,
+            failure_reason=result.failure_reason,
+            processor_reference=result.reference,
+            now=now,
+        )
+        settled = change.payment
+        movements = movements_from_deltas(
+            change.movements,
+            merchant_id=payment.merchant_id,
+            transaction_id=payment.transaction_id,
+            now=now,
+        )
+        if settled == payment:
+            # Nothing to write, so nothing would check that the payment is still
+            # PROCESSING: the response must come from the row (the reconciler may have
+            # settled it already). Rare (a timeout), so the locked path is no cost.
+            return None
+        try:
+            async with self._store.transaction() as tx:
+                if idempotency is not None and not await tx.replace_idempotency_response(
+                    *idempotency,
+                    _PENDING + payment.id.encode(),
+                    _FINAL + encode_payment(settled),
+                ):
+                    raise _Superseded  # a duplicate finished the key
+                if (change.ref != ref or movements) and not await tx.update_ref_if_holding(
+                    ref, change.ref, movements, now
+                ):
+                    raise _Superseded  # our hold is gone: someone settled the payment
+                if not await tx.update_payment_if_unchanged(payment, settled):
+                    raise _Superseded  # settled by a duplicate or the reconciler
+        except _Superseded:
+            return None
+        if movements:
+            self._notify()
+        return settled
 
     async def _persist(
         self, tx: PaymentTx, old: Payment, ref: TransactionRef, change: PaymentChange, now: datetime

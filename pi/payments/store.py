@@ -5,6 +5,11 @@ transaction in which a use case locks its transaction's ref row, changes payment
 appends movements to the outbox, so that a money change and the movement that reports
 it commit together or not at all. Lock order everywhere: idempotency key, then the
 `transaction_refs` row, then payment rows.
+
+A use case that decided on rows it read without locking them writes with the `*_if_*`
+methods and `replace_idempotency_response` instead: conditional UPDATEs that write only
+if the row is still what the decision assumed, and say whether they did (if not, the
+caller locks and decides again).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +51,7 @@ from pi.payments.tables import (
 from pi.platform.db import autocommit
 from pi.platform.errors import Aborted
 from pi.platform.idempotency import Idempotency
+from pi.platform.statements import Record, Statement
 from pi.transactions.domain import Movement
 
 __all__ = [
@@ -55,7 +62,7 @@ __all__ = [
 ]
 
 
-def _ref_from_row(row: Any) -> TransactionRef:
+def _ref_from_row(row: Record) -> TransactionRef:
     return TransactionRef(
         transaction_id=row.transaction_id,
         merchant_id=row.merchant_id,
@@ -68,7 +75,21 @@ def _ref_from_row(row: Any) -> TransactionRef:
     )
 
 
-def _payment_from_row(row: Any) -> Payment:
+def _ref_update_params(
+    old: TransactionRef, new: TransactionRef, movements: Sequence[Movement], now: datetime
+) -> dict[str, Any]:
+    return {
+        "p_transaction_id": old.transaction_id,
+        "p_held_delta": new.held_amount - old.held_amount,
+        "p_captured_delta": new.captured_amount - old.captured_amount,
+        "p_refunded_delta": new.refunded_amount - old.refunded_amount,
+        "p_closed": new.closed,
+        "p_movement_count": len(movements),
+        "p_update_time": now,
+    }
+
+
+def _payment_from_row(row: Record) -> Payment:
     method = PaymentMethodType(row.method)
     card = None
     bank = None
@@ -149,38 +170,84 @@ _MUTABLE_PAYMENT_COLUMNS = (
 )
 
 
-# Statements of the hot paths (create, settle), built once: executing a prebuilt
-# statement with parameters skips building it and computing its cache key per call.
-_LOCK_REF = (
-    sa.select(transaction_refs)
-    .where(transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"))
-    .with_for_update()
+def _written(table: sa.Table) -> sa.TableClause:
+    """`table` as INSERTs and UPDATEs that run as `Statement`s write it: the same name and
+    column types without the client-side defaults `Statement` refuses. The store passes
+    every value itself, so the defaults would never apply anyway."""
+    return sa.table(table.name, *(sa.column(column.name, column.type) for column in table.c))
+
+
+_refs = _written(transaction_refs)
+_payments = _written(payments)
+_outbox = _written(outbox)
+
+# Statements of the hot paths (create, settle, deliver), built once: executing a prebuilt
+# statement with parameters skips building it and computing its cache key per call, and
+# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.statements).
+_REF_ID = transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id")
+_GET_REF_QUERY = sa.select(transaction_refs).where(_REF_ID)
+_GET_REF = Statement(_GET_REF_QUERY)
+_LOCK_REF = Statement(_GET_REF_QUERY.with_for_update())
+# No conflict target: a concurrent first sight of the same transaction can collide on
+# the (transaction_id, currency) key before the primary key, and either collision means
+# the ref exists already (naming only the primary key made such a race fail). The
+# rowcount says which happened; SQLAlchemy keeps an INSERT's only when asked to.
+_INSERT_REF = Statement(
+    postgresql.insert(_refs).on_conflict_do_nothing(),
+    fallback=sqlite.insert(transaction_refs)
+    .on_conflict_do_nothing()
+    .execution_options(preserve_rowcount=True),
 )
-_UPDATE_REF = (
-    transaction_refs.update()
-    .where(transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"))
+_REF_ID_WRITTEN = _refs.c.transaction_id == sa.bindparam("p_transaction_id")
+_HELD_DELTA = sa.bindparam("p_held_delta", type_=sa.BigInteger())
+_UPDATE_REF_QUERY = (
+    _refs.update()
+    .where(_REF_ID_WRITTEN)
     .values(
-        held_amount=transaction_refs.c.held_amount
-        + sa.bindparam("p_held_delta", type_=sa.BigInteger()),
-        captured_amount=transaction_refs.c.captured_amount
+        held_amount=_refs.c.held_amount + _HELD_DELTA,
+        captured_amount=_refs.c.captured_amount
         + sa.bindparam("p_captured_delta", type_=sa.BigInteger()),
-        refunded_amount=transaction_refs.c.refunded_amount
+        refunded_amount=_refs.c.refunded_amount
         + sa.bindparam("p_refunded_delta", type_=sa.BigInteger()),
         closed=sa.bindparam("p_closed", type_=sa.Boolean()),
-        movement_count=transaction_refs.c.movement_count
+        movement_count=_refs.c.movement_count
         + sa.bindparam("p_movement_count", type_=sa.BigInteger()),
         update_time=sa.bindparam("p_update_time", type_=transaction_refs.c.update_time.type),
     )
-    .returning(transaction_refs.c.movement_count)
+    .returning(_refs.c.movement_count)
 )
-_LOCK_PAYMENT = sa.select(payments).where(payments.c.id == sa.bindparam("p_id")).with_for_update()
-_INSERT_PAYMENT = payments.insert()
-_UPDATE_PAYMENT = (
-    payments.update()
+_UPDATE_REF = Statement(_UPDATE_REF_QUERY)
+# The same UPDATE, applied only if what a budget check read is still the row's state.
+_UPDATE_REF_IF_UNCHANGED = Statement(
+    _UPDATE_REF_QUERY.where(
+        _refs.c.held_amount == sa.bindparam("p_old_held", type_=sa.BigInteger()),
+        _refs.c.captured_amount == sa.bindparam("p_old_captured", type_=sa.BigInteger()),
+        _refs.c.closed == sa.bindparam("p_old_closed", type_=sa.Boolean()),
+    )
+)
+# The same UPDATE, applied only if the row still holds what it releases.
+_UPDATE_REF_IF_HOLDING = Statement(_UPDATE_REF_QUERY.where(_refs.c.held_amount + _HELD_DELTA >= 0))
+_PAYMENT_ID = payments.c.id == sa.bindparam("p_id")
+_OF_MERCHANT = payments.c.merchant_id == sa.bindparam("p_merchant_id")
+# By (whether the merchant must match, whether to lock the row).
+_GET_PAYMENT = {
+    (False, False): Statement(sa.select(payments).where(_PAYMENT_ID)),
+    (False, True): Statement(sa.select(payments).where(_PAYMENT_ID).with_for_update()),
+    (True, False): Statement(sa.select(payments).where(_PAYMENT_ID, _OF_MERCHANT)),
+    (True, True): Statement(sa.select(payments).where(_PAYMENT_ID, _OF_MERCHANT).with_for_update()),
+}
+_INSERT_PAYMENT = Statement(_payments.insert())
+# Conditional on the columns a change reads, so a writer that did not lock the row
+# (settlement after T1) changes it only if nobody else did in between.
+_UPDATE_PAYMENT = Statement(
+    _payments.update()
     .where(
-        payments.c.id == sa.bindparam("p_id"),
-        payments.c.status == sa.bindparam("p_old_status"),
-        payments.c.refunded_amount == sa.bindparam("p_old_refunded_amount"),
+        _payments.c.id == sa.bindparam("p_id"),
+        _payments.c.status == sa.bindparam("p_old_status"),
+        _payments.c.refunded_amount == sa.bindparam("p_old_refunded_amount"),
+        _payments.c.processor_reference.is_not_distinct_from(
+            sa.bindparam("p_old_processor_reference", type_=payments.c.processor_reference.type)
+        ),
     )
     .values(
         {
@@ -189,19 +256,125 @@ _UPDATE_PAYMENT = (
         }
     )
 )
-_INSERT_OUTBOX = outbox.insert()
+# delivered_time and last_error start NULL: left out of the INSERT.
+_OUTBOX_COLUMNS = (
+    "id",
+    "transaction_id",
+    "seq",
+    "kind",
+    "payload",
+    "create_time",
+    "attempts",
+    "next_attempt_time",
+)
+
+
+# Rows per outbox INSERT: a change makes one or two movements, closing a transaction one
+# per voided payment; this keeps the bound parameters far below the drivers' limits.
+_OUTBOX_ROWS_PER_INSERT = 256
+
+
+@lru_cache(maxsize=16)
+def _insert_outbox(rows: int) -> Statement:
+    """One INSERT of `rows` movements (one round trip, not one statement per row)."""
+    return Statement(
+        _outbox.insert().values(
+            [
+                {
+                    name: sa.bindparam(f"p{index}_{name}", type_=outbox.c[name].type)
+                    for name in _OUTBOX_COLUMNS
+                }
+                for index in range(rows)
+            ]
+        )
+    )
+
+
 _IDEMPOTENCY_KEY = sa.and_(
     idempotency_keys.c.scope == sa.bindparam("p_scope"),
     idempotency_keys.c.operation == sa.bindparam("p_operation"),
     idempotency_keys.c.key == sa.bindparam("p_key"),
 )
-_LOCK_IDEMPOTENCY_RESPONSE = (
+_LOCK_IDEMPOTENCY_RESPONSE = Statement(
     sa.select(idempotency_keys.c.response).where(_IDEMPOTENCY_KEY).with_for_update()
 )
-_SET_IDEMPOTENCY_RESPONSE = (
+_SET_IDEMPOTENCY_RESPONSE_QUERY = (
     idempotency_keys.update()
     .where(_IDEMPOTENCY_KEY)
     .values(response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
+)
+_SET_IDEMPOTENCY_RESPONSE = Statement(_SET_IDEMPOTENCY_RESPONSE_QUERY)
+_REPLACE_IDEMPOTENCY_RESPONSE = Statement(
+    _SET_IDEMPOTENCY_RESPONSE_QUERY.where(
+        idempotency_keys.c.response == sa.bindparam("p_old", type_=idempotency_keys.c.response.type)
+    )
+)
+
+# The dispatcher's statements.
+_o = outbox
+_earlier = outbox.alias("earlier")
+_NOW = sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type)
+# Due rows, except those with an earlier undelivered row of their transaction that sorts
+# after them: one postponed (with every row of its transaction) before they were
+# written. Such a row is held back until that earlier one is delivered, or it would
+# overtake it: alone while the earlier one is not due, or when the batch's LIMIT cuts
+# between them. So a batch holds, of each transaction, its first undelivered rows in
+# order. The partial index on (transaction_id, seq) of undelivered rows (migration
+# 0002) keeps the check to the few undelivered rows of the transaction.
+_DUE_MOVEMENTS = Statement(
+    sa.select(_o.c.id, _o.c.transaction_id, _o.c.seq, _o.c.payload, _o.c.attempts)
+    .where(
+        _o.c.delivered_time.is_(None),
+        _o.c.next_attempt_time <= _NOW,
+        ~sa.exists()
+        .where(
+            _earlier.c.transaction_id == _o.c.transaction_id,
+            _earlier.c.seq < _o.c.seq,
+            _earlier.c.delivered_time.is_(None),
+            _earlier.c.next_attempt_time > _o.c.next_attempt_time,
+        )
+        .correlate(_o),
+    )
+    .order_by(_o.c.next_attempt_time, _o.c.transaction_id, _o.c.seq)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+)
+_NEXT_MOVEMENT_TIME = Statement(
+    sa.select(sa.func.min(_o.c.next_attempt_time).label("due")).where(_o.c.delivered_time.is_(None))
+)
+_UNDELIVERED_COUNT = Statement(
+    sa.select(sa.func.count().label("count")).select_from(_o).where(_o.c.delivered_time.is_(None))
+)
+# PostgreSQL takes the ids as one array parameter (one prepared statement whatever their
+# number); SQLite has no arrays, so it gets them as an IN list.
+_MARK_DELIVERED = Statement(
+    _outbox.update()
+    .where(
+        _outbox.c.id == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String()))),
+        _outbox.c.delivered_time.is_(None),
+    )
+    .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type)),
+    fallback=_outbox.update()
+    .where(
+        _outbox.c.id.in_(sa.bindparam("p_ids", expanding=True)),
+        _outbox.c.delivered_time.is_(None),
+    )
+    .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type)),
+)
+_COUNT_ATTEMPT = Statement(
+    _outbox.update()
+    .where(_outbox.c.id == sa.bindparam("p_id"))
+    .values(
+        attempts=_outbox.c.attempts + 1,
+        last_error=sa.bindparam("p_error", type_=outbox.c.last_error.type),
+    )
+)
+_POSTPONE = Statement(
+    _outbox.update()
+    .where(
+        _outbox.c.transaction_id == sa.bindparam("p_transaction_id"),
+        _outbox.c.delivered_time.is_(None),
+    )
+    .values(next_attempt_time=sa.bindparam("p_retry_at", type_=outbox.c.next_attempt_time.type))
 )
 
 
@@ -221,39 +394,37 @@ class PaymentTx:
 
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
-        self._postgres = conn.dialect.name == "postgresql"
 
     # -- transaction refs ---------------------------------------------------------------
 
     async def lock_ref(self, transaction_id: str) -> TransactionRef | None:
         """The ref row, locked until the end of this transaction (FOR UPDATE)."""
-        row = (await self.conn.execute(_LOCK_REF, {"p_transaction_id": transaction_id})).first()
+        row = await _LOCK_REF.first(self.conn, {"p_transaction_id": transaction_id})
         return None if row is None else _ref_from_row(row)
 
-    async def insert_ref(self, ref: TransactionRef, now: datetime) -> None:
-        """Insert the ref unless a row for its transaction exists already."""
-        dialect = postgresql if self._postgres else sqlite
-        statement = (
-            dialect.insert(transaction_refs)
-            .values(
-                transaction_id=ref.transaction_id,
-                merchant_id=ref.merchant_id,
-                amount=ref.amount,
-                currency=ref.currency,
-                closed=ref.closed,
-                held_amount=ref.held_amount,
-                captured_amount=ref.captured_amount,
-                refunded_amount=ref.refunded_amount,
-                movement_count=0,
-                create_time=now,
-                update_time=now,
-            )
-            # No conflict target: a concurrent first sight of the same transaction can
-            # collide on the (transaction_id, currency) key before the primary key, and
-            # either collision means the ref already exists.
-            .on_conflict_do_nothing()
+    async def insert_ref(self, ref: TransactionRef, now: datetime) -> bool:
+        """Insert the ref unless a row for its transaction exists already; whether it did.
+
+        An inserted row is this transaction's alone until it commits (a concurrent
+        insert of the same transaction waits, then does nothing), so it needs no lock.
+        """
+        inserted = await _INSERT_REF.execute(
+            self.conn,
+            {
+                "transaction_id": ref.transaction_id,
+                "merchant_id": ref.merchant_id,
+                "amount": ref.amount,
+                "currency": ref.currency,
+                "closed": ref.closed,
+                "held_amount": ref.held_amount,
+                "captured_amount": ref.captured_amount,
+                "refunded_amount": ref.refunded_amount,
+                "movement_count": 0,
+                "create_time": now,
+                "update_time": now,
+            },
         )
-        await self.conn.execute(statement)
+        return inserted == 1
 
     async def update_ref(
         self,
@@ -267,54 +438,75 @@ class PaymentTx:
         The amounts are written as deltas from `old`, so even a caller that forgot the
         lock could not lose an update; the CHECK constraints are the last word.
         """
-        result = await self.conn.execute(
-            _UPDATE_REF,
-            {
-                "p_transaction_id": old.transaction_id,
-                "p_held_delta": new.held_amount - old.held_amount,
-                "p_captured_delta": new.captured_amount - old.captured_amount,
-                "p_refunded_delta": new.refunded_amount - old.refunded_amount,
-                "p_closed": new.closed,
-                "p_movement_count": len(movements),
-                "p_update_time": now,
-            },
+        if not await self._update_ref(_UPDATE_REF, old, new, movements, now):
+            raise LookupError(f"no ref for {old.transaction_id}")  # pragma: no cover - locked
+
+    async def update_ref_if_holding(
+        self,
+        old: TransactionRef,
+        new: TransactionRef,
+        movements: Sequence[Movement],
+        now: datetime,
+    ) -> bool:
+        """`update_ref`, only if the row still holds what the change releases; whether
+        it did. For a writer that has not locked its payment yet (the lock order puts
+        the ref first): if the hold it releases is gone, someone else released it, and
+        this says so instead of failing on the CHECK.
+        """
+        return await self._update_ref(_UPDATE_REF_IF_HOLDING, old, new, movements, now)
+
+    async def _update_ref(
+        self,
+        statement: Statement,
+        old: TransactionRef,
+        new: TransactionRef,
+        movements: Sequence[Movement],
+        now: datetime,
+    ) -> bool:
+        written = await statement.first(self.conn, _ref_update_params(old, new, movements, now))
+        if written is None:
+            return False
+        first = written.movement_count - len(movements) + 1
+        for start in range(0, len(movements), _OUTBOX_ROWS_PER_INSERT):
+            chunk = movements[start : start + _OUTBOX_ROWS_PER_INSERT]
+            params: dict[str, Any] = {}
+            for index, movement in enumerate(chunk):
+                row = {
+                    "id": movement.id,
+                    "transaction_id": movement.transaction_id,
+                    "seq": first + start + index,
+                    "kind": movement.kind.value,
+                    "payload": encode_movement(movement),
+                    "create_time": now,
+                    "attempts": 0,
+                    "next_attempt_time": now,
+                }
+                params.update((f"p{index}_{name}", value) for name, value in row.items())
+            await _insert_outbox(len(chunk)).execute(self.conn, params)
+        return True
+
+    async def update_ref_if_unchanged(
+        self, old: TransactionRef, new: TransactionRef, now: datetime
+    ) -> bool:
+        """Write `new` only if the row still holds `old`'s amounts and `closed`; whether
+        it did. A budget check made on `old` without a lock then holds under the row
+        lock this UPDATE takes (PostgreSQL re-checks the condition on the row it locks).
+        """
+        params = _ref_update_params(old, new, (), now)
+        params.update(
+            p_old_held=old.held_amount,
+            p_old_captured=old.captured_amount,
+            p_old_closed=old.closed,
         )
-        count = result.scalar_one()
-        if movements:
-            first = count - len(movements) + 1
-            await self.conn.execute(
-                _INSERT_OUTBOX,
-                [
-                    {
-                        "id": movement.id,
-                        "transaction_id": movement.transaction_id,
-                        "seq": first + index,
-                        "kind": movement.kind.value,
-                        "payload": encode_movement(movement),
-                        "create_time": now,
-                        "delivered_time": None,
-                        "attempts": 0,
-                        "next_attempt_time": now,
-                        "last_error": None,
-                    }
-                    for index, movement in enumerate(movements)
-                ],
-            )
+        return await _UPDATE_REF_IF_UNCHANGED.first(self.conn, params) is not None
 
     # -- payments -----------------------------------------------------------------------
 
     async def get_payment(
         self, payment_id: str, *, merchant_id: str | None = None, lock: bool = False
     ) -> Payment | None:
-        if lock and merchant_id is None:
-            row = (await self.conn.execute(_LOCK_PAYMENT, {"p_id": payment_id})).first()
-            return None if row is None else _payment_from_row(row)
-        query = sa.select(payments).where(payments.c.id == payment_id)
-        if merchant_id is not None:
-            query = query.where(payments.c.merchant_id == merchant_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await self.conn.execute(query)).first()
+        statement = _GET_PAYMENT[merchant_id is not None, lock]
+        row = await statement.first(self.conn, {"p_id": payment_id, "p_merchant_id": merchant_id})
         return None if row is None else _payment_from_row(row)
 
     async def payments_of_transaction(self, transaction_id: str) -> list[Payment]:
@@ -328,20 +520,24 @@ class PaymentTx:
         return [_payment_from_row(row) for row in rows]
 
     async def insert_payment(self, payment: Payment) -> None:
-        await self.conn.execute(_INSERT_PAYMENT, _payment_values(payment))
+        await _INSERT_PAYMENT.execute(self.conn, _payment_values(payment))
 
     async def update_payment(self, old: Payment, new: Payment) -> None:
         """Write `new` over `old`; Aborted if the row is no longer what `old` says."""
+        if not await self.update_payment_if_unchanged(old, new):
+            raise Aborted(
+                "The payment changed concurrently; retry.", reason="CONCURRENT_MODIFICATION"
+            )
+
+    async def update_payment_if_unchanged(self, old: Payment, new: Payment) -> bool:
+        """Write `new` over `old` if the row is still what `old` says; whether it did."""
         values = _payment_values(new)
         params = {f"p_{name}": values[name] for name in _MUTABLE_PAYMENT_COLUMNS}
         params["p_id"] = old.id
         params["p_old_status"] = old.status.value
         params["p_old_refunded_amount"] = old.refunded_amount
-        result = await self.conn.execute(_UPDATE_PAYMENT, params)
-        if result.rowcount != 1:
-            raise Aborted(
-                "The payment changed concurrently; retry.", reason="CONCURRENT_MODIFICATION"
-            )
+        params["p_old_processor_reference"] = old.processor_reference
+        return await _UPDATE_PAYMENT.execute(self.conn, params) == 1
 
     async def insert_refund(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None:
         await self.conn.execute(
@@ -363,16 +559,34 @@ class PaymentTx:
     async def lock_idempotency_response(self, scope: str, operation: str, key: str) -> bytes | None:
         """The stored response of a claimed key, locked so one request finishes it."""
         params = {"p_scope": scope, "p_operation": operation, "p_key": key}
-        row = (await self.conn.execute(_LOCK_IDEMPOTENCY_RESPONSE, params)).first()
+        row = await _LOCK_IDEMPOTENCY_RESPONSE.first(self.conn, params)
         return None if row is None or row.response is None else bytes(row.response)
 
     async def set_idempotency_response(
         self, scope: str, operation: str, key: str, response: bytes
     ) -> None:
-        await self.conn.execute(
-            _SET_IDEMPOTENCY_RESPONSE,
+        await _SET_IDEMPOTENCY_RESPONSE.execute(
+            self.conn,
             {"p_scope": scope, "p_operation": operation, "p_key": key, "p_response": response},
         )
+
+    async def replace_idempotency_response(
+        self, scope: str, operation: str, key: str, old: bytes, new: bytes
+    ) -> bool:
+        """Store `new` if the key still holds `old`; whether it did. The UPDATE locks the
+        key's row, so of two requests finishing one key the second waits and then finds
+        `old` gone."""
+        replaced = await _REPLACE_IDEMPOTENCY_RESPONSE.execute(
+            self.conn,
+            {
+                "p_scope": scope,
+                "p_operation": operation,
+                "p_key": key,
+                "p_old": old,
+                "p_response": new,
+            },
+        )
+        return replaced == 1
 
 
 class PaymentStore:
@@ -393,28 +607,26 @@ class PaymentStore:
         async with self._engine.begin() as conn:
             yield PaymentTx(conn)
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection, for single-statement reads by shared helpers
+        (e.g. `Idempotency.reject_reuse`)."""
+        async with self._reads.connect() as conn:
+            yield conn
+
     # -- reads --------------------------------------------------------------------------
 
     async def get_ref(self, transaction_id: str) -> TransactionRef | None:
+        """The ref as committed now (no lock: decide under one before relying on it)."""
         async with self._reads.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(transaction_refs).where(
-                        transaction_refs.c.transaction_id == transaction_id
-                    )
-                )
-            ).first()
+            row = await _GET_REF.first(conn, {"p_transaction_id": transaction_id})
         return None if row is None else _ref_from_row(row)
 
     async def get_payment(self, merchant_id: str, payment_id: str) -> Payment | None:
         async with self._reads.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(payments).where(
-                        payments.c.id == payment_id, payments.c.merchant_id == merchant_id
-                    )
-                )
-            ).first()
+            row = await _GET_PAYMENT[True, False].first(
+                conn, {"p_id": payment_id, "p_merchant_id": merchant_id}
+            )
         return None if row is None else _payment_from_row(row)
 
     async def list_payments(
@@ -478,67 +690,40 @@ class PaymentStore:
     # -- outbox -------------------------------------------------------------------------
 
     async def due_movements(self, now: datetime, limit: int) -> list[OutboxRow]:
-        """Undelivered movements whose next attempt is due, in creation order."""
-        o = outbox
+        """Undelivered movements whose next attempt is due, in creation order; of each
+        transaction only its first ones, so none overtakes an earlier one (see
+        `_DUE_MOVEMENTS`)."""
         async with self._reads.connect() as conn:
-            rows = await conn.execute(
-                sa.select(o.c.id, o.c.transaction_id, o.c.seq, o.c.payload, o.c.attempts)
-                .where(o.c.delivered_time.is_(None), o.c.next_attempt_time <= now)
-                .order_by(o.c.next_attempt_time, o.c.transaction_id, o.c.seq)
-                .limit(limit)
-            )
-            return [
-                OutboxRow(r.id, r.transaction_id, r.seq, bytes(r.payload), r.attempts) for r in rows
-            ]
+            rows = await _DUE_MOVEMENTS.all(conn, {"p_now": now, "p_limit": limit})
+        return [
+            OutboxRow(r.id, r.transaction_id, r.seq, bytes(r.payload), r.attempts) for r in rows
+        ]
 
     async def next_movement_time(self) -> datetime | None:
         """When the earliest undelivered movement is due, or None if all are delivered."""
-        o = outbox
         async with self._reads.connect() as conn:
-            value: datetime | None = (
-                await conn.execute(
-                    sa.select(sa.func.min(o.c.next_attempt_time)).where(
-                        o.c.delivered_time.is_(None)
-                    )
-                )
-            ).scalar()
-        return value
+            row = await _NEXT_MOVEMENT_TIME.one(conn)
+        due: datetime | None = row.due
+        return due
 
     async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None:
         if not movement_ids:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(list(movement_ids)), outbox.c.delivered_time.is_(None))
-                .values(delivered_time=now)
-            )
+            await _MARK_DELIVERED.execute(conn, {"p_ids": list(movement_ids), "p_now": now})
 
     async def postpone(
         self, transaction_id: str, head_id: str, retry_at: datetime, error: str
     ) -> None:
         """After a failed delivery: count the attempt on the head and hold back every
         undelivered movement of the transaction until `retry_at`, keeping their order."""
-        o = outbox
         async with self._engine.begin() as conn:
-            await conn.execute(
-                o.update()
-                .where(o.c.id == head_id)
-                .values(attempts=o.c.attempts + 1, last_error=error[:500])
-            )
-            await conn.execute(
-                o.update()
-                .where(o.c.transaction_id == transaction_id, o.c.delivered_time.is_(None))
-                .values(next_attempt_time=retry_at)
+            await _COUNT_ATTEMPT.execute(conn, {"p_id": head_id, "p_error": error[:500]})
+            await _POSTPONE.execute(
+                conn, {"p_transaction_id": transaction_id, "p_retry_at": retry_at}
             )
 
     async def undelivered_count(self) -> int:
         async with self._reads.connect() as conn:
-            value = (
-                await conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(outbox)
-                    .where(outbox.c.delivered_time.is_(None))
-                )
-            ).scalar_one()
-        return int(value)
+            row = await _UNDELIVERED_COUNT.one(conn)
+        return int(row.count)

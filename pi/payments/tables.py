@@ -172,6 +172,14 @@ outbox = sa.Table(
         postgresql_where=sa.text("delivered_time IS NULL"),
         sqlite_where=sa.text("delivered_time IS NULL"),
     ),
+    # For the dispatcher's check for an earlier undelivered row (migration 0002).
+    sa.Index(
+        "outbox_undelivered_seq_idx",
+        "transaction_id",
+        "seq",
+        postgresql_where=sa.text("delivered_time IS NULL"),
+        sqlite_where=sa.text("delivered_time IS NULL"),
+    ),
 )
 
 idempotency_keys = idempotency_table(metadata)

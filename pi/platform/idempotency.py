@@ -24,6 +24,15 @@ READ COMMITTED, PostgreSQL's default.) On SQLite every transaction holds the wri
 A different request under a used key → `AlreadyExists(reason="IDEMPOTENCY_KEY_REUSED")`.
 If the effect raises, the transaction rolls back and the key is free again. A `None` key
 (the client sent none) makes `claim`/`complete` no-ops, so use cases need no branch.
+
+A use case that knows its response before doing the effect (e.g. "pending <id>" with an
+id made up front) passes it to `claim(..., response=...)`: the key is claimed holding it,
+one statement instead of claim + complete. That is as safe as completing later only
+because both are in the effect's transaction: if the effect fails, the rollback removes
+the claim and its response together.
+
+A use case that can fail before claiming (e.g. on a remote lookup) calls `reject_reuse`
+first, so that a reused key is reported as such rather than as the other failure.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform.errors import Aborted, AlreadyExists, InvalidArgument
+from pi.platform.statements import Record, Statement
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"
@@ -91,19 +101,20 @@ class Idempotency:
 
     def __init__(self, table: Table) -> None:
         self._table = table
-        # Built once: claim/complete run on every mutating call.
+        # Built once: claim/complete run on every mutating call, as `Statement`s (on
+        # PostgreSQL they skip SQLAlchemy's execution, see pi.platform.statements).
         t = table
-        self._claim = {
-            name: dialect.insert(t).on_conflict_do_nothing().returning(t.c.key)
-            for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
-        }
+        self._claim = Statement(
+            postgresql.insert(t).on_conflict_do_nothing().returning(t.c.key),
+            fallback=sqlite.insert(t).on_conflict_do_nothing().returning(t.c.key),
+        )
         same_key = and_(
             t.c.scope == bindparam("p_scope"),
             t.c.operation == bindparam("p_operation"),
             t.c.key == bindparam("p_key"),
         )
-        self._stored = select(t.c.request_hash, t.c.response).where(same_key)
-        self._complete = (
+        self._stored = Statement(select(t.c.request_hash, t.c.response).where(same_key))
+        self._complete = Statement(
             t.update()
             .where(same_key)
             .values(response=bindparam("p_response", type_=t.c.response.type))
@@ -120,8 +131,13 @@ class Idempotency:
         operation: str,
         key: str | None,
         fingerprint: str,
+        *,
+        response: bytes | None = None,
     ) -> Claim:
         """Claim `key` inside the caller's transaction, or return the stored response.
+
+        With `response`, the key is claimed already holding it (see the module
+        docstring); `complete` may still replace it later in the same transaction.
 
         Raises `AlreadyExists(IDEMPOTENCY_KEY_REUSED)` if the key was used with a
         different request, `Aborted(IDEMPOTENCY_KEY_IN_USE)` if it was claimed but holds
@@ -134,29 +150,20 @@ class Idempotency:
             "operation": operation,
             "key": key,
             "request_hash": fingerprint,
-            "response": None,
+            "response": response,
             "create_time": datetime.now(UTC),
         }
-        claimed = (await conn.execute(self._claim[conn.dialect.name], values)).first()
+        claimed = await self._claim.first(conn, values)
         if claimed is not None:
             return Claim(scope, operation, key, fingerprint)
-        row = (
-            await conn.execute(
-                self._stored, {"p_scope": scope, "p_operation": operation, "p_key": key}
-            )
-        ).first()
+        row = await self._stored_row(conn, scope, operation, key)
         if row is None:
             # The conflicting claim vanished between the two statements (purged).
             raise Aborted(
                 "A request with this idempotency key is in progress; retry.",
                 reason="IDEMPOTENCY_KEY_IN_USE",
             )
-        if row.request_hash != fingerprint:
-            raise AlreadyExists(
-                "This idempotency key was already used with a different request.",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"idempotency_key": key},
-            )
+        _check_same_request(row, key, fingerprint)
         if row.response is None:
             raise Aborted(
                 "A request with this idempotency key is in progress; retry.",
@@ -164,14 +171,37 @@ class Idempotency:
             )
         return Claim(scope, operation, key, fingerprint, replay=bytes(row.response))
 
+    async def reject_reuse(
+        self,
+        conn: AsyncConnection,
+        scope: str,
+        operation: str,
+        key: str | None,
+        fingerprint: str,
+    ) -> None:
+        """Raise `AlreadyExists(IDEMPOTENCY_KEY_REUSED)` if `key` is stored for a
+        different request; nothing if it is unclaimed or this request's. Reads only
+        (any connection, autocommit is fine): it claims nothing."""
+        if key is None:
+            return
+        row = await self._stored_row(conn, scope, operation, key)
+        if row is not None:
+            _check_same_request(row, key, fingerprint)
+
+    async def _stored_row(
+        self, conn: AsyncConnection, scope: str, operation: str, key: str
+    ) -> Record | None:
+        params = {"p_scope": scope, "p_operation": operation, "p_key": key}
+        return await self._stored.first(conn, params)
+
     async def complete(self, conn: AsyncConnection, claim: Claim, response: bytes) -> None:
         """Store the response for replays, in the same transaction as the effect."""
         if claim.key is None:
             return
         if claim.replay is not None:
             raise ValueError("cannot complete a replayed claim")
-        await conn.execute(
-            self._complete,
+        await self._complete.execute(
+            conn,
             {
                 "p_scope": claim.scope,
                 "p_operation": claim.operation,
@@ -187,6 +217,15 @@ class Idempotency:
         cutoff = datetime.now(UTC) - older_than
         result = await conn.execute(delete(self._table).where(self._table.c.create_time < cutoff))
         return int(result.rowcount or 0)
+
+
+def _check_same_request(row: Record, key: str, fingerprint: str) -> None:
+    if row.request_hash != fingerprint:
+        raise AlreadyExists(
+            "This idempotency key was already used with a different request.",
+            reason="IDEMPOTENCY_KEY_REUSED",
+            metadata={"idempotency_key": key},
+        )
 
 
 def fingerprint(request: Message, *, exclude: tuple[str, ...] = ("request_id",)) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pi.payments import main as payments_main
 from pi.payments.connectors.sandbox import SandboxConnector
 from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
-from pi.payments.ledger_client import TransactionFacts
+from pi.payments.ledger_client import MovementOutcome, TransactionFacts
 from pi.payments.service import CreatePaymentInput, PaymentService
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, metadata, payments, transaction_refs
@@ -206,8 +206,9 @@ class _Ledger:
             raise NotFound("no such transaction", reason="TRANSACTION_NOT_FOUND")
         return TransactionFacts(transaction_id, merchant_id, 1000, "JPY", cancelled=False)
 
-    async def apply_movement(self, movement: Movement) -> None:
-        self.movements.append(movement)
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
+        self.movements.extend(movements)
+        return [MovementOutcome(movement.id) for movement in movements]
 
 
 async def test_the_service_runs_on_the_embedded_sqlite_default(

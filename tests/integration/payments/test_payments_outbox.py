@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,7 @@ from pi.payments.domain import (
     PaymentMethodType,
     PaymentStatus,
 )
-from pi.payments.ledger_client import TransactionFacts
+from pi.payments.ledger_client import LedgerError, MovementOutcome, TransactionFacts
 from pi.payments.outbox import OutboxDispatcher
 from pi.payments.reconciler import Reconciler
 from pi.payments.service import CreatePaymentInput, PaymentService
@@ -46,25 +47,51 @@ EXPIRY = datetime.now(UTC).year + 2
 @dataclass
 class ScriptedLedger:
     """Knows every transaction id it is asked about (amount 10 000 USD); records applied
-    movements; fails while `down` or for the next `failures[txn]` calls of a transaction."""
+    movements and every call's batch. Fails whole calls while `down`; refuses the next
+    `failures[txn]` movements of a transaction, and like the transaction service aborts
+    the later movements of a transaction in the same call after a refusal."""
 
     down: bool = False
     failures: dict[str, int] = field(default_factory=dict)
     applied: list[Movement] = field(default_factory=list)
-    calls: int = 0
+    batches: list[list[Movement]] = field(default_factory=list)
 
     async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
         return TransactionFacts(transaction_id, merchant_id, 10_000, "USD", cancelled=False)
 
-    async def apply_movement(self, movement: Movement) -> None:
-        self.calls += 1
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
+        self.batches.append(list(movements))
         if self.down:
             raise Unavailable("down", reason="TRANSACTIONS_UNAVAILABLE")
-        left = self.failures.get(movement.transaction_id, 0)
-        if left:
-            self.failures[movement.transaction_id] = left - 1
-            raise Unavailable("flaky", reason="TRANSACTIONS_UNAVAILABLE")
-        self.applied.append(movement)
+        outcomes = []
+        refused: set[str] = set()
+        for movement in movements:
+            txn = movement.transaction_id
+            left = self.failures.get(txn, 0)
+            if txn in refused:
+                error = LedgerError("ABORTED", "not attempted", "EARLIER_MOVEMENT_NOT_APPLIED")
+            elif left:
+                self.failures[txn] = left - 1
+                error = LedgerError("FAILED_PRECONDITION", "flaky", "LEDGER_INVARIANT_VIOLATED")
+            else:
+                self.applied.append(movement)
+                outcomes.append(MovementOutcome(movement.id))
+                continue
+            refused.add(txn)
+            outcomes.append(MovementOutcome(movement.id, error))
+        return outcomes
+
+
+@dataclass
+class Clock:
+    """The real time plus `ahead`, for a dispatcher: a test moves it past a backoff instead
+    of sleeping through it, so a retry is due exactly when the test says, whatever the
+    machine's load."""
+
+    ahead: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
 
 
 @dataclass
@@ -75,6 +102,20 @@ class World:
     connector: SandboxConnector
     dispatcher: OutboxDispatcher
     service: PaymentService
+    clock: Clock = field(default_factory=Clock)
+
+    def patient_dispatcher(self, batch_size: int = 500) -> OutboxDispatcher:
+        """A dispatcher on `clock` whose first retry waits 45 to 60 s: not due until the
+        test moves `clock` ahead."""
+        return OutboxDispatcher(
+            self.store,
+            self.ledger,
+            batch_size=batch_size,
+            idle_poll=60.0,
+            base_backoff=30.0,
+            max_backoff=60.0,
+            clock=self.clock,
+        )
 
     async def pay(self, transaction_id: str, amount: int = 100, manual: bool = False) -> Any:
         return await self.service.create_payment(
@@ -90,15 +131,7 @@ class World:
         )
 
 
-@pytest.fixture
-async def world(
-    settings_factory: Callable[..., Settings], make_engine: Callable[..., AsyncEngine]
-) -> AsyncIterator[World]:
-    settings = settings_factory("payments")
-    await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
-    )
-    engine = make_engine(settings.db_schema)
+def _world(engine: AsyncEngine) -> World:
     store = PaymentStore(engine)
     ledger = ScriptedLedger()
     connector = SandboxConnector(settle_after=timedelta(days=1))
@@ -113,7 +146,37 @@ async def world(
         page_tokens=PageToken(secrets.token_bytes(32)),
         notify=dispatcher.nudge,
     )
-    yield World(engine, store, ledger, connector, dispatcher, service)
+    return World(engine, store, ledger, connector, dispatcher, service)
+
+
+@pytest.fixture
+async def world(
+    settings_factory: Callable[..., Settings], make_engine: Callable[..., AsyncEngine]
+) -> World:
+    settings = settings_factory("payments")
+    await asyncio.to_thread(
+        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+    )
+    return _world(make_engine(settings.db_schema))
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def any_world(
+    request: pytest.FixtureRequest,
+    settings_factory: Callable[..., Settings],
+    make_engine: Callable[..., AsyncEngine],
+    tmp_path: Path,
+) -> World:
+    """`world` on PostgreSQL, then on the embedded SQLite."""
+    if request.param == "postgresql":
+        settings = settings_factory("payments")
+        await asyncio.to_thread(
+            migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+        )
+        return _world(make_engine(settings.db_schema))
+    url = f"sqlite:///{tmp_path}/payments.db"
+    await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
+    return _world(make_engine("main", url=url))
 
 
 async def test_movements_are_delivered_in_order_per_transaction_despite_failures(
@@ -142,6 +205,141 @@ async def test_movements_are_delivered_in_order_per_transaction_despite_failures
     assert kinds == ["AUTHORIZATION", "CAPTURE"] * 3
 
 
+async def outbox_rows(world: World) -> list[Any]:
+    async with world.engine.connect() as conn:
+        return list((await conn.execute(sa.select(outbox).order_by(outbox.c.seq))).all())
+
+
+async def test_a_round_is_one_call_carrying_every_due_movement_in_order(world: World) -> None:
+    for txn in ("txn_a", "txn_b", "txn_c"):
+        for _ in range(2):
+            await world.pay(txn)
+    delivered, more = await world.dispatcher.deliver_once()
+    assert (delivered, more) == (12, False)
+    assert len(world.ledger.batches) == 1
+    rows = await outbox_rows(world)
+    assert all(r.delivered_time is not None for r in rows)
+    sent = world.ledger.batches[0]
+    for txn in ("txn_a", "txn_b", "txn_c"):
+        expected = [r.id for r in sorted(rows, key=lambda r: r.seq) if r.transaction_id == txn]
+        assert [m.id for m in sent if m.transaction_id == txn] == expected
+        kinds = [m.kind.value for m in sent if m.transaction_id == txn]
+        assert kinds == ["AUTHORIZATION", "CAPTURE"] * 2
+    assert await world.dispatcher.deliver_once() == (0, False)
+    assert len(world.ledger.batches) == 1
+
+
+async def test_a_refused_movement_holds_back_its_transaction_only(world: World) -> None:
+    dispatcher = world.patient_dispatcher()
+    for txn in ("txn_a", "txn_b"):
+        for _ in range(2):
+            await world.pay(txn)
+    world.ledger.failures = {"txn_a": 1}
+    before = world.clock()
+    assert await dispatcher.deliver_once() == (4, False)
+    rows = await outbox_rows(world)
+    a_rows = [r for r in rows if r.transaction_id == "txn_a"]
+    assert all(r.delivered_time is not None for r in rows if r.transaction_id == "txn_b")
+    assert all(r.delivered_time is None for r in a_rows)
+    # The refused head counts the attempt; its later rows wait with it, untouched.
+    head, *later = sorted(a_rows, key=lambda r: r.seq)
+    assert (head.attempts, head.last_error) == (
+        1,
+        "FAILED_PRECONDITION LEDGER_INVARIANT_VIOLATED: flaky",
+    )
+    assert all(r.attempts == 0 and r.last_error is None for r in later)
+    assert len({r.next_attempt_time for r in a_rows}) == 1
+    assert head.next_attempt_time > before
+    assert await dispatcher.deliver_once() == (0, False)  # not due yet
+
+    world.clock.ahead += timedelta(minutes=2)
+    await dispatcher.drain(timeout=10)
+    a_applied = [m.id for m in world.ledger.applied if m.transaction_id == "txn_a"]
+    assert a_applied == [r.id for r in sorted(a_rows, key=lambda r: r.seq)]
+
+
+async def test_a_movement_made_while_its_transaction_waits_for_a_retry_waits_too(
+    any_world: World,
+) -> None:
+    world = any_world
+    dispatcher = world.patient_dispatcher()
+    await world.pay("txn_a")
+    world.ledger.failures = {"txn_a": 1}
+    assert await dispatcher.deliver_once() == (0, False)  # refused: waits a minute
+    # Written due now, behind the two rows that wait for their retry.
+    await world.pay("txn_a")
+    await world.pay("txn_b")
+    assert await dispatcher.deliver_once() == (2, False)
+    assert {m.transaction_id for m in world.ledger.applied} == {"txn_b"}
+
+    world.clock.ahead += timedelta(minutes=2)
+    await dispatcher.drain(timeout=10)
+    rows = await outbox_rows(world)
+    expected = [r.id for r in rows if r.transaction_id == "txn_a"]
+    assert len(expected) == 4
+    assert [m.id for m in world.ledger.applied if m.transaction_id == "txn_a"] == expected
+
+
+async def test_a_batch_never_holds_a_movement_without_the_earlier_ones_of_its_transaction(
+    any_world: World,
+) -> None:
+    world = any_world
+    dispatcher = world.patient_dispatcher(batch_size=2)
+    await world.pay("txn_a")
+    world.ledger.failures = {"txn_a": 1}
+    assert (await dispatcher.deliver_once())[0] == 0
+    await world.pay("txn_a")
+    # Every row is due now, the newer ones (written before the retry time) due first:
+    # a batch of two must still be the older two.
+    world.clock.ahead += timedelta(minutes=2)
+    assert await dispatcher.deliver_once() == (2, True)
+    rows = await outbox_rows(world)
+    expected = [r.id for r in rows if r.transaction_id == "txn_a"]
+    assert [m.id for m in world.ledger.applied] == expected[:2]
+    await dispatcher.drain(timeout=10)
+    assert [m.id for m in world.ledger.applied] == expected
+
+
+async def test_a_round_larger_than_one_call_is_split_and_keeps_the_order(world: World) -> None:
+    dispatcher = OutboxDispatcher(
+        world.store, world.ledger, movements_per_call=4, idle_poll=60.0, base_backoff=0.005
+    )
+    for _ in range(3):
+        await world.pay("txn_a")
+    for _ in range(2):
+        await world.pay("txn_b")
+    world.ledger.failures = {"txn_a": 1}
+    assert await dispatcher.deliver_once() == (4, False)
+    rows = await outbox_rows(world)
+    ids = {txn: [r.id for r in rows if r.transaction_id == txn] for txn in ("txn_a", "txn_b")}
+    # txn_a's head is refused in the first call: its rows of the next call stay unsent.
+    assert [[m.id for m in batch] for batch in world.ledger.batches] == [
+        ids["txn_a"][:4],
+        ids["txn_b"][:2],
+        ids["txn_b"][2:],
+    ]
+    world.ledger.batches.clear()
+    await dispatcher.drain(timeout=10)
+    assert [m.id for m in world.ledger.applied if m.transaction_id == "txn_a"] == ids["txn_a"]
+    assert all(len(batch) <= 4 for batch in world.ledger.batches)
+
+
+async def test_while_the_transaction_service_is_down_every_transaction_waits(
+    world: World,
+) -> None:
+    for txn in ("txn_a", "txn_b"):
+        await world.pay(txn)
+    world.ledger.down = True
+    assert await world.dispatcher.deliver_once() == (0, False)
+    rows = await outbox_rows(world)
+    for txn in ("txn_a", "txn_b"):
+        head, later = [r for r in rows if r.transaction_id == txn]
+        assert (head.attempts, later.attempts) == (1, 0)
+        assert head.last_error.startswith("TRANSACTIONS_UNAVAILABLE")
+        assert head.next_attempt_time == later.next_attempt_time
+    assert all(r.delivered_time is None for r in rows)
+
+
 async def test_backoff_while_the_transaction_service_is_down_is_capped(world: World) -> None:
     await world.pay("txn_down")
     world.ledger.down = True
@@ -149,15 +347,18 @@ async def test_backoff_while_the_transaction_service_is_down_is_capped(world: Wo
         await world.dispatcher.deliver_once()
         async with world.engine.begin() as conn:  # make every row due again
             await conn.execute(outbox.update().values(next_attempt_time=datetime.now(UTC)))
+    before = datetime.now(UTC)
     await world.dispatcher.deliver_once()
+    after = datetime.now(UTC)
     async with world.engine.connect() as conn:
         rows = (await conn.execute(sa.select(outbox))).all()
     head = min(rows, key=lambda r: r.seq)
     assert head.attempts == 13
     assert head.last_error.startswith("TRANSACTIONS_UNAVAILABLE")
     assert all(r.delivered_time is None for r in rows)
-    wait = max(r.next_attempt_time for r in rows) - datetime.now(UTC)
-    assert timedelta(seconds=1) < wait <= timedelta(seconds=2)
+    # The cap (2 s) less up to a quarter of jitter, from when the round postponed it.
+    retry_at = max(r.next_attempt_time for r in rows)
+    assert before + timedelta(seconds=1.5) <= retry_at <= after + timedelta(seconds=2)
     # The later row of the transaction waits with its head, never overtaking it.
     assert len({r.next_attempt_time for r in rows}) == 1
     assert next(r for r in rows if r.seq > head.seq).attempts == 0

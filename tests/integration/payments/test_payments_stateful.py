@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pi.payments import main as payments_main
 from pi.payments.connectors.sandbox import SandboxConnector
 from pi.payments.domain import CaptureMode, CardInput, PaymentMethodType, PaymentStatus
-from pi.payments.ledger_client import TransactionFacts
+from pi.payments.ledger_client import LedgerError, MovementOutcome, TransactionFacts
 from pi.payments.outbox import OutboxDispatcher
 from pi.payments.reconciler import Reconciler
 from pi.payments.service import CreatePaymentInput, PaymentService
@@ -92,9 +92,16 @@ class _Ledger:
             cancelled=txn.status is TransactionStatus.CANCELLED,
         )
 
-    async def apply_movement(self, movement: Movement) -> None:
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
         assert self.transactions is not None
-        await self.transactions.apply_movement(SERVICE, movement)
+        results = await self.transactions.apply_movements(SERVICE, movements)
+        return [
+            MovementOutcome(
+                r.movement_id,
+                None if r.error is None else LedgerError(type(r.error).__name__, str(r.error)),
+            )
+            for r in results
+        ]
 
 
 class _PaymentLedger:

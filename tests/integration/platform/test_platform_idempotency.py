@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pi.platform.db import autocommit
 from pi.platform.errors import AlreadyExists, FailedPrecondition
 from pi.platform.idempotency import Claim, Idempotency, idempotency_table
 
@@ -165,3 +166,86 @@ async def test_complete_refuses_a_replayed_claim(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         with pytest.raises(ValueError):
             await idem.complete(conn, Claim("s", "op", "k", "fp", replay=b"x"), b"y")
+
+
+async def create_with_response_up_front(
+    engine: AsyncEngine, key: str | None, label: str, *, delay: float = 0.0, fail: bool = False
+) -> bytes:
+    """A use case that knows its response before the effect: claim and response in one."""
+    async with engine.begin() as conn:
+        response = f"pending {label}".encode()
+        claim = await idem.claim(
+            conn, "mer_1", "CreateThing", key, f"fp:{label}", response=response
+        )
+        if claim.replay is not None:
+            return claim.replay
+        await conn.execute(effects.insert().values(label=label))
+        await asyncio.sleep(delay)
+        if fail:
+            raise FailedPrecondition("the effect failed")
+        return response
+
+
+async def test_a_claim_can_hold_its_response_from_the_start(engine: AsyncEngine) -> None:
+    first = await create_with_response_up_front(engine, "key-1", "a")
+    assert await create_with_response_up_front(engine, "key-1", "a") == first == b"pending a"
+    # The old two-step use case replays it too: it is the same stored response.
+    assert await create_thing(engine, "key-1", "a") == first
+    with pytest.raises(AlreadyExists):
+        await create_with_response_up_front(engine, "key-1", "b")
+    assert await effect_count(engine) == 1
+
+
+async def test_a_failed_effect_takes_the_claim_and_its_response_with_it(
+    engine: AsyncEngine,
+) -> None:
+    with pytest.raises(FailedPrecondition):
+        await create_with_response_up_front(engine, "key-1", "a", fail=True)
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(keys))).scalar_one() == 0
+    # The key is free: a different request may take it now.
+    assert await create_with_response_up_front(engine, "key-1", "b") == b"pending b"
+    assert await effect_count(engine) == 1
+
+
+async def test_concurrent_duplicates_of_a_claim_with_its_response_make_one_effect(
+    engine: AsyncEngine,
+) -> None:
+    responses = await asyncio.gather(
+        *(create_with_response_up_front(engine, "dup", "a", delay=0.02) for _ in range(20))
+    )
+    assert set(responses) == {b"pending a"}
+    assert await effect_count(engine) == 1
+
+
+async def test_reject_reuse_refuses_only_a_key_held_by_another_request(
+    engine: AsyncEngine,
+) -> None:
+    await create_thing(engine, "used", "a")
+    async with engine.connect() as conn:
+        await idem.reject_reuse(conn, "mer_1", "CreateThing", "unused", "fp:a")
+        await idem.reject_reuse(conn, "mer_1", "CreateThing", "used", "fp:a")
+        await idem.reject_reuse(conn, "mer_1", "CreateThing", None, "fp:b")
+        await idem.reject_reuse(conn, "mer_2", "CreateThing", "used", "fp:b")
+        with pytest.raises(AlreadyExists) as info:
+            await idem.reject_reuse(conn, "mer_1", "CreateThing", "used", "fp:b")
+    assert info.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    # It claimed nothing.
+    async with engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(keys))).scalar_one() == 1
+
+
+async def test_claims_commit_and_roll_back_with_the_callers_connection(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as conn:  # no begin(): the claim begins the transaction
+        await idem.claim(conn, "mer_1", "CreateThing", "rolled-back", "fp:a")
+        await conn.rollback()
+        claim = await idem.claim(conn, "mer_1", "CreateThing", "kept", "fp:a")
+        await idem.complete(conn, claim, b"done")
+        await conn.commit()
+    async with autocommit(engine).connect() as conn:
+        stored = (await conn.execute(select(keys.c.key, keys.c.response))).all()
+        with pytest.raises(AlreadyExists):
+            await idem.reject_reuse(conn, "mer_1", "CreateThing", "kept", "fp:b")
+    assert [tuple(row) for row in stored] == [("kept", b"done")]

@@ -1,0 +1,319 @@
+"""The CreatePayment path: first sight of a transaction without a rollback, concurrent
+holds decided on a ref read without a lock, replays that need no lookup, a settlement
+that finds the payment already settled, and movements appended in multi-row INSERTs.
+
+The service-level tests run on PostgreSQL and on SQLite (the embedded default), with a
+transaction service double that counts lookups; the mesh tests use both real services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from generated.pi.payments.v1 import payments_pb2 as pb
+from pi.payments import main as payments_main
+from pi.payments.connectors.base import AuthorizeRequest, ConnectorResult
+from pi.payments.connectors.sandbox import SandboxConnector
+from pi.payments.domain import (
+    CaptureMode,
+    CardInput,
+    PaymentMethodType,
+    PaymentStatus,
+    TransactionRef,
+)
+from pi.payments.ledger_client import TransactionFacts
+from pi.payments.movements import movements_from_deltas
+from pi.payments.service import CreatePaymentInput, PaymentService
+from pi.payments.store import PaymentStore
+from pi.payments.tables import idempotency_keys, outbox, payments, transaction_refs
+from pi.platform import migrations
+from pi.platform.config import Settings
+from pi.platform.errors import AlreadyExists, FailedPrecondition, NotFound
+from pi.platform.idempotency import Idempotency
+from pi.platform.principal import Principal
+from pi.platform.validation import PageToken
+from pi.transactions.domain import Movement, MovementDelta, MovementKind
+
+M = "mer_create"
+MERCHANT = Principal.merchant(M)
+EXPIRY = datetime.now(UTC).year + 2
+
+
+class _Transactions:
+    """The transaction service as CreatePayment sees it: lookups only, counted."""
+
+    def __init__(self, known: dict[str, int]) -> None:
+        self.known = known
+        self.lookups = 0
+
+    async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
+        self.lookups += 1
+        await asyncio.sleep(0.01)  # a round trip, so concurrent first sights overlap
+        if merchant_id != M or transaction_id not in self.known:
+            raise NotFound("no such transaction", reason="TRANSACTION_NOT_FOUND")
+        return TransactionFacts(transaction_id, M, self.known[transaction_id], "USD", False)
+
+
+class _Connector:
+    """The sandbox, with a hook that runs right after each authorization (before the
+    payment service records the outcome)."""
+
+    def __init__(self) -> None:
+        self.sandbox = SandboxConnector()
+        self.after_authorize: Callable[[str], Awaitable[None]] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sandbox, name)
+
+    async def authorize(self, request: AuthorizeRequest) -> ConnectorResult:
+        result = await self.sandbox.authorize(request)
+        if self.after_authorize is not None:
+            await self.after_authorize(request.payment_id)
+        return result
+
+
+@dataclass
+class World:
+    engine: AsyncEngine
+    store: PaymentStore
+    transactions: _Transactions
+    connector: _Connector
+    service: PaymentService
+
+    async def pay(
+        self, transaction_id: str, amount: int, *, key: str | None = None, manual: bool = False
+    ) -> Any:
+        return await self.service.create_payment(
+            MERCHANT,
+            CreatePaymentInput(
+                transaction_id=transaction_id,
+                amount=amount,
+                method=PaymentMethodType.CARD,
+                capture_mode=CaptureMode.MANUAL if manual else CaptureMode.AUTOMATIC,
+                card=CardInput("4242424242424242", 1, EXPIRY, "123"),
+            ),
+            idempotency_key=key,
+        )
+
+    async def count(self, table: sa.Table, *where: Any) -> int:
+        async with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(table).where(*where)
+            return int((await conn.execute(query)).scalar_one())
+
+    async def ref(self, transaction_id: str) -> Any:
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(
+                    sa.select(transaction_refs).where(
+                        transaction_refs.c.transaction_id == transaction_id
+                    )
+                )
+            ).one()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def world(
+    request: pytest.FixtureRequest,
+    settings_factory: Callable[..., Settings],
+    make_engine: Callable[..., AsyncEngine],
+    tmp_path: Path,
+) -> AsyncIterator[World]:
+    if request.param == "postgresql":
+        settings = settings_factory("payments")
+        await asyncio.to_thread(
+            migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+        )
+        engine = make_engine(settings.db_schema)
+    else:
+        url = f"sqlite:///{tmp_path}/payments.db"
+        await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
+        engine = make_engine("main", url=url)
+    store = PaymentStore(engine)
+    transactions = _Transactions({"txn_1": 10_000, "txn_2": 10_000})
+    connector = _Connector()
+    service = PaymentService(
+        store,
+        connector,  # type: ignore[arg-type]  # a Connector, by delegation
+        transactions,  # type: ignore[arg-type]  # CreatePayment only looks up
+        idempotency=Idempotency(idempotency_keys),
+        fingerprint_key=secrets.token_bytes(32),
+        request_key=secrets.token_bytes(32),
+        page_tokens=PageToken(secrets.token_bytes(32)),
+    )
+    yield World(engine, store, transactions, connector, service)
+
+
+@pytest.mark.parametrize("seen_before", [False, True], ids=["first-sight", "known"])
+async def test_concurrent_payments_on_one_transaction_hold_within_its_amount(
+    world: World, seen_before: bool
+) -> None:
+    # 30 payments of 400 on a transaction of 10 000, each with its own key: exactly 25
+    # fit. First sight: the requests race to insert the ref, then to take their hold.
+    # Known: they all read the same ref and race to update it from what they read.
+    earlier = 1 if seen_before else 0
+    if seen_before:
+        await world.pay("txn_1", 400, key="k-first", manual=True)
+    results = await asyncio.gather(
+        *(world.pay("txn_1", 400, key=f"k{i}", manual=True) for i in range(30 - earlier)),
+        return_exceptions=True,
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(held) == 25 - earlier, refused
+    assert all(p.status is PaymentStatus.REQUIRES_CAPTURE for p in held)
+    assert len(refused) == 5
+    for error in refused:
+        assert isinstance(error, FailedPrecondition), error
+        assert error.reason == "AMOUNT_EXCEEDS_REMAINING"
+        assert error.metadata["remaining"] == "0"
+    ref = await world.ref("txn_1")
+    assert (ref.held_amount, ref.captured_amount) == (10_000, 0)
+    assert await world.count(payments) == 25
+    # A refused payment's claim went with its rollback: only the held ones keep a key.
+    assert await world.count(idempotency_keys) == 25
+    lookups = world.transactions.lookups
+    assert (lookups == 1) if seen_before else (1 <= lookups <= 30)
+    with pytest.raises(FailedPrecondition):
+        await world.pay("txn_1", 1, key="late")
+    assert world.transactions.lookups == lookups
+
+
+async def test_a_replay_and_a_known_transaction_need_no_lookup(world: World) -> None:
+    first = await world.pay("txn_1", 400, key="k")
+    assert first.status is PaymentStatus.SUCCEEDED
+    assert world.transactions.lookups == 1
+    assert await world.pay("txn_1", 400, key="k") == first
+    second = await world.pay("txn_1", 300, key="k2")
+    third = await world.pay("txn_1", 300)
+    assert len({first.id, second.id, third.id}) == 3
+    assert world.transactions.lookups == 1
+    ref = await world.ref("txn_1")
+    assert (ref.held_amount, ref.captured_amount) == (0, 1000)
+    assert await world.count(outbox) == 6  # AUTHORIZATION + CAPTURE for each
+
+
+async def test_a_reused_key_is_reported_before_an_unknown_transaction(world: World) -> None:
+    await world.pay("txn_1", 400, key="k")
+    with pytest.raises(AlreadyExists) as reused:
+        await world.pay("txn_unknown", 400, key="k")
+    assert reused.value.reason == "IDEMPOTENCY_KEY_REUSED"
+    with pytest.raises(NotFound) as unknown:
+        await world.pay("txn_unknown", 400, key="fresh")
+    assert unknown.value.reason == "TRANSACTION_NOT_FOUND"
+    assert await world.count(payments) == 1
+    assert await world.count(idempotency_keys) == 1
+
+
+@pytest.mark.parametrize("other_hold", [0, 1000], ids=["alone", "beside-another-hold"])
+async def test_a_payment_settled_by_the_reconciler_meanwhile_is_settled_once(
+    world: World, other_hold: int
+) -> None:
+    # The reconciler settles the payment between the authorization and the request's
+    # own settlement, which then must find it settled (alone: the hold it would release
+    # is gone from the ref; beside another hold: only the payment row tells).
+    if other_hold:
+        await world.pay("txn_1", other_hold, manual=True)
+
+    async def reconcile(payment_id: str) -> None:
+        found = await world.store.get_payment(M, payment_id)
+        assert found is not None and found.status is PaymentStatus.PROCESSING
+        reconciled = await world.service.reconcile_payment(found)
+        assert reconciled.status is PaymentStatus.SUCCEEDED
+
+    world.connector.after_authorize = reconcile
+    payment = await world.pay("txn_1", 400, key="k")
+    world.connector.after_authorize = None
+    assert payment.status is PaymentStatus.SUCCEEDED
+    assert payment.captured_amount == 400
+    assert await world.pay("txn_1", 400, key="k") == payment
+    ref = await world.ref("txn_1")
+    movements = 2 + (1 if other_hold else 0)
+    assert (ref.held_amount, ref.captured_amount, ref.movement_count) == (
+        other_hold,
+        400,
+        movements,
+    )
+    assert await world.count(outbox, outbox.c.transaction_id == "txn_1") == movements
+
+
+async def test_movements_are_appended_in_order_whatever_their_number(world: World) -> None:
+    # Movements go to the outbox in multi-row INSERTs, in chunks past a few hundred.
+    now = datetime.now(UTC)
+    ref = TransactionRef("txn_many", M, 10_000, "USD")
+
+    def failures(count: int) -> list[Movement]:
+        deltas = tuple(MovementDelta(MovementKind.FAILURE, f"pay_{i}") for i in range(count))
+        return movements_from_deltas(deltas, merchant_id=M, transaction_id="txn_many", now=now)
+
+    made = failures(600) + failures(3)
+    async with world.store.transaction() as tx:
+        assert await tx.insert_ref(ref, now)
+        assert not await tx.insert_ref(ref, now)
+        await tx.update_ref(ref, ref, made[:600], now)
+        await tx.update_ref(ref, ref, made[600:], now)
+    async with world.engine.connect() as conn:
+        rows = (
+            await conn.execute(sa.select(outbox.c.id, outbox.c.seq).order_by(outbox.c.seq))
+        ).all()
+    assert [(r.id, r.seq) for r in rows] == [(m.id, seq) for seq, m in enumerate(made, 1)]
+    assert (await world.ref("txn_many")).movement_count == 603
+
+
+# -- both real services --------------------------------------------------------------------
+
+
+async def test_concurrent_first_sights_through_both_services(mesh: Any) -> None:
+    txn = await mesh.create_transaction(M, 10_000)
+    md = mesh.merchant(M)
+
+    async def pay(i: int) -> Any:
+        request = pb.CreatePaymentRequest(
+            payment=mesh.card_payment(txn.id, amount=500), request_id=f"first-sight-{i}"
+        )
+        try:
+            return (await mesh.payments.CreatePayment(request, metadata=md)).payment
+        except grpc.aio.AioRpcError as exc:
+            return mesh.rpc_error(exc)
+
+    results = await asyncio.gather(*(pay(i) for i in range(25)))
+    paid = [r for r in results if isinstance(r, pb.Payment)]
+    refused = [r for r in results if not isinstance(r, pb.Payment)]
+    assert len(paid) == 20, refused
+    assert all(p.status == pb.PAYMENT_STATUS_SUCCEEDED for p in paid)
+    assert {(e.code, e.reason) for e in refused} == {
+        (grpc.StatusCode.FAILED_PRECONDITION, "AMOUNT_EXCEEDS_REMAINING")
+    }
+    await mesh.drain()
+    after = await mesh.assert_transaction_matches_payments(M, txn.id)
+    assert after.captured_amount == 10_000
+
+
+async def test_replays_need_no_transaction_service(mesh: Any) -> None:
+    seen = await mesh.create_transaction(M, 1000)
+    unseen = await mesh.create_transaction(M, 1000)
+    first = await mesh.pay(M, seen.id, amount=100, request_id="k")
+    await mesh.stop_transactions()
+    # The ref is known: a replay and a new payment do without the lookup.
+    assert await mesh.pay(M, seen.id, amount=100, request_id="k") == first
+    second = await mesh.pay(M, seen.id, amount=100, request_id="k2")
+    assert second.status == pb.PAYMENT_STATUS_SUCCEEDED
+    # A key reused on a transaction the lookup cannot reach is still a reused key.
+    reused = await mesh.call_error(mesh.pay(M, unseen.id, amount=100, request_id="k"))
+    assert (reused.code, reused.reason) == (
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    down = await mesh.call_error(mesh.pay(M, unseen.id, amount=100, request_id="k3"))
+    assert (down.code, down.reason) == (grpc.StatusCode.UNAVAILABLE, "TRANSACTIONS_UNAVAILABLE")
+    assert (await mesh.count_rows())["payments"] == 2

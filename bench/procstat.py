@@ -163,6 +163,11 @@ class Sampler:
 
     `groups` maps a group name to a function returning its current pids; `pss_groups`
     names the groups whose memory is reported as summed PSS (PostgreSQL).
+
+    The sampler shares the cores it measures, so it samples rarely: CPU counters are
+    cumulative and VmHWM is the kernel's own peak, so only PostgreSQL's summed PSS and
+    processes that exit mid-phase lose precision. At 0.5 s it cost ~0.09 cores (reading
+    46 PostgreSQL backends' smaps_rollup), 5% of the 2-core box.
     """
 
     def __init__(
@@ -170,7 +175,7 @@ class Sampler:
         groups: dict[str, GroupSource],
         *,
         pss_groups: Iterable[str] = (),
-        interval: float = 0.5,
+        interval: float = 2.0,
     ) -> None:
         self._groups = groups
         self._pss_groups = set(pss_groups)

@@ -3,7 +3,8 @@
 PostgreSQL: `pg_url` (PI_TEST_DATABASE_URL, default postgresql://root@127.0.0.1:5432/test);
 `pg_schema` is a fresh schema per test (`t_<hex>`), dropped with CASCADE afterwards;
 `pg_schema_module` is the same per test module. `make_engine(schema)` builds an engine the
-fixture disposes of.
+fixture disposes of; `await make_database(schema)` a `Database` (its pool opened, on that
+engine or a new one) the fixture closes.
 
 Redis: `redis_url` (PI_TEST_REDIS_URL, default redis://127.0.0.1:6379/9); `redis_prefix`
 is unique per test and its keys are deleted afterwards; `redis_cache` is a `RedisCache`
@@ -26,7 +27,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import jwt
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
 from pi.platform.crypto import MasterKeys
+from pi.platform.database import Database, open_database_for
 from pi.platform.db import create_engine_for
 
 DEFAULT_PG_URL = "postgresql://root@127.0.0.1:5432/test"
@@ -107,6 +109,30 @@ async def make_engine(pg_url: str) -> AsyncIterator[Callable[..., AsyncEngine]]:
     yield make
     for engine in engines:
         await engine.dispose()
+
+
+# Small pools: many are open at once in tests, and each opens all its connections.
+TEST_POOL_SIZE = 4
+
+
+@pytest.fixture
+async def make_database(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[Database]]]:
+    """`await make_database(schema, url=pg_url, engine=None)`: a `Database` on `engine` (or
+    a new one), with a pool of `TEST_POOL_SIZE` on PostgreSQL; closed after the test."""
+    databases: list[Database] = []
+
+    async def make(
+        schema: str, url: str | None = None, engine: AsyncEngine | None = None
+    ) -> Database:
+        database = await open_database_for(
+            url or pg_url, schema, engine=engine, pool_size=TEST_POOL_SIZE
+        )
+        databases.append(database)
+        return database
+
+    yield make
+    for database in databases:
+        await database.close()
 
 
 # Redis ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         hash_secret,
         verify_secret,
     )
+    from pi.platform.database import Database, open_database, open_database_for
     from pi.platform.db import UtcDateTime, create_engine, create_engine_for, is_postgres
     from pi.platform.errors import (
         Aborted,
@@ -82,6 +83,7 @@ _EXPORTS: dict[str, str] = {
         ),
         "crypto",
     ),
+    **dict.fromkeys(("Database", "open_database", "open_database_for"), "database"),
     **dict.fromkeys(("UtcDateTime", "create_engine", "create_engine_for", "is_postgres"), "db"),
     **dict.fromkeys(
         (
@@ -148,6 +150,7 @@ __all__ = [
     "Claim",
     "Code",
     "ConfigError",
+    "Database",
     "DecryptionError",
     "DomainError",
     "ErrorInterceptor",
@@ -191,6 +194,8 @@ __all__ = [
     "key_from",
     "listen_for_revocations",
     "new_id",
+    "open_database",
+    "open_database_for",
     "page_size",
     "principal_of",
     "printable_text",

@@ -7,7 +7,7 @@ use case in ONE database transaction:
     key = key_from(request.request_id, context)    # servicer: request_id or header
     fp = fingerprint(request)                      # servicer: request minus request_id
 
-    async with engine.begin() as conn:             # use case
+    async with database.transaction() as conn:     # use case
         claim = await idem.claim(conn, merchant_id, "CreatePayment", key, fp)
         if claim.replay is not None:
             return decode(claim.replay)
@@ -57,10 +57,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform.errors import Aborted, AlreadyExists, InvalidArgument
-from pi.platform.statements import Record, Statement
+from pi.platform.statements import Conn, Record, Statement
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"
@@ -119,6 +118,9 @@ class Idempotency:
             .where(same_key)
             .values(response=bindparam("p_response", type_=t.c.response.type))
         )
+        self._purge = Statement(
+            delete(t).where(t.c.create_time < bindparam("p_cutoff", type_=t.c.create_time.type))
+        )
 
     @property
     def table(self) -> Table:
@@ -126,7 +128,7 @@ class Idempotency:
 
     async def claim(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         scope: str,
         operation: str,
         key: str | None,
@@ -173,7 +175,7 @@ class Idempotency:
 
     async def reject_reuse(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         scope: str,
         operation: str,
         key: str | None,
@@ -188,13 +190,11 @@ class Idempotency:
         if row is not None:
             _check_same_request(row, key, fingerprint)
 
-    async def _stored_row(
-        self, conn: AsyncConnection, scope: str, operation: str, key: str
-    ) -> Record | None:
+    async def _stored_row(self, conn: Conn, scope: str, operation: str, key: str) -> Record | None:
         params = {"p_scope": scope, "p_operation": operation, "p_key": key}
         return await self._stored.first(conn, params)
 
-    async def complete(self, conn: AsyncConnection, claim: Claim, response: bytes) -> None:
+    async def complete(self, conn: Conn, claim: Claim, response: bytes) -> None:
         """Store the response for replays, in the same transaction as the effect."""
         if claim.key is None:
             return
@@ -210,13 +210,11 @@ class Idempotency:
             },
         )
 
-    async def purge(self, conn: AsyncConnection, older_than: timedelta = RETENTION) -> int:
+    async def purge(self, conn: Conn, older_than: timedelta = RETENTION) -> int:
         """Delete keys older than `older_than` (≥ 24 h); returns how many."""
         if older_than < RETENTION:
             raise ValueError("idempotency keys are kept at least 24 hours")
-        cutoff = datetime.now(UTC) - older_than
-        result = await conn.execute(delete(self._table).where(self._table.c.create_time < cutoff))
-        return int(result.rowcount or 0)
+        return await self._purge.execute(conn, {"p_cutoff": datetime.now(UTC) - older_than})
 
 
 def _check_same_request(row: Record, key: str, fingerprint: str) -> None:

@@ -12,10 +12,15 @@ the SQLAlchemy one, as a server-side prepared statement:
     row = await _GET.first(conn, {"p_id": account_id})
     row.balance
 
+`conn` is a `Conn`: a SQLAlchemy `AsyncConnection` (on psycopg, the statement runs on
+the psycopg connection under it) or a psycopg `AsyncConnection` itself, as a
+`pi.platform.database.Database` hands out on PostgreSQL (no SQLAlchemy at all then).
+
 - Same transaction: the statement runs on the caller's connection, so it is part of the
-  transaction `engine.begin()` started, and commits or rolls back with it; on an
-  AUTOCOMMIT connection it commits on its own. On a connection with no transaction yet,
-  SQLAlchemy's transaction is begun first, as `conn.execute` would.
+  transaction `engine.begin()` (or the psycopg connection's `transaction()`) started,
+  and commits or rolls back with it; on an AUTOCOMMIT connection it commits on its own.
+  On a SQLAlchemy connection with no transaction yet, SQLAlchemy's transaction is begun
+  first, as `conn.execute` would.
 - Same values: parameters go through the column types' bind processors (`UtcDateTime`,
   JSON(B) → `Jsonb`, ...) and result columns through their result processors, so rows
   hold what `conn.execute` would give. Rows are named tuples: `row.column` or `row[i]`.
@@ -44,14 +49,14 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import psycopg
 from psycopg.rows import RowMaker
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 from sqlalchemy import Column, Insert, Update
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import PoolProxiedConnection
@@ -60,7 +65,10 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["Record", "Statement"]
+__all__ = ["Conn", "Record", "Statement", "sqlalchemy_error"]
+
+#: A connection statements run on: SQLAlchemy's, or a psycopg one (see the module doc).
+Conn: TypeAlias = AsyncConnection | psycopg.AsyncConnection[Any]
 
 # The dialect statements are compiled for: the one `create_engine` uses on PostgreSQL,
 # with its DB-API module loaded so that types see what they see on a real engine.
@@ -68,8 +76,8 @@ _PSYCOPG: Dialect = PGDialectAsync_psycopg(dbapi=PGDialectAsync_psycopg.import_d
 
 _NO_PARAMS: Mapping[str, Any] = {}
 
-# The key of a connection's reused cursors in its pool `info`.
-_CURSORS = "pi.platform.statements.cursors"
+# The attribute of a psycopg connection that holds its reused cursors.
+_CURSORS = "_pi_statement_cursors"
 
 _Processor = Callable[[Any], Any]
 
@@ -88,7 +96,7 @@ class Statement:
     """A Core statement compiled once and run on PostgreSQL as a prepared statement.
 
     Build it once (at module level, next to the tables), run it with `execute`, `first`,
-    `one` or `all` on the caller's `AsyncConnection` with a mapping of parameter values
+    `one` or `all` on the caller's connection (`Conn`) with a mapping of parameter values
     by bind name (a prebuilt INSERT's are its column keys), or with `execute_many` and
     one such mapping per run.
     """
@@ -135,17 +143,15 @@ class Statement:
     def __repr__(self) -> str:
         return f"Statement({self.sql!r})"
 
-    async def execute(self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS) -> int:
+    async def execute(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> int:
         """Run the statement; the number of rows it affected (or returned)."""
-        pooled = _pooled_psycopg_connection(conn)
-        if pooled is None:
-            return int((await conn.execute(self._fallback, params)).rowcount)
-        cursor = await self._run(conn, pooled, params)
+        driver = _psycopg_connection(conn)
+        if driver is None:
+            return int((await self._run_fallback(conn, params)).rowcount)
+        cursor = await self._run(conn, driver, params)
         return cursor.rowcount
 
-    async def execute_many(
-        self, conn: AsyncConnection, params_seq: Iterable[Mapping[str, Any]]
-    ) -> int:
+    async def execute_many(self, conn: Conn, params_seq: Iterable[Mapping[str, Any]]) -> int:
         """Run the statement once per mapping, in order; the number of rows they affected.
 
         For statements that return no rows (a SELECT or RETURNING is refused). On
@@ -158,30 +164,28 @@ class Statement:
         runs = list(params_seq)
         if not runs:  # conn.execute would run the statement once, with no parameters
             return 0
-        pooled = _pooled_psycopg_connection(conn)
-        if pooled is None:
-            return int((await conn.execute(self._fallback, runs)).rowcount)
+        driver = _psycopg_connection(conn)
+        if driver is None:
+            return int((await self._run_fallback(conn, runs)).rowcount)
         try:
             # Every run bound before any is sent: a bad value (a naive datetime) fails the
             # call without running part of it.
             values = [self._bind(params) for params in runs]
-            cursor = self._cursor(pooled)
+            cursor = self._cursor(driver)
             await cursor.executemany(self.sql, values)
         except Exception as error:
-            raise await _sqlalchemy_error(conn, self.sql, runs, error) from error
+            raise await _mapped_error(conn, self.sql, runs, error) from error
         return cursor.rowcount
 
-    async def first(
-        self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS
-    ) -> Record | None:
+    async def first(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> Record | None:
         """The first row, or None when there is none."""
-        pooled = _pooled_psycopg_connection(conn)
-        if pooled is None:
-            return (await conn.execute(self._fallback, params)).first()
-        cursor = await self._run(conn, pooled, params)
+        driver = _psycopg_connection(conn)
+        if driver is None:
+            return (await self._run_fallback(conn, params)).first()
+        cursor = await self._run(conn, driver, params)
         return await cursor.fetchone()
 
-    async def one(self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS) -> Record:
+    async def one(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> Record:
         """Exactly one row; `NoResultFound` or `MultipleResultsFound` otherwise."""
         rows = await self.all(conn, params)
         if not rows:
@@ -190,38 +194,44 @@ class Statement:
             raise MultipleResultsFound("Multiple rows were found when exactly one was required")
         return rows[0]
 
-    async def all(
-        self, conn: AsyncConnection, params: Mapping[str, Any] = _NO_PARAMS
-    ) -> list[Record]:
+    async def all(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> list[Record]:
         """Every row."""
-        pooled = _pooled_psycopg_connection(conn)
-        if pooled is None:
-            return list((await conn.execute(self._fallback, params)).all())
-        cursor = await self._run(conn, pooled, params)
+        driver = _psycopg_connection(conn)
+        if driver is None:
+            return list((await self._run_fallback(conn, params)).all())
+        cursor = await self._run(conn, driver, params)
         return await cursor.fetchall()
 
     async def _run(
-        self, conn: AsyncConnection, pooled: PoolProxiedConnection, params: Mapping[str, Any]
+        self, conn: Conn, driver: psycopg.AsyncConnection[Any], params: Mapping[str, Any]
     ) -> psycopg.AsyncCursor[Record]:
         try:
             values = self._bind(params)
-            cursor = self._cursor(pooled)
+            cursor = self._cursor(driver)
             await cursor.execute(self.sql, values, prepare=True)
         except Exception as error:
-            raise await _sqlalchemy_error(conn, self.sql, params, error) from error
+            raise await _mapped_error(conn, self.sql, params, error) from error
         return cursor
 
-    def _cursor(self, pooled: PoolProxiedConnection) -> psycopg.AsyncCursor[Record]:
+    async def _run_fallback(
+        self, conn: Conn, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> CursorResult[Any]:
+        if not isinstance(conn, AsyncConnection):  # pragma: no cover - psycopg runs `sql`
+            raise TypeError(f"not a SQLAlchemy connection: {conn!r}")
+        return await conn.execute(self._fallback, params)
+
+    def _cursor(self, driver: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Record]:
         # A cursor per statement and connection, reused: a new one builds its adapters
         # map and transformer again (about a tenth of the statement's CPU). They are kept
-        # in the pool's info of the connection, which is emptied when the connection is
-        # closed or replaced.
-        cursors: dict[Statement, psycopg.AsyncCursor[Record]] | None = pooled.info.get(_CURSORS)
+        # on the psycopg connection itself, so they go when it is closed or replaced,
+        # whichever pool (SQLAlchemy's or psycopg's) held it.
+        attributes = driver.__dict__
+        cursors: dict[Statement, psycopg.AsyncCursor[Record]] | None = attributes.get(_CURSORS)
         if cursors is None:
-            cursors = pooled.info[_CURSORS] = {}
+            cursors = attributes[_CURSORS] = {}
         cursor = cursors.get(self)
         if cursor is None:
-            cursor = cursors[self] = _new_cursor(_driver(pooled), self._row_factory)
+            cursor = cursors[self] = _new_cursor(driver, self._row_factory)
         return cursor
 
     def _bind(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -282,21 +292,24 @@ def _row_maker(
     return process_and_make if processors else make
 
 
-def _pooled_psycopg_connection(conn: AsyncConnection) -> PoolProxiedConnection | None:
-    """The pooled psycopg connection under `conn`, in a transaction unless in autocommit.
+def _psycopg_connection(conn: Conn) -> psycopg.AsyncConnection[Any] | None:
+    """The psycopg connection `conn` is or runs on; on a SQLAlchemy connection, in a
+    transaction unless in autocommit.
 
     None when `conn` is not on psycopg (SQLite): the caller uses `conn.execute`.
     """
+    if isinstance(conn, psycopg.AsyncConnection):
+        return conn
     sync = conn.sync_connection
     if sync is None or sync.dialect.driver != "psycopg" or sync.invalidated:
         return None
-    pooled = sync.connection
-    if not _driver(pooled).autocommit and sync.get_transaction() is None:
+    driver = _driver(sync.connection)
+    if not driver.autocommit and sync.get_transaction() is None:
         # What `conn.execute` does first (autobegin), so that `conn.commit()` commits what
         # runs here; psycopg itself sends BEGIN before the statement. On psycopg this is
         # bookkeeping only (no I/O), so it needs no greenlet.
         sync.begin()
-    return pooled
+    return driver
 
 
 def _new_cursor(
@@ -316,13 +329,37 @@ def _driver(pooled: PoolProxiedConnection) -> psycopg.AsyncConnection[Any]:
     return cast("psycopg.AsyncConnection[Any]", pooled.driver_connection)
 
 
-async def _sqlalchemy_error(
-    conn: AsyncConnection,
+def sqlalchemy_error(
+    error: Exception,
+    conn: psycopg.AsyncConnection[Any] | None,
+    sql: str | None = None,
+    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] = _NO_PARAMS,
+) -> Exception:
+    """`error`, raised by psycopg on `conn` (or while binding `params`), as SQLAlchemy
+    raises it from `conn.execute`: a `DBAPIError` subclass (`IntegrityError`,
+    `OperationalError`, ...; `connection_invalidated` if `conn` broke) with `error` as
+    `orig`, or a `StatementError`."""
+    return DBAPIError.instance(
+        sql,
+        dict(params) if isinstance(params, Mapping) else [dict(p) for p in params],
+        error,
+        psycopg.Error,
+        connection_invalidated=conn is not None and conn.broken,
+        dialect=_PSYCOPG,
+    )
+
+
+async def _mapped_error(
+    conn: Conn,
     sql: str,
     params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     error: Exception,
 ) -> Exception:
     """`error` as SQLAlchemy raises it from `conn.execute` (DBAPIError subclasses)."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        # The pool the connection came from replaces it if it broke (see
+        # pi.platform.database).
+        return sqlalchemy_error(error, conn, sql, params)
     sync = conn.sync_connection
     assert sync is not None
     invalidated = False

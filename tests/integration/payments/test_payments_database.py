@@ -27,6 +27,7 @@ from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, metadata, payments, transaction_refs
 from pi.platform import migrations
 from pi.platform.config import Settings
+from pi.platform.database import Database
 from pi.platform.errors import NotFound
 from pi.platform.idempotency import Idempotency
 from pi.platform.principal import Principal
@@ -217,7 +218,7 @@ async def test_the_service_runs_on_the_embedded_sqlite_default(
     url = f"sqlite:///{tmp_path}/payments.db"
     await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
     engine = make_engine("main", url=url)
-    store = PaymentStore(engine)
+    store = PaymentStore(Database(engine))
     ledger = _Ledger()
     service = PaymentService(
         store,

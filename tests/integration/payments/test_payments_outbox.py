@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, outbox
 from pi.platform import migrations
 from pi.platform.config import Settings
+from pi.platform.database import Database
 from pi.platform.errors import Unavailable
 from pi.platform.idempotency import Idempotency
 from pi.platform.principal import Principal
@@ -131,8 +132,9 @@ class World:
         )
 
 
-def _world(engine: AsyncEngine) -> World:
-    store = PaymentStore(engine)
+def _world(database: Database) -> World:
+    engine = database.engine
+    store = PaymentStore(database)
     ledger = ScriptedLedger()
     connector = SandboxConnector(settle_after=timedelta(days=1))
     dispatcher = OutboxDispatcher(store, ledger, idle_poll=60.0, base_backoff=0.005)
@@ -151,20 +153,21 @@ def _world(engine: AsyncEngine) -> World:
 
 @pytest.fixture
 async def world(
-    settings_factory: Callable[..., Settings], make_engine: Callable[..., AsyncEngine]
+    settings_factory: Callable[..., Settings],
+    make_database: Callable[..., Awaitable[Database]],
 ) -> World:
     settings = settings_factory("payments")
     await asyncio.to_thread(
         migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
     )
-    return _world(make_engine(settings.db_schema))
+    return _world(await make_database(settings.db_schema))
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def any_world(
     request: pytest.FixtureRequest,
     settings_factory: Callable[..., Settings],
-    make_engine: Callable[..., AsyncEngine],
+    make_database: Callable[..., Awaitable[Database]],
     tmp_path: Path,
 ) -> World:
     """`world` on PostgreSQL, then on the embedded SQLite."""
@@ -173,10 +176,10 @@ async def any_world(
         await asyncio.to_thread(
             migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
         )
-        return _world(make_engine(settings.db_schema))
+        return _world(await make_database(settings.db_schema))
     url = f"sqlite:///{tmp_path}/payments.db"
     await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
-    return _world(make_engine("main", url=url))
+    return _world(await make_database("main", url=url))
 
 
 async def test_movements_are_delivered_in_order_per_transaction_despite_failures(

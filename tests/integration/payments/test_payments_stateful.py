@@ -48,6 +48,7 @@ from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, payments, transaction_refs
 from pi.platform import migrations
 from pi.platform.config import Settings
+from pi.platform.database import Database, open_database_for
 from pi.platform.db import create_engine_for
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency
@@ -127,7 +128,7 @@ class _PaymentLedger:
 @dataclass
 class _World:
     loop: asyncio.AbstractEventLoop
-    engines: list[AsyncEngine]
+    databases: list[Database]
     payment_engine: AsyncEngine
     payments: PaymentService
     transactions: TransactionService
@@ -143,9 +144,15 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
     loop = asyncio.new_event_loop()
     pay_engine = create_engine_for(pay.database_url, pay.db_schema)
     txn_engine = create_engine_for(txn.database_url, txn.db_schema)
+    pay_database = loop.run_until_complete(
+        open_database_for(pay.database_url, pay.db_schema, engine=pay_engine, pool_size=4)
+    )
+    txn_database = loop.run_until_complete(
+        open_database_for(txn.database_url, txn.db_schema, engine=txn_engine, pool_size=4)
+    )
     ledger = _Ledger()
     payment_ledger = _PaymentLedger()
-    store = PaymentStore(pay_engine)
+    store = PaymentStore(pay_database)
     payment_service = PaymentService(
         store,
         SandboxConnector(),
@@ -155,7 +162,7 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
     )
-    transaction_store = TransactionStore(txn_engine)
+    transaction_store = TransactionStore(txn_database)
     transaction_service = TransactionService(
         transaction_store, payment_ledger, PageToken(secrets.token_bytes(32))
     )
@@ -163,7 +170,7 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
     payment_ledger.payments = payment_service
     return _World(
         loop=loop,
-        engines=[pay_engine, txn_engine],
+        databases=[pay_database, txn_database],
         payment_engine=pay_engine,
         payments=payment_service,
         transactions=transaction_service,
@@ -344,8 +351,8 @@ def test_payment_sequences_keep_every_ledger_invariant(
                 ),
             )
         finally:
-            for engine in world.engines:
-                world.run(engine.dispose())
+            for database in world.databases:
+                world.run(database.close())
             world.loop.close()
     finally:
         _pg_admin(f'DROP SCHEMA IF EXISTS "{txn_schema}" CASCADE')

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pi.platform import migrations
+from pi.platform.database import Database
 from pi.platform.db import create_engine_for
 from pi.platform.errors import FailedPrecondition
 from pi.platform.principal import Principal
@@ -300,7 +301,7 @@ async def test_the_embedded_sqlite_database_runs_the_use_cases(
     engine = create_engine_for(url, "transactions")
     try:
         service = TransactionService(
-            TransactionStore(engine), payments, PageToken(secrets.token_bytes(32))
+            TransactionStore(Database(engine)), payments, PageToken(secrets.token_bytes(32))
         )
         made = [
             await service.create_transaction(

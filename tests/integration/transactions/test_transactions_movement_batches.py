@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2 as pb
 from pi.platform import migrations
+from pi.platform.database import Database
 from pi.platform.db import create_engine_for
 from pi.platform.errors import (
     Aborted,
@@ -408,7 +409,7 @@ async def test_the_embedded_sqlite_database_applies_batches(tmp_path: Path, paym
     engine = create_engine_for(url, "transactions")
     try:
         service = TransactionService(
-            TransactionStore(engine), payments, PageToken(secrets.token_bytes(32))
+            TransactionStore(Database(engine)), payments, PageToken(secrets.token_bytes(32))
         )
         made = [await create(service) for _ in range(4)]
         chains = every_transition(made)
@@ -445,8 +446,9 @@ async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(params=["postgresql", "sqlite"])
 def store(request: pytest.FixtureRequest) -> TransactionStore:
     """The store on the test's PostgreSQL schema, or on an embedded SQLite database."""
-    engine = "engine" if request.param == "postgresql" else "sqlite_engine"
-    return TransactionStore(request.getfixturevalue(engine))
+    if request.param == "postgresql":
+        return TransactionStore(request.getfixturevalue("database"))
+    return TransactionStore(Database(request.getfixturevalue("sqlite_engine")))
 
 
 async def stored(store: TransactionStore, transaction_id: str) -> Transaction:

@@ -31,7 +31,7 @@ from pi.payments.tables import idempotency_keys
 from pi.platform.clients import service_channel
 from pi.platform.config import Settings
 from pi.platform.crypto import MasterKeys
-from pi.platform.db import create_engine
+from pi.platform.database import Database, open_database
 from pi.platform.idempotency import Idempotency
 from pi.platform.interceptors import AuthInterceptor
 from pi.platform.server import BackgroundTask, periodic
@@ -61,6 +61,7 @@ class PaymentsApp:
 
     settings: Settings
     engine: AsyncEngine
+    database: Database
     store: PaymentStore
     connector: Connector
     ledger: TransactionLedger
@@ -100,7 +101,7 @@ class PaymentsApp:
         for channel in self.channels:
             await channel.close()
         await self.authentication.close()
-        await self.engine.dispose()
+        await self.database.close()
 
 
 def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
@@ -123,8 +124,8 @@ async def build(
     """Wire the service. Without `ledger` it calls the transaction service at
     `settings.transactions_target`; without `key_source` it fetches the JWKS from and
     polls revocations at `settings.auth_target` (see `pi.platform.wiring.authentication`)."""
-    engine = engine or create_engine(settings)
-    store = PaymentStore(engine)
+    database = await open_database(settings, engine)
+    store = PaymentStore(database)
     master_keys = MasterKeys(settings.master_keys)
     connector = connector or SandboxConnector()
     channels: list[grpc.aio.Channel] = []
@@ -151,7 +152,8 @@ async def build(
     callers = authentication(settings, keys=key_source)
     app = PaymentsApp(
         settings=settings,
-        engine=engine,
+        engine=database.engine,
+        database=database,
         store=store,
         connector=connector,
         ledger=ledger,

@@ -10,7 +10,10 @@ unrecorded charge (DESIGN.md, "never a double charge"):
 
 1. validate (nothing written on bad input); read the ref without a transaction and,
    on first sight of the transaction, look it up at the transaction service (outside
-   any database transaction: a replayed key always finds its ref, so never needs this);
+   any database transaction: a replayed key always finds its ref, so never needs this).
+   The transaction service usually pushes the ref ahead (`register_transactions`,
+   right after CreateTransaction), so the lookup is only the fallback for a ref that
+   has not arrived yet;
 2. T1: claim the idempotency key already holding "pending <payment id>" (the id is made
    up front), check the budget and insert the payment as PROCESSING holding its amount.
    The ref is inserted holding it on first sight, or updated only if it is still what
@@ -35,7 +38,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +112,8 @@ __all__ = [
     "PaymentPage",
     "PaymentService",
     "RefundResult",
+    "RegisterResult",
+    "TransactionFactsInput",
 ]
 
 log = logging.getLogger(__name__)
@@ -124,6 +129,8 @@ REASON_PROCESSOR_UNAVAILABLE = "PROCESSOR_UNAVAILABLE"
 REASON_TRANSACTION_MISMATCH = "TRANSACTION_MISMATCH"
 
 MAX_ID_LENGTH = 64
+MAX_REGISTERED_TRANSACTIONS = 1000
+"""At most this many transactions per `register_transactions` call (payments.proto)."""
 
 # Idempotency responses of CreatePayment: "pending" with the payment id after T1, the
 # final payment snapshot after T2.
@@ -162,6 +169,24 @@ class CloseResult:
     voided_payment_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionFactsInput:
+    """A transaction's facts as RegisterTransactions sends them (unvalidated)."""
+
+    transaction_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    """How many refs were new, and which transactions were known with other facts."""
+
+    registered_count: int
+    conflicting_transaction_ids: tuple[str, ...]
+
+
 class _Superseded(Exception):
     """Rolls back a settlement whose key or payment changed since T1."""
 
@@ -197,6 +222,41 @@ def _id_problem(value: str) -> str | None:
     if len(value) > MAX_ID_LENGTH or not all("!" <= c <= "~" for c in value):
         return f"must be an identifier of at most {MAX_ID_LENGTH} visible ASCII characters"
     return None
+
+
+def _validate_facts(transactions: Sequence[TransactionFactsInput]) -> list[TransactionRef]:
+    """RegisterTransactions' transactions as refs holding nothing; every invalid field
+    reported at once (InvalidArgument)."""
+    errors = ValidationErrors()
+    if not transactions:
+        errors.add("transactions", "is required")
+    elif len(transactions) > MAX_REGISTERED_TRANSACTIONS:
+        errors.add("transactions", f"must hold at most {MAX_REGISTERED_TRANSACTIONS} transactions")
+    else:
+        seen: set[str] = set()
+        for index, facts in enumerate(transactions):
+            field = f"transactions[{index}]"
+            if (problem := _id_problem(facts.transaction_id)) is not None:
+                errors.add(f"{field}.transaction_id", problem)
+            elif facts.transaction_id in seen:
+                errors.add(f"{field}.transaction_id", "appears more than once")
+            seen.add(facts.transaction_id)
+            if (problem := _id_problem(facts.merchant_id)) is not None:
+                errors.add(f"{field}.merchant_id", problem)
+            if (problem := amount_problem(facts.amount)) is not None:
+                errors.add(f"{field}.amount", problem)
+            if (problem := currency_problem(facts.currency)) is not None:
+                errors.add(f"{field}.currency", problem)
+    errors.raise_if_any("The request has invalid fields.")
+    return [
+        TransactionRef(
+            transaction_id=facts.transaction_id,
+            merchant_id=facts.merchant_id,
+            amount=facts.amount,
+            currency=facts.currency,
+        )
+        for facts in transactions
+    ]
 
 
 class PaymentService:
@@ -848,6 +908,39 @@ class PaymentService:
         )
         return CloseResult(
             movement_id=movement_id, voided_payment_ids=tuple(v.id for v in change.voided)
+        )
+
+    # -- PaymentLedgerService.RegisterTransactions ----------------------------------------
+
+    async def register_transactions(
+        self, principal: Principal, transactions: Sequence[TransactionFactsInput]
+    ) -> RegisterResult:
+        """Learn transactions ahead of their first payment, as refs holding nothing, so
+        that CreatePayment finds them without a lookup. Idempotent: a transaction that
+        has a ref already keeps it untouched (its facts never change); one whose ref says
+        otherwise is reported and logged, never overwritten."""
+        require_service(principal)
+        refs = _validate_facts(transactions)
+        now = self._clock()
+        async with self._store.transaction() as tx:
+            inserted = await tx.insert_refs(refs, now)
+            known = await tx.get_refs(
+                [ref.transaction_id for ref in refs if ref.transaction_id not in inserted]
+            )
+        conflicting = tuple(
+            ref.transaction_id
+            for ref in refs
+            if (old := known.get(ref.transaction_id)) is not None
+            and (old.merchant_id, old.amount, old.currency)
+            != (ref.merchant_id, ref.amount, ref.currency)
+        )
+        if conflicting:
+            log.warning(
+                "registered transactions differ from their refs; the refs are kept",
+                extra={"count": len(conflicting), "transaction_ids": list(conflicting[:10])},
+            )
+        return RegisterResult(
+            registered_count=len(inserted), conflicting_transaction_ids=conflicting
         )
 
     # -- helpers --------------------------------------------------------------------------

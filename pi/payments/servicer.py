@@ -22,7 +22,7 @@ from pi.payments.domain import (
     WalletInput,
     WalletType,
 )
-from pi.payments.service import CreatePaymentInput, PaymentService
+from pi.payments.service import CreatePaymentInput, PaymentService, TransactionFactsInput
 from pi.platform.idempotency import key_from
 from pi.platform.principal import principal_of
 from pi.platform.protobuf import timestamp
@@ -223,4 +223,24 @@ class PaymentLedgerServicer(payments_pb2_grpc.PaymentLedgerServiceServicer):
         return payments_pb2.CloseTransactionResponse(
             movement_id=result.movement_id,
             voided_payment_ids=list(result.voided_payment_ids),
+        )
+
+    async def RegisterTransactions(
+        self, request: payments_pb2.RegisterTransactionsRequest, context: Context
+    ) -> payments_pb2.RegisterTransactionsResponse:
+        result = await self._payments.register_transactions(
+            principal_of(context),
+            [
+                TransactionFactsInput(
+                    transaction_id=facts.transaction_id,
+                    merchant_id=facts.merchant_id,
+                    amount=facts.amount,
+                    currency=facts.currency,
+                )
+                for facts in request.transactions
+            ],
+        )
+        return payments_pb2.RegisterTransactionsResponse(
+            registered_count=result.registered_count,
+            conflicting_transaction_ids=list(result.conflicting_transaction_ids),
         )

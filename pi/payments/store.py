@@ -15,10 +15,10 @@ caller locks and decides again).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,10 +48,11 @@ from pi.payments.tables import (
     refunds,
     transaction_refs,
 )
-from pi.platform.db import autocommit
+from pi.platform.database import Database
+from pi.platform.db import is_postgres
 from pi.platform.errors import Aborted
 from pi.platform.idempotency import Idempotency
-from pi.platform.statements import Record, Statement
+from pi.platform.statements import Conn, Record, Statement
 from pi.transactions.domain import Movement
 
 __all__ = [
@@ -227,6 +228,60 @@ _UPDATE_REF_IF_UNCHANGED = Statement(
 )
 # The same UPDATE, applied only if the row still holds what it releases.
 _UPDATE_REF_IF_HOLDING = Statement(_UPDATE_REF_QUERY.where(_refs.c.held_amount + _HELD_DELTA >= 0))
+# RegisterTransactions: many refs in one statement, holding nothing yet. On PostgreSQL the
+# refs go as one array per column, unnested into rows (one SQL text, prepared once,
+# whatever their number); SQLite gets a list of rows, sent as one many-row INSERT. No
+# conflict target, like `_INSERT_REF`: a ref that exists already is left as it is.
+_REF_COLUMNS = ("transaction_id", "merchant_id", "amount", "currency")
+_REF_ROWS = (
+    sa.func.unnest(
+        sa.bindparam("p_transaction_id", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("p_merchant_id", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("p_amount", type_=postgresql.ARRAY(sa.BigInteger())),
+        sa.bindparam("p_currency", type_=postgresql.ARRAY(sa.String())),
+    )
+    .table_valued(*_REF_COLUMNS)
+    .render_derived(name="r")
+)
+_REF_NOW = sa.bindparam("p_now", type_=transaction_refs.c.create_time.type)
+_INSERT_REFS = Statement(
+    postgresql.insert(_refs)
+    .from_select(
+        [
+            *_REF_COLUMNS,
+            "closed",
+            "held_amount",
+            "captured_amount",
+            "refunded_amount",
+            "movement_count",
+            "create_time",
+            "update_time",
+        ],
+        sa.select(
+            *_REF_ROWS.c,
+            sa.false(),
+            *(sa.literal_column("0") for _ in range(4)),
+            _REF_NOW,
+            _REF_NOW,
+        ),
+    )
+    .on_conflict_do_nothing()
+    .returning(_refs.c.transaction_id)
+)
+_INSERT_REFS_SQLITE = (
+    sqlite.insert(transaction_refs)
+    .on_conflict_do_nothing()
+    .returning(transaction_refs.c.transaction_id)
+)
+_GET_REFS = Statement(
+    sa.select(transaction_refs).where(
+        transaction_refs.c.transaction_id
+        == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String())))
+    ),
+    fallback=sa.select(transaction_refs).where(
+        transaction_refs.c.transaction_id.in_(sa.bindparam("p_ids", expanding=True))
+    ),
+)
 _PAYMENT_ID = payments.c.id == sa.bindparam("p_id")
 _OF_MERCHANT = payments.c.merchant_id == sa.bindparam("p_merchant_id")
 # By (whether the merchant must match, whether to lock the row).
@@ -237,6 +292,13 @@ _GET_PAYMENT = {
     (True, True): Statement(sa.select(payments).where(_PAYMENT_ID, _OF_MERCHANT).with_for_update()),
 }
 _INSERT_PAYMENT = Statement(_payments.insert())
+_LOCK_PAYMENTS_OF_TRANSACTION = Statement(
+    sa.select(payments)
+    .where(payments.c.transaction_id == sa.bindparam("p_transaction_id"))
+    .order_by(payments.c.create_time, payments.c.id)
+    .with_for_update()
+)
+_INSERT_REFUND = Statement(_written(refunds).insert())
 # Conditional on the columns a change reads, so a writer that did not lock the row
 # (settlement after T1) changes it only if nobody else did in between.
 _UPDATE_PAYMENT = Statement(
@@ -310,6 +372,46 @@ _REPLACE_IDEMPOTENCY_RESPONSE = Statement(
     )
 )
 
+
+@cache
+def _list_payments_statement(*, of_transaction: bool, after: bool) -> Statement:
+    """`list_payments`' query with the filters it uses (4 at most, built once each)."""
+    p = payments
+    query = sa.select(p).where(p.c.merchant_id == sa.bindparam("p_merchant_id"))
+    if of_transaction:
+        query = query.where(p.c.transaction_id == sa.bindparam("p_transaction_id"))
+    if after:
+        time = sa.bindparam("p_after_time", type_=p.c.create_time.type)
+        last_id = sa.bindparam("p_after_id", type_=p.c.id.type)
+        query = query.where(
+            sa.or_(p.c.create_time < time, sa.and_(p.c.create_time == time, p.c.id < last_id))
+        )
+    return Statement(
+        query.order_by(p.c.create_time.desc(), p.c.id.desc()).limit(
+            sa.bindparam("p_limit", type_=sa.Integer())
+        )
+    )
+
+
+@cache
+def _processing_payments_statement(*, after: bool) -> Statement:
+    """`processing_payments`' query, from the start or after a cursor."""
+    p = payments
+    query = sa.select(p).where(
+        p.c.status == PaymentStatus.PROCESSING.value,
+        p.c.update_time < sa.bindparam("p_updated_before", type_=p.c.update_time.type),
+    )
+    if after:
+        time = sa.bindparam("p_after_time", type_=p.c.update_time.type)
+        last_id = sa.bindparam("p_after_id", type_=p.c.id.type)
+        query = query.where(
+            sa.or_(p.c.update_time > time, sa.and_(p.c.update_time == time, p.c.id > last_id))
+        )
+    return Statement(
+        query.order_by(p.c.update_time, p.c.id).limit(sa.bindparam("p_limit", type_=sa.Integer()))
+    )
+
+
 # The dispatcher's statements.
 _o = outbox
 _earlier = outbox.alias("earlier")
@@ -368,6 +470,13 @@ _COUNT_ATTEMPT = Statement(
         last_error=sa.bindparam("p_error", type_=outbox.c.last_error.type),
     )
 )
+_PURGE_DELIVERED = Statement(
+    _outbox.delete().where(
+        _outbox.c.delivered_time.is_not(None),
+        _outbox.c.delivered_time
+        < sa.bindparam("p_delivered_before", type_=outbox.c.delivered_time.type),
+    )
+)
 _POSTPONE = Statement(
     _outbox.update()
     .where(
@@ -392,7 +501,7 @@ class OutboxRow:
 class PaymentTx:
     """One database transaction of the payment service (see the module docstring)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     # -- transaction refs ---------------------------------------------------------------
@@ -500,6 +609,50 @@ class PaymentTx:
         )
         return await _UPDATE_REF_IF_UNCHANGED.first(self.conn, params) is not None
 
+    async def insert_refs(self, refs: Sequence[TransactionRef], now: datetime) -> set[str]:
+        """Insert the refs (one statement; distinct transactions, holding nothing) except
+        those whose transaction has a row already, left as they are; the ids inserted."""
+        if not refs:
+            return set()
+        conn = self.conn
+        if isinstance(conn, AsyncConnection) and not is_postgres(conn):
+            values = [
+                {
+                    "transaction_id": ref.transaction_id,
+                    "merchant_id": ref.merchant_id,
+                    "amount": ref.amount,
+                    "currency": ref.currency,
+                    "closed": False,
+                    "held_amount": 0,
+                    "captured_amount": 0,
+                    "refunded_amount": 0,
+                    "movement_count": 0,
+                    "create_time": now,
+                    "update_time": now,
+                }
+                for ref in refs
+            ]
+            rows = list(await conn.execute(_INSERT_REFS_SQLITE, values))
+        else:
+            rows = await _INSERT_REFS.all(
+                conn,
+                {
+                    "p_transaction_id": [ref.transaction_id for ref in refs],
+                    "p_merchant_id": [ref.merchant_id for ref in refs],
+                    "p_amount": [ref.amount for ref in refs],
+                    "p_currency": [ref.currency for ref in refs],
+                    "p_now": now,
+                },
+            )
+        return {row.transaction_id for row in rows}
+
+    async def get_refs(self, transaction_ids: Sequence[str]) -> dict[str, TransactionRef]:
+        """The refs of these transactions that exist (one statement, no lock), by id."""
+        if not transaction_ids:
+            return {}
+        rows = await _GET_REFS.all(self.conn, {"p_ids": list(transaction_ids)})
+        return {row.transaction_id: _ref_from_row(row) for row in rows}
+
     # -- payments -----------------------------------------------------------------------
 
     async def get_payment(
@@ -511,11 +664,8 @@ class PaymentTx:
 
     async def payments_of_transaction(self, transaction_id: str) -> list[Payment]:
         """Every payment of a transaction, oldest first, locked."""
-        rows = await self.conn.execute(
-            sa.select(payments)
-            .where(payments.c.transaction_id == transaction_id)
-            .order_by(payments.c.create_time, payments.c.id)
-            .with_for_update()
+        rows = await _LOCK_PAYMENTS_OF_TRANSACTION.all(
+            self.conn, {"p_transaction_id": transaction_id}
         )
         return [_payment_from_row(row) for row in rows]
 
@@ -540,18 +690,19 @@ class PaymentTx:
         return await _UPDATE_PAYMENT.execute(self.conn, params) == 1
 
     async def insert_refund(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None:
-        await self.conn.execute(
-            refunds.insert().values(
-                id=refund.id,
-                payment_id=refund.payment_id,
-                merchant_id=merchant_id,
-                transaction_id=transaction_id,
-                amount=refund.amount,
-                currency=refund.currency,
-                reason=refund.reason,
-                status=refund.status.value,
-                create_time=refund.create_time,
-            )
+        await _INSERT_REFUND.execute(
+            self.conn,
+            {
+                "id": refund.id,
+                "payment_id": refund.payment_id,
+                "merchant_id": merchant_id,
+                "transaction_id": transaction_id,
+                "amount": refund.amount,
+                "currency": refund.currency,
+                "reason": refund.reason,
+                "status": refund.status.value,
+                "create_time": refund.create_time,
+            },
         )
 
     # -- idempotency rows owned by the create flow ---------------------------------------
@@ -592,38 +743,36 @@ class PaymentTx:
 class PaymentStore:
     """The payment service's database, behind the queries its use cases need."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        # Reads are single statements: autocommit, no BEGIN/ROLLBACK (see pi.platform.db).
-        self._reads = autocommit(engine)
+    def __init__(self, database: Database) -> None:
+        # Reads are single statements: on `database.reading()`, autocommit, no BEGIN/COMMIT
+        # (see pi.platform.database).
+        self._database = database
 
     @property
     def engine(self) -> AsyncEngine:
-        return self._engine
+        return self._database.engine
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PaymentTx]:
         """A database transaction: committed when the block ends, rolled back on error."""
-        async with self._engine.begin() as conn:
+        async with self._database.transaction() as conn:
             yield PaymentTx(conn)
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
+    def reading(self) -> AbstractAsyncContextManager[Conn]:
         """An autocommit connection, for single-statement reads by shared helpers
         (e.g. `Idempotency.reject_reuse`)."""
-        async with self._reads.connect() as conn:
-            yield conn
+        return self._database.reading()
 
     # -- reads --------------------------------------------------------------------------
 
     async def get_ref(self, transaction_id: str) -> TransactionRef | None:
         """The ref as committed now (no lock: decide under one before relying on it)."""
-        async with self._reads.connect() as conn:
+        async with self._database.reading() as conn:
             row = await _GET_REF.first(conn, {"p_transaction_id": transaction_id})
         return None if row is None else _ref_from_row(row)
 
     async def get_payment(self, merchant_id: str, payment_id: str) -> Payment | None:
-        async with self._reads.connect() as conn:
+        async with self._database.reading() as conn:
             row = await _GET_PAYMENT[True, False].first(
                 conn, {"p_id": payment_id, "p_merchant_id": merchant_id}
             )
@@ -638,19 +787,20 @@ class PaymentStore:
         limit: int,
     ) -> list[Payment]:
         """The merchant's payments, newest first, strictly after the cursor `after`."""
-        p = payments
-        query = sa.select(p).where(p.c.merchant_id == merchant_id)
-        if transaction_id is not None:
-            query = query.where(p.c.transaction_id == transaction_id)
-        if after is not None:
-            time, last_id = after
-            query = query.where(
-                sa.or_(p.c.create_time < time, sa.and_(p.c.create_time == time, p.c.id < last_id))
-            )
-        query = query.order_by(p.c.create_time.desc(), p.c.id.desc()).limit(limit)
-        async with self._reads.connect() as conn:
-            rows = await conn.execute(query)
-            return [_payment_from_row(row) for row in rows]
+        statement = _list_payments_statement(
+            of_transaction=transaction_id is not None, after=after is not None
+        )
+        after_time, after_id = after or (None, None)
+        params = {
+            "p_merchant_id": merchant_id,
+            "p_transaction_id": transaction_id,
+            "p_after_time": after_time,
+            "p_after_id": after_id,
+            "p_limit": limit,
+        }
+        async with self._database.reading() as conn:
+            rows = await statement.all(conn, params)
+        return [_payment_from_row(row) for row in rows]
 
     async def processing_payments(
         self,
@@ -661,31 +811,27 @@ class PaymentStore:
     ) -> list[Payment]:
         """PROCESSING payments not touched since `updated_before`, in (update_time, id)
         order, strictly after the cursor `after`."""
-        p = payments
-        query = sa.select(p).where(
-            p.c.status == PaymentStatus.PROCESSING.value, p.c.update_time < updated_before
-        )
-        if after is not None:
-            time, last_id = after
-            query = query.where(
-                sa.or_(p.c.update_time > time, sa.and_(p.c.update_time == time, p.c.id > last_id))
-            )
-        async with self._reads.connect() as conn:
-            rows = await conn.execute(query.order_by(p.c.update_time, p.c.id).limit(limit))
-            return [_payment_from_row(row) for row in rows]
+        statement = _processing_payments_statement(after=after is not None)
+        after_time, after_id = after or (None, None)
+        params = {
+            "p_updated_before": updated_before,
+            "p_after_time": after_time,
+            "p_after_id": after_id,
+            "p_limit": limit,
+        }
+        async with self._database.reading() as conn:
+            rows = await statement.all(conn, params)
+        return [_payment_from_row(row) for row in rows]
 
     async def purge(self, *, delivered_before: datetime, idempotency: Idempotency) -> int:
         """Housekeeping: delete movements delivered before `delivered_before` and
         idempotency keys past their retention. Returns how many rows went."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                outbox.delete().where(
-                    outbox.c.delivered_time.is_not(None),
-                    outbox.c.delivered_time < delivered_before,
-                )
+        async with self._database.transaction() as conn:
+            movements = await _PURGE_DELIVERED.execute(
+                conn, {"p_delivered_before": delivered_before}
             )
             keys = await idempotency.purge(conn)
-        return int(result.rowcount or 0) + keys
+        return movements + keys
 
     # -- outbox -------------------------------------------------------------------------
 
@@ -693,7 +839,7 @@ class PaymentStore:
         """Undelivered movements whose next attempt is due, in creation order; of each
         transaction only its first ones, so none overtakes an earlier one (see
         `_DUE_MOVEMENTS`)."""
-        async with self._reads.connect() as conn:
+        async with self._database.reading() as conn:
             rows = await _DUE_MOVEMENTS.all(conn, {"p_now": now, "p_limit": limit})
         return [
             OutboxRow(r.id, r.transaction_id, r.seq, bytes(r.payload), r.attempts) for r in rows
@@ -701,7 +847,7 @@ class PaymentStore:
 
     async def next_movement_time(self) -> datetime | None:
         """When the earliest undelivered movement is due, or None if all are delivered."""
-        async with self._reads.connect() as conn:
+        async with self._database.reading() as conn:
             row = await _NEXT_MOVEMENT_TIME.one(conn)
         due: datetime | None = row.due
         return due
@@ -709,7 +855,8 @@ class PaymentStore:
     async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None:
         if not movement_ids:
             return
-        async with self._engine.begin() as conn:
+        # One statement, atomic on its own: no BEGIN/COMMIT around it.
+        async with self._database.reading() as conn:
             await _MARK_DELIVERED.execute(conn, {"p_ids": list(movement_ids), "p_now": now})
 
     async def postpone(
@@ -717,13 +864,13 @@ class PaymentStore:
     ) -> None:
         """After a failed delivery: count the attempt on the head and hold back every
         undelivered movement of the transaction until `retry_at`, keeping their order."""
-        async with self._engine.begin() as conn:
+        async with self._database.transaction() as conn:
             await _COUNT_ATTEMPT.execute(conn, {"p_id": head_id, "p_error": error[:500]})
             await _POSTPONE.execute(
                 conn, {"p_transaction_id": transaction_id, "p_retry_at": retry_at}
             )
 
     async def undelivered_count(self) -> int:
-        async with self._reads.connect() as conn:
+        async with self._database.reading() as conn:
             row = await _UNDELIVERED_COUNT.one(conn)
         return int(row.count)

@@ -2,12 +2,15 @@
 
 `CancelTransaction` asks the payment service, the authority for money on a transaction,
 to close the transaction (`PaymentLedgerService.CloseTransaction`) before it applies the
-cancellation locally.
+cancellation locally. New transactions are announced to it
+(`PaymentLedgerService.RegisterTransactions`, see `pi.transactions.facts`) so that their
+first payment needs no lookup here.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +24,10 @@ from pi.platform.rpc_status import error_from_rpc_error
 log = logging.getLogger(__name__)
 
 REASON_PAYMENT_SERVICE_UNAVAILABLE = "PAYMENT_SERVICE_UNAVAILABLE"
+
+MAX_FACTS_PER_CALL = 1000
+"""The payment service's cap on RegisterTransactions (payments.proto)."""
+REGISTER_DEADLINE_SECONDS = 2.0
 
 # The payment service could not do its part now; a retry may succeed.
 _TRANSIENT = frozenset(
@@ -44,6 +51,16 @@ class ClosedTransaction:
     voided_payment_ids: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TransactionFacts:
+    """What never changes about a transaction, as the payment service keeps it."""
+
+    transaction_id: str
+    merchant_id: str
+    amount: int
+    currency: str
+
+
 class PaymentLedger(Protocol):
     """The payment service's ledger operations the transaction service uses."""
 
@@ -57,6 +74,15 @@ class PaymentLedger(Protocol):
         """
         ...
 
+    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
+        """Tell the payment service about 1 to `MAX_FACTS_PER_CALL` distinct new
+        transactions; how many were new to it.
+
+        Idempotent: transactions it knows already are left as they are. Unavailable if
+        the payment service cannot be reached in time.
+        """
+        ...
+
 
 class GrpcPaymentLedger:
     """`PaymentLedger` over gRPC (`PaymentLedgerService`), with a deadline on every call.
@@ -65,10 +91,15 @@ class GrpcPaymentLedger:
     """
 
     def __init__(
-        self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_DEADLINE_SECONDS
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout: float = DEFAULT_DEADLINE_SECONDS,
+        register_timeout: float = REGISTER_DEADLINE_SECONDS,
     ) -> None:
         self._stub = payments_pb2_grpc.PaymentLedgerServiceStub(channel)
         self._timeout = timeout
+        self._register_timeout = register_timeout
 
     async def close_transaction(
         self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
@@ -103,3 +134,35 @@ class GrpcPaymentLedger:
             movement_id=response.movement_id,
             voided_payment_ids=tuple(response.voided_payment_ids),
         )
+
+    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
+        request = payments_pb2.RegisterTransactionsRequest(
+            transactions=[
+                payments_pb2.TransactionFacts(
+                    transaction_id=facts.transaction_id,
+                    merchant_id=facts.merchant_id,
+                    amount=facts.amount,
+                    currency=facts.currency,
+                )
+                for facts in transactions
+            ]
+        )
+        try:
+            response = await self._stub.RegisterTransactions(
+                request, timeout=self._register_timeout
+            )
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in _TRANSIENT:
+                raise Unavailable(
+                    "The payment service did not answer in time.",
+                    reason=REASON_PAYMENT_SERVICE_UNAVAILABLE,
+                ) from None
+            raise RuntimeError(f"RegisterTransactions failed with {code}") from exc
+        if response.conflicting_transaction_ids:
+            # A bug somewhere: the facts of a transaction never change.
+            log.error(
+                "the payment service knows transactions with other facts",
+                extra={"transaction_ids": list(response.conflicting_transaction_ids[:10])},
+            )
+        return response.registered_count

@@ -1,5 +1,8 @@
 """Composition root of the transaction service: settings → engine → store → use cases → server.
 
+The background tasks: JWKS refresh and revocation polling, housekeeping, and the facts
+publisher that pushes new transactions to the payment service (`pi.transactions.facts`).
+
 Nothing is built at import time. `run()` serves (`python -m pi.transactions`),
 `migrate()` applies the Alembic migrations. Tests build the same object graph with
 `build(settings, key_source=..., payment_ledger=...)` and serve it in-process.
@@ -17,13 +20,14 @@ from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.clients import service_channel
 from pi.platform.config import Settings
 from pi.platform.crypto import MasterKeys
-from pi.platform.db import create_engine
+from pi.platform.database import Database, open_database
 from pi.platform.interceptors import AuthInterceptor
 from pi.platform.server import BackgroundTask, periodic
 from pi.platform.tokens import KeySource
 from pi.platform.validation import PageToken
 from pi.platform.wiring import Authentication, authentication, migrate_service, run_service
 from pi.transactions.clients import GrpcPaymentLedger, PaymentLedger
+from pi.transactions.facts import FactsPublisher
 from pi.transactions.service import TransactionService
 from pi.transactions.servicer import TransactionLedgerServicer, TransactionServicer
 from pi.transactions.store import TransactionStore
@@ -44,9 +48,11 @@ class TransactionsApp:
 
     settings: Settings
     engine: AsyncEngine
+    database: Database
     store: TransactionStore
     transactions: TransactionService
     authentication: Authentication
+    facts: FactsPublisher
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -76,7 +82,7 @@ class TransactionsApp:
         for channel in self.channels:
             await channel.close()
         await self.authentication.close()
-        await self.engine.dispose()
+        await self.database.close()
 
 
 async def build(
@@ -92,7 +98,7 @@ async def build(
     revocations (pulled, and pushed over Redis when REDIS_URL is set), and cancellations
     go to the payment service. Tests pass a static `key_source` and a `payment_ledger`.
     """
-    engine = engine or create_engine(settings)
+    database = await open_database(settings, engine)
     master_keys = MasterKeys(settings.master_keys)
     callers = authentication(settings, keys=key_source)
     channels: list[grpc.aio.Channel] = []
@@ -103,19 +109,23 @@ async def build(
         channels.append(payments_channel)
         payment_ledger = GrpcPaymentLedger(payments_channel)
 
-    store = TransactionStore(engine)
+    store = TransactionStore(database)
+    facts = FactsPublisher(payment_ledger)
     transactions = TransactionService(
-        store, payment_ledger, PageToken.from_master_keys(master_keys)
+        store, payment_ledger, PageToken.from_master_keys(master_keys), created=facts.publish
     )
     app = TransactionsApp(
         settings=settings,
-        engine=engine,
+        engine=database.engine,
+        database=database,
         store=store,
         transactions=transactions,
         authentication=callers,
+        facts=facts,
         channels=channels,
     )
     app.background = [
+        facts.run,
         *callers.background,
         periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="transactions housekeeping"),
     ]

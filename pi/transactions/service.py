@@ -23,7 +23,6 @@ from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform import validation
 from pi.platform.errors import (
@@ -37,7 +36,7 @@ from pi.platform.errors import (
 )
 from pi.platform.ids import is_valid_id, new_id
 from pi.platform.principal import Principal, require_merchant, require_service
-from pi.platform.statements import Record
+from pi.platform.statements import Conn, Record
 from pi.platform.validation import PageToken
 from pi.transactions.clients import PaymentLedger
 from pi.transactions.domain import (
@@ -116,11 +115,15 @@ class TransactionService:
         page_tokens: PageToken,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        created: Callable[[Transaction], None] = lambda _: None,
     ) -> None:
+        """`created` is told of each new transaction once it is committed (not of
+        replays): the facts publisher, which must neither block nor raise."""
         self._store = store
         self._payments = payments
         self._page_tokens = page_tokens
         self._clock = clock
+        self._created = created
 
     # Merchant operations ------------------------------------------------------------------
 
@@ -167,6 +170,7 @@ class TransactionService:
             if claim.replay is not None:
                 return _decode(claim.replay)
             await self._store.insert(conn, transaction)
+        self._created(transaction)
         return transaction
 
     async def get_transaction(self, principal: Principal, transaction_id: str) -> Transaction:
@@ -433,9 +437,7 @@ class TransactionService:
                 refused.add(movement.transaction_id)
         return errors
 
-    async def _get(
-        self, conn: AsyncConnection, merchant_id: str, transaction_id: str
-    ) -> Transaction:
+    async def _get(self, conn: Conn, merchant_id: str, transaction_id: str) -> Transaction:
         transaction = None
         if is_valid_id(transaction_id, ID_PREFIX):
             transaction = await self._store.get(conn, merchant_id, transaction_id)
@@ -443,7 +445,7 @@ class TransactionService:
             raise _not_found(transaction_id)
         return transaction
 
-    async def _apply(self, conn: AsyncConnection, movement: Movement) -> Transaction:
+    async def _apply(self, conn: Conn, movement: Movement) -> Transaction:
         current = await self._store.get(
             conn, movement.merchant_id, movement.transaction_id, for_update=True
         )
@@ -456,7 +458,7 @@ class TransactionService:
         after = apply_movement(current, movement, now=now)
         return await self._store.add_movement(conn, movement, after)
 
-    async def _check_same_movement(self, conn: AsyncConnection, movement: Movement) -> None:
+    async def _check_same_movement(self, conn: Conn, movement: Movement) -> None:
         """A movement id seen before must name the same movement (else a caller bug)."""
         row = await self._store.get_movement(conn, movement.id)
         if row is None:  # pragma: no cover - the insert just conflicted with it

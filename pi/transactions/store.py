@@ -17,8 +17,8 @@ a movement delivered twice is applied once.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -49,12 +49,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pi.platform.db import UtcDateTime, autocommit
+from pi.platform.database import Database
+from pi.platform.db import UtcDateTime, is_postgres
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency, idempotency_table
-from pi.platform.statements import Record, Statement
+from pi.platform.statements import Conn, Record, Statement
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,
@@ -316,41 +317,35 @@ class ListQuery:
 
 
 class TransactionStore:
-    """Queries on the service's engine. Methods taking `conn` run in the caller's unit of work."""
+    """Queries on the service's database. Methods taking `conn` run in the caller's unit
+    of work, one of `begin`, `read` or `discarded`."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._reads = autocommit(engine)
+    def __init__(self, database: Database) -> None:
+        self._database = database
         self.idempotency = Idempotency(idempotency_keys)
 
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    def begin(self) -> AbstractAsyncContextManager[Conn]:
         """A unit of work: committed when the block ends, rolled back if it raises."""
-        async with self._engine.begin() as conn:
-            yield conn
+        return self._database.transaction()
 
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    def read(self) -> AbstractAsyncContextManager[Conn]:
         """A connection for reads only, in autocommit mode (no BEGIN/ROLLBACK).
 
         Every statement commits on its own: never write on it (use `begin` or
         `discarded`).
         """
-        async with self._reads.connect() as conn:
-            yield conn
+        return self._database.reading()
 
-    @asynccontextmanager
-    async def discarded(self) -> AsyncIterator[AsyncConnection]:
+    def discarded(self) -> AbstractAsyncContextManager[Conn]:
         """A transaction that is always rolled back: writes made to check something."""
-        async with self._engine.connect() as conn:
-            yield conn
+        return self._database.discarded()
 
-    async def insert(self, conn: AsyncConnection, transaction: Transaction) -> None:
+    async def insert(self, conn: Conn, transaction: Transaction) -> None:
         await _INSERT_TRANSACTION.execute(conn, _to_row(transaction))
 
     async def get(
         self,
-        conn: AsyncConnection,
+        conn: Conn,
         merchant_id: str,
         transaction_id: str,
         *,
@@ -361,7 +356,7 @@ class TransactionStore:
         row = await query.first(conn, {"p_id": transaction_id, "p_merchant_id": merchant_id})
         return None if row is None else _from_record(row)
 
-    async def list(self, conn: AsyncConnection, query: ListQuery) -> list[Transaction]:
+    async def list(self, conn: Conn, query: ListQuery) -> list[Transaction]:
         statement = _list_statement(
             status=query.status is not None,
             start=query.create_time_start is not None,
@@ -379,19 +374,15 @@ class TransactionStore:
         }
         return [_from_record(row) for row in await statement.all(conn, params)]
 
-    async def record_movement(
-        self, conn: AsyncConnection, movement: Movement, apply_time: datetime
-    ) -> bool:
+    async def record_movement(self, conn: Conn, movement: Movement, apply_time: datetime) -> bool:
         """Remember `movement` as applied; False if its id was applied before."""
         return await _RECORD_MOVEMENT.first(conn, _movement_row(movement, apply_time)) is not None
 
-    async def get_movement(self, conn: AsyncConnection, movement_id: str) -> Record | None:
+    async def get_movement(self, conn: Conn, movement_id: str) -> Record | None:
         """The applied movement with this id (a row of `applied_movements`), or None."""
         return await _GET_MOVEMENT.first(conn, {"p_id": movement_id})
 
-    async def add_movement(
-        self, conn: AsyncConnection, movement: Movement, after: Transaction
-    ) -> Transaction:
+    async def add_movement(self, conn: Conn, movement: Movement, after: Transaction) -> Transaction:
         """Add the movement's deltas to the (locked) row; status and flags from `after`.
 
         The amounts are updated relative to the stored ones (`x = x + delta`), so the
@@ -423,7 +414,7 @@ class TransactionStore:
     # Batches of movements (ApplyMovements): a few statements for the whole batch.
 
     async def lock_many(
-        self, conn: AsyncConnection, transaction_ids: Collection[str]
+        self, conn: Conn, transaction_ids: Collection[str]
     ) -> dict[str, Transaction]:
         """The transactions with these ids (any merchant's), locked, by id.
 
@@ -435,7 +426,7 @@ class TransactionStore:
         return {row.id: _from_record(row) for row in rows}
 
     async def record_movements(
-        self, conn: AsyncConnection, movements: Sequence[Movement], apply_time: datetime
+        self, conn: Conn, movements: Sequence[Movement], apply_time: datetime
     ) -> set[str]:
         """Remember the movements as applied (one statement); the ids that were new.
 
@@ -443,29 +434,27 @@ class TransactionStore:
         """
         if not movements:
             return set()
-        if conn.dialect.name == "postgresql":
-            rows = await _RECORD_MOVEMENTS.all(conn, _movement_columns(movements, apply_time))
-        else:
+        if isinstance(conn, AsyncConnection) and not is_postgres(conn):
             values = [_movement_row(movement, apply_time) for movement in movements]
             rows = list(await conn.execute(_RECORD_MOVEMENT_SQLITE, values))
+        else:
+            rows = await _RECORD_MOVEMENTS.all(conn, _movement_columns(movements, apply_time))
         return {row.id for row in rows}
 
-    async def get_movements(
-        self, conn: AsyncConnection, movement_ids: Collection[str]
-    ) -> dict[str, Record]:
+    async def get_movements(self, conn: Conn, movement_ids: Collection[str]) -> dict[str, Record]:
         """The applied movements with these ids (one statement), by id."""
         if not movement_ids:
             return {}
         rows = await _GET_MOVEMENTS.all(conn, {"p_ids": list(movement_ids)})
         return {row.id: row for row in rows}
 
-    async def forget_movements(self, conn: AsyncConnection, movement_ids: Collection[str]) -> None:
+    async def forget_movements(self, conn: Conn, movement_ids: Collection[str]) -> None:
         """Undo `record_movements` for movements that turned out not to apply."""
         if movement_ids:
             await _FORGET_MOVEMENTS.execute(conn, {"p_ids": list(movement_ids)})
 
     async def write_steps(
-        self, conn: AsyncConnection, steps: Sequence[tuple[Transaction, Transaction]]
+        self, conn: Conn, steps: Sequence[tuple[Transaction, Transaction]]
     ) -> None:
         """Move each locked row from `before` to `after` of its steps, in the given order.
 

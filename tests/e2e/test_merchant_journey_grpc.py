@@ -287,6 +287,13 @@ INTERNAL_CALLS = [
         "payments",
         id="PaymentLedgerService.CloseTransaction",
     ),
+    pytest.param(
+        payments_pb2_grpc.PaymentLedgerServiceStub,
+        "RegisterTransactions",
+        P.RegisterTransactionsRequest(),  # invalid: the direct call writes nothing
+        "payments",
+        id="PaymentLedgerService.RegisterTransactions",
+    ),
 ]
 
 

@@ -6,9 +6,13 @@ Tests import nothing from here (pytest runs in importlib mode): they take fixtur
 with `pi.payments.main.build` / `pi.transactions.main.build` (merchant tokens verified
 with a static ES256 key, the shared service token between them) and serves both on
 grpc.aio servers on 127.0.0.1. The payment service's outbox dispatcher runs in the
-background; the reconciler is driven by the tests (`run_once`). After each test the
-payments schema is scanned for card and account data (`card_data_report` collects the
-scans and every log record of the session).
+background; the reconciler is driven by the tests (`run_once`). The transaction service's
+facts publisher (new transactions pushed to RegisterTransactions) runs only once a test
+calls `mesh.start_facts_publisher()`: without it every first payment looks its
+transaction up, as the tests of that path expect. `mesh.count_lookups()` counts the
+LookupTransaction calls the transaction service answers from then on. After each test
+the payments schema is scanned for card and account data (`card_data_report` collects
+the scans and every log record of the session).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -42,7 +46,12 @@ from pi.platform.config import Settings
 from pi.platform.server import create_server
 from pi.platform.tokens import StaticKeySource
 from pi.transactions import main as transactions_main
-from pi.transactions.clients import ClosedTransaction, GrpcPaymentLedger, PaymentLedger
+from pi.transactions.clients import (
+    ClosedTransaction,
+    GrpcPaymentLedger,
+    PaymentLedger,
+    TransactionFacts,
+)
 from pi.transactions.main import TransactionsApp
 
 APPROVE_CARD = "4242424242424242"
@@ -125,6 +134,10 @@ class LateBoundPaymentLedger:
         return await self.target.close_transaction(
             merchant_id=merchant_id, transaction_id=transaction_id, amount=amount, currency=currency
         )
+
+    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
+        assert self.target is not None
+        return await self.target.register_transactions(transactions)
 
 
 @dataclass(frozen=True)
@@ -209,6 +222,7 @@ class Mesh:
     transactions_port: int
     transactions_server: grpc.aio.Server | None
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def merchant(self, merchant_id: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.signer.sign(merchant_id)}"),)
@@ -282,6 +296,32 @@ class Mesh:
     async def drain(self, timeout: float = 20.0) -> None:
         await self.payments_app.dispatcher.drain(timeout)
 
+    def start_facts_publisher(self) -> None:
+        """Run the transaction service's facts publisher, as in production."""
+        self.tasks.append(asyncio.create_task(self.transactions_app.facts.run()))
+
+    def count_lookups(self, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        """The ids of the transactions LookupTransaction is asked for from now on."""
+        use_cases = self.transactions_app.transactions
+        lookup = use_cases.lookup_transaction
+        asked: list[str] = []
+
+        async def counted(principal: Any, merchant_id: str, transaction_id: str) -> Any:
+            asked.append(transaction_id)
+            return await lookup(principal, merchant_id, transaction_id)
+
+        monkeypatch.setattr(use_cases, "lookup_transaction", counted)
+        return asked
+
+    async def ref(self, transaction_id: str) -> dict[str, Any] | None:
+        """The payment service's ref row of a transaction, or None."""
+        table = payments_metadata.tables["transaction_refs"]
+        async with self.payments_engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(table).where(table.c.transaction_id == transaction_id))
+            ).first()
+        return None if row is None else dict(row._mapping)
+
     async def stop_transactions(self) -> None:
         assert self.transactions_server is not None
         await self.transactions_server.stop(None)
@@ -335,6 +375,10 @@ class Mesh:
     card_payment = staticmethod(card_payment)
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        async with asyncio.timeout(5):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
         for channel in self.channels:
             await channel.close()
         if self.transactions_server is not None:

@@ -34,12 +34,13 @@ from pi.payments.domain import (
 )
 from pi.payments.ledger_client import TransactionFacts
 from pi.payments.movements import movements_from_deltas
-from pi.payments.service import CreatePaymentInput, PaymentService
+from pi.payments.service import CreatePaymentInput, PaymentService, TransactionFactsInput
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, outbox, payments, transaction_refs
 from pi.platform import migrations
 from pi.platform.config import Settings
-from pi.platform.errors import AlreadyExists, FailedPrecondition, NotFound
+from pi.platform.database import Database
+from pi.platform.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from pi.platform.idempotency import Idempotency
 from pi.platform.principal import Principal
 from pi.platform.validation import PageToken
@@ -127,6 +128,7 @@ async def world(
     request: pytest.FixtureRequest,
     settings_factory: Callable[..., Settings],
     make_engine: Callable[..., AsyncEngine],
+    make_database: Callable[..., Awaitable[Database]],
     tmp_path: Path,
 ) -> AsyncIterator[World]:
     if request.param == "postgresql":
@@ -135,11 +137,13 @@ async def world(
             migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
         )
         engine = make_engine(settings.db_schema)
+        database = await make_database(settings.db_schema, engine=engine)
     else:
         url = f"sqlite:///{tmp_path}/payments.db"
         await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
         engine = make_engine("main", url=url)
-    store = PaymentStore(engine)
+        database = Database(engine)
+    store = PaymentStore(database)
     transactions = _Transactions({"txn_1": 10_000, "txn_2": 10_000})
     connector = _Connector()
     service = PaymentService(
@@ -268,6 +272,40 @@ async def test_movements_are_appended_in_order_whatever_their_number(world: Worl
         ).all()
     assert [(r.id, r.seq) for r in rows] == [(m.id, seq) for seq, m in enumerate(made, 1)]
     assert (await world.ref("txn_many")).movement_count == 603
+
+
+async def test_registered_transactions_are_paid_without_a_lookup_and_never_overwritten(
+    world: World,
+) -> None:
+    service = Principal.service()
+    first = await world.service.register_transactions(
+        service,
+        [
+            TransactionFactsInput("txn_pushed", M, 900, "USD"),
+            TransactionFactsInput("txn_1", M, 10_000, "USD"),
+        ],
+    )
+    assert (first.registered_count, first.conflicting_transaction_ids) == (2, ())
+    paid = await world.pay("txn_pushed", 300)
+    assert paid.status is PaymentStatus.SUCCEEDED
+    assert world.transactions.lookups == 0
+    again = await world.service.register_transactions(
+        service,
+        [
+            TransactionFactsInput("txn_pushed", M, 900, "USD"),
+            TransactionFactsInput("txn_1", M, 5, "EUR"),
+            TransactionFactsInput("txn_2", M, 10_000, "USD"),
+        ],
+    )
+    assert (again.registered_count, again.conflicting_transaction_ids) == (1, ("txn_1",))
+    pushed, known = await world.ref("txn_pushed"), await world.ref("txn_1")
+    assert (pushed.amount, pushed.captured_amount, pushed.movement_count) == (900, 300, 2)
+    assert (known.amount, known.currency) == (10_000, "USD")
+    with pytest.raises(PermissionDenied):
+        await world.service.register_transactions(
+            MERCHANT, [TransactionFactsInput("txn_3", M, 1, "USD")]
+        )
+    assert await world.count(transaction_refs) == 3
 
 
 # -- both real services --------------------------------------------------------------------

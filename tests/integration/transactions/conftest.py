@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from generated.pi.transactions.v1 import transactions_pb2_grpc
 from pi.platform import migrations
 from pi.platform.config import Settings
+from pi.platform.database import Database
 from pi.platform.server import create_server
 from pi.platform.tokens import StaticKeySource
 from pi.platform.validation import PageToken
-from pi.transactions.clients import ClosedTransaction, PaymentLedger
+from pi.transactions.clients import ClosedTransaction, PaymentLedger, TransactionFacts
 from pi.transactions.main import MIGRATIONS, TransactionsApp, build
 from pi.transactions.service import TransactionService
 from pi.transactions.store import (
@@ -70,10 +71,12 @@ class Clock:
 
 @dataclass
 class FakePaymentLedger:
-    """`PaymentLedger` in memory: closes transactions, or fails with `error`."""
+    """`PaymentLedger` in memory: closes transactions, or fails with `error`; records the
+    batches of `register_transactions` in `registered`."""
 
     error: Exception | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
+    registered: list[list[TransactionFacts]] = field(default_factory=list)
 
     async def close_transaction(
         self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
@@ -89,6 +92,12 @@ class FakePaymentLedger:
         if self.error is not None:
             raise self.error
         return ClosedTransaction(movement_id=f"mov_cancel_{transaction_id}", voided_payment_ids=())
+
+    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
+        self.registered.append(list(transactions))
+        if self.error is not None:
+            raise self.error
+        return len(transactions)
 
 
 @dataclass
@@ -135,6 +144,13 @@ def engine(make_engine: Callable[..., AsyncEngine], migrated: Settings) -> Async
 
 
 @pytest.fixture
+async def database(
+    make_database: Callable[..., Awaitable[Database]], migrated: Settings, engine: AsyncEngine
+) -> Database:
+    return await make_database(migrated.db_schema, engine=engine)
+
+
+@pytest.fixture
 def count_rows(engine: AsyncEngine) -> Callable[..., Awaitable[int]]:
     """`await count_rows("transactions", status="PENDING")`."""
 
@@ -155,9 +171,9 @@ def payments() -> FakePaymentLedger:
 
 
 @pytest.fixture
-def service(engine: AsyncEngine, payments: FakePaymentLedger, clock: Clock) -> TransactionService:
+def service(database: Database, payments: FakePaymentLedger, clock: Clock) -> TransactionService:
     return TransactionService(
-        TransactionStore(engine), payments, PageToken(secrets.token_bytes(32)), clock=clock
+        TransactionStore(database), payments, PageToken(secrets.token_bytes(32)), clock=clock
     )
 
 

@@ -318,6 +318,8 @@ def test_not_found_from_a_service_is_a_404_json_status(edge: Edge) -> None:
         ("POST", "/pi.auth.v1.AuthInternalService/ListRevokedTokens"),
         ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovement"),
         ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovements"),
+        # The payment service is down here: routed, this would be a 503, not a 404.
+        ("POST", "/pi.payments.v1.PaymentLedgerService/RegisterTransactions"),
         ("POST", "/pi.auth.v1.AuthService/GetJwks"),
         ("GET", "/"),
     ],

@@ -865,3 +865,93 @@ class CloseTransactionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CloseTransactionResponse: _TypeAlias = CloseTransactionResponse  # noqa: Y015
+
+@_typing.final
+class TransactionFacts(_message.Message):
+    """What never changes about a transaction: who owns it, how much it is for and in what
+    currency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    MERCHANT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    transaction_id: _builtins.str
+    """Required. Identifier of the transaction."""
+    merchant_id: _builtins.str
+    """Required. Merchant that owns the transaction."""
+    amount: _builtins.int
+    """Required. The transaction's amount, in minor units."""
+    currency: _builtins.str
+    """Required. The transaction's ISO 4217 currency code."""
+    def __init__(
+        self,
+        *,
+        transaction_id: _builtins.str = ...,
+        merchant_id: _builtins.str = ...,
+        amount: _builtins.int = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "merchant_id", b"merchant_id", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransactionFacts: _TypeAlias = TransactionFacts  # noqa: Y015
+
+@_typing.final
+class RegisterTransactionsRequest(_message.Message):
+    """Request message for PaymentLedgerService.RegisterTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransactionFacts]:
+        """Required. The transactions, 1 to 1000, each transaction at most once."""
+
+    def __init__(
+        self,
+        *,
+        transactions: _abc.Iterable[Global___TransactionFacts] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transactions", b"transactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTransactionsRequest: _TypeAlias = RegisterTransactionsRequest  # noqa: Y015
+
+@_typing.final
+class RegisterTransactionsResponse(_message.Message):
+    """Response message for PaymentLedgerService.RegisterTransactions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTERED_COUNT_FIELD_NUMBER: _builtins.int
+    CONFLICTING_TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    registered_count: _builtins.int
+    """How many of the request's transactions were new to the payment service."""
+    @_builtins.property
+    def conflicting_transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the request's transactions that the payment service already knew
+        with other facts. Nothing about them was changed.
+        """
+
+    def __init__(
+        self,
+        *,
+        registered_count: _builtins.int = ...,
+        conflicting_transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conflicting_transaction_ids", b"conflicting_transaction_ids", "registered_count", b"registered_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterTransactionsResponse: _TypeAlias = RegisterTransactionsResponse  # noqa: Y015

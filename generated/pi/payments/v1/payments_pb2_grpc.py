@@ -342,6 +342,11 @@ class PaymentLedgerServiceStub:
                 request_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionRequest.SerializeToString,
                 response_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionResponse.FromString,
                 _registered_method=True)
+        self.RegisterTransactions = channel.unary_unary(
+                '/pi.payments.v1.PaymentLedgerService/RegisterTransactions',
+                request_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.SerializeToString,
+                response_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentLedgerServiceServicer:
@@ -357,6 +362,19 @@ class PaymentLedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterTransactions(self, request, context):
+        """Tells the payment service about new transactions before their first payment, so
+        that CreatePayment finds them without asking the transaction service. A payment
+        never depends on it: CreatePayment still asks for a transaction it was not told
+        about. Idempotent: a transaction the payment service knows already is left exactly
+        as it is, and one it knows with other facts is reported in the response, never
+        overwritten (the facts of a transaction never change). Requires the service
+        credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentLedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -364,6 +382,11 @@ def add_PaymentLedgerServiceServicer_to_server(servicer, server):
                     servicer.CloseTransaction,
                     request_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionRequest.FromString,
                     response_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionResponse.SerializeToString,
+            ),
+            'RegisterTransactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterTransactions,
+                    request_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.FromString,
+                    response_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +417,33 @@ class PaymentLedgerService:
             '/pi.payments.v1.PaymentLedgerService/CloseTransaction',
             pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionRequest.SerializeToString,
             pi_dot_payments_dot_v1_dot_payments__pb2.CloseTransactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterTransactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pi.payments.v1.PaymentLedgerService/RegisterTransactions',
+            pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.SerializeToString,
+            pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

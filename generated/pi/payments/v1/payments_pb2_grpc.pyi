@@ -153,6 +153,15 @@ class PaymentLedgerServiceStub:
     the outstanding authorizations of its payments. Closing a closed transaction again
     succeeds and changes nothing. Requires the service credential.
     """
+    RegisterTransactions: _grpc.UnaryUnaryMultiCallable[_payments_pb2.RegisterTransactionsRequest, _payments_pb2.RegisterTransactionsResponse]
+    """Tells the payment service about new transactions before their first payment, so
+    that CreatePayment finds them without asking the transaction service. A payment
+    never depends on it: CreatePayment still asks for a transaction it was not told
+    about. Idempotent: a transaction the payment service knows already is left exactly
+    as it is, and one it knows with other facts is reported in the response, never
+    overwritten (the facts of a transaction never change). Requires the service
+    credential.
+    """
 
 @_typing.type_check_only
 class PaymentLedgerServiceAsyncStub(PaymentLedgerServiceStub):
@@ -163,6 +172,15 @@ class PaymentLedgerServiceAsyncStub(PaymentLedgerServiceStub):
     """Closes a transaction to new payments if nothing on it has been captured, and voids
     the outstanding authorizations of its payments. Closing a closed transaction again
     succeeds and changes nothing. Requires the service credential.
+    """
+    RegisterTransactions: _aio.UnaryUnaryMultiCallable[_payments_pb2.RegisterTransactionsRequest, _payments_pb2.RegisterTransactionsResponse]  # type: ignore[assignment]
+    """Tells the payment service about new transactions before their first payment, so
+    that CreatePayment finds them without asking the transaction service. A payment
+    never depends on it: CreatePayment still asks for a transaction it was not told
+    about. Idempotent: a transaction the payment service knows already is left exactly
+    as it is, and one it knows with other facts is reported in the response, never
+    overwritten (the facts of a transaction never change). Requires the service
+    credential.
     """
 
 class PaymentLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -177,6 +195,21 @@ class PaymentLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Closes a transaction to new payments if nothing on it has been captured, and voids
         the outstanding authorizations of its payments. Closing a closed transaction again
         succeeds and changes nothing. Requires the service credential.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterTransactions(
+        self,
+        request: _payments_pb2.RegisterTransactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.RegisterTransactionsResponse, _abc.Awaitable[_payments_pb2.RegisterTransactionsResponse]]:
+        """Tells the payment service about new transactions before their first payment, so
+        that CreatePayment finds them without asking the transaction service. A payment
+        never depends on it: CreatePayment still asks for a transaction it was not told
+        about. Idempotent: a transaction the payment service knows already is left exactly
+        as it is, and one it knows with other facts is reported in the response, never
+        overwritten (the facts of a transaction never change). Requires the service
+        credential.
         """
 
 def add_PaymentLedgerServiceServicer_to_server(servicer: PaymentLedgerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,139 @@
+"""Pushes the facts of new transactions to the payment service before their first payment.
+
+CreatePayment needs a transaction's owner, amount and currency. Without them it asks this
+service (`LookupTransaction`): a round trip, on the CPU of both services, for the first
+payment of every transaction. So after CreateTransaction commits, `publish` queues the
+new transaction's facts (in memory: it never blocks and never fails), and the background
+task `run` sends whatever is queued as one `RegisterTransactions` call, waiting for each
+call to end before it sends the next. While a call is in flight the queue fills, so under
+load the calls batch themselves; when idle, each transaction goes out at once.
+
+It is only a warm-up: a payment whose transaction was not pushed (yet) falls back to the
+lookup. So nothing here is persisted or retried, and losing facts is cheap:
+
+- the queue is bounded: when full, the oldest facts are dropped (`stats.dropped`); the
+  newest transactions are the likeliest to be paid next;
+- a call that fails or passes its deadline loses its facts (`stats.lost`), and the next
+  call waits a short backoff (doubling up to `max_backoff`), so a payment service that is
+  down gets one call per backoff, not a pile of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+
+from pi.transactions.clients import (
+    MAX_FACTS_PER_CALL,
+    REGISTER_DEADLINE_SECONDS,
+    PaymentLedger,
+    TransactionFacts,
+)
+from pi.transactions.domain import Transaction
+
+__all__ = ["FactsPublisher", "FactsStats"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAPACITY = 10_000
+
+
+@dataclass
+class FactsStats:
+    """What the publisher did since it was built: transactions `published` (queued),
+    `sent` (in a call that succeeded), `dropped` (the queue was full) and `lost` (in a
+    call that failed); `calls` that succeeded and `failed_calls`."""
+
+    published: int = 0
+    sent: int = 0
+    dropped: int = 0
+    lost: int = 0
+    calls: int = 0
+    failed_calls: int = 0
+
+
+class FactsPublisher:
+    """Queues new transactions' facts (`publish`) and sends them in batches (`run`)."""
+
+    def __init__(
+        self,
+        ledger: PaymentLedger,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        per_call: int = MAX_FACTS_PER_CALL,
+        deadline: float = REGISTER_DEADLINE_SECONDS,
+        base_backoff: float = 0.1,
+        max_backoff: float = 2.0,
+    ) -> None:
+        if capacity < 1 or not 1 <= per_call <= MAX_FACTS_PER_CALL:
+            raise ValueError("capacity must be positive, per_call 1 to MAX_FACTS_PER_CALL")
+        self._ledger = ledger
+        self._capacity = capacity
+        self._per_call = per_call
+        self._deadline = deadline
+        self._base_backoff = base_backoff
+        self._max_backoff = max_backoff
+        self._queue: collections.deque[TransactionFacts] = collections.deque()
+        self._wake = asyncio.Event()
+        self.stats = FactsStats()
+
+    @property
+    def queued(self) -> int:
+        """How many transactions wait to be sent."""
+        return len(self._queue)
+
+    def publish(self, transaction: Transaction) -> None:
+        """Queue a committed new transaction's facts; never blocks, never raises."""
+        if len(self._queue) >= self._capacity:
+            self._queue.popleft()
+            self.stats.dropped += 1
+        self._queue.append(
+            TransactionFacts(
+                transaction_id=transaction.id,
+                merchant_id=transaction.merchant_id,
+                amount=transaction.amount,
+                currency=transaction.currency,
+            )
+        )
+        self.stats.published += 1
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send queued facts until cancelled, one call at a time."""
+        failures = 0
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = [self._queue.popleft() for _ in range(min(self._per_call, len(self._queue)))]
+            try:
+                # Whatever the adapter does about deadlines, a call never holds up the
+                # queue for longer than this. asyncio.timeout, not wait_for: on Python
+                # 3.11 wait_for can swallow a cancellation that races with its timeout.
+                async with asyncio.timeout(self._deadline):
+                    await self._ledger.register_transactions(batch)
+            except Exception as error:
+                failures += 1
+                self.stats.failed_calls += 1
+                self.stats.lost += len(batch)
+                if failures == 1 or failures % 100 == 0:
+                    log.warning(
+                        "cannot register transactions at the payment service; their first "
+                        "payments will look them up",
+                        extra={
+                            "transactions": len(batch),
+                            "failures": failures,
+                            "error": type(error).__name__,
+                        },
+                    )
+                await asyncio.sleep(
+                    min(self._max_backoff, self._base_backoff * 2 ** min(failures - 1, 16))
+                )
+                continue
+            if failures:
+                log.info("registering transactions works again", extra={"failures": failures})
+                failures = 0
+            self.stats.calls += 1
+            self.stats.sent += len(batch)

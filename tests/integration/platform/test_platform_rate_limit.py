@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,7 @@ from grpc_status import rpc_status
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.cache import Cache, MemoryCache, RedisCache
+from pi.platform.errors import ResourceExhausted
 from pi.platform.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.principal import current_principal
 from pi.platform.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter
@@ -275,6 +277,166 @@ async def test_a_redis_that_hangs_delays_calls_at_most_by_the_short_timeout(
             writer.close()
         hung.close()
         await hung.wait_closed()
+
+
+# --- leases: many calls per round trip ----------------------------------------------------
+
+
+class CountingCache:
+    """`cache`, recording the amount of every `incr`: one entry per round trip."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.incrs: list[int] = []
+
+    async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
+        self.incrs.append(amount)
+        return await self.cache.incr(key, ttl, amount)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Cache protocol
+        return getattr(self.cache, name)
+
+
+async def passed(limiter: RateLimiter, merchant_id: str) -> bool:
+    try:
+        await limiter.check(merchant_id)
+    except ResourceExhausted:
+        return False
+    return True
+
+
+async def test_with_leases_exactly_the_limit_passes_and_the_next_call_has_the_details(
+    serve: Serve, cache: Cache, es256_signer: Any
+) -> None:
+    clock = Clock()
+    limiter = RateLimiter(cache, service="auth", limit=100, clock=clock)
+    assert limiter.lease == 5
+    stub = await serve(limiter)
+    token = es256_signer.sign("mer_a")
+    for _ in range(100):
+        assert await list_keys(stub, token) == "merchant:mer_a"
+
+    error = await limited(stub, token)
+    info, retry = error_details(error)
+    assert (info.reason, info.domain) == (RATE_LIMITED, "pi.platform")
+    assert dict(info.metadata) == {"limit": "100", "retry_after_seconds": "1"}
+    assert retry.retry_delay.ToMilliseconds() == 750
+    await limited(stub, token)
+
+    clock.now += 0.75  # the next window
+    for _ in range(100):
+        await list_keys(stub, token)
+    await limited(stub, token)
+
+
+async def test_a_lease_that_would_cross_the_limit_takes_only_what_is_left(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = redis_asyncio.Redis.from_url(redis_url)
+    cache = CountingCache(RedisCache(redis_url, prefix=redis_prefix))
+    try:
+        limiter = RateLimiter(cache, service="payments", limit=103, clock=Clock())
+        results = [await passed(limiter, "mer_a") for _ in range(110)]
+        assert results == [True] * 103 + [False] * 7
+        assert cache.incrs == [5] * 20 + [3]  # the refusals are not even asked about
+        assert await client.get(f"{redis_prefix}pi:rl:payments:mer_a:{int(START)}") == b"103"
+    finally:
+        await client.aclose()
+        await cache.close()
+
+
+async def test_concurrent_calls_of_one_merchant_share_one_lease_at_a_time(
+    redis_url: str, redis_prefix: str
+) -> None:
+    cache = CountingCache(RedisCache(redis_url, prefix=redis_prefix))
+    try:
+        limiter = RateLimiter(cache, service="payments", limit=100, clock=Clock())
+        results = await asyncio.gather(*(passed(limiter, "mer_a") for _ in range(200)))
+        assert results.count(True) == 100
+        assert cache.incrs == [5] * 20
+    finally:
+        await cache.close()
+
+
+async def test_1000_calls_take_one_round_trip_per_lease_and_window(
+    redis_url: str, redis_prefix: str
+) -> None:
+    clock = Clock()
+    cache = CountingCache(RedisCache(redis_url, prefix=redis_prefix))
+    try:
+        limiter = RateLimiter(cache, service="payments", limit=1_000_000, clock=clock)
+        assert limiter.lease == 50
+        windows = 4
+        for _ in range(windows):
+            for _ in range(250):
+                await limiter.check("mer_a")
+            clock.now += 1.0
+        assert len(cache.incrs) <= 1000 // limiter.lease + windows
+        assert len(cache.incrs) == 4 * 5  # each window: 250 calls, 5 leases of 50
+
+        one_by_one = CountingCache(cache.cache)
+        unleased = RateLimiter(one_by_one, service="auth", limit=1_000_000, clock=clock, lease=1)
+        for _ in range(1000):
+            await unleased.check("mer_a")
+        assert len(one_by_one.incrs) == 1000
+    finally:
+        await cache.close()
+
+
+async def test_two_replicas_never_pass_more_than_the_limit_nor_refuse_before_the_bound(
+    redis_url: str, redis_prefix: str
+) -> None:
+    limit, lease = 100, 5
+    caches = [RedisCache(redis_url, prefix=redis_prefix) for _ in range(2)]
+    try:
+        one, two = [RateLimiter(c, service="payments", limit=limit, clock=Clock()) for c in caches]
+        assert one.lease == two.lease == lease
+        # The worst case: one replica serves a call and holds the rest of its lease.
+        assert await passed(one, "mer_a")
+        served = 1
+        while await passed(two, "mer_a"):
+            served += 1
+        assert served == limit - (lease - 1)  # the bound, reached
+        while await passed(one, "mer_a"):  # what the first replica held still passes
+            served += 1
+        assert served == limit
+        assert not await passed(two, "mer_a")
+
+        # Random interleavings of both replicas, in a window (merchant) each.
+        rng = random.Random(7)
+        for trial in range(20):
+            merchant = f"mer_{trial}"
+            outcomes = [await passed(rng.choice((one, two)), merchant) for _ in range(limit + 50)]
+            first_refusal = outcomes.index(False)
+            assert first_refusal >= limit - (lease - 1), (trial, first_refusal)
+            assert outcomes.count(True) <= limit
+
+        # And all at once.
+        concurrent = await asyncio.gather(
+            *(passed(one if i % 3 else two, "mer_b") for i in range(2 * limit))
+        )
+        assert limit - (lease - 1) <= concurrent.count(True) <= limit
+    finally:
+        for c in caches:
+            await c.close()
+
+
+async def test_with_redis_down_leased_calls_fail_open_with_one_warning(
+    es256_signer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    down = CountingCache(RedisCache(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5))
+    try:
+        limiter = RateLimiter(down, service="payments", limit=1000, clock=Clock())
+        assert limiter.lease == 50
+        with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+            results = await asyncio.gather(*(passed(limiter, "mer_a") for _ in range(20)))
+            results += [await passed(limiter, "mer_a") for _ in range(20)]
+        assert all(results)
+        assert down.incrs == [50]  # one lease tried for the 20 at once, then left alone
+        warnings = [r for r in caplog.records if r.name == "pi.platform.ratelimit"]
+        assert len(warnings) == 1, warnings
+    finally:
+        await down.close()
 
 
 # --- as the services wire it ---------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -13,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from pi.platform.cache import CacheError, MemoryCache, RedisCache
 from pi.platform.config import Settings
 from pi.platform.errors import ResourceExhausted
-from pi.platform.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter
+from pi.platform.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter, lease_size
 from pi.platform.rpc_status import error_from_rpc_error, to_grpc_status, to_status_proto
 
 START = 1_700_000_000.25  # a quarter into a one-second window
@@ -178,6 +179,141 @@ async def test_limiting_resumes_when_the_cache_answers_again(clock: Clock) -> No
     await refused(limiter, "mer_a")
 
 
+# --- leases ------------------------------------------------------------------------------
+
+
+class GatedCache:
+    """A `MemoryCache` whose `incr` waits for `gate`; records the amount of each `incr`."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.memory = MemoryCache(clock=clock)
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.incrs: list[int] = []
+
+    async def incr(self, key: str, ttl: float | None = None, amount: int = 1) -> int:
+        self.incrs.append(amount)
+        await self.gate.wait()
+        return await self.memory.incr(key, ttl, amount)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the Cache protocol
+        return getattr(self.memory, name)
+
+
+async def settle() -> None:
+    """Let every ready task run until it waits (a lease task starts a turn after its call)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def passes(limiter: RateLimiter, merchant_id: str) -> bool:
+    try:
+        await limiter.check(merchant_id)
+    except ResourceExhausted:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("limit", "lease"), [(1, 1), (39, 1), (40, 2), (100, 5), (1000, 50), (10**6, 50)]
+)
+def test_a_lease_is_at_most_5_percent_of_the_limit_and_at_most_50(limit: int, lease: int) -> None:
+    assert lease_size(limit) == lease
+    assert RateLimiter(MemoryCache(), service="payments", limit=limit).lease == lease
+
+
+async def test_a_lease_serves_that_many_calls_and_only_what_is_left_near_the_limit(
+    clock: Clock,
+) -> None:
+    cache = GatedCache(clock)
+    limiter = limiter_on(cache, clock, limit=10, lease=4)
+    assert [await passes(limiter, "mer_a") for _ in range(12)] == [True] * 10 + [False] * 2
+    assert cache.incrs == [4, 4, 2]
+    assert await cache.get(f"pi:rl:payments:mer_a:{int(START)}") == b"10"
+
+
+async def test_a_lease_past_the_limit_another_replica_reached_serves_nothing(
+    clock: Clock,
+) -> None:
+    cache = GatedCache(clock)
+    mine = limiter_on(cache, clock, limit=10, lease=4)
+    other = limiter_on(cache, clock, limit=10, lease=4)
+    assert await passes(mine, "mer_a")  # the counter at 4, three held here
+    for _ in range(6):  # leases of 4 (to 8) and of the 2 it saw left (to 10)
+        assert await passes(other, "mer_a")
+    assert not await passes(other, "mer_a")
+    assert [await passes(mine, "mer_a") for _ in range(4)] == [True, True, True, False]
+    assert cache.incrs == [4, 4, 2, 4]  # the last, from 10 to 14, served nothing
+
+
+async def test_concurrent_calls_wait_for_the_one_lease_in_flight(clock: Clock) -> None:
+    cache = GatedCache(clock)
+    cache.gate.clear()
+    limiter = limiter_on(cache, clock, limit=100, lease=5)
+    calls = [asyncio.ensure_future(passes(limiter, "mer_a")) for _ in range(5)]
+    await settle()
+    assert cache.incrs == [5]
+    cache.gate.set()
+    assert await asyncio.gather(*calls) == [True] * 5
+    assert cache.incrs == [5]
+
+
+async def test_a_caller_that_gives_up_leaves_its_lease_to_the_others(clock: Clock) -> None:
+    cache = GatedCache(clock)
+    cache.gate.clear()
+    limiter = limiter_on(cache, clock, limit=100, lease=5)
+    leader = asyncio.ensure_future(limiter.check("mer_a"))
+    follower = asyncio.ensure_future(limiter.check("mer_a"))
+    await settle()
+    assert cache.incrs == [5]
+    leader.cancel()
+    cache.gate.set()
+    await follower
+    assert leader.cancelled()
+    for _ in range(4):  # what the cancelled call leased is served, not lost
+        await limiter.check("mer_a")
+    assert cache.incrs == [5]
+
+
+async def test_leases_are_dropped_with_their_window(clock: Clock) -> None:
+    cache = GatedCache(clock)
+    limiter = limiter_on(cache, clock, limit=100, lease=5, max_leased_merchants=2)
+    for merchant in ("mer_a", "mer_b"):
+        await limiter.check(merchant)
+    clock.advance(1)
+    for merchant in ("mer_c", "mer_d", "mer_c"):
+        await limiter.check(merchant)
+    assert cache.incrs == [5, 5, 5, 5]  # the old window's two left room for two new ones
+
+
+async def test_past_the_merchants_a_window_leases_for_calls_are_counted_one_by_one(
+    clock: Clock,
+) -> None:
+    cache = GatedCache(clock)
+    limiter = limiter_on(cache, clock, limit=3, lease=2, max_leased_merchants=1)
+    await limiter.check("mer_a")
+    results = [await passes(limiter, "mer_b") for _ in range(4)]
+    assert results == [True, True, True, False]
+    assert cache.incrs == [2, 1, 1, 1, 1]
+    await limiter.check("mer_a")  # still on its lease
+    assert len(cache.incrs) == 5
+
+
+async def test_calls_waiting_for_a_lease_fail_open_together_when_the_cache_fails(
+    clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = BrokenCache()
+    limiter = limiter_on(cache, clock, limit=100, lease=5, retry_seconds=1.0)
+    with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+        assert all(await asyncio.gather(*(passes(limiter, "mer_a") for _ in range(10))))
+    assert cache.calls == 1
+    assert len(caplog.records) == 1
+    cache.broken = False
+    clock.advance(1.0)
+    assert [await passes(limiter, "mer_a") for _ in range(101)] == [True] * 100 + [False]
+    assert cache.calls == 21
+
+
 # --- the status a client sees --------------------------------------------------------------
 
 
@@ -248,13 +384,14 @@ async def test_without_redis_the_counters_are_in_process() -> None:
     limiter = create_rate_limiter(settings())
     assert limiter is not None
     assert (limiter.limit, type(limiter.cache)) == (100, MemoryCache)
+    assert limiter.lease == 1  # in process, a count costs no round trip to save
 
 
 async def test_with_redis_the_counters_are_in_redis() -> None:
     limiter = create_rate_limiter(
-        settings(redis_url="redis://127.0.0.1:1/0", rate_limit_per_merchant=7)
+        settings(redis_url="redis://127.0.0.1:1/0", rate_limit_per_merchant=1000)
     )
     assert limiter is not None
-    assert limiter.limit == 7
+    assert (limiter.limit, limiter.lease) == (1000, 50)
     assert isinstance(limiter.cache, RedisCache)  # connects lazily: no I/O here
     await limiter.cache.close()

@@ -1,33 +1,68 @@
 # ruff: noqa: E501  (the SQL of the flow reads best one statement per line)
 """The reference point for the database: pgbench running the SQL of one payment flow.
 
-One pgbench "transaction" of this script is one whole flow, as the services write it
-(pi/transactions/store.py, pi/payments/store.py, pi/platform/idempotency.py), against
-the same tables (created by the services' own migrations), with the same durable
-commits (`synchronous_commit` is forced on for the bench database):
+One pgbench "transaction" of this script is one whole flow (POST /v1/transactions, then
+POST /v1/payments with a card and automatic capture, an idempotency key on both), sent
+statement for statement as the services send it (pi/transactions/store.py,
+pi/payments/store.py, pi/platform/idempotency.py; checked against a statement log of
+the mesh), against the same tables (created by the services' own migrations), with the
+same durable commits (`synchronous_commit` is forced on for the bench database):
 
-1. CreateTransaction (transaction service), one commit: claim the idempotency key,
-   insert the transaction, store the response under the key.
-2. CreatePayment (payment service), first sight of the transaction: read the ref, the
-   transaction service's LookupTransaction read, insert the ref (one commit), read it.
-3. ... one commit before the processor is called: claim the key, lock the ref, insert
-   the PROCESSING payment, add the hold to the ref, store a "pending" marker.
-4. ... one commit to settle the processor's answer: lock key, ref and payment; payment
-   SUCCEEDED; hold -> captured; the AUTHORIZATION and CAPTURE movements into the outbox;
-   store the final response.
-5. ApplyMovement x2 (transaction service), one commit each: lock the transaction, record
-   the movement, add its deltas and the derived status.
-6. The outbox dispatcher marks both movements delivered: one commit (the dispatcher
-   batches this per round, so here PostgreSQL does a little more work than for real).
+1. CreateTransaction (transaction service), one commit: claim the idempotency key
+   already holding the response (INSERT .. ON CONFLICT DO NOTHING RETURNING), insert
+   the transaction.
+2. RegisterTransactions (the transaction service's `FactsPublisher` pushes the new
+   transaction's facts to the payment service), one commit: one INSERT .. SELECT FROM
+   unnest(..) ON CONFLICT DO NOTHING RETURNING into `transaction_refs`.
+3. CreatePayment (payment service): an autocommit read of the ref; then T1, one
+   commit before the processor is called: claim the key holding "pending <payment id>",
+   the conditional ref UPDATE that adds the hold (applies only if the ref is still what
+   was read), insert the PROCESSING payment.
+4. ... T2, one commit to settle the processor's answer: replace the key's "pending"
+   response by the final one (conditional on it), the conditional ref UPDATE (hold ->
+   captured, two movements; applies only if the hold is still there), one two-row
+   INSERT of the AUTHORIZATION and CAPTURE movements into the outbox, the conditional
+   payment UPDATE (WHERE status = 'PROCESSING' ..) to SUCCEEDED.
+5. The outbox dispatcher's round (pi/payments/outbox.py): the due-movements SELECT
+   (autocommit); ApplyMovements in the transaction service, one commit: lock the
+   transactions (SELECT .. = ANY(..) ORDER BY id FOR UPDATE), record the movements
+   (INSERT .. SELECT FROM unnest(..) ON CONFLICT DO NOTHING RETURNING id), one UPDATE
+   per step (authorization, capture; pipelined in one round trip, as psycopg's
+   executemany sends them); mark both movements delivered (one UPDATE .. = ANY(..),
+   autocommit, a commit of its own); the idle wait's SELECT of the next due time.
 
-The mesh is still running while pgbench runs, so the script's outbox rows are written
-with `next_attempt_time = 'infinity'`: the payment service's dispatcher never picks them
-up (their payloads are filler bytes), and the script marks them delivered itself.
+So 6 durable commits (5 BEGIN/COMMIT blocks + the autocommit mark) and 18 statements per
+flow besides BEGIN/COMMIT (3 of them autocommit reads, which flush nothing): pgbench's
+TPS here is the number of flows per second PostgreSQL alone sustains on this box, and
+flows/s ÷ that TPS says how close the Python services come to the database's own limit.
+`-M prepared` matches psycopg, which prepares statements it sees repeatedly. Ids are
+time-ordered like `pi.platform.ids`; responses and payloads are filler bytes of the
+services' sizes.
 
-So 7 commits and ~30 statements per flow: pgbench's TPS here is the number of flows per
-second PostgreSQL alone sustains on this box, and flows/s ÷ that TPS says how close the
-Python services come to the database's own limit. `-M prepared` matches psycopg, which
-prepares statements it sees repeatedly. Ids are time-ordered like `pi.platform.ids`.
+What this models per flow, and where it departs from the services:
+
+- Batches as one flow's batch. RegisterTransactions (step 2) and the dispatcher's
+  round (step 5) are batched across flows: under load one call carries the facts of
+  every transaction created meanwhile, one round the movements of every flow settled
+  meanwhile. Here each is a batch of this flow alone (one-row arrays, two movements),
+  which is what the services send when flows do not overlap (one connection: one round
+  per flow). Under load the per-call and per-round parts (the RegisterTransactions
+  INSERT and its commit, the due SELECT, the lock SELECT, the movements INSERT, the
+  ApplyMovements commit, the mark and its commit, the next-due SELECT: 6 statements and
+  3 of the 6 commits) are shared by many flows, so this script makes PostgreSQL do more
+  per flow than the mesh does. Its TPS is a floor of what PostgreSQL sustains for the
+  services' batching, and flows/s ÷ TPS reads higher (closer to the limit) than it is.
+  Per flow whatever the batch: the two step UPDATEs and the rows the batched
+  statements write.
+- The happy path of CreatePayment: the facts arrived before the payment. When they did
+  not (the push races the client's next call), the payment service looks the
+  transaction up instead (LookupTransaction: one more read in the transaction service)
+  and T1 inserts the ref itself; that path is not modelled.
+- The mesh is still running while pgbench runs, so the script's outbox rows are written
+  with `next_attempt_time = 'infinity'`: the payment service's dispatcher never picks
+  them up (their payloads are filler bytes), and the script applies and marks them
+  itself. For the same reason the script's due SELECT finds none of them (the real one
+  returns the flow's two rows); it still runs the same query over the same index.
 """
 
 from __future__ import annotations
@@ -44,111 +79,134 @@ _ID = (
     "lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
     " || substr(md5(random()::text), 1, 14)"
 )
-_HASH = "'" + "ab" * 32 + "'"  # a sha256 hex digest
-_TXN_RESPONSE = "convert_to(repeat('t', 160), 'UTF8')"  # ~ a serialized Transaction
-_PAY_RESPONSE = "convert_to(repeat('p', 220), 'UTF8')"  # ~ a serialized Payment
-_MOVEMENT = "convert_to(repeat('m', 110), 'UTF8')"  # ~ a serialized Movement
+_HASH = "'" + "ab" * 32 + "'"  # a sha256 hex digest (the request fingerprint)
+_CARD_FINGERPRINT = "'" + "cd" * 16 + "'"  # the card fingerprint (32 hex chars)
+# Sizes as the services store them: a JSON Transaction (~355 bytes), "P" + the payment
+# id while pending, "R" + a JSON Payment (~604 bytes) when final, a Movement (~147 bytes).
+_TXN_RESPONSE = "convert_to(repeat('t', 355), 'UTF8')"
+_PAY_ID = "'pay_' || substr(:txn::text, 5)"
+_PAY_PENDING = f"convert_to('P' || {_PAY_ID}, 'UTF8')"
+_PAY_RESPONSE = "convert_to('R' || repeat('p', 603), 'UTF8')"
+_MOVEMENT = "convert_to(repeat('m', 147), 'UTF8')"
+_MERCHANT = "'mer_pgbench' || :m"
+_KEY = "'pgb-' || :client_id || '-' || :k"
+_MOV_A = "'mov_' || substr(:txn::text, 5) || 'a'"
+_MOV_C = "'mov_' || substr(:txn::text, 5) || 'c'"
+_TXN_COLUMNS = (
+    "id, merchant_id, amount, currency, description, metadata, status, authorized_amount,"
+    " captured_amount, refunded_amount, cancelled, last_payment_failed, create_time, update_time"
+)
+_REF_COLUMNS = (
+    "transaction_id, merchant_id, amount, currency, closed, held_amount, captured_amount,"
+    " refunded_amount, movement_count, create_time, update_time"
+)
 
 FLOW_SQL = f"""
 \\set amount 1999
+\\set release -1 * :amount
 \\set m random(1, 16)
 \\set k random(1, 9223372036854775806)
--- 1. CreateTransaction (TransactionService.create_transaction)
+-- 1. CreateTransaction (TransactionService.create_transaction): the key is claimed
+--    already holding the response. (`txn` rides on the claim's RETURNING: the service
+--    makes the id up front; pgbench needs a statement to get a time-ordered one.)
 BEGIN;
 INSERT INTO transactions.idempotency_keys (scope, operation, key, request_hash, response, create_time)
-  VALUES ('mer_pgbench' || :m, 'CreateTransaction', 'pgb-' || :client_id || '-' || :k, {_HASH}, NULL, now())
-  ON CONFLICT DO NOTHING RETURNING key;
-INSERT INTO transactions.transactions (id, merchant_id, amount, currency, description, metadata,
-    status, authorized_amount, captured_amount, refunded_amount, cancelled, last_payment_failed,
-    create_time, update_time)
-  VALUES ('txn_' || {_ID}, 'mer_pgbench' || :m, :amount, 'USD', 'bench order', '{{}}'::jsonb,
-    'PENDING', 0, 0, 0, false, false, now(), now())
-  RETURNING id AS txn \\gset
-UPDATE transactions.idempotency_keys SET response = {_TXN_RESPONSE}
-  WHERE scope = 'mer_pgbench' || :m AND operation = 'CreateTransaction' AND key = 'pgb-' || :client_id || '-' || :k;
+  VALUES ({_MERCHANT}, 'CreateTransaction', {_KEY}, {_HASH}, {_TXN_RESPONSE}, now())
+  ON CONFLICT DO NOTHING RETURNING key, 'txn_' || {_ID} AS txn \\gset
+INSERT INTO transactions.transactions ({_TXN_COLUMNS})
+  VALUES (:txn, {_MERCHANT}, :amount, 'USD', 'bench order', '{{}}'::jsonb,
+    'PENDING', 0, 0, 0, false, false, now(), now());
 COMMIT;
--- 2. CreatePayment (PaymentService.create_payment): first sight of the transaction
-SELECT * FROM payments.transaction_refs WHERE transaction_id = :txn;
-SELECT * FROM transactions.transactions WHERE id = :txn AND merchant_id = 'mer_pgbench' || :m;
+-- 2. RegisterTransactions (the transaction service's FactsPublisher; batched across flows
+--    under load, here a batch of this one transaction)
 BEGIN;
-INSERT INTO payments.transaction_refs (transaction_id, merchant_id, amount, currency, closed,
-    held_amount, captured_amount, refunded_amount, movement_count, create_time, update_time)
-  VALUES (:txn, 'mer_pgbench' || :m, :amount, 'USD', false, 0, 0, 0, 0, now(), now())
-  ON CONFLICT (transaction_id) DO NOTHING;
+INSERT INTO payments.transaction_refs ({_REF_COLUMNS})
+  SELECT r.transaction_id, r.merchant_id, r.amount, r.currency, false, 0, 0, 0, 0, now(), now()
+  FROM unnest(ARRAY[:txn]::varchar[], ARRAY[{_MERCHANT}]::varchar[], ARRAY[:amount]::bigint[], ARRAY['USD']::varchar[])
+    AS r(transaction_id, merchant_id, amount, currency)
+  ON CONFLICT DO NOTHING RETURNING transaction_id;
 COMMIT;
-SELECT * FROM payments.transaction_refs WHERE transaction_id = :txn;
--- 3. ... the PROCESSING payment and the hold, committed before the processor is called
+-- 3. CreatePayment (PaymentService.create_payment): the ref as committed (autocommit)
+SELECT {_REF_COLUMNS} FROM payments.transaction_refs WHERE transaction_id = :txn;
+-- ... T1: the PROCESSING payment and its hold, committed before the processor is called
 BEGIN;
 INSERT INTO payments.idempotency_keys (scope, operation, key, request_hash, response, create_time)
-  VALUES ('mer_pgbench' || :m, 'CreatePayment', 'pgb-' || :client_id || '-' || :k, {_HASH}, NULL, now())
+  VALUES ({_MERCHANT}, 'CreatePayment', {_KEY}, {_HASH}, {_PAY_PENDING}, now())
   ON CONFLICT DO NOTHING RETURNING key;
-SELECT * FROM payments.transaction_refs WHERE transaction_id = :txn FOR UPDATE;
+UPDATE payments.transaction_refs SET closed = false, held_amount = held_amount + :amount,
+    captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
+    movement_count = movement_count + 0, update_time = now()
+  WHERE transaction_id = :txn AND held_amount = 0 AND captured_amount = 0 AND closed = false
+  RETURNING movement_count;
 INSERT INTO payments.payments (id, merchant_id, transaction_id, amount, currency, method,
     capture_mode, status, failure_reason, captured_amount, refunded_amount, card_brand,
     card_last4, card_fingerprint, card_exp_month, card_exp_year, bank_account_holder_name,
     bank_account_last4, wallet_type, processor_reference, create_time, update_time)
-  VALUES ('pay_' || substr(:txn::text, 5), 'mer_pgbench' || :m, :txn, :amount, 'USD', 'CARD',
-    'AUTOMATIC', 'PROCESSING', NULL, 0, 0, 'VISA', '4242', {_HASH}, 12, 2035, NULL, NULL,
+  VALUES ({_PAY_ID}, {_MERCHANT}, :txn, :amount, 'USD', 'CARD',
+    'AUTOMATIC', 'PROCESSING', NULL, 0, 0, 'VISA', '4242', {_CARD_FINGERPRINT}, 12, 2035, NULL, NULL,
     NULL, NULL, now(), now());
-UPDATE payments.transaction_refs SET held_amount = held_amount + :amount,
-    captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
-    closed = false, movement_count = movement_count + 0, update_time = now()
-  WHERE transaction_id = :txn RETURNING movement_count;
-UPDATE payments.idempotency_keys SET response = convert_to('pending pay_' || substr(:txn::text, 5), 'UTF8')
-  WHERE scope = 'mer_pgbench' || :m AND operation = 'CreatePayment' AND key = 'pgb-' || :client_id || '-' || :k;
 COMMIT;
--- 4. ... settle the processor's answer: SUCCEEDED, hold -> captured, two movements
+-- 4. ... T2: settle the processor's answer (conditional writes, no locks taken first)
 BEGIN;
-SELECT response FROM payments.idempotency_keys
-  WHERE scope = 'mer_pgbench' || :m AND operation = 'CreatePayment' AND key = 'pgb-' || :client_id || '-' || :k FOR UPDATE;
-SELECT * FROM payments.transaction_refs WHERE transaction_id = :txn FOR UPDATE;
-SELECT * FROM payments.payments WHERE id = 'pay_' || substr(:txn::text, 5) FOR UPDATE;
+UPDATE payments.idempotency_keys SET response = {_PAY_RESPONSE}
+  WHERE scope = {_MERCHANT} AND operation = 'CreatePayment' AND key = {_KEY}
+    AND response = {_PAY_PENDING};
+UPDATE payments.transaction_refs SET closed = false, held_amount = held_amount + :release,
+    captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
+    movement_count = movement_count + 2, update_time = now()
+  WHERE transaction_id = :txn AND held_amount + :release >= 0
+  RETURNING movement_count AS mc \\gset
+INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, attempts, next_attempt_time)
+  VALUES ({_MOV_A}, :txn, :mc - 1, 'AUTHORIZATION', {_MOVEMENT}, now(), 0, 'infinity'),
+    ({_MOV_C}, :txn, :mc, 'CAPTURE', {_MOVEMENT}, now(), 0, 'infinity');
 UPDATE payments.payments SET status = 'SUCCEEDED', failure_reason = NULL, captured_amount = :amount,
     refunded_amount = 0, processor_reference = 'sbx_' || substr(:txn::text, 5), update_time = now()
-  WHERE id = 'pay_' || substr(:txn::text, 5) AND status = 'PROCESSING' AND refunded_amount = 0;
-UPDATE payments.transaction_refs SET held_amount = held_amount - :amount,
-    captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
-    closed = false, movement_count = movement_count + 2, update_time = now()
-  WHERE transaction_id = :txn RETURNING movement_count AS mc \\gset
-INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, delivered_time,
-    attempts, next_attempt_time, last_error)
-  VALUES ('mov_' || substr(:txn::text, 5) || 'a', :txn, :mc - 1, 'AUTHORIZATION', {_MOVEMENT}, now(), NULL, 0, 'infinity', NULL);
-INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, delivered_time,
-    attempts, next_attempt_time, last_error)
-  VALUES ('mov_' || substr(:txn::text, 5) || 'c', :txn, :mc, 'CAPTURE', {_MOVEMENT}, now(), NULL, 0, 'infinity', NULL);
-UPDATE payments.idempotency_keys SET response = {_PAY_RESPONSE}
-  WHERE scope = 'mer_pgbench' || :m AND operation = 'CreatePayment' AND key = 'pgb-' || :client_id || '-' || :k;
+  WHERE id = {_PAY_ID} AND status = 'PROCESSING' AND refunded_amount = 0
+    AND processor_reference IS NOT DISTINCT FROM NULL;
 COMMIT;
--- 5. ApplyMovement (TransactionService.apply_movement): AUTHORIZATION
+-- 5. The outbox dispatcher's round (batched across flows under load; here this flow's):
+--    the due movements (autocommit) ...
+SELECT outbox.id, outbox.transaction_id, outbox.seq, outbox.payload, outbox.attempts
+  FROM payments.outbox
+  WHERE outbox.delivered_time IS NULL AND outbox.next_attempt_time <= now()
+    AND NOT (EXISTS (SELECT * FROM payments.outbox AS earlier
+      WHERE earlier.transaction_id = outbox.transaction_id AND earlier.seq < outbox.seq
+        AND earlier.delivered_time IS NULL AND earlier.next_attempt_time > outbox.next_attempt_time))
+  ORDER BY outbox.next_attempt_time, outbox.transaction_id, outbox.seq LIMIT 500;
+-- ... ApplyMovements (TransactionService.apply_movements): lock, record, one UPDATE per step
 BEGIN;
-SELECT * FROM transactions.transactions WHERE id = :txn AND merchant_id = 'mer_pgbench' || :m FOR UPDATE;
+SELECT {_TXN_COLUMNS} FROM transactions.transactions
+  WHERE id = ANY(ARRAY[:txn]::varchar[]) ORDER BY id FOR UPDATE;
 INSERT INTO transactions.applied_movements (id, transaction_id, payment_id, kind, authorized_delta,
     captured_delta, refunded_delta, occur_time, apply_time)
-  VALUES ('mov_' || substr(:txn::text, 5) || 'a', :txn, 'pay_' || substr(:txn::text, 5), 'AUTHORIZATION', :amount, 0, 0, now(), now())
+  SELECT m.id, m.transaction_id, m.payment_id, m.kind, m.authorized_delta, m.captured_delta,
+    m.refunded_delta, m.occur_time, now() AS apply_time
+  FROM unnest(ARRAY[{_MOV_A}, {_MOV_C}]::varchar[], ARRAY[:txn, :txn]::varchar[],
+    ARRAY[{_PAY_ID}, {_PAY_ID}]::varchar[], ARRAY['AUTHORIZATION', 'CAPTURE']::varchar[],
+    ARRAY[:amount, 0]::bigint[], ARRAY[0, :amount]::bigint[], ARRAY[0, 0]::bigint[],
+    ARRAY[now(), now()]::timestamptz[])
+    AS m(id, transaction_id, payment_id, kind, authorized_delta, captured_delta, refunded_delta, occur_time)
   ON CONFLICT (id) DO NOTHING RETURNING id;
-UPDATE transactions.transactions SET authorized_amount = authorized_amount + :amount,
+\\startpipeline
+UPDATE transactions.transactions SET status = 'AUTHORIZED', authorized_amount = authorized_amount + :amount,
     captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
-    status = 'AUTHORIZED', cancelled = false, last_payment_failed = false, update_time = now()
-  WHERE id = :txn AND merchant_id = 'mer_pgbench' || :m RETURNING *;
-COMMIT;
--- 5. ApplyMovement: CAPTURE
-BEGIN;
-SELECT * FROM transactions.transactions WHERE id = :txn AND merchant_id = 'mer_pgbench' || :m FOR UPDATE;
-INSERT INTO transactions.applied_movements (id, transaction_id, payment_id, kind, authorized_delta,
-    captured_delta, refunded_delta, occur_time, apply_time)
-  VALUES ('mov_' || substr(:txn::text, 5) || 'c', :txn, 'pay_' || substr(:txn::text, 5), 'CAPTURE', 0, :amount, 0, now(), now())
-  ON CONFLICT (id) DO NOTHING RETURNING id;
-UPDATE transactions.transactions SET authorized_amount = authorized_amount + 0,
+    cancelled = false, last_payment_failed = false, update_time = now()
+  WHERE id = :txn AND merchant_id = {_MERCHANT};
+UPDATE transactions.transactions SET status = 'COMPLETED', authorized_amount = authorized_amount + 0,
     captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
-    status = 'COMPLETED', cancelled = false, last_payment_failed = false, update_time = now()
-  WHERE id = :txn AND merchant_id = 'mer_pgbench' || :m RETURNING *;
+    cancelled = false, last_payment_failed = false, update_time = now()
+  WHERE id = :txn AND merchant_id = {_MERCHANT};
+\\endpipeline
 COMMIT;
--- 6. The dispatcher marks the movements delivered (it batches a round; here per flow).
+-- ... mark them delivered (one statement, autocommit), then the idle wait's next due time
 UPDATE payments.outbox SET delivered_time = now()
-  WHERE id IN ('mov_' || substr(:txn::text, 5) || 'a', 'mov_' || substr(:txn::text, 5) || 'c') AND delivered_time IS NULL;
+  WHERE id = ANY(ARRAY[{_MOV_A}, {_MOV_C}]::varchar[]) AND delivered_time IS NULL;
+SELECT min(next_attempt_time) AS due FROM payments.outbox WHERE delivered_time IS NULL;
 """
 
-COMMITS_PER_FLOW = 7
+# BEGIN/COMMIT blocks (CreateTransaction, RegisterTransactions, T1, T2, ApplyMovements)
+# + the dispatcher's autocommit mark; the three autocommit reads write nothing.
+COMMITS_PER_FLOW = 6
 
 
 def _join_continuations(sql: str) -> str:

@@ -65,7 +65,7 @@ def test_percentiles_nearest_rank() -> None:
 def test_pgbench_script_has_one_command_per_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     text = pgbench.write_script(tmp_path / "flow.sql").read_text()
     lines = text.splitlines()
-    assert lines.count("COMMIT;") == 6  # + the dispatcher's single-statement commit
+    assert lines.count("COMMIT;") == pgbench.COMMITS_PER_FLOW - 1  # + the autocommit mark
     assert lines.count("\\gset") == 2
     for line in lines:
         assert line.startswith("\\") or line.endswith(";") or "RETURNING" in line, line

@@ -11,8 +11,9 @@
     await database.close()                        # at shutdown
 
 PostgreSQL: the units run on psycopg connections from a psycopg_pool
-`AsyncConnectionPool` of `settings.db_pool_size` connections (opened with the
-database, kept, recycled after 30 minutes), not on SQLAlchemy's engine: checking a
+`AsyncConnectionPool` of up to `settings.db_pool_size` connections (two opened with the
+database, more while units wait for one; kept, recycled after 30 minutes), not on
+SQLAlchemy's engine: checking a
 connection out of SQLAlchemy's pool and beginning and committing through it cost about
 250 µs of CPU per write unit and 100 µs per read, several times the statement itself.
 The connections are in autocommit mode with `search_path` set to the service's schema

@@ -81,7 +81,7 @@ from pi.payments.snapshots import (
     encode_payment,
     encode_refund_result,
 )
-from pi.payments.store import PaymentStore, PaymentTx
+from pi.payments.store import PaymentBatch, PaymentStore, PaymentTx
 from pi.platform.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -188,7 +188,12 @@ class RegisterResult:
 
 
 class _Superseded(Exception):
-    """Rolls back a settlement whose key or payment changed since T1."""
+    """Rolls back a settlement whose key or payment changed since T1, or a T1 whose
+    idempotency key was taken."""
+
+
+class _RefChanged(Exception):
+    """Rolls back a T1 whose ref changed since it was read."""
 
 
 def _utc_now() -> datetime:
@@ -333,6 +338,22 @@ class PaymentService:
                 merchant_id, request.transaction_id, fingerprint, idempotency_key
             )
         payment_id = new_id("pay")
+        pending_response = _PENDING + payment_id.encode()
+        # Fast path: the check runs on the ref as read; the write applies only if the row
+        # is still exactly that (or, on first sight, does not exist yet).
+        change = (
+            self._try_start(seen, request, payment_id, merchant_id, now)
+            if seen.merchant_id == merchant_id
+            else None
+        )
+        if change is not None:
+            recorded = await self._record_at_once(
+                merchant_id, idempotency_key, fingerprint, pending_response, known, change, now
+            )
+            if recorded is True:
+                return change.payment, change.ref, False
+            if recorded is False:
+                change = None  # the ref changed: straight to its lock below
         async with self._store.transaction() as tx:
             claim = await self._idem.claim(
                 tx.conn,
@@ -340,7 +361,7 @@ class PaymentService:
                 OP_CREATE,
                 idempotency_key,
                 fingerprint,
-                response=_PENDING + payment_id.encode(),
+                response=pending_response,
             )
             if claim.replay is not None:
                 if claim.replay.startswith(_FINAL):
@@ -352,10 +373,7 @@ class PaymentService:
                 return pending, None, False
             if seen.merchant_id != merchant_id:  # never changes: no lock needed to say so
                 raise _transaction_not_found()
-            # Fast path: the check runs on the ref as read; the write below applies only
-            # if the row is still exactly that (or, on first sight, does not exist yet).
-            change = self._try_start(seen, request, payment_id, merchant_id, now)
-            if change is not None:
+            if change is not None:  # the fast path met a taken key that is free again
                 if known is None:
                     written = await tx.insert_ref(change.ref, now)
                 else:
@@ -381,6 +399,46 @@ class PaymentService:
             await tx.insert_payment(change.payment)
             await tx.update_ref(ref, change.ref, [], now)
             return change.payment, change.ref, False
+
+    async def _record_at_once(
+        self,
+        merchant_id: str,
+        idempotency_key: str | None,
+        fingerprint: str,
+        pending: bytes,
+        known: TransactionRef | None,
+        change: PaymentChange,
+        now: datetime,
+    ) -> bool | None:
+        """T1's fast path in one round trip (and the COMMIT): claim the key, write the ref
+        if it is still as read (insert it on first sight), insert the payment.
+
+        True if all that committed. Otherwise it rolled back: None if the key was taken
+        (the caller claims it again for the replay, or finds it free and goes on), False
+        if the ref was not as read (the caller decides again under its lock).
+        """
+        batch = PaymentBatch()
+        claim = self._idem.queue_claim(
+            batch.batch, merchant_id, OP_CREATE, idempotency_key, fingerprint, response=pending
+        )
+        if known is None:
+            written = batch.insert_ref(change.ref, now)
+        else:
+            written = batch.update_ref_if_unchanged(known, change.ref, now)
+        # Sent before the ref's write is known: if that misses, the payment goes with the
+        # rollback (the ref's row exists either way, for the foreign key).
+        batch.insert_payment(change.payment)
+        try:
+            async with self._store.transaction(batch):
+                if not claim.claimed:
+                    raise _Superseded
+                if not written.value:
+                    raise _RefChanged
+        except _Superseded:
+            return None
+        except _RefChanged:
+            return False
+        return True
 
     def _try_start(
         self,
@@ -577,19 +635,24 @@ class PaymentService:
             # PROCESSING: the response must come from the row (the reconciler may have
             # settled it already). Rare (a timeout), so the locked path is no cost.
             return None
+        # All in one round trip with the BEGIN, checked after: each write is conditional,
+        # and one that missed rolls back the others.
+        batch = PaymentBatch()
+        key_finished = ref_written = None
+        if idempotency is not None:
+            key_finished = batch.replace_idempotency_response(
+                *idempotency, _PENDING + payment.id.encode(), _FINAL + encode_payment(settled)
+            )
+        if change.ref != ref or movements:
+            ref_written = batch.update_ref_if_holding(ref, change.ref, movements, now)
+        payment_written = batch.update_payment_if_unchanged(payment, settled)
         try:
-            async with self._store.transaction() as tx:
-                if idempotency is not None and not await tx.replace_idempotency_response(
-                    *idempotency,
-                    _PENDING + payment.id.encode(),
-                    _FINAL + encode_payment(settled),
-                ):
+            async with self._store.transaction(batch):
+                if key_finished is not None and not key_finished.value:
                     raise _Superseded  # a duplicate finished the key
-                if (change.ref != ref or movements) and not await tx.update_ref_if_holding(
-                    ref, change.ref, movements, now
-                ):
+                if ref_written is not None and not ref_written.value:
                     raise _Superseded  # our hold is gone: someone settled the payment
-                if not await tx.update_payment_if_unchanged(payment, settled):
+                if not payment_written.value:
                     raise _Superseded  # settled by a duplicate or the reconciler
         except _Superseded:
             return None

@@ -52,11 +52,12 @@ from pi.platform.database import Database
 from pi.platform.db import is_postgres
 from pi.platform.errors import Aborted
 from pi.platform.idempotency import Idempotency
-from pi.platform.statements import Conn, Record, Statement
+from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
 from pi.transactions.domain import Movement
 
 __all__ = [
     "OutboxRow",
+    "PaymentBatch",
     "PaymentStore",
     "PaymentTx",
     "metadata",
@@ -87,6 +88,56 @@ def _ref_update_params(
         "p_closed": new.closed,
         "p_movement_count": len(movements),
         "p_update_time": now,
+    }
+
+
+def _insert_ref_params(ref: TransactionRef, now: datetime) -> dict[str, Any]:
+    return {
+        "transaction_id": ref.transaction_id,
+        "merchant_id": ref.merchant_id,
+        "amount": ref.amount,
+        "currency": ref.currency,
+        "closed": ref.closed,
+        "held_amount": ref.held_amount,
+        "captured_amount": ref.captured_amount,
+        "refunded_amount": ref.refunded_amount,
+        "movement_count": 0,
+        "create_time": now,
+        "update_time": now,
+    }
+
+
+def _ref_update_if_unchanged_params(
+    old: TransactionRef, new: TransactionRef, now: datetime
+) -> dict[str, Any]:
+    params = _ref_update_params(old, new, (), now)
+    params.update(
+        p_old_held=old.held_amount,
+        p_old_captured=old.captured_amount,
+        p_old_closed=old.closed,
+    )
+    return params
+
+
+def _update_payment_params(old: Payment, new: Payment) -> dict[str, Any]:
+    values = _payment_values(new)
+    params = {f"p_{name}": values[name] for name in _MUTABLE_PAYMENT_COLUMNS}
+    params["p_id"] = old.id
+    params["p_old_status"] = old.status.value
+    params["p_old_refunded_amount"] = old.refunded_amount
+    params["p_old_processor_reference"] = old.processor_reference
+    return params
+
+
+def _replace_response_params(
+    scope: str, operation: str, key: str, old: bytes, new: bytes
+) -> dict[str, Any]:
+    return {
+        "p_scope": scope,
+        "p_operation": operation,
+        "p_key": key,
+        "p_old": old,
+        "p_response": new,
     }
 
 
@@ -352,6 +403,29 @@ def _insert_outbox(rows: int) -> Statement:
     )
 
 
+# One movement appended to the outbox with its seq taken from the ref row, only if the
+# row still holds what `_UPDATE_REF_IF_HOLDING` releases: in a batch it goes before that
+# UPDATE (which cannot hand it the count it returns), as the next seq after the row's
+# count plus `p_offset`. FOR UPDATE takes the ref's lock first (re-checking the condition
+# on the newest row), so the UPDATE that follows sees the same row and agrees.
+_APPEND_MOVEMENT_IF_HOLDING = Statement(
+    sa.insert(_outbox).from_select(
+        _OUTBOX_COLUMNS,
+        sa.select(
+            sa.bindparam("p_id", type_=outbox.c.id.type),
+            transaction_refs.c.transaction_id,
+            transaction_refs.c.movement_count + sa.bindparam("p_offset", type_=sa.BigInteger()),
+            sa.bindparam("p_kind", type_=outbox.c.kind.type),
+            sa.bindparam("p_payload", type_=outbox.c.payload.type),
+            sa.bindparam("p_now", type_=outbox.c.create_time.type),
+            sa.literal(0, type_=outbox.c.attempts.type),
+            sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type),
+        )
+        .where(_REF_ID, transaction_refs.c.held_amount + _HELD_DELTA >= 0)
+        .with_for_update(),
+    )
+)
+
 _IDEMPOTENCY_KEY = sa.and_(
     idempotency_keys.c.scope == sa.bindparam("p_scope"),
     idempotency_keys.c.operation == sa.bindparam("p_operation"),
@@ -517,23 +591,7 @@ class PaymentTx:
         An inserted row is this transaction's alone until it commits (a concurrent
         insert of the same transaction waits, then does nothing), so it needs no lock.
         """
-        inserted = await _INSERT_REF.execute(
-            self.conn,
-            {
-                "transaction_id": ref.transaction_id,
-                "merchant_id": ref.merchant_id,
-                "amount": ref.amount,
-                "currency": ref.currency,
-                "closed": ref.closed,
-                "held_amount": ref.held_amount,
-                "captured_amount": ref.captured_amount,
-                "refunded_amount": ref.refunded_amount,
-                "movement_count": 0,
-                "create_time": now,
-                "update_time": now,
-            },
-        )
-        return inserted == 1
+        return await _INSERT_REF.execute(self.conn, _insert_ref_params(ref, now)) == 1
 
     async def update_ref(
         self,
@@ -601,12 +659,7 @@ class PaymentTx:
         it did. A budget check made on `old` without a lock then holds under the row
         lock this UPDATE takes (PostgreSQL re-checks the condition on the row it locks).
         """
-        params = _ref_update_params(old, new, (), now)
-        params.update(
-            p_old_held=old.held_amount,
-            p_old_captured=old.captured_amount,
-            p_old_closed=old.closed,
-        )
+        params = _ref_update_if_unchanged_params(old, new, now)
         return await _UPDATE_REF_IF_UNCHANGED.first(self.conn, params) is not None
 
     async def insert_refs(self, refs: Sequence[TransactionRef], now: datetime) -> set[str]:
@@ -681,13 +734,7 @@ class PaymentTx:
 
     async def update_payment_if_unchanged(self, old: Payment, new: Payment) -> bool:
         """Write `new` over `old` if the row is still what `old` says; whether it did."""
-        values = _payment_values(new)
-        params = {f"p_{name}": values[name] for name in _MUTABLE_PAYMENT_COLUMNS}
-        params["p_id"] = old.id
-        params["p_old_status"] = old.status.value
-        params["p_old_refunded_amount"] = old.refunded_amount
-        params["p_old_processor_reference"] = old.processor_reference
-        return await _UPDATE_PAYMENT.execute(self.conn, params) == 1
+        return await _UPDATE_PAYMENT.execute(self.conn, _update_payment_params(old, new)) == 1
 
     async def insert_refund(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None:
         await _INSERT_REFUND.execute(
@@ -727,17 +774,69 @@ class PaymentTx:
         """Store `new` if the key still holds `old`; whether it did. The UPDATE locks the
         key's row, so of two requests finishing one key the second waits and then finds
         `old` gone."""
-        replaced = await _REPLACE_IDEMPOTENCY_RESPONSE.execute(
-            self.conn,
-            {
-                "p_scope": scope,
-                "p_operation": operation,
-                "p_key": key,
-                "p_old": old,
-                "p_response": new,
-            },
-        )
-        return replaced == 1
+        params = _replace_response_params(scope, operation, key, old, new)
+        return await _REPLACE_IDEMPOTENCY_RESPONSE.execute(self.conn, params) == 1
+
+
+class PaymentBatch:
+    """Writes of one transaction queued in a `Batch`, to go with its BEGIN in one round
+    trip (`PaymentStore.transaction(batch)`): the `PaymentTx` methods of the same names,
+    each returning the `Deferred` of whether it wrote, read in the transaction's block.
+
+    Every queued write runs whatever the earlier ones did: a caller that finds one did
+    not write rolls the transaction back.
+    """
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+
+    def insert_ref(self, ref: TransactionRef, now: datetime) -> Deferred[bool]:
+        return self.batch.hit(_INSERT_REF, _insert_ref_params(ref, now))
+
+    def update_ref_if_unchanged(
+        self, old: TransactionRef, new: TransactionRef, now: datetime
+    ) -> Deferred[bool]:
+        params = _ref_update_if_unchanged_params(old, new, now)
+        return self.batch.hit(_UPDATE_REF_IF_UNCHANGED, params)
+
+    def update_ref_if_holding(
+        self,
+        old: TransactionRef,
+        new: TransactionRef,
+        movements: Sequence[Movement],
+        now: datetime,
+    ) -> Deferred[bool]:
+        """`PaymentTx.update_ref_if_holding`: the movements first, each on the same
+        condition as the UPDATE (see `_APPEND_MOVEMENT_IF_HOLDING`); whether the UPDATE
+        wrote (the movements did too then: they locked the row it updates)."""
+        held_delta = new.held_amount - old.held_amount
+        for index, movement in enumerate(movements):
+            self.batch.execute(
+                _APPEND_MOVEMENT_IF_HOLDING,
+                {
+                    "p_transaction_id": old.transaction_id,
+                    "p_held_delta": held_delta,
+                    "p_id": movement.id,
+                    "p_offset": index + 1,
+                    "p_kind": movement.kind.value,
+                    "p_payload": encode_movement(movement),
+                    "p_now": now,
+                },
+            )
+        params = _ref_update_params(old, new, movements, now)
+        return self.batch.hit(_UPDATE_REF_IF_HOLDING, params)
+
+    def insert_payment(self, payment: Payment) -> Deferred[bool]:
+        return self.batch.hit(_INSERT_PAYMENT, _payment_values(payment))
+
+    def update_payment_if_unchanged(self, old: Payment, new: Payment) -> Deferred[bool]:
+        return self.batch.hit(_UPDATE_PAYMENT, _update_payment_params(old, new))
+
+    def replace_idempotency_response(
+        self, scope: str, operation: str, key: str, old: bytes, new: bytes
+    ) -> Deferred[bool]:
+        params = _replace_response_params(scope, operation, key, old, new)
+        return self.batch.hit(_REPLACE_IDEMPOTENCY_RESPONSE, params)
 
 
 class PaymentStore:
@@ -753,9 +852,10 @@ class PaymentStore:
         return self._database.engine
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PaymentTx]:
-        """A database transaction: committed when the block ends, rolled back on error."""
-        async with self._database.transaction() as conn:
+    async def transaction(self, batch: PaymentBatch | None = None) -> AsyncIterator[PaymentTx]:
+        """A database transaction: committed when the block ends, rolled back on error;
+        with `batch`, begun by running it (one round trip on PostgreSQL)."""
+        async with self._database.transaction(None if batch is None else batch.batch) as conn:
             yield PaymentTx(conn)
 
     def reading(self) -> AbstractAsyncContextManager[Conn]:

@@ -5,6 +5,8 @@
     ...
     async with database.transaction() as conn:    # BEGIN ... COMMIT (ROLLBACK if it raises)
         await _INSERT.execute(conn, row)
+    async with database.transaction(batch):       # BEGIN + the batch's statements, one
+        if claimed.value is None: ...             # round trip on PostgreSQL (see Batch)
     async with database.reading() as conn:        # autocommit: every statement on its own
         row = await _GET.first(conn, {"p_id": id})
     ...
@@ -22,6 +24,13 @@ psycopg transaction. The handle is a `psycopg.AsyncConnection`: run `Statement`s
 (they map psycopg errors to `sqlalchemy.exc` ones, and so does the unit for BEGIN and
 COMMIT), not `conn.execute(core_statement)`.
 
+A transaction given a `Batch` (`pi.platform.statements`) starts by running it: on
+PostgreSQL the connection goes into pipeline mode, BEGIN and the batch's statements are
+sent together and read after one sync, and the COMMIT (or ROLLBACK) ends the pipeline: two
+round trips for the whole unit, where BEGIN, each statement and COMMIT take one each
+otherwise. The block reads the results and decides; a `Statement` run in the block still
+works (one round trip each).
+
 SQLite: the units are the engine's `engine.begin()` and `autocommit(engine).connect()`,
 SQLAlchemy connections as before (`Statement`s run their fallback on them).
 
@@ -34,7 +43,7 @@ unit of work: migrations, test fixtures, cold queries.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
 import psycopg
@@ -44,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
 from pi.platform.db import POOL_SIZE, autocommit, create_engine, create_engine_for, is_postgres
-from pi.platform.statements import Conn, sqlalchemy_error
+from pi.platform.statements import Batch, Conn, sqlalchemy_error
 
 __all__ = ["Conn", "Database", "open_database", "open_database_for"]
 
@@ -80,11 +89,19 @@ class Database:
         """The SQLAlchemy engine on the same database, for what is not a hot unit."""
         return self._engine
 
-    def transaction(self) -> AbstractAsyncContextManager[Conn]:
-        """A database transaction: committed when the block ends, rolled back if it raises."""
+    def transaction(self, batch: Batch | None = None) -> AbstractAsyncContextManager[Conn]:
+        """A database transaction: committed when the block ends, rolled back if it raises.
+
+        With `batch`, the transaction starts by running it (on PostgreSQL: with the
+        BEGIN, in one round trip), so the block finds its results in its `Deferred`s.
+        """
         if self._pool is None:
-            return self._engine.begin()
-        return _unit(self._pool, transaction=True)
+            if batch is None:
+                return self._engine.begin()
+            return _sequential_unit(self._engine, batch)
+        if batch is None:
+            return _unit(self._pool, transaction=True)
+        return _pipelined_unit(self._pool, batch)
 
     def reading(self) -> AbstractAsyncContextManager[Conn]:
         """A connection in autocommit mode (no BEGIN/COMMIT): each statement commits on its
@@ -164,6 +181,43 @@ async def _unit(pool: _Pool, *, transaction: bool, rollback: bool = False) -> As
                 raise sqlalchemy_error(error, conn) from error
         else:
             yield conn
+    finally:
+        # A connection still in a transaction is rolled back by the pool, a broken one
+        # replaced.
+        await pool.putconn(conn)
+
+
+@asynccontextmanager
+async def _sequential_unit(engine: AsyncEngine, batch: Batch) -> AsyncIterator[Conn]:
+    async with engine.begin() as conn:
+        await batch.run(conn)
+        yield conn
+
+
+@asynccontextmanager
+async def _pipelined_unit(pool: _Pool, batch: Batch) -> AsyncIterator[Conn]:
+    conn = await _checkout(pool)
+    try:
+        committed = False
+        try:
+            async with conn.pipeline() as pipeline:
+                await batch.begin_in_pipeline(conn, pipeline)  # round trip 1
+                yield conn
+                await batch.commit_in_pipeline(conn)
+                committed = True
+            # Leaving the pipeline synced it: the COMMIT's round trip.
+        except psycopg.Error as error:
+            # COMMIT failed (statements and the batch raise SQLAlchemy's errors).
+            raise sqlalchemy_error(error, conn) from error
+        finally:
+            if not committed and not conn.closed:
+                # Out of pipeline mode first: `rollback()` also forgets the prepared
+                # statements, as psycopg's transaction() does when a block raises (one
+                # queued after an error in the pipeline was never prepared). If it fails
+                # the connection is broken: the pool replaces it, and the error that got
+                # here is the one to raise.
+                with suppress(psycopg.Error):
+                    await conn.rollback()
     finally:
         # A connection still in a transaction is rolled back by the pool, a broken one
         # replaced.

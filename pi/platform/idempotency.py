@@ -31,6 +31,11 @@ one statement instead of claim + complete. That is as safe as completing later o
 because both are in the effect's transaction: if the effect fails, the rollback removes
 the claim and its response together.
 
+A use case whose whole transaction goes in one `Batch` (see `pi.platform.statements`)
+queues the claim with `queue_claim` instead: after the batch ran, `claimed` says whether
+the key was free. If it was not, the use case rolls back and runs `claim` as above, in a
+new transaction, for the replay (or the error) it gives.
+
 A use case that can fail before claiming (e.g. on a remote lookup) calls `reject_reuse`
 first, so that a reused key is reported as such rather than as the other failure.
 """
@@ -59,7 +64,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pi.platform.errors import Aborted, AlreadyExists, InvalidArgument
-from pi.platform.statements import Conn, Record, Statement
+from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"
@@ -93,6 +98,18 @@ class Claim:
     key: str | None
     fingerprint: str
     replay: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedClaim:
+    """A claim queued in a `Batch` (`Idempotency.queue_claim`)."""
+
+    inserted: Deferred[bool] | None  # None: no key, nothing to claim
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the key was free and is now this transaction's (read after the run)."""
+        return self.inserted is None or self.inserted.value
 
 
 class Idempotency:
@@ -172,6 +189,30 @@ class Idempotency:
                 reason="IDEMPOTENCY_KEY_IN_USE",
             )
         return Claim(scope, operation, key, fingerprint, replay=bytes(row.response))
+
+    def queue_claim(
+        self,
+        batch: Batch,
+        scope: str,
+        operation: str,
+        key: str | None,
+        fingerprint: str,
+        *,
+        response: bytes,
+    ) -> QueuedClaim:
+        """`claim` with `response`, queued in `batch`; if it turns out not `claimed`, roll
+        back and `claim` again for the stored response."""
+        if key is None:
+            return QueuedClaim(None)
+        values = {
+            "scope": scope,
+            "operation": operation,
+            "key": key,
+            "request_hash": fingerprint,
+            "response": response,
+            "create_time": datetime.now(UTC),
+        }
+        return QueuedClaim(batch.hit(self._claim, values))
 
     async def reject_reuse(
         self,

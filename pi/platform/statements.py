@@ -38,6 +38,25 @@ Where one statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)`
 `col IN (...)` or `INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row
 INSERT: one statement, prepared once whatever the number of rows.
 
+One round trip for a whole unit: a `Batch` queues statements whose parameters do not
+depend on each other's results, and `pi.platform.database.Database.transaction(batch)`
+runs them at the start of the transaction, on PostgreSQL in one pipeline with the BEGIN
+(one round trip; the COMMIT is one more). The block then reads each result from the
+`Deferred` the batch handed out, and decides: raise to roll back.
+
+    batch = Batch()
+    claimed = batch.first(_CLAIM, claim_params)
+    written = batch.hit(_UPDATE_IF_UNCHANGED, update_params)
+    async with database.transaction(batch):
+        if claimed.value is None or not written.value:
+            raise _Retry  # rolled back: take the careful path
+
+Every statement of a batch runs, whatever the earlier ones returned: a conditional
+statement that missed does not stop the ones after it, so those must be harmless in a
+transaction that will be rolled back. The first error aborts the rest and is raised (as
+`conn.execute` would raise it), and the transaction rolls back. Elsewhere (SQLite, a
+SQLAlchemy connection) `Batch.run` runs them one after the other, with the same results.
+
 Not for statements that need SQLAlchemy at execution time: client-side column defaults,
 expanding (`IN`) or literal-execute parameters; the constructor refuses them (an
 `IN (...)` can stay as the SQLite `fallback` of an `= ANY(...)`). A prebuilt
@@ -49,7 +68,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeAlias, cast
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 
 import psycopg
 from psycopg.rows import RowMaker
@@ -65,7 +84,7 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["Conn", "Record", "Statement", "sqlalchemy_error"]
+__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "sqlalchemy_error"]
 
 #: A connection statements run on: SQLAlchemy's, or a psycopg one (see the module doc).
 Conn: TypeAlias = AsyncConnection | psycopg.AsyncConnection[Any]
@@ -78,6 +97,11 @@ _NO_PARAMS: Mapping[str, Any] = {}
 
 # The attribute of a psycopg connection that holds its reused cursors.
 _CURSORS = "_pi_statement_cursors"
+# The attribute of a psycopg connection that holds the cursor sending a batch's BEGIN and
+# COMMIT (reused, as the statements' cursors are).
+_COMMANDS = "_pi_commands_cursor"
+
+_T = TypeVar("_T")
 
 _Processor = Callable[[Any], Any]
 
@@ -172,7 +196,11 @@ class Statement:
             # call without running part of it.
             values = [self._bind(params) for params in runs]
             cursor = self._cursor(driver)
-            await cursor.executemany(self.sql, values)
+            if driver.pgconn.pipeline_status:
+                async with driver.pipeline():  # see `_run`
+                    await cursor.executemany(self.sql, values)
+            else:
+                await cursor.executemany(self.sql, values)
         except Exception as error:
             raise await _mapped_error(conn, self.sql, runs, error) from error
         return cursor.rowcount
@@ -208,7 +236,13 @@ class Statement:
         try:
             values = self._bind(params)
             cursor = self._cursor(driver)
-            await cursor.execute(self.sql, values, prepare=True)
+            if driver.pgconn.pipeline_status:
+                # In the block of a batch's transaction (still in pipeline mode): leaving
+                # the inner pipeline syncs, so the result (or error) is there on return.
+                async with driver.pipeline():
+                    await cursor.execute(self.sql, values, prepare=True)
+            else:
+                await cursor.execute(self.sql, values, prepare=True)
         except Exception as error:
             raise await _mapped_error(conn, self.sql, params, error) from error
         return cursor
@@ -250,6 +284,153 @@ class Statement:
         if maker is None:
             maker = self._row_maker = _row_maker(cursor.description or (), self._result_types)
         return maker
+
+
+class Deferred(Generic[_T]):
+    """A result a `Batch` fills in when it runs: `value`, read after the run."""
+
+    __slots__ = ("_done", "_value")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: _T | None = None
+
+    @property
+    def value(self) -> _T:
+        if not self._done:
+            raise RuntimeError("the batch has not run yet")
+        return cast(_T, self._value)
+
+    def _set(self, value: _T) -> None:
+        self._value = value
+        self._done = True
+
+
+# What a queued statement's `Deferred` holds: its first row, its row count, or whether
+# it affected (or returned) any row.
+_ROW, _COUNT, _HIT = range(3)
+
+
+class _Queued:
+    __slots__ = ("kind", "params", "result", "statement")
+
+    def __init__(
+        self, statement: Statement, params: Mapping[str, Any], kind: int, result: Any
+    ) -> None:
+        self.statement = statement
+        self.params = params
+        self.kind = kind
+        self.result = result
+
+
+class Batch:
+    """Statements run together, in order, at the start of a transaction (see the module
+    docstring): `first` and `execute` queue one and return the `Deferred` of its result,
+    as `Statement.first` and `Statement.execute` would give it. Run once."""
+
+    __slots__ = ("_queued",)
+
+    def __init__(self) -> None:
+        self._queued: list[_Queued] = []
+
+    def first(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Deferred[Record | None]:
+        """Queue `statement`; its first row, or None when there is none."""
+        result: Deferred[Record | None] = Deferred()
+        self._queued.append(_Queued(statement, params, _ROW, result))
+        return result
+
+    def execute(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Deferred[int]:
+        """Queue `statement`; the number of rows it affected (or returned)."""
+        result: Deferred[int] = Deferred()
+        self._queued.append(_Queued(statement, params, _COUNT, result))
+        return result
+
+    def hit(self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS) -> Deferred[bool]:
+        """Queue `statement`; whether it affected (or returned) any row: for a
+        conditional INSERT or UPDATE, whether its condition held."""
+        result: Deferred[bool] = Deferred()
+        self._queued.append(_Queued(statement, params, _HIT, result))
+        return result
+
+    async def run(self, conn: Conn) -> None:
+        """Run the statements one after the other on `conn` (e.g. SQLite's transaction),
+        as `Statement.first`/`execute` do."""
+        for queued in self._queued:
+            statement, params = queued.statement, queued.params
+            if queued.kind == _ROW or (queued.kind == _HIT and statement._result_types):
+                # A RETURNING statement's rows say whether it hit: its row count is not
+                # reliable on every driver (SQLite).
+                row = await statement.first(conn, params)
+                queued.result._set(row if queued.kind == _ROW else row is not None)
+            else:
+                count = await statement.execute(conn, params)
+                queued.result._set(count if queued.kind == _COUNT else count > 0)
+
+    async def begin_in_pipeline(
+        self, driver: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline
+    ) -> None:
+        """For `Database`: BEGIN and the statements on `driver`, in `pipeline` (which it
+        is in), then one sync: one round trip. Raises the first error as SQLAlchemy
+        would; the transaction is then failed (the caller rolls back)."""
+        queued = self._queued
+        cursors: list[psycopg.AsyncCursor[Record]] = []
+        sql: str | None = None
+        params: Mapping[str, Any] = _NO_PARAMS
+        try:
+            # Every value processed before anything is sent: a bad one (a naive datetime)
+            # fails the batch before the transaction began. (One psycopg cannot send, an
+            # int beyond int8, fails it while it is being queued: rolled back then.)
+            values = []
+            for item in queued:
+                sql, params = item.statement.sql, item.params
+                values.append(item.statement._bind(item.params))
+            await _commands_cursor(driver).execute(b"BEGIN")
+            used: set[Statement] = set()
+            for item, bound in zip(queued, values, strict=True):
+                statement = item.statement
+                sql, params = statement.sql, item.params
+                if statement in used:
+                    # A statement's reused cursor holds one result: a second run of it in
+                    # the same pipeline needs a cursor of its own.
+                    cursor = _new_cursor(driver, statement._row_factory)
+                else:
+                    used.add(statement)
+                    cursor = statement._cursor(driver)
+                await cursor.execute(statement.sql, bound, prepare=True)
+                cursors.append(cursor)
+            sql, params = None, _NO_PARAMS
+            await pipeline.sync()
+            for item, cursor in zip(queued, cursors, strict=True):
+                if item.kind == _ROW:
+                    item.result._set(await cursor.fetchone())  # there already: no I/O
+                elif item.kind == _COUNT:
+                    item.result._set(cursor.rowcount)
+                else:
+                    item.result._set(cursor.rowcount > 0)
+        except Exception as error:
+            if sql is None:
+                # The failed statement is the first one left without a result.
+                for item, cursor in zip(queued, cursors, strict=False):
+                    if cursor.pgresult is None:
+                        sql, params = item.statement.sql, item.params
+                        break
+            raise sqlalchemy_error(error, driver, sql, params) from error
+
+    async def commit_in_pipeline(self, driver: psycopg.AsyncConnection[Any]) -> None:
+        """For `Database`: queue the COMMIT (sent when the pipeline ends, as its last
+        round trip)."""
+        await _commands_cursor(driver).execute(b"COMMIT")
+
+
+def _commands_cursor(driver: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+    cursor: psycopg.AsyncCursor[Any] | None = driver.__dict__.get(_COMMANDS)
+    if cursor is None:
+        cursor = driver.__dict__[_COMMANDS] = driver.cursor()
+    return cursor
 
 
 def _has_client_defaults(statement: Executable) -> bool:

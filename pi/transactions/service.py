@@ -36,7 +36,7 @@ from pi.platform.errors import (
 )
 from pi.platform.ids import is_valid_id, new_id
 from pi.platform.principal import Principal, require_merchant, require_service
-from pi.platform.statements import Conn, Record
+from pi.platform.statements import Batch, Conn, Record
 from pi.platform.validation import PageToken
 from pi.transactions.clients import PaymentLedger
 from pi.transactions.domain import (
@@ -71,6 +71,10 @@ log = logging.getLogger(__name__)
 _CREATE = "CreateTransaction"
 _CANCEL = "CancelTransaction"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _KeyTaken(Exception):
+    """Rolls back a create whose idempotency key was claimed already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,20 +160,37 @@ class TransactionService:
             now=self._clock(),
         )
         idempotency = self._store.idempotency
+        response = _encode(transaction)
+        # The key is claimed already holding the response: the insert either commits
+        # with it or rolls it back, so no separate `complete` is needed. Both go with the
+        # BEGIN in one round trip; a key found taken rolls that back, and the claim is
+        # made again below for the response it holds (or the error it gives).
+        batch = Batch()
+        queued = idempotency.queue_claim(
+            batch, merchant_id, _CREATE, idempotency_key, fingerprint, response=response
+        )
+        self._store.queue_insert(batch, transaction)
+        try:
+            async with self._store.begin(batch):
+                if not queued.claimed:
+                    raise _KeyTaken
+        except _KeyTaken:
+            pass
+        else:
+            self._created(transaction)
+            return transaction
         async with self._store.begin() as conn:
-            # The key is claimed already holding the response: the insert below either
-            # commits with it or rolls it back, so no separate `complete` is needed.
             claim = await idempotency.claim(
                 conn,
                 merchant_id,
                 _CREATE,
                 idempotency_key,
                 fingerprint,
-                response=_encode(transaction),
+                response=response,
             )
             if claim.replay is not None:
                 return _decode(claim.replay)
-            await self._store.insert(conn, transaction)
+            await self._store.insert(conn, transaction)  # the other request rolled back
         self._created(transaction)
         return transaction
 

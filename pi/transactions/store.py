@@ -55,7 +55,7 @@ from pi.platform.database import Database
 from pi.platform.db import UtcDateTime, is_postgres
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency, idempotency_table
-from pi.platform.statements import Conn, Record, Statement
+from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,
@@ -324,9 +324,10 @@ class TransactionStore:
         self._database = database
         self.idempotency = Idempotency(idempotency_keys)
 
-    def begin(self) -> AbstractAsyncContextManager[Conn]:
-        """A unit of work: committed when the block ends, rolled back if it raises."""
-        return self._database.transaction()
+    def begin(self, batch: Batch | None = None) -> AbstractAsyncContextManager[Conn]:
+        """A unit of work: committed when the block ends, rolled back if it raises; with
+        `batch`, begun by running it (one round trip on PostgreSQL, see `Database`)."""
+        return self._database.transaction(batch)
 
     def read(self) -> AbstractAsyncContextManager[Conn]:
         """A connection for reads only, in autocommit mode (no BEGIN/ROLLBACK).
@@ -342,6 +343,10 @@ class TransactionStore:
 
     async def insert(self, conn: Conn, transaction: Transaction) -> None:
         await _INSERT_TRANSACTION.execute(conn, _to_row(transaction))
+
+    def queue_insert(self, batch: Batch, transaction: Transaction) -> Deferred[int]:
+        """`insert`, queued in `batch`."""
+        return batch.execute(_INSERT_TRANSACTION, _to_row(transaction))
 
     async def get(
         self,

@@ -45,6 +45,7 @@ from pi.platform.idempotency import Idempotency
 from pi.platform.principal import Principal
 from pi.platform.validation import PageToken
 from pi.transactions.domain import Movement, MovementDelta, MovementKind
+from tests.support.round_trips import count_round_trips
 
 M = "mer_create"
 MERCHANT = Principal.merchant(M)
@@ -205,6 +206,33 @@ async def test_a_replay_and_a_known_transaction_need_no_lookup(world: World) -> 
     ref = await world.ref("txn_1")
     assert (ref.held_amount, ref.captured_amount) == (0, 1000)
     assert await world.count(outbox) == 6  # AUTHORIZATION + CAPTURE for each
+
+
+@pytest.mark.parametrize("world", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
+async def test_on_postgres_each_of_t1_and_t2_is_two_round_trips(world: World) -> None:
+    await world.pay("txn_1", 400, key="first")  # the ref known from now on
+    for attempt in range(6):  # prepared on the first run: the same count after
+        before_t2 = 0
+
+        async def between(payment_id: str) -> None:
+            nonlocal before_t2
+            before_t2 = trips.count
+
+        world.connector.after_authorize = between
+        with count_round_trips() as trips:
+            payment = await world.pay("txn_1", 400, key=f"k{attempt}")
+        # The ref read, then T1: BEGIN + claim + ref update + payment insert, COMMIT.
+        assert before_t2 == 1 + 2
+        # T2: BEGIN + key + movements + ref + payment, COMMIT.
+        assert trips.count - before_t2 == 2
+        assert payment.status is PaymentStatus.SUCCEEDED
+    world.connector.after_authorize = None
+    # AUTHORIZATION + CAPTURE per payment, numbered in order with no gap.
+    async with world.engine.connect() as conn:
+        seqs = (await conn.execute(sa.select(outbox.c.seq).order_by(outbox.c.seq))).scalars()
+        assert list(seqs) == list(range(1, 15))
+    ref = await world.ref("txn_1")
+    assert (ref.held_amount, ref.captured_amount, ref.movement_count) == (0, 2800, 14)
 
 
 async def test_a_reused_key_is_reported_before_an_unknown_transaction(world: World) -> None:

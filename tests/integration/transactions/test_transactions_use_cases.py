@@ -22,6 +22,7 @@ from pi.platform.money import INT64_MAX, MAX_AMOUNT
 from pi.platform.principal import Principal
 from pi.transactions.domain import Movement, MovementKind, TransactionStatus
 from pi.transactions.service import TransactionService
+from tests.support.round_trips import count_round_trips
 
 ALICE = Principal.merchant("mer_alice")
 BOB = Principal.merchant("mer_bob")
@@ -198,6 +199,20 @@ async def test_same_key_and_request_replays_the_first_transaction(
     again = await create(service, idempotency_key="order-1", fingerprint="fp-a")
     assert again == first
     assert await count_rows("transactions") == 1
+
+
+async def test_create_is_two_round_trips_and_a_replay_still_replays(
+    service: TransactionService, count_rows: Count
+) -> None:
+    for attempt in range(6):  # prepared on the first run: two after too
+        with count_round_trips() as trips:
+            first = await create(service, idempotency_key=f"order-{attempt}", fingerprint="fp")
+        assert trips.count == 2  # BEGIN + claim + insert, then COMMIT
+    # A replay finds the key taken: rolled back, then claimed the ordinary way.
+    assert await create(service, idempotency_key="order-5", fingerprint="fp") == first
+    with pytest.raises(AlreadyExists):
+        await create(service, idempotency_key="order-5", fingerprint="other")
+    assert await count_rows("transactions") == 6
 
 
 async def test_same_key_with_another_request_is_refused(

@@ -19,10 +19,13 @@ same durable commits (`synchronous_commit` is forced on for the bench database):
    the conditional ref UPDATE that adds the hold (applies only if the ref is still what
    was read), insert the PROCESSING payment.
 4. ... T2, one commit to settle the processor's answer: replace the key's "pending"
-   response by the final one (conditional on it), the conditional ref UPDATE (hold ->
-   captured, two movements; applies only if the hold is still there), one two-row
-   INSERT of the AUTHORIZATION and CAPTURE movements into the outbox, the conditional
-   payment UPDATE (WHERE status = 'PROCESSING' ..) to SUCCEEDED.
+   response by the final one (conditional on it); one INSERT .. SELECT per movement
+   (AUTHORIZATION, then CAPTURE) appending it to the outbox from the ref row, with
+   seq = the row's movement_count + 1 (+ 2), only if the hold is still there, FOR UPDATE
+   (it locks the ref row first: the UPDATE that follows cannot hand it the count it
+   returns, both going out before either result is read); the conditional ref UPDATE
+   (hold -> captured, two movements; same condition); the conditional payment UPDATE
+   (WHERE status = 'PROCESSING' ..) to SUCCEEDED.
 5. The outbox dispatcher's round (pi/payments/outbox.py): the due-movements SELECT
    (autocommit); ApplyMovements in the transaction service, one commit: lock the
    transactions (SELECT .. = ANY(..) ORDER BY id FOR UPDATE), record the movements
@@ -31,10 +34,11 @@ same durable commits (`synchronous_commit` is forced on for the bench database):
    executemany sends them); mark both movements delivered (one UPDATE .. = ANY(..),
    autocommit, a commit of its own); the idle wait's SELECT of the next due time.
 
-So 6 durable commits (5 BEGIN/COMMIT blocks + the autocommit mark) and 18 statements per
-flow besides BEGIN/COMMIT (3 of them autocommit reads, which flush nothing): pgbench's
-TPS here is the number of flows per second PostgreSQL alone sustains on this box, and
-flows/s ÷ that TPS says how close the Python services come to the database's own limit.
+So 6 durable commits (5 BEGIN/COMMIT blocks + the autocommit mark) and 19 statements per
+flow besides BEGIN/COMMIT (2 + 1 + 1 + 3 + 5 + 1 + 4 + 1 + 1 in the order above; 3 of them
+autocommit reads, which flush nothing): pgbench's TPS here is the number of flows per
+second PostgreSQL alone sustains on this box, and flows/s ÷ that TPS says how close the
+Python services come to the database's own limit.
 `-M prepared` matches psycopg, which prepares statements it sees repeatedly. Ids are
 time-ordered like `pi.platform.ids`; responses and payloads are filler bytes of the
 services' sizes.
@@ -54,6 +58,20 @@ What this models per flow, and where it departs from the services:
   services' batching, and flows/s ÷ TPS reads higher (closer to the limit) than it is.
   Per flow whatever the batch: the two step UPDATEs and the rows the batched
   statements write.
+- Round trips. The services pipeline the write units of CreateTransaction, T1 and T2
+  (`pi.platform.statements.Batch`, `Database.transaction(batch)`): the BEGIN and every
+  statement of the unit go in one round trip, the COMMIT in a second, so each of those
+  units costs the services two round trips whatever its number of statements. This
+  script sends them one by one (BEGIN, each statement, COMMIT: 4, 5 and 7 round trips
+  for those units instead of 2 each). CreateTransaction's claim hands the id on with
+  `\\gset`, which a pgbench pipeline cannot carry; T1 and T2 are sent the same way.
+  So each pgbench client pays more round trips, and holds its locks across more of
+  them, than the services do: the same SQL and the same commits reach the server, but
+  at a given number of clients pgbench's latency per flow is higher and its TPS, if
+  anything, lower than the services' pipelining would get. RegisterTransactions and
+  ApplyMovements are not pipelined units in the services (BEGIN, each statement and
+  COMMIT one round trip each, as here), except ApplyMovements' step UPDATEs, which
+  psycopg's executemany pipelines and this script does too.
 - The happy path of CreatePayment: the facts arrived before the payment. When they did
   not (the push races the client's next call), the payment service looks the
   transaction up instead (LookupTransaction: one more read in the transaction service)
@@ -107,7 +125,7 @@ FLOW_SQL = f"""
 \\set m random(1, 16)
 \\set k random(1, 9223372036854775806)
 -- 1. CreateTransaction (TransactionService.create_transaction): the key is claimed
---    already holding the response. (`txn` rides on the claim's RETURNING: the service
+--    already holding the response (the services pipeline BEGIN + both, then COMMIT). (`txn` rides on the claim's RETURNING: the service
 --    makes the id up front; pgbench needs a statement to get a time-ordered one.)
 BEGIN;
 INSERT INTO transactions.idempotency_keys (scope, operation, key, request_hash, response, create_time)
@@ -129,6 +147,7 @@ COMMIT;
 -- 3. CreatePayment (PaymentService.create_payment): the ref as committed (autocommit)
 SELECT {_REF_COLUMNS} FROM payments.transaction_refs WHERE transaction_id = :txn;
 -- ... T1: the PROCESSING payment and its hold, committed before the processor is called
+--    (PaymentService._record_at_once: the services pipeline BEGIN + all three, then COMMIT)
 BEGIN;
 INSERT INTO payments.idempotency_keys (scope, operation, key, request_hash, response, create_time)
   VALUES ({_MERCHANT}, 'CreatePayment', {_KEY}, {_HASH}, {_PAY_PENDING}, now())
@@ -146,19 +165,30 @@ INSERT INTO payments.payments (id, merchant_id, transaction_id, amount, currency
     'AUTOMATIC', 'PROCESSING', NULL, 0, 0, 'VISA', '4242', {_CARD_FINGERPRINT}, 12, 2035, NULL, NULL,
     NULL, NULL, now(), now());
 COMMIT;
--- 4. ... T2: settle the processor's answer (conditional writes, no locks taken first)
+-- 4. ... T2: settle the processor's answer (conditional writes, no SELECT .. FOR UPDATE
+--    first; the services send BEGIN and these five in one round trip, the COMMIT in a
+--    second: the movements take the ref's lock, then the ref UPDATE sees the same row)
 BEGIN;
 UPDATE payments.idempotency_keys SET response = {_PAY_RESPONSE}
   WHERE scope = {_MERCHANT} AND operation = 'CreatePayment' AND key = {_KEY}
     AND response = {_PAY_PENDING};
+INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, attempts, next_attempt_time)
+  SELECT {_MOV_A}, transaction_refs.transaction_id, transaction_refs.movement_count + 1,
+    'AUTHORIZATION', {_MOVEMENT}, now(), 0, 'infinity'::timestamptz
+  FROM payments.transaction_refs
+  WHERE transaction_refs.transaction_id = :txn AND transaction_refs.held_amount + :release >= 0
+  FOR UPDATE;
+INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, attempts, next_attempt_time)
+  SELECT {_MOV_C}, transaction_refs.transaction_id, transaction_refs.movement_count + 2,
+    'CAPTURE', {_MOVEMENT}, now(), 0, 'infinity'::timestamptz
+  FROM payments.transaction_refs
+  WHERE transaction_refs.transaction_id = :txn AND transaction_refs.held_amount + :release >= 0
+  FOR UPDATE;
 UPDATE payments.transaction_refs SET closed = false, held_amount = held_amount + :release,
     captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
     movement_count = movement_count + 2, update_time = now()
   WHERE transaction_id = :txn AND held_amount + :release >= 0
-  RETURNING movement_count AS mc \\gset
-INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, attempts, next_attempt_time)
-  VALUES ({_MOV_A}, :txn, :mc - 1, 'AUTHORIZATION', {_MOVEMENT}, now(), 0, 'infinity'),
-    ({_MOV_C}, :txn, :mc, 'CAPTURE', {_MOVEMENT}, now(), 0, 'infinity');
+  RETURNING movement_count;
 UPDATE payments.payments SET status = 'SUCCEEDED', failure_reason = NULL, captured_amount = :amount,
     refunded_amount = 0, processor_reference = 'sbx_' || substr(:txn::text, 5), update_time = now()
   WHERE id = {_PAY_ID} AND status = 'PROCESSING' AND refunded_amount = 0

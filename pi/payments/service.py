@@ -13,11 +13,13 @@ unrecorded charge (DESIGN.md, "never a double charge"):
    any database transaction: a replayed key always finds its ref, so never needs this).
    The transaction service usually pushes the ref ahead (`register_transactions`,
    right after CreateTransaction), so the lookup is only the fallback for a ref that
-   has not arrived yet;
+   has not arrived yet — and the push may land while it runs;
 2. T1: claim the idempotency key already holding "pending <payment id>" (the id is made
    up front), check the budget and insert the payment as PROCESSING holding its amount.
-   The ref is inserted holding it on first sight, or updated only if it is still what
-   the check read; if either finds the row changed, the ref is locked and checked again;
+   The ref is updated to hold it only if it is still what the check read; on first
+   sight it is inserted holding nothing (unless it exists) and then updated only if it
+   is still fresh, so a ref pushed meanwhile does as well as our own insert. If the
+   update finds the row changed, the ref is locked and checked again;
 3. `connector.authorize`, keyed by the payment id (a repeat never charges twice);
 4. T2: replace "pending" under the key with the final response, apply the outcome to
    the ref, then to the payment only if it is still PROCESSING as T1 left it, and add
@@ -340,7 +342,7 @@ class PaymentService:
         payment_id = new_id("pay")
         pending_response = _PENDING + payment_id.encode()
         # Fast path: the check runs on the ref as read; the write applies only if the row
-        # is still exactly that (or, on first sight, does not exist yet).
+        # is still exactly that (on first sight: as first inserted, by us or a push).
         change = (
             self._try_start(seen, request, payment_id, merchant_id, now)
             if seen.merchant_id == merchant_id
@@ -348,7 +350,14 @@ class PaymentService:
         )
         if change is not None:
             recorded = await self._record_at_once(
-                merchant_id, idempotency_key, fingerprint, pending_response, known, change, now
+                merchant_id,
+                idempotency_key,
+                fingerprint,
+                pending_response,
+                seen,
+                change,
+                now,
+                first_sight=known is None,
             )
             if recorded is True:
                 return change.payment, change.ref, False
@@ -375,7 +384,7 @@ class PaymentService:
                 raise _transaction_not_found()
             if change is not None:  # the fast path met a taken key that is free again
                 if known is None:
-                    written = await tx.insert_ref(change.ref, now)
+                    written = await tx.hold_on_fresh_ref(seen, change.ref, now)
                 else:
                     written = await tx.update_ref_if_unchanged(known, change.ref, now)
                 if written:
@@ -406,12 +415,15 @@ class PaymentService:
         idempotency_key: str | None,
         fingerprint: str,
         pending: bytes,
-        known: TransactionRef | None,
+        seen: TransactionRef,
         change: PaymentChange,
         now: datetime,
+        *,
+        first_sight: bool,
     ) -> bool | None:
         """T1's fast path in one round trip (and the COMMIT): claim the key, write the ref
-        if it is still as read (insert it on first sight), insert the payment.
+        if it is still as read (on first sight: insert it holding nothing unless it
+        exists, then write it if still so), insert the payment.
 
         True if all that committed. Otherwise it rolled back: None if the key was taken
         (the caller claims it again for the replay, or finds it free and goes on), False
@@ -421,10 +433,10 @@ class PaymentService:
         claim = self._idem.queue_claim(
             batch.batch, merchant_id, OP_CREATE, idempotency_key, fingerprint, response=pending
         )
-        if known is None:
-            written = batch.insert_ref(change.ref, now)
+        if first_sight:
+            written = batch.hold_on_fresh_ref(seen, change.ref, now)
         else:
-            written = batch.update_ref_if_unchanged(known, change.ref, now)
+            written = batch.update_ref_if_unchanged(seen, change.ref, now)
         # Sent before the ref's write is known: if that misses, the payment goes with the
         # rollback (the ref's row exists either way, for the foreign key).
         batch.insert_payment(change.payment)

@@ -119,6 +119,26 @@ def _ref_update_if_unchanged_params(
     return params
 
 
+def _fresh_ref(ref: TransactionRef) -> TransactionRef:
+    """`ref`'s facts as a row first holds them: nothing held, captured or refunded, open."""
+    return TransactionRef(
+        transaction_id=ref.transaction_id,
+        merchant_id=ref.merchant_id,
+        amount=ref.amount,
+        currency=ref.currency,
+    )
+
+
+def _ref_update_if_fresh_params(
+    fresh: TransactionRef, new: TransactionRef, now: datetime
+) -> dict[str, Any]:
+    if fresh != _fresh_ref(fresh):
+        raise ValueError("a fresh ref holds nothing and is open")
+    params = _ref_update_params(fresh, new, (), now)
+    params.update(p_merchant_id=fresh.merchant_id, p_amount=fresh.amount, p_currency=fresh.currency)
+    return params
+
+
 def _update_payment_params(old: Payment, new: Payment) -> dict[str, Any]:
     values = _payment_values(new)
     params = {f"p_{name}": values[name] for name in _MUTABLE_PAYMENT_COLUMNS}
@@ -275,6 +295,22 @@ _UPDATE_REF_IF_UNCHANGED = Statement(
         _refs.c.held_amount == sa.bindparam("p_old_held", type_=sa.BigInteger()),
         _refs.c.captured_amount == sa.bindparam("p_old_captured", type_=sa.BigInteger()),
         _refs.c.closed == sa.bindparam("p_old_closed", type_=sa.Boolean()),
+    )
+)
+# The same UPDATE on first sight of a transaction, applied only if the row is still as
+# first inserted (by this transaction's `_INSERT_REF` or by RegisterTransactions): the
+# facts the budget check used, nothing held, captured or refunded, no movement, open.
+_NOTHING: sa.ColumnClause[Any] = sa.literal_column("0")
+_UPDATE_REF_IF_FRESH = Statement(
+    _UPDATE_REF_QUERY.where(
+        _refs.c.merchant_id == sa.bindparam("p_merchant_id", type_=sa.String()),
+        _refs.c.amount == sa.bindparam("p_amount", type_=sa.BigInteger()),
+        _refs.c.currency == sa.bindparam("p_currency", type_=sa.String()),
+        _refs.c.held_amount == _NOTHING,
+        _refs.c.captured_amount == _NOTHING,
+        _refs.c.refunded_amount == _NOTHING,
+        _refs.c.movement_count == _NOTHING,
+        _refs.c.closed == sa.false(),
     )
 )
 # The same UPDATE, applied only if the row still holds what it releases.
@@ -662,6 +698,18 @@ class PaymentTx:
         params = _ref_update_if_unchanged_params(old, new, now)
         return await _UPDATE_REF_IF_UNCHANGED.first(self.conn, params) is not None
 
+    async def hold_on_fresh_ref(
+        self, fresh: TransactionRef, new: TransactionRef, now: datetime
+    ) -> bool:
+        """First sight of a transaction: make sure its ref exists (`fresh`, holding
+        nothing; a row there already is left as it is), then write `new` only if the row
+        is still exactly `fresh` (see `_UPDATE_REF_IF_FRESH`); whether it did. A ref
+        pushed by RegisterTransactions meanwhile is as good as our own insert; a row
+        with other facts, a hold, a movement or closed is not (decide under its lock)."""
+        await _INSERT_REF.execute(self.conn, _insert_ref_params(_fresh_ref(fresh), now))
+        params = _ref_update_if_fresh_params(fresh, new, now)
+        return await _UPDATE_REF_IF_FRESH.first(self.conn, params) is not None
+
     async def insert_refs(self, refs: Sequence[TransactionRef], now: datetime) -> set[str]:
         """Insert the refs (one statement; distinct transactions, holding nothing) except
         those whose transaction has a row already, left as they are; the ids inserted."""
@@ -790,14 +838,20 @@ class PaymentBatch:
     def __init__(self) -> None:
         self.batch = Batch()
 
-    def insert_ref(self, ref: TransactionRef, now: datetime) -> Deferred[bool]:
-        return self.batch.hit(_INSERT_REF, _insert_ref_params(ref, now))
-
     def update_ref_if_unchanged(
         self, old: TransactionRef, new: TransactionRef, now: datetime
     ) -> Deferred[bool]:
         params = _ref_update_if_unchanged_params(old, new, now)
         return self.batch.hit(_UPDATE_REF_IF_UNCHANGED, params)
+
+    def hold_on_fresh_ref(
+        self, fresh: TransactionRef, new: TransactionRef, now: datetime
+    ) -> Deferred[bool]:
+        """`PaymentTx.hold_on_fresh_ref`: the INSERT, then the conditional UPDATE (which
+        sees the row whoever inserted it: a concurrent insert makes ours wait for its
+        commit); whether the UPDATE wrote."""
+        self.batch.execute(_INSERT_REF, _insert_ref_params(_fresh_ref(fresh), now))
+        return self.batch.hit(_UPDATE_REF_IF_FRESH, _ref_update_if_fresh_params(fresh, new, now))
 
     def update_ref_if_holding(
         self,

@@ -58,10 +58,14 @@ class _Transactions:
     def __init__(self, known: dict[str, int]) -> None:
         self.known = known
         self.lookups = 0
+        # Runs during each lookup, e.g. to push the ref meanwhile as the real service does.
+        self.during_lookup: Callable[[str], Awaitable[None]] | None = None
 
     async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
         self.lookups += 1
         await asyncio.sleep(0.01)  # a round trip, so concurrent first sights overlap
+        if self.during_lookup is not None:
+            await self.during_lookup(transaction_id)
         if merchant_id != M or transaction_id not in self.known:
             raise NotFound("no such transaction", reason="TRANSACTION_NOT_FOUND")
         return TransactionFacts(transaction_id, M, self.known[transaction_id], "USD", False)
@@ -233,6 +237,96 @@ async def test_on_postgres_each_of_t1_and_t2_is_two_round_trips(world: World) ->
         assert list(seqs) == list(range(1, 15))
     ref = await world.ref("txn_1")
     assert (ref.held_amount, ref.captured_amount, ref.movement_count) == (0, 2800, 14)
+
+
+@pytest.mark.parametrize("world", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
+async def test_on_postgres_first_sight_racing_a_pushed_ref_is_not_rolled_back(
+    world: World,
+) -> None:
+    # The transaction service pushes the ref (holding nothing) while CreatePayment looks
+    # the transaction up: T1 still takes its hold in its one batch, without a rollback.
+    push_trips = 0
+
+    async def push(transaction_id: str) -> None:
+        nonlocal push_trips
+        before = trips.count
+        facts = TransactionFactsInput(transaction_id, M, 1_000, "USD")
+        pushed = await world.service.register_transactions(Principal.service(), [facts])
+        assert pushed.registered_count == 1
+        push_trips += trips.count - before
+
+    world.transactions.during_lookup = push
+    for attempt in range(6):  # prepared on the first run: the same count after
+        transaction_id = f"txn_race_{attempt}"
+        world.transactions.known[transaction_id] = 1_000
+        push_trips = before_t2 = 0
+
+        async def between(payment_id: str) -> None:
+            nonlocal before_t2
+            before_t2 = trips.count
+
+        world.connector.after_authorize = between
+        with count_round_trips() as trips:
+            payment = await world.pay(transaction_id, 400, manual=True)
+        assert push_trips > 0
+        # The ref read (a miss), then T1: BEGIN + claim + ref insert (a no-op) + hold +
+        # payment insert, COMMIT. No rollback, no locked retry.
+        assert before_t2 - push_trips == 1 + 2
+        assert payment.status is PaymentStatus.REQUIRES_CAPTURE
+        ref = await world.ref(transaction_id)
+        assert (ref.amount, ref.held_amount, ref.captured_amount, ref.movement_count) == (
+            1_000,
+            400,
+            0,
+            1,
+        )
+    world.connector.after_authorize = None
+    world.transactions.during_lookup = None
+    assert await world.count(payments) == 6
+
+
+async def test_first_sight_racing_a_push_holds_once_and_changed_refs_are_decided_again(
+    world: World,
+) -> None:
+    service = Principal.service()
+    world.transactions.known.update(txn_fresh=1_000, txn_held=1_000, txn_other=1_000)
+
+    async def during_lookup(transaction_id: str) -> None:
+        # Fresh: only the push. Held: the push, then another payment's hold on it.
+        # Other: a push whose facts differ from the lookup's (never overwritten).
+        facts = (
+            TransactionFactsInput(transaction_id, M, 900, "USD")
+            if transaction_id == "txn_other"
+            else TransactionFactsInput(transaction_id, M, 1_000, "USD")
+        )
+        await world.service.register_transactions(service, [facts])
+        if transaction_id == "txn_held":
+            await world.pay(transaction_id, 700, manual=True)  # known now: no lookup
+
+    world.transactions.during_lookup = during_lookup
+    fresh = await world.pay("txn_fresh", 600, manual=True)
+    assert fresh.status is PaymentStatus.REQUIRES_CAPTURE
+    ref = await world.ref("txn_fresh")
+    assert (ref.held_amount, ref.captured_amount, ref.movement_count) == (600, 0, 1)
+
+    # The other payment's hold makes T1's check stale: decided again under the lock.
+    with pytest.raises(FailedPrecondition) as refused:
+        await world.pay("txn_held", 400, manual=True)
+    assert refused.value.reason == "AMOUNT_EXCEEDS_REMAINING"
+    held = await world.pay("txn_held", 300, manual=True)
+    assert held.status is PaymentStatus.REQUIRES_CAPTURE
+    ref = await world.ref("txn_held")
+    assert (ref.held_amount, ref.movement_count) == (1_000, 2)
+
+    # Facts differing from the lookup's: the stored ref decides, under its lock.
+    with pytest.raises(FailedPrecondition):
+        await world.pay("txn_other", 950, manual=True)
+    other = await world.pay("txn_other", 500, manual=True)
+    assert other.status is PaymentStatus.REQUIRES_CAPTURE
+    ref = await world.ref("txn_other")
+    assert (ref.amount, ref.held_amount, ref.movement_count) == (900, 500, 1)
+    assert await world.count(payments) == 4
+    world.transactions.during_lookup = None
 
 
 async def test_a_reused_key_is_reported_before_an_unknown_transaction(world: World) -> None:

@@ -16,12 +16,21 @@ lookup. So nothing here is persisted or retried, and losing facts is cheap:
 - a call that fails or passes its deadline loses its facts (`stats.lost`), and the next
   call waits a short backoff (doubling up to `max_backoff`), so a payment service that is
   down gets one call per backoff, not a pile of them.
+
+Under load a client pays within milliseconds of creating, before the call carrying its
+transaction has even started. So `publish` also returns a future that says how the push
+ended (True: acknowledged; False: dropped, lost, or the publisher stopped first), which
+CreateTransaction awaits for a few tens of milliseconds. The future is never failed or
+cancelled by the publisher, so nobody has to retrieve an exception. While the publisher is
+unhealthy (its last call failed) or not running, `publish` returns None instead: a waiter
+would only pay its whole cap for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -38,6 +47,9 @@ __all__ = ["FactsPublisher", "FactsStats"]
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 10_000
+
+# The facts, and the future of whoever waits for them (None: nobody does).
+_Entry = tuple[TransactionFacts, asyncio.Future[bool] | None]
 
 
 @dataclass
@@ -75,8 +87,11 @@ class FactsPublisher:
         self._deadline = deadline
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
-        self._queue: collections.deque[TransactionFacts] = collections.deque()
+        self._queue: collections.deque[_Entry] = collections.deque()
+        self._in_flight: list[_Entry] = []
         self._wake = asyncio.Event()
+        self._running = False
+        self._failures = 0
         self.stats = FactsStats()
 
     @property
@@ -84,30 +99,69 @@ class FactsPublisher:
         """How many transactions wait to be sent."""
         return len(self._queue)
 
-    def publish(self, transaction: Transaction) -> None:
-        """Queue a committed new transaction's facts; never blocks, never raises."""
+    @property
+    def healthy(self) -> bool:
+        """Running, and its last call (if any) succeeded: worth waiting for."""
+        return self._running and not self._failures
+
+    @property
+    def waiting(self) -> int:
+        """How many futures returned by `publish` are not resolved yet."""
+        entries = itertools.chain(self._queue, self._in_flight)
+        return sum(1 for _, done in entries if done is not None and not done.done())
+
+    def publish(self, transaction: Transaction) -> asyncio.Future[bool] | None:
+        """Queue a committed new transaction's facts; never blocks, never raises.
+
+        Returns a future resolved True once a call carrying them succeeded, False if they
+        were dropped or lost or the publisher stopped first; None (nothing to wait for)
+        while the publisher is unhealthy or not running. A waiter may cancel the future
+        (a timeout, its request gone): the publisher does not mind.
+        """
         if len(self._queue) >= self._capacity:
-            self._queue.popleft()
+            _, dropped = self._queue.popleft()
+            _resolve(dropped, False)
             self.stats.dropped += 1
-        self._queue.append(
-            TransactionFacts(
-                transaction_id=transaction.id,
-                merchant_id=transaction.merchant_id,
-                amount=transaction.amount,
-                currency=transaction.currency,
-            )
+        done = asyncio.get_running_loop().create_future() if self.healthy else None
+        facts = TransactionFacts(
+            transaction_id=transaction.id,
+            merchant_id=transaction.merchant_id,
+            amount=transaction.amount,
+            currency=transaction.currency,
         )
+        self._queue.append((facts, done))
         self.stats.published += 1
         self._wake.set()
+        return done
 
     async def run(self) -> None:
-        """Send queued facts until cancelled, one call at a time."""
-        failures = 0
+        """Send queued facts until cancelled, one call at a time.
+
+        On the way out every future still pending is resolved False, so none leaks and
+        no waiter outlives the loop.
+        """
+        if self._running:
+            raise RuntimeError("the facts publisher is already running")
+        self._running = True
+        self._failures = 0
+        try:
+            await self._send_until_cancelled()
+        finally:
+            self._running = False
+            for _, done in itertools.chain(self._in_flight, self._queue):
+                _resolve(done, False)
+            self._in_flight = []
+            # Facts queued from now on have no future (not running): nothing to resolve.
+            self._queue = collections.deque((facts, None) for facts, _ in self._queue)
+
+    async def _send_until_cancelled(self) -> None:
         while True:
             while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            batch = [self._queue.popleft() for _ in range(min(self._per_call, len(self._queue)))]
+            count = min(self._per_call, len(self._queue))
+            self._in_flight = [self._queue.popleft() for _ in range(count)]
+            batch = [facts for facts, _ in self._in_flight]
             try:
                 # Whatever the adapter does about deadlines, a call never holds up the
                 # queue for longer than this. asyncio.timeout, not wait_for: on Python
@@ -115,9 +169,11 @@ class FactsPublisher:
                 async with asyncio.timeout(self._deadline):
                     await self._ledger.register_transactions(batch)
             except Exception as error:
-                failures += 1
+                self._failures += 1
+                failures = self._failures
                 self.stats.failed_calls += 1
                 self.stats.lost += len(batch)
+                self._settle(False)
                 if failures == 1 or failures % 100 == 0:
                     log.warning(
                         "cannot register transactions at the payment service; their first "
@@ -132,8 +188,20 @@ class FactsPublisher:
                     min(self._max_backoff, self._base_backoff * 2 ** min(failures - 1, 16))
                 )
                 continue
-            if failures:
-                log.info("registering transactions works again", extra={"failures": failures})
-                failures = 0
+            if self._failures:
+                log.info("registering transactions works again", extra={"failures": self._failures})
+                self._failures = 0
             self.stats.calls += 1
             self.stats.sent += len(batch)
+            self._settle(True)
+
+    def _settle(self, acknowledged: bool) -> None:
+        for _, done in self._in_flight:
+            _resolve(done, acknowledged)
+        self._in_flight = []
+
+
+def _resolve(done: asyncio.Future[bool] | None, acknowledged: bool) -> None:
+    # A waiter that timed out or whose request went away has cancelled its future.
+    if done is not None and not done.done():
+        done.set_result(acknowledged)

@@ -28,7 +28,7 @@ from pi.platform.validation import PageToken
 from pi.platform.wiring import Authentication, authentication, migrate_service, run_service
 from pi.transactions.clients import GrpcPaymentLedger, PaymentLedger
 from pi.transactions.facts import FactsPublisher
-from pi.transactions.service import TransactionService
+from pi.transactions.service import FACTS_WAIT_SECONDS, TransactionService
 from pi.transactions.servicer import TransactionLedgerServicer, TransactionServicer
 from pi.transactions.store import TransactionStore
 
@@ -91,12 +91,15 @@ async def build(
     engine: AsyncEngine | None = None,
     key_source: KeySource | None = None,
     payment_ledger: PaymentLedger | None = None,
+    facts_wait: float = FACTS_WAIT_SECONDS,
 ) -> TransactionsApp:
     """Wire the service. Call inside the event loop (gRPC channels bind to it).
 
     By default merchant tokens are verified with the auth service's JWKS and its
     revocations (pulled, and pushed over Redis when REDIS_URL is set), and cancellations
     go to the payment service. Tests pass a static `key_source` and a `payment_ledger`.
+    `facts_wait` caps how long CreateTransaction waits for its facts to reach the payment
+    service (0: it does not wait).
     """
     database = await open_database(settings, engine)
     master_keys = MasterKeys(settings.master_keys)
@@ -112,7 +115,11 @@ async def build(
     store = TransactionStore(database)
     facts = FactsPublisher(payment_ledger)
     transactions = TransactionService(
-        store, payment_ledger, PageToken.from_master_keys(master_keys), created=facts.publish
+        store,
+        payment_ledger,
+        PageToken.from_master_keys(master_keys),
+        created=facts.publish,
+        facts_wait=facts_wait,
     )
     app = TransactionsApp(
         settings=settings,

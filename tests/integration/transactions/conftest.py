@@ -180,13 +180,16 @@ def service(database: Database, payments: FakePaymentLedger, clock: Clock) -> Tr
 @pytest.fixture
 async def serve_app(
     migrated: Settings, engine: AsyncEngine, es256_signer: Any
-) -> AsyncIterator[Callable[[PaymentLedger], Awaitable[TransactionsRpc]]]:
-    """`await serve_app(payment_ledger)`: the service built and served in-process."""
+) -> AsyncIterator[Callable[..., Awaitable[TransactionsRpc]]]:
+    """`await serve_app(payment_ledger, **wiring)`: the service built and served in-process;
+    `wiring` goes to `build` (e.g. `facts_wait=`)."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def serve(payment_ledger: PaymentLedger) -> TransactionsRpc:
+    async def serve(payment_ledger: PaymentLedger, **wiring: Any) -> TransactionsRpc:
         keys = StaticKeySource({es256_signer.kid: es256_signer.public_key})
-        app = await build(migrated, engine=engine, key_source=keys, payment_ledger=payment_ledger)
+        app = await build(
+            migrated, engine=engine, key_source=keys, payment_ledger=payment_ledger, **wiring
+        )
         server = create_server([app.interceptor])
         app.register(server)
         port = server.add_insecure_port("127.0.0.1:0")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,19 +29,22 @@ M = "mer_facts"
 
 
 class GatedLedger:
-    """A payment ledger whose RegisterTransactions calls wait for `gate` (open unless
-    closed) and are recorded, batch by batch."""
+    """A payment ledger whose RegisterTransactions calls are recorded, batch by batch, then
+    fail with `error` if set, else wait for `gate` (open unless closed)."""
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.gate.set()
         self.batches: list[list[TransactionFacts]] = []
+        self.error: Exception | None = None
 
     async def close_transaction(self, **_: Any) -> ClosedTransaction:
         raise AssertionError("not used")
 
     async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
         self.batches.append(list(transactions))
+        if self.error is not None:
+            raise self.error
         await self.gate.wait()
         return len(transactions)
 
@@ -58,15 +62,23 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 @contextlib.asynccontextmanager
 async def running(publisher: FactsPublisher) -> AsyncIterator[asyncio.Task[None]]:
-    """The publisher's loop as a task; on exit it must stop within a second."""
+    """The publisher's loop as a task, started; on exit it must stop within a second."""
     task = asyncio.create_task(publisher.run())
     try:
+        await eventually(lambda: publisher.healthy)
         yield task
     finally:
         task.cancel()
         async with asyncio.timeout(1):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def timed(rpc: Any, **request: Any) -> tuple[pb.Transaction, float]:
+    """A create over gRPC and how many seconds it took."""
+    start = time.monotonic()
+    made = await create(rpc, **request)
+    return made, time.monotonic() - start
 
 
 async def create(rpc: Any, amount: int = 1000, **request: Any) -> pb.Transaction:
@@ -251,3 +263,167 @@ async def test_a_hanging_payment_service_costs_a_deadline_and_never_blocks_a_cre
         assert servicer.calls[1][0].transactions[0].transaction_id == first.id
     finally:
         await channel.close()
+
+
+# CreateTransaction waits, bounded, for its facts to reach the payment service ---------------
+
+LONG_WAIT = 5.0
+"""A cap far longer than any of these tests should take: hitting it means a create waited
+when it should not have."""
+
+
+async def test_a_create_answers_once_the_payment_service_acknowledged_its_facts(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    ledger = GatedLedger()
+    rpc = await serve_app(ledger, facts_wait=LONG_WAIT)
+    publisher = rpc.app.facts
+    async with running(publisher):
+        made, took = await timed(rpc)
+        assert ledger.registered == [made.id]  # before the create answered
+        assert publisher.stats.sent == 1 and took < LONG_WAIT
+
+        ledger.gate.clear()
+        pending = asyncio.create_task(create(rpc))
+        await eventually(lambda: len(ledger.batches) == 2)
+        await asyncio.sleep(0)
+        assert not pending.done()  # the call carrying its facts is in flight
+        ledger.gate.set()
+        async with asyncio.timeout(LONG_WAIT / 2):
+            second = await pending
+        assert ledger.registered == [made.id, second.id] and publisher.stats.sent == 2
+    assert publisher.waiting == 0
+
+
+async def test_a_slow_payment_service_delays_a_create_by_the_cap_at_most(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    cap = 0.2
+    ledger = GatedLedger()
+    ledger.gate.clear()
+    rpc = await serve_app(ledger, facts_wait=cap)
+    publisher = rpc.app.facts
+    async with running(publisher):
+        made, took = await timed(rpc)
+        assert cap <= took < cap + 1.0
+        assert ledger.registered == [made.id] and publisher.stats.sent == 0  # still in flight
+        assert publisher.waiting == 0  # the timed-out waiter gave its future up
+        ledger.gate.set()
+        await eventually(lambda: publisher.stats.sent == 1)
+    stats_add_up(publisher)
+
+
+async def test_while_the_payment_service_fails_creates_do_not_wait_at_all(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    ledger = GatedLedger()
+    ledger.error = Unavailable("down", reason="PAYMENT_SERVICE_UNAVAILABLE")
+    rpc = await serve_app(ledger, facts_wait=LONG_WAIT)
+    publisher = rpc.app.facts
+    async with running(publisher):
+        assert publisher.healthy
+        _, took = await timed(rpc)  # waits only for the call to fail
+        assert took < LONG_WAIT and publisher.stats.failed_calls == 1
+        assert not publisher.healthy
+
+        # From now on every call hangs: a create that waited would take LONG_WAIT.
+        ledger.error = None
+        ledger.gate.clear()
+        for _ in range(3):
+            _, took = await timed(rpc)
+            assert took < 1.0
+        await eventually(lambda: len(ledger.batches) >= 2)  # after the backoff: it hangs
+        _, took = await timed(rpc)
+        assert took < 1.0
+        assert publisher.waiting == 0 and not publisher.healthy
+
+        ledger.gate.set()
+        await eventually(lambda: publisher.healthy and publisher.queued == 0)
+        made, _ = await timed(rpc)
+        assert ledger.registered[-1] == made.id  # healthy again: it waited for the ack
+    stats_add_up(publisher)
+
+
+async def test_a_cap_of_zero_never_waits(serve_app: Callable[..., Awaitable[Any]]) -> None:
+    ledger = GatedLedger()
+    ledger.gate.clear()
+    rpc = await serve_app(ledger, facts_wait=0)
+    publisher = rpc.app.facts
+    async with running(publisher):
+        made, took = await timed(rpc)
+        assert took < 1.0
+        await eventually(lambda: ledger.registered == [made.id])
+        assert publisher.stats.sent == 0  # answered while the call is in flight
+        ledger.gate.set()
+        await eventually(lambda: publisher.stats.sent == 1)
+    assert publisher.waiting == 0
+
+
+async def test_a_replayed_create_neither_publishes_nor_waits(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    ledger = GatedLedger()
+    rpc = await serve_app(ledger, facts_wait=LONG_WAIT)
+    publisher = rpc.app.facts
+    async with running(publisher):
+        first = await create(rpc, request_id="k1")
+        ledger.gate.clear()  # a create that waited now would take LONG_WAIT
+        replay, took = await timed(rpc, request_id="k1")
+        assert replay == first and took < 1.0
+        assert publisher.stats.published == 1 and ledger.registered == [first.id]
+
+
+async def test_a_create_whose_request_is_cancelled_leaves_the_publisher_working(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    ledger = GatedLedger()
+    ledger.gate.clear()
+    rpc = await serve_app(ledger, facts_wait=LONG_WAIT)
+    publisher = rpc.app.facts
+    service = rpc.app.transactions
+
+    async def create_directly() -> Any:
+        return await service.create_transaction(
+            Principal.merchant(M), amount=10, currency="USD", description="", metadata={}
+        )
+
+    async with running(publisher) as loop:
+        gone = asyncio.create_task(create_directly())
+        await eventually(lambda: len(ledger.batches) == 1 and publisher.waiting == 1)
+        gone.cancel()  # the client went away while its create waited
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert publisher.waiting == 0 and not loop.done()
+        ledger.gate.set()
+        await eventually(lambda: publisher.stats.sent == 1)
+        made = await create_directly()  # acknowledged as usual
+        assert ledger.registered[-1] == made.id and publisher.stats.sent == 2
+    stats_add_up(publisher)
+
+
+async def test_every_future_is_resolved_when_dropped_or_when_the_publisher_stops(
+    serve_app: Callable[..., Awaitable[Any]],
+) -> None:
+    rpc = await serve_app(GatedLedger())
+    made = [
+        await rpc.app.transactions.create_transaction(
+            Principal.merchant(M), amount=i + 1, currency="USD", description="", metadata={}
+        )
+        for i in range(4)
+    ]
+    ledger = GatedLedger()
+    ledger.gate.clear()
+    publisher = FactsPublisher(ledger, capacity=2)
+    assert publisher.publish(made[0]) is None  # not running: nothing to wait for
+    async with running(publisher):
+        await eventually(lambda: len(ledger.batches) == 1)
+        futures = [publisher.publish(t) for t in made[1:]]  # the third drops the first
+        assert all(f is not None for f in futures)
+        first = futures[0]
+        assert first is not None and first.done() and first.result() is False
+        assert publisher.stats.dropped == 1 and publisher.waiting == 2
+        # Leaving `running` cancels the loop mid-call, with two futures still pending.
+    assert publisher.waiting == 0
+    assert [f.result() for f in futures if f is not None] == [False, False, False]
+    assert publisher.publish(made[0]) is None  # stopped: nothing to wait for
+    assert publisher.waiting == 0

@@ -164,30 +164,18 @@ class Idempotency:
         """
         if key is None:
             return Claim(scope, operation, None, fingerprint)
-        values = {
-            "scope": scope,
-            "operation": operation,
-            "key": key,
-            "request_hash": fingerprint,
-            "response": response,
-            "create_time": datetime.now(UTC),
-        }
-        claimed = await self._claim.first(conn, values)
+        claimed = await self._claim.first(
+            conn, _claim_values(scope, operation, key, fingerprint, response)
+        )
         if claimed is not None:
             return Claim(scope, operation, key, fingerprint)
         row = await self._stored_row(conn, scope, operation, key)
         if row is None:
             # The conflicting claim vanished between the two statements (purged).
-            raise Aborted(
-                "A request with this idempotency key is in progress; retry.",
-                reason="IDEMPOTENCY_KEY_IN_USE",
-            )
+            raise _in_progress()
         _check_same_request(row, key, fingerprint)
         if row.response is None:
-            raise Aborted(
-                "A request with this idempotency key is in progress; retry.",
-                reason="IDEMPOTENCY_KEY_IN_USE",
-            )
+            raise _in_progress()
         return Claim(scope, operation, key, fingerprint, replay=bytes(row.response))
 
     def queue_claim(
@@ -204,15 +192,9 @@ class Idempotency:
         back and `claim` again for the stored response."""
         if key is None:
             return QueuedClaim(None)
-        values = {
-            "scope": scope,
-            "operation": operation,
-            "key": key,
-            "request_hash": fingerprint,
-            "response": response,
-            "create_time": datetime.now(UTC),
-        }
-        return QueuedClaim(batch.hit(self._claim, values))
+        return QueuedClaim(
+            batch.hit(self._claim, _claim_values(scope, operation, key, fingerprint, response))
+        )
 
     async def reject_reuse(
         self,
@@ -320,3 +302,23 @@ def _copy(request: Message) -> Any:
     clone = type(request)()
     clone.CopyFrom(request)
     return clone
+
+
+def _claim_values(
+    scope: str, operation: str, key: str, fingerprint: str, response: bytes | None
+) -> dict[str, Any]:
+    return {
+        "scope": scope,
+        "operation": operation,
+        "key": key,
+        "request_hash": fingerprint,
+        "response": response,
+        "create_time": datetime.now(UTC),
+    }
+
+
+def _in_progress() -> Aborted:
+    return Aborted(
+        "A request with this idempotency key is in progress; retry.",
+        reason="IDEMPOTENCY_KEY_IN_USE",
+    )

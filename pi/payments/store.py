@@ -52,7 +52,7 @@ from pi.platform.database import Database
 from pi.platform.db import is_postgres
 from pi.platform.errors import Aborted
 from pi.platform.idempotency import Idempotency
-from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
 from pi.transactions.domain import Movement
 
 __all__ = [
@@ -360,14 +360,9 @@ _INSERT_REFS_SQLITE = (
     .on_conflict_do_nothing()
     .returning(transaction_refs.c.transaction_id)
 )
-_GET_REFS = Statement(
-    sa.select(transaction_refs).where(
-        transaction_refs.c.transaction_id
-        == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String())))
-    ),
-    fallback=sa.select(transaction_refs).where(
-        transaction_refs.c.transaction_id.in_(sa.bindparam("p_ids", expanding=True))
-    ),
+_GET_REFS = for_any_of(
+    transaction_refs.c.transaction_id,
+    lambda criterion: sa.select(transaction_refs).where(criterion),
 )
 _PAYMENT_ID = payments.c.id == sa.bindparam("p_id")
 _OF_MERCHANT = payments.c.merchant_id == sa.bindparam("p_merchant_id")
@@ -558,19 +553,13 @@ _UNDELIVERED_COUNT = Statement(
 )
 # PostgreSQL takes the ids as one array parameter (one prepared statement whatever their
 # number); SQLite has no arrays, so it gets them as an IN list.
-_MARK_DELIVERED = Statement(
-    _outbox.update()
-    .where(
-        _outbox.c.id == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String()))),
-        _outbox.c.delivered_time.is_(None),
-    )
-    .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type)),
-    fallback=_outbox.update()
-    .where(
-        _outbox.c.id.in_(sa.bindparam("p_ids", expanding=True)),
-        _outbox.c.delivered_time.is_(None),
-    )
-    .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type)),
+_MARK_DELIVERED = for_any_of(
+    _outbox.c.id,
+    lambda criterion: (
+        _outbox.update()
+        .where(criterion, _outbox.c.delivered_time.is_(None))
+        .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type))
+    ),
 )
 _COUNT_ATTEMPT = Statement(
     _outbox.update()

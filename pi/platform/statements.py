@@ -35,8 +35,9 @@ Many rows: `execute_many(conn, [params, ...])` runs the statement once per mappi
 in one round trip (psycopg's `executemany` pipelines them), like `conn.execute(statement,
 [params, ...])`: for statements that must run once per row, in order (an UPDATE per row).
 Where one statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)` for
-`col IN (...)` or `INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row
-INSERT: one statement, prepared once whatever the number of rows.
+`col IN (...)` (`for_any_of` builds both) or `INSERT ... SELECT ... FROM unnest(:ids,
+:amounts)` for a multi-row INSERT: one statement, prepared once whatever the number of
+rows.
 
 One round trip for a whole unit: a `Batch` queues statements whose parameters do not
 depend on each other's results, and `pi.platform.database.Database.transaction(batch)`
@@ -73,18 +74,19 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
 import psycopg
 from psycopg.rows import RowMaker
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
-from sqlalchemy import Column, Insert, Update
+from sqlalchemy import Column, Insert, String, Update, any_, bindparam
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "sqlalchemy_error"]
+__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "for_any_of", "sqlalchemy_error"]
 
 #: A connection statements run on: SQLAlchemy's, or a psycopg one (see the module doc).
 Conn: TypeAlias = AsyncConnection | psycopg.AsyncConnection[Any]
@@ -321,6 +323,24 @@ class _Queued:
         self.params = params
         self.kind = kind
         self.result = result
+
+
+def for_any_of(
+    column: ColumnElement[Any],
+    build: Callable[[ColumnElement[bool]], Executable],
+    *,
+    name: str = "p_ids",
+) -> Statement:
+    """A statement on the rows whose `column` is one of the list parameter `name`:
+    `build(criterion)` with `column = ANY(:name)` on PostgreSQL (an array: one SQL text,
+    prepared once, whatever the list's length) and `column IN (...)` as the fallback.
+
+    The array is of unsized VARCHAR: a cast to VARCHAR(n)[] would silently cut a longer
+    value and could match another row.
+    """
+    array = bindparam(name, type_=ARRAY(String()))
+    listed = bindparam(name, type_=String(), expanding=True)
+    return Statement(build(column == any_(array)), fallback=build(column.in_(listed)))
 
 
 class Batch:

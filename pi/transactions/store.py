@@ -39,7 +39,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    any_,
     bindparam,
     func,
     select,
@@ -55,7 +54,7 @@ from pi.platform.database import Database
 from pi.platform.db import UtcDateTime, is_postgres
 from pi.platform.errors import FailedPrecondition
 from pi.platform.idempotency import Idempotency, idempotency_table
-from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,
@@ -205,28 +204,19 @@ _GET_MOVEMENT = Statement(
 
 # Statements of ApplyMovements (a batch of movements in one unit of work). On PostgreSQL
 # a list of ids is one array parameter (`= ANY`), so that each statement is one SQL text,
-# prepared once, whatever the batch's size; elsewhere its `IN (...)` twin runs.
-# (Array parameters are cast to unsized VARCHAR[]: a cast to VARCHAR(n)[] would silently
-# truncate a longer value.)
-_IDS = bindparam("p_ids", type_=ARRAY(String()))
-_IN_IDS = bindparam("p_ids", type_=String(), expanding=True)
-_LOCK_MANY = Statement(
-    select(transactions)
-    .where(transactions.c.id == any_(_IDS))
-    .order_by(transactions.c.id)
-    .with_for_update(),
-    fallback=select(transactions)
-    .where(transactions.c.id.in_(_IN_IDS))
-    .order_by(transactions.c.id)
-    .with_for_update(),
+# prepared once, whatever the batch's size; elsewhere its `IN (...)` twin runs
+# (`for_any_of`).
+_LOCK_MANY = for_any_of(
+    transactions.c.id,
+    lambda criterion: (
+        select(transactions).where(criterion).order_by(transactions.c.id).with_for_update()
+    ),
 )
-_GET_MOVEMENTS = Statement(
-    select(applied_movements).where(applied_movements.c.id == any_(_IDS)),
-    fallback=select(applied_movements).where(applied_movements.c.id.in_(_IN_IDS)),
+_GET_MOVEMENTS = for_any_of(
+    applied_movements.c.id, lambda criterion: select(applied_movements).where(criterion)
 )
-_FORGET_MOVEMENTS = Statement(
-    applied_movements.delete().where(applied_movements.c.id == any_(_IDS)),
-    fallback=applied_movements.delete().where(applied_movements.c.id.in_(_IN_IDS)),
+_FORGET_MOVEMENTS = for_any_of(
+    applied_movements.c.id, lambda criterion: applied_movements.delete().where(criterion)
 )
 # `_RECORD_MOVEMENT` for a whole batch in one statement. On PostgreSQL the movements go
 # as one array per column, unnested into rows: one SQL text whatever the number of

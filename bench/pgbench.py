@@ -4,7 +4,7 @@
 One pgbench "transaction" of this script is one whole flow (POST /v1/transactions, then
 POST /v1/payments with a card and automatic capture, an idempotency key on both), sent
 statement for statement as the services send it (pi/transactions/store.py,
-pi/payments/store.py, pi/platform/idempotency.py; checked against a statement log of
+pi/payments/store.py, pi/platform/db/idempotency.py; checked against a statement log of
 the mesh), against the same tables (created by the services' own migrations), with the
 same durable commits (`synchronous_commit` is forced on for the bench database):
 
@@ -40,7 +40,7 @@ autocommit reads, which flush nothing): pgbench's TPS here is the number of flow
 second PostgreSQL alone sustains on this box, and flows/s ÷ that TPS says how close the
 Python services come to the database's own limit.
 `-M prepared` matches psycopg, which prepares statements it sees repeatedly. Ids are
-time-ordered like `pi.platform.ids`; responses and payloads are filler bytes of the
+time-ordered like `pi.platform.kernel.ids`; responses and payloads are filler bytes of the
 services' sizes.
 
 What this models per flow, and where it departs from the services:
@@ -59,7 +59,7 @@ What this models per flow, and where it departs from the services:
   Per flow whatever the batch: the two step UPDATEs and the rows the batched
   statements write.
 - Round trips. The services pipeline the write units of CreateTransaction, T1 and T2
-  (`pi.platform.statements.Batch`, `Database.transaction(batch)`): the BEGIN and every
+  (`pi.platform.db.statements.Batch`, `Database.transaction(batch)`): the BEGIN and every
   statement of the unit go in one round trip, the COMMIT in a second, so each of those
   units costs the services two round trips whatever its number of statements. This
   script sends them one by one (BEGIN, each statement, COMMIT: 4, 5 and 7 round trips
@@ -92,7 +92,7 @@ from typing import Any
 from bench.database import Postgres
 from bench.tools import run_measured
 
-# A time-ordered id body like pi.platform.ids (12 hex chars of milliseconds + 14 random).
+# A time-ordered id body like pi.platform.kernel.ids (12 hex chars of milliseconds + 14 random).
 _ID = (
     "lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')"
     " || substr(md5(random()::text), 1, 14)"

@@ -143,7 +143,7 @@ def _package(frames: list[str]) -> str:
     return "stdlib " + joined.removesuffix(".py")
 
 
-_ENTRY_POINTS = ("pi/platform/cli.py", "pi/platform/wiring.py", "pi/platform/server.py")
+_ENTRY_POINTS = ("pi/platform/runtime/cli.py", "pi/platform/runtime/wiring.py", "pi/platform/runtime/server.py")
 
 
 def _is_pi_work(frame: str) -> bool:

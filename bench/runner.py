@@ -429,8 +429,8 @@ class Bench:
     # --- checks --------------------------------------------------------------------------
 
     def _check_connection_budget(self) -> None:
-        """Each service process pools up to 20 connections (pi.platform.db: 10 + 10)."""
-        from pi.platform import db
+        """Each service process pools up to 20 connections (pi.platform.db.engine: 10 + 10)."""
+        from pi.platform.db import engine as db
 
         pg, cfg = self.rep["postgres"], self.cfg
         per_process = db.POOL_SIZE + db.MAX_OVERFLOW

@@ -10,8 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pi.platform.errors import InvalidArgument
-from pi.platform.ids import is_valid_id, new_id
+from pi.platform.kernel.errors import InvalidArgument
+from pi.platform.kernel.ids import is_valid_id, new_id
 
 MERCHANT_PREFIX = "mer"
 API_KEY_PREFIX = "key"

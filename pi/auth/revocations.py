@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from pi.auth.domain import RevokedToken
 from pi.platform.cache import Cache, CacheError
-from pi.platform.tokens import RevocationList, publish_revocation
+from pi.platform.security.tokens import RevocationList, publish_revocation
 
 _log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import grpc
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.domain import ApiKey, Merchant, RevokedToken
 from pi.auth.service import AuthService
-from pi.platform.idempotency import fingerprint, key_from
-from pi.platform.principal import principal_of
-from pi.platform.protobuf import timestamp, to_datetime
+from pi.platform.db.idempotency import fingerprint, key_from
+from pi.platform.kernel.principal import principal_of
+from pi.platform.runtime.protobuf import timestamp, to_datetime
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pi.auth.domain import SigningKeyStatus
-from pi.platform.tokens import jwk_from_public_key, public_key_from_jwk
+from pi.platform.security.tokens import jwk_from_public_key, public_key_from_jwk
 
 _log = logging.getLogger(__name__)
 

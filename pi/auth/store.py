@@ -45,9 +45,9 @@ from pi.auth.domain import (
     TokenGrant,
 )
 from pi.auth.signing_keys import NewSigningKey, StoredKey
-from pi.platform.db import UtcDateTime
-from pi.platform.idempotency import idempotency_table
-from pi.platform.statements import Statement
+from pi.platform.db.engine import UtcDateTime
+from pi.platform.db.idempotency import idempotency_table
+from pi.platform.db.statements import Statement
 
 _ID = 40  # "key_" + 26 chars, with room for longer prefixes
 
@@ -153,7 +153,7 @@ _API_KEY_COLUMNS = (
 
 
 # Lookups of every token issue and key check, built once as `Statement`s (on PostgreSQL
-# they skip SQLAlchemy's execution, see pi.platform.statements).
+# they skip SQLAlchemy's execution, see pi.platform.db.statements).
 _KEY_ID = api_keys.c.id == bindparam("p_key_id")
 # FOR SHARE: see `get_api_key_with_hash`.
 _GET_API_KEY_WITH_HASH = Statement(select(api_keys).where(_KEY_ID).with_for_update(read=True))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pi.platform import cli
+from pi.platform.runtime import cli
 
 
 def main(argv: list[str] | None = None) -> int:

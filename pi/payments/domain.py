@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
 
-from pi.platform.errors import FailedPrecondition, InvalidArgument, ValidationErrors
-from pi.platform.money import amount_problem, format_amount
-from pi.transactions.domain import MovementDelta, MovementKind, text_problem
+from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
+from pi.platform.kernel.money import amount_problem, format_amount
+from pi.platform.ledger import MovementDelta, MovementKind
+from pi.platform.kernel.text import text_problem
 
 __all__ = [
     "ALLOWED_TRANSITIONS",

@@ -19,8 +19,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.payments.movements import movement_to_pb
-from pi.platform.errors import NotFound, Unavailable
-from pi.transactions.domain import Movement
+from pi.platform.kernel.errors import NotFound, Unavailable
+from pi.platform.ledger import Movement
 
 __all__ = [
     "MAX_MOVEMENTS_PER_CALL",

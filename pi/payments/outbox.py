@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 from pi.payments.ledger_client import MAX_MOVEMENTS_PER_CALL, LedgerError, TransactionLedger
 from pi.payments.movements import decode_movement
 from pi.payments.store import OutboxRow, PaymentStore
-from pi.platform.errors import DomainError
-from pi.transactions.domain import Movement
+from pi.platform.kernel.errors import DomainError
+from pi.platform.ledger import Movement
 
 __all__ = ["OutboxDispatcher"]
 

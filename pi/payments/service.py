@@ -84,7 +84,7 @@ from pi.payments.snapshots import (
     encode_refund_result,
 )
 from pi.payments.store import PaymentBatch, PaymentStore, PaymentTx
-from pi.platform.errors import (
+from pi.platform.kernel.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -92,13 +92,13 @@ from pi.platform.errors import (
     Unavailable,
     ValidationErrors,
 )
-from pi.platform.idempotency import Idempotency
-from pi.platform.ids import new_id
-from pi.platform.money import amount_problem, currency_problem
-from pi.platform.principal import Principal, require_merchant, require_service
-from pi.platform.validation import PageToken
-from pi.platform.validation import page_size as parse_page_size
-from pi.transactions.domain import text_problem
+from pi.platform.db.idempotency import Idempotency
+from pi.platform.kernel.ids import new_id
+from pi.platform.kernel.money import amount_problem, currency_problem
+from pi.platform.kernel.principal import Principal, require_merchant, require_service
+from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.pages import page_size as parse_page_size
+from pi.platform.kernel.text import text_problem
 
 __all__ = [
     "OP_CANCEL",

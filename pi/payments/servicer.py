@@ -23,9 +23,9 @@ from pi.payments.domain import (
     WalletType,
 )
 from pi.payments.service import CreatePaymentInput, PaymentService, TransactionFactsInput
-from pi.platform.idempotency import key_from
-from pi.platform.principal import principal_of
-from pi.platform.protobuf import timestamp
+from pi.platform.db.idempotency import key_from
+from pi.platform.kernel.principal import principal_of
+from pi.platform.runtime.protobuf import timestamp
 
 __all__ = ["PaymentLedgerServicer", "PaymentServicer", "payment_to_pb", "refund_to_pb"]
 

@@ -48,12 +48,12 @@ from pi.payments.tables import (
     refunds,
     transaction_refs,
 )
-from pi.platform.database import Database
-from pi.platform.db import is_postgres
-from pi.platform.errors import Aborted
-from pi.platform.idempotency import Idempotency
-from pi.platform.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
-from pi.transactions.domain import Movement
+from pi.platform.db.database import Database
+from pi.platform.db.engine import is_postgres
+from pi.platform.kernel.errors import Aborted
+from pi.platform.db.idempotency import Idempotency
+from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
+from pi.platform.ledger import Movement
 
 __all__ = [
     "OutboxRow",
@@ -255,7 +255,7 @@ _outbox = _written(outbox)
 
 # Statements of the hot paths (create, settle, deliver), built once: executing a prebuilt
 # statement with parameters skips building it and computing its cache key per call, and
-# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.statements).
+# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.db.statements).
 _REF_ID = transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id")
 _GET_REF_QUERY = sa.select(transaction_refs).where(_REF_ID)
 _GET_REF = Statement(_GET_REF_QUERY)
@@ -887,7 +887,7 @@ class PaymentStore:
 
     def __init__(self, database: Database) -> None:
         # Reads are single statements: on `database.reading()`, autocommit, no BEGIN/COMMIT
-        # (see pi.platform.database).
+        # (see pi.platform.db.database).
         self._database = database
 
     @property

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from pi.platform.db import UtcDateTime
-from pi.platform.idempotency import idempotency_table
+from pi.platform.db.engine import UtcDateTime
+from pi.platform.db.idempotency import idempotency_table
 
 metadata = sa.MetaData()
 

@@ -17,9 +17,9 @@ from typing import Protocol
 import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
-from pi.platform.clients import DEFAULT_DEADLINE_SECONDS
-from pi.platform.errors import Aborted, FailedPrecondition, NotFound, Unavailable
-from pi.platform.rpc_status import error_from_rpc_error
+from pi.platform.runtime.clients import DEFAULT_DEADLINE_SECONDS
+from pi.platform.kernel.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from pi.platform.runtime.status import error_from_rpc_error
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PaymentLedger(Protocol):
 class GrpcPaymentLedger:
     """`PaymentLedger` over gRPC (`PaymentLedgerService`), with a deadline on every call.
 
-    The channel carries the service credential (`pi.platform.clients.service_channel`).
+    The channel carries the service credential (`pi.platform.runtime.clients.service_channel`).
     """
 
     def __init__(

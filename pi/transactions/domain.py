@@ -5,8 +5,8 @@ never set directly: it is derived from the running amounts by `derive_status` ea
 `Movement` is applied with `apply_movement`. See docs/state-machines.md.
 
 The movement types (`MovementKind`, `MovementDelta`, `Movement`) are the money-flow
-contract of transactions.proto; the payment service imports them from here to produce
-movements, the transaction service applies them.
+contract of transactions.proto, shared with the payment service in `pi.platform.ledger`;
+they are re-exported here, where the transaction service applies them.
 
 Invariants of a transaction's running amounts (also CHECK constraints in the database):
 
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 from typing import Protocol
 
-from pi.platform.errors import FailedPrecondition, ValidationErrors
-from pi.platform.money import amount_problem, currency_problem
+from pi.platform.kernel.errors import FailedPrecondition, ValidationErrors
+from pi.platform.kernel.money import amount_problem, currency_problem
+from pi.platform.kernel.text import text_problem
+from pi.platform.ledger import Movement, MovementDelta, MovementKind
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -50,7 +51,6 @@ __all__ = [
     "derive_status",
     "metadata_problems",
     "new_transaction",
-    "text_problem",
     "validate_movement_shape",
 ]
 
@@ -79,69 +79,6 @@ class TransactionStatus(enum.StrEnum):
     REFUNDED = "REFUNDED"
     CANCELLED = "CANCELLED"
     FAILED = "FAILED"
-
-
-class MovementKind(enum.StrEnum):
-    """Mirrors `pi.transactions.v1.MovementKind` without the prefix (value == name)."""
-
-    AUTHORIZATION = "AUTHORIZATION"
-    CAPTURE = "CAPTURE"
-    VOID = "VOID"
-    REFUND = "REFUND"
-    FAILURE = "FAILURE"
-    CANCELLATION = "CANCELLATION"
-
-
-@dataclass(frozen=True, slots=True)
-class MovementDelta:
-    """What a payment operation does to its transaction's running amounts.
-
-    Produced by the payment domain functions; the payment service turns each into a
-    `Movement` (id, merchant, transaction, time) and writes it to its outbox.
-    """
-
-    kind: MovementKind
-    payment_id: str | None
-    authorized_delta: int = 0
-    captured_delta: int = 0
-    refunded_delta: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Movement:
-    """One change to a transaction's running amounts (transactions.proto `Movement`)."""
-
-    id: str
-    merchant_id: str
-    transaction_id: str
-    payment_id: str | None
-    kind: MovementKind
-    authorized_delta: int
-    captured_delta: int
-    refunded_delta: int
-    occur_time: datetime
-
-    @classmethod
-    def from_delta(
-        cls,
-        delta: MovementDelta,
-        *,
-        id: str,
-        merchant_id: str,
-        transaction_id: str,
-        occur_time: datetime,
-    ) -> Movement:
-        return cls(
-            id=id,
-            merchant_id=merchant_id,
-            transaction_id=transaction_id,
-            payment_id=delta.payment_id,
-            kind=delta.kind,
-            authorized_delta=delta.authorized_delta,
-            captured_delta=delta.captured_delta,
-            refunded_delta=delta.refunded_delta,
-            occur_time=occur_time,
-        )
 
 
 class _Deltas(Protocol):
@@ -254,23 +191,6 @@ def check_transition(old: TransactionStatus, new: TransactionStatus) -> None:
     )
 
 
-def text_problem(value: str, *, max_length: int, multiline: bool = False) -> str | None:
-    """Why `value` is not acceptable free text, or None.
-
-    Acceptable: at most `max_length` characters (code points), no control characters
-    (Unicode category Cc, which includes NUL that PostgreSQL text cannot hold) and no
-    lone surrogates; `multiline` text may contain newline, carriage return and tab.
-    Format characters such as the zero-width joiner of emoji sequences are allowed.
-    """
-    if len(value) > max_length:
-        return f"must be at most {max_length} characters"
-    allowed = "\n\r\t" if multiline else ""
-    for char in value:
-        if char in allowed:
-            continue
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            return "must not contain control characters"
-    return None
 
 
 def metadata_problems(metadata: Mapping[str, str]) -> list[str]:

@@ -17,15 +17,15 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.clients import service_channel
+from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.crypto import MasterKeys
-from pi.platform.database import Database, open_database
-from pi.platform.interceptors import AuthInterceptor
-from pi.platform.server import BackgroundTask, periodic
-from pi.platform.tokens import KeySource
-from pi.platform.validation import PageToken
-from pi.platform.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.security.crypto import MasterKeys
+from pi.platform.db.database import Database, open_database
+from pi.platform.runtime.interceptors import AuthInterceptor
+from pi.platform.runtime.server import BackgroundTask, periodic
+from pi.platform.security.tokens import KeySource
+from pi.platform.kernel.pages import PageToken
+from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
 from pi.transactions.clients import GrpcPaymentLedger, PaymentLedger
 from pi.transactions.facts import FactsPublisher
 from pi.transactions.service import FACTS_WAIT_SECONDS, TransactionService
@@ -117,7 +117,7 @@ async def build(
     transactions = TransactionService(
         store,
         payment_ledger,
-        PageToken.from_master_keys(master_keys),
+        PageToken(master_keys.derive_key("page-token")),
         created=facts.publish,
         facts_wait=facts_wait,
     )

@@ -26,8 +26,8 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from pi.platform import validation
-from pi.platform.errors import (
+from pi.platform.kernel import pages
+from pi.platform.kernel.errors import (
     Aborted,
     AlreadyExists,
     DomainError,
@@ -36,10 +36,10 @@ from pi.platform.errors import (
     NotFound,
     ValidationErrors,
 )
-from pi.platform.ids import is_valid_id, new_id
-from pi.platform.principal import Principal, require_merchant, require_service
-from pi.platform.statements import Batch, Conn, Record
-from pi.platform.validation import PageToken
+from pi.platform.kernel.ids import is_valid_id, new_id
+from pi.platform.kernel.principal import Principal, require_merchant, require_service
+from pi.platform.db.statements import Batch, Conn, Record
+from pi.platform.kernel.pages import PageToken
 from pi.transactions.clients import PaymentLedger
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,
@@ -247,7 +247,7 @@ class TransactionService:
         so paging never repeats or skips a row.
         """
         merchant_id = require_merchant(principal)
-        size = validation.page_size(page_size)
+        size = pages.page_size(page_size)
         if (
             create_time_start is not None
             and create_time_end is not None

@@ -50,11 +50,11 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pi.platform.database import Database
-from pi.platform.db import UtcDateTime, is_postgres
-from pi.platform.errors import FailedPrecondition
-from pi.platform.idempotency import Idempotency, idempotency_table
-from pi.platform.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
+from pi.platform.db.database import Database
+from pi.platform.db.engine import UtcDateTime, is_postgres
+from pi.platform.kernel.errors import FailedPrecondition
+from pi.platform.db.idempotency import Idempotency, idempotency_table
+from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,
@@ -159,7 +159,7 @@ idempotency_keys = idempotency_table(metadata)
 
 # Statements of the hot paths (create, lookup, apply a movement), built once: executing
 # a prebuilt statement with parameters skips building it and computing its cache key.
-# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.statements).
+# `Statement`s also skip SQLAlchemy's execution on PostgreSQL (see pi.platform.db.statements).
 _GET_QUERY = select(transactions).where(
     transactions.c.id == bindparam("p_id"), transactions.c.merchant_id == bindparam("p_merchant_id")
 )

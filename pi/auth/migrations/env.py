@@ -1,4 +1,4 @@
 from pi.auth.store import metadata
-from pi.platform.migrations import run_env
+from pi.platform.db.migrations import run_env
 
 run_env(metadata)

@@ -35,7 +35,7 @@ from pi.payments.connectors.base import (
     VoidRequest,
 )
 from pi.payments.domain import CardDetails, FailureReason, ProcessorOutcome
-from pi.platform.ids import new_id
+from pi.platform.kernel.ids import new_id
 
 __all__ = ["TEST_CARDS", "SandboxConnector"]
 

@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 from generated.pi.auth.v1 import auth_pb2
 from pi.auth.main import KEY_ACTIVATION, KEY_REFRESH
 from pi.platform.cache import RedisCache
-from pi.platform.tokens import REVOCATION_CHANNEL
+from pi.platform.security.tokens import REVOCATION_CHANNEL
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ def _forge(kind: str, rpc: AuthRpc, merchant_id: str) -> str:
         return f"{header}.{_b64(json.dumps(claims).encode())}."
     if kind == "hs256_with_public_key":
         jwk = rpc.app.keys.jwks()[0]
-        from pi.platform.tokens import public_key_from_jwk
+        from pi.platform.security.tokens import public_key_from_jwk
 
         pem = public_key_from_jwk(jwk).public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -309,7 +309,7 @@ async def test_revocation_reaches_a_second_replica_through_its_store_poller(
     auth_rpc: AuthRpc,
 ) -> None:
     from pi.auth.revocations import StoreRevocationPoller
-    from pi.platform.tokens import RevocationList
+    from pi.platform.security.tokens import RevocationList
 
     _, token = await auth_rpc.merchant_with_token()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from pi.auth.main import MIGRATIONS, build
-from pi.platform import migrations
+from pi.platform.db import migrations
 from pi.platform.cache import MemoryCache
 from pi.platform.config import Settings
-from pi.platform.errors import NotFound, Unauthenticated
-from pi.platform.principal import Principal
+from pi.platform.kernel.errors import NotFound, Unauthenticated
+from pi.platform.kernel.principal import Principal
 
 
 async def test_whole_auth_flow_on_sqlite(

@@ -26,11 +26,11 @@ from pi.auth.store import (
     revoked_tokens,
     signing_keys,
 )
-from pi.platform import migrations
+from pi.platform.db import migrations
 from pi.platform.config import Settings
-from pi.platform.db import sync_url
-from pi.platform.errors import Unauthenticated
-from pi.platform.principal import Principal
+from pi.platform.db.engine import sync_url
+from pi.platform.kernel.errors import Unauthenticated
+from pi.platform.kernel.principal import Principal
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -98,7 +98,7 @@ async def test_racing_first_starts_create_one_signing_key(
     migrated: Settings, make_engine: object
 ) -> None:
     from pi.auth.service import SigningKeyService
-    from pi.platform.crypto import MasterKeys
+    from pi.platform.security.crypto import MasterKeys
 
     engine = make_engine(migrated.db_schema)  # type: ignore[operator]
     service = SigningKeyService(
@@ -254,7 +254,7 @@ async def test_secret_hash_uses_the_pinned_master_key_version(
 ) -> None:
     """Adding a master key must not invalidate secrets hashed under the older one."""
     from pi.auth.main import build
-    from pi.platform.crypto import MasterKeys
+    from pi.platform.security.crypto import MasterKeys
 
     admin = Principal.admin()
     created = await auth_app.auth.create_merchant(admin, "Acme")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from generated.pi.transactions.v1 import transactions_pb2 as tpb
 from pi.payments.ledger_client import LedgerError
 from pi.payments.tables import outbox
-from pi.platform.errors import Unavailable
+from pi.platform.kernel.errors import Unavailable
 from pi.transactions.domain import Movement, MovementKind
 from pi.transactions.store import applied_movements
 

@@ -10,8 +10,8 @@ from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, f
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from pi.platform.database import Database
-from pi.platform.statements import Batch, Statement
+from pi.platform.db.database import Database
+from pi.platform.db.statements import Batch, Statement
 from tests.support.round_trips import count_round_trips
 
 metadata = MetaData()

@@ -5,7 +5,7 @@ from typing import Any
 import grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.clients import service_channel
+from pi.platform.runtime.clients import service_channel
 
 
 class _Counting(auth_pb2_grpc.AuthServiceServicer):

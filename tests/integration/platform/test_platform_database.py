@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pi.platform.config import Settings
-from pi.platform.database import Database, open_database, open_database_for
-from pi.platform.db import is_postgres
-from pi.platform.statements import Statement
+from pi.platform.db.database import Database, open_database, open_database_for
+from pi.platform.db.engine import is_postgres
+from pi.platform.db.statements import Statement
 
 metadata = MetaData()
 items = Table(

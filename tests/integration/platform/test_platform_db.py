@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
-from pi.platform.db import async_url, create_engine, is_postgres, sync_url
+from pi.platform.db.engine import async_url, create_engine, is_postgres, sync_url
 
 metadata = MetaData()
 parents = Table("parents", metadata, Column("id", Integer, primary_key=True))

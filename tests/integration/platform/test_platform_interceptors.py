@@ -10,11 +10,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.errors import FieldViolation, InvalidArgument, NotFound
-from pi.platform.interceptors import AuthInterceptor
-from pi.platform.principal import current_principal, principal_of, require_merchant
-from pi.platform.server import create_server
-from pi.platform.tokens import RevocationList, StaticKeySource, TokenVerifier
+from pi.platform.kernel.errors import FieldViolation, InvalidArgument, NotFound
+from pi.platform.runtime.interceptors import AuthInterceptor
+from pi.platform.kernel.principal import current_principal, principal_of, require_merchant
+from pi.platform.runtime.server import create_server
+from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
 
 ADMIN, SERVICE = "adm_test_token_123", "svc_test_token_456"
 SECRET_DETAIL = "db password is hunter2"
@@ -134,7 +134,7 @@ async def test_domain_error_reason_and_metadata_reach_the_client(stub: Any) -> N
 async def test_unexpected_exception_is_internal_without_details(
     stub: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="pi.platform.interceptors"):
+    with caplog.at_level(logging.ERROR, logger="pi.platform.runtime.interceptors"):
         error = await call_error(
             stub.RevokeApiKey(auth_pb2.RevokeApiKeyRequest(id="k"), metadata=bearer(ADMIN))
         )

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.platform import migrations
+from pi.platform.db import migrations
 
 ENV_PY = """
 from sqlalchemy import Column, MetaData, String, Table
 
-from pi.platform.migrations import run_env
+from pi.platform.db.migrations import run_env
 
 metadata = MetaData()
 Table("widgets", metadata, Column("id", String(40), primary_key=True), Column("name", String(200)))

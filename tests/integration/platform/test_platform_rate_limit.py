@@ -20,13 +20,13 @@ from grpc_status import rpc_status
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.cache import Cache, MemoryCache, RedisCache
-from pi.platform.errors import ResourceExhausted
-from pi.platform.interceptors import AuthInterceptor, RateLimitInterceptor
-from pi.platform.principal import current_principal
-from pi.platform.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter
-from pi.platform.server import create_server
-from pi.platform.tokens import RevocationList, StaticKeySource, TokenVerifier
-from pi.platform.wiring import authentication
+from pi.platform.kernel.errors import ResourceExhausted
+from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
+from pi.platform.kernel.principal import current_principal
+from pi.platform.runtime.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter
+from pi.platform.runtime.server import create_server
+from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
+from pi.platform.runtime.wiring import authentication
 from tests.support.processes import free_port
 
 ADMIN, SERVICE = "adm_rate_limit_test", "svc_rate_limit_test"
@@ -233,10 +233,10 @@ async def test_with_redis_down_calls_fail_open_with_one_warning(
     try:
         stub = await serve(RateLimiter(down, service="payments", limit=1))
         token = es256_signer.sign("mer_a")
-        with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="pi.platform.runtime.ratelimit"):
             for _ in range(5):
                 assert await list_keys(stub, token) == "merchant:mer_a"
-        warnings = [r for r in caplog.records if r.name == "pi.platform.ratelimit"]
+        warnings = [r for r in caplog.records if r.name == "pi.platform.runtime.ratelimit"]
         assert len(warnings) == 1, warnings
     finally:
         await down.close()
@@ -428,12 +428,12 @@ async def test_with_redis_down_leased_calls_fail_open_with_one_warning(
     try:
         limiter = RateLimiter(down, service="payments", limit=1000, clock=Clock())
         assert limiter.lease == 50
-        with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="pi.platform.runtime.ratelimit"):
             results = await asyncio.gather(*(passed(limiter, "mer_a") for _ in range(20)))
             results += [await passed(limiter, "mer_a") for _ in range(20)]
         assert all(results)
         assert down.incrs == [50]  # one lease tried for the 20 at once, then left alone
-        warnings = [r for r in caplog.records if r.name == "pi.platform.ratelimit"]
+        warnings = [r for r in caplog.records if r.name == "pi.platform.runtime.ratelimit"]
         assert len(warnings) == 1, warnings
     finally:
         await down.close()

@@ -15,11 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.clients import service_channel
+from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.interceptors import AuthInterceptor
-from pi.platform.server import serve
-from pi.platform.tokens import RevocationList, StaticKeySource, TokenVerifier
+from pi.platform.runtime.interceptors import AuthInterceptor
+from pi.platform.runtime.server import serve
+from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
 
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 REPO = Path(__file__).resolve().parents[3]
@@ -131,8 +131,8 @@ SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
     from pi.platform.config import Settings
-    from pi.platform.logging import configure
-    from pi.platform.server import run, serve
+    from pi.platform.runtime.logging import configure
+    from pi.platform.runtime.server import run, serve
 
     async def main():
         settings = Settings.from_env("auth")

@@ -40,8 +40,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.platform.db import UtcDateTime, autocommit, is_postgres
-from pi.platform.statements import Statement
+from pi.platform.db.engine import UtcDateTime, autocommit, is_postgres
+from pi.platform.db.statements import Statement
 
 
 class Color(enum.Enum):

@@ -16,8 +16,8 @@ from google.protobuf import timestamp_pb2
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.cache import MemoryCache
-from pi.platform.errors import Unauthenticated, Unavailable
-from pi.platform.tokens import (
+from pi.platform.kernel.errors import Unauthenticated, Unavailable
+from pi.platform.security.tokens import (
     RemoteJwks,
     RevocationList,
     RevocationPoller,

@@ -17,12 +17,12 @@ from sqlalchemy import Connection, insert, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pi.platform import migrations
-from pi.platform.database import Database
-from pi.platform.db import create_engine_for
-from pi.platform.errors import FailedPrecondition
-from pi.platform.principal import Principal
-from pi.platform.validation import PageToken
+from pi.platform.db import migrations
+from pi.platform.db.database import Database
+from pi.platform.db.engine import create_engine_for
+from pi.platform.kernel.errors import FailedPrecondition
+from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.pages import PageToken
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,

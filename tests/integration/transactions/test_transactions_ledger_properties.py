@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pi.platform.errors import DomainError
-from pi.platform.principal import Principal
+from pi.platform.kernel.errors import DomainError
+from pi.platform.kernel.principal import Principal
 from pi.transactions.domain import Movement, MovementKind, Transaction, apply_movement
 from pi.transactions.service import TransactionService
 

@@ -21,18 +21,18 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform import migrations
-from pi.platform.database import Database
-from pi.platform.db import create_engine_for
-from pi.platform.errors import (
+from pi.platform.db import migrations
+from pi.platform.db.database import Database
+from pi.platform.db.engine import create_engine_for
+from pi.platform.kernel.errors import (
     Aborted,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
 )
-from pi.platform.principal import Principal
-from pi.platform.validation import PageToken
+from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.pages import PageToken
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
     Movement,
@@ -111,7 +111,7 @@ def statements() -> Iterator[list[str]]:
     """The first word of every statement sent to PostgreSQL inside the block.
 
     Counted on psycopg's cursors, so both SQLAlchemy's `conn.execute` and the prebuilt
-    `pi.platform.statements` (which bypass SQLAlchemy's cursor events) are seen. An
+    `pi.platform.db.statements` (which bypass SQLAlchemy's cursor events) are seen. An
     `executemany` (its runs pipelined in one round trip) counts once.
     """
     sent: list[str] = []

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2 as pb
 from generated.pi.transactions.v1 import transactions_pb2_grpc
 from pi.platform.config import Settings
-from pi.platform.rpc_status import error_from_rpc_error
+from pi.platform.runtime.status import error_from_rpc_error
 from tests.support.processes import (
     run_cli,
     running,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pi.platform.errors import (
+from pi.platform.kernel.errors import (
     AlreadyExists,
     DomainError,
     FailedPrecondition,
@@ -18,8 +18,8 @@ from pi.platform.errors import (
     PermissionDenied,
     Unavailable,
 )
-from pi.platform.money import INT64_MAX, MAX_AMOUNT
-from pi.platform.principal import Principal
+from pi.platform.kernel.money import INT64_MAX, MAX_AMOUNT
+from pi.platform.kernel.principal import Principal
 from pi.transactions.domain import Movement, MovementKind, TransactionStatus
 from pi.transactions.service import TransactionService
 from tests.support.round_trips import count_round_trips

@@ -9,7 +9,7 @@ import pytest
 
 from pi.auth import domain
 from pi.auth.domain import LockoutPolicy, LoginFailures
-from pi.platform.errors import InvalidArgument
+from pi.platform.kernel.errors import InvalidArgument
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

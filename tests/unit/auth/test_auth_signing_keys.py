@@ -17,8 +17,8 @@ from pi.auth.signing_keys import (
     generate_signing_key,
     thumbprint,
 )
-from pi.platform.crypto import DecryptionError, MasterKeys
-from pi.platform.tokens import public_key_from_jwk
+from pi.platform.security.crypto import DecryptionError, MasterKeys
+from pi.platform.security.tokens import public_key_from_jwk
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

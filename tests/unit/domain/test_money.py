@@ -1,4 +1,4 @@
-"""Currencies and amounts in minor units (pi.platform.money)."""
+"""Currencies and amounts in minor units (pi.platform.kernel.money)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pi.platform.errors import InvalidArgument
-from pi.platform.money import (
+from pi.platform.kernel.errors import InvalidArgument
+from pi.platform.kernel.money import (
     CURRENCIES,
     INT64_MAX,
     MAX_AMOUNT,

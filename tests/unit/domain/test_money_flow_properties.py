@@ -35,7 +35,7 @@ from pi.payments.domain import (
     validate_card,
     validate_payment_request,
 )
-from pi.platform.errors import DomainError, ValidationErrors
+from pi.platform.kernel.errors import DomainError, ValidationErrors
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,
     MovementDelta,

@@ -54,8 +54,8 @@ from pi.payments.domain import (
     validate_payment_request,
     validate_wallet,
 )
-from pi.platform.errors import FailedPrecondition, InvalidArgument, ValidationErrors
-from pi.platform.money import MAX_AMOUNT
+from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
+from pi.platform.kernel.money import MAX_AMOUNT
 from pi.transactions.domain import MovementDelta, MovementKind
 
 TODAY = date(2026, 6, 15)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pi.platform.errors import DomainError, FailedPrecondition, InvalidArgument
+from pi.platform.kernel.errors import DomainError, FailedPrecondition, InvalidArgument
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,
     MAX_DESCRIPTION_LENGTH,

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pi.platform.crypto import (
+from pi.platform.security.crypto import (
     DecryptionError,
     MasterKeys,
     constant_time_equal,

@@ -1,4 +1,4 @@
-from pi.platform.ids import is_valid_id, new_id
+from pi.platform.kernel.ids import is_valid_id, new_id
 
 
 def test_ids_have_prefix_and_26_crockford_chars() -> None:

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from pi.platform.config import Settings
-from pi.platform.logging import configure, redact
+from pi.platform.runtime.logging import configure, redact
 
 
 @pytest.mark.parametrize(

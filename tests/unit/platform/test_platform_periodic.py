@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from pi.platform.server import periodic
+from pi.platform.runtime.server import periodic
 
 
 async def test_a_periodic_job_runs_every_interval_and_survives_a_failure(

@@ -1,7 +1,7 @@
 import pytest
 
-from pi.platform.errors import PermissionDenied, Unauthenticated
-from pi.platform.principal import (
+from pi.platform.kernel.errors import PermissionDenied, Unauthenticated
+from pi.platform.kernel.principal import (
     Principal,
     principal_of,
     require_admin,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from pi.platform.protobuf import timestamp, to_datetime
+from pi.platform.runtime.protobuf import timestamp, to_datetime
 
 
 def test_a_time_survives_the_round_trip_through_a_timestamp_as_aware_utc() -> None:

@@ -13,9 +13,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from pi.platform.cache import CacheError, MemoryCache, RedisCache
 from pi.platform.config import Settings
-from pi.platform.errors import ResourceExhausted
-from pi.platform.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter, lease_size
-from pi.platform.rpc_status import error_from_rpc_error, to_grpc_status, to_status_proto
+from pi.platform.kernel.errors import ResourceExhausted
+from pi.platform.runtime.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter, lease_size
+from pi.platform.runtime.status import error_from_rpc_error, to_grpc_status, to_status_proto
 
 START = 1_700_000_000.25  # a quarter into a one-second window
 
@@ -145,7 +145,7 @@ async def test_a_failing_cache_lets_calls_through_and_is_left_alone_for_a_while(
 ) -> None:
     cache = BrokenCache()
     limiter = limiter_on(cache, clock, limit=1, retry_seconds=1.0, warn_interval=60.0)
-    with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="pi.platform.runtime.ratelimit"):
         for _ in range(10):
             await limiter.check("mer_a")
         assert cache.calls == 1  # then skipped until retry_seconds have passed
@@ -161,7 +161,7 @@ async def test_the_warning_repeats_once_per_interval_while_the_cache_is_down(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     limiter = limiter_on(BrokenCache(), clock, retry_seconds=1.0, warn_interval=10.0)
-    with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="pi.platform.runtime.ratelimit"):
         for _ in range(25):  # 25 seconds of calls
             await limiter.check("mer_a")
             clock.advance(1.0)
@@ -304,7 +304,7 @@ async def test_calls_waiting_for_a_lease_fail_open_together_when_the_cache_fails
 ) -> None:
     cache = BrokenCache()
     limiter = limiter_on(cache, clock, limit=100, lease=5, retry_seconds=1.0)
-    with caplog.at_level(logging.WARNING, logger="pi.platform.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="pi.platform.runtime.ratelimit"):
         assert all(await asyncio.gather(*(passes(limiter, "mer_a") for _ in range(10))))
     assert cache.calls == 1
     assert len(caplog.records) == 1

@@ -4,8 +4,8 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from pi.platform import errors
-from pi.platform.rpc_status import DOMAIN, error_from_rpc_error, to_grpc_status, to_status_proto
+from pi.platform.kernel import errors
+from pi.platform.runtime.status import DOMAIN, error_from_rpc_error, to_grpc_status, to_status_proto
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from pi.platform.statements import Statement
+from pi.platform.db.statements import Statement
 
 metadata = MetaData()
 things = Table(

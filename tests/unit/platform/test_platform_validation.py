@@ -2,9 +2,10 @@ import os
 
 import pytest
 
-from pi.platform.crypto import MasterKeys
-from pi.platform.errors import InvalidArgument, ValidationErrors
-from pi.platform.validation import PageToken, page_size, printable_text
+from pi.platform.security.crypto import MasterKeys
+from pi.platform.kernel.errors import InvalidArgument, ValidationErrors
+from pi.platform.kernel.pages import PageToken, page_size
+from pi.platform.kernel.text import printable_text
 
 
 def violations(exc: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, str]]:
@@ -74,7 +75,7 @@ def test_page_size_defaults_clamps_and_rejects_negative() -> None:
 
 @pytest.fixture
 def tokens() -> PageToken:
-    return PageToken.from_master_keys(MasterKeys({1: os.urandom(32)}))
+    return PageToken(MasterKeys({1: os.urandom(32)}).derive_key("page-token"))
 
 
 def test_page_token_round_trip(tokens: PageToken) -> None:

@@ -6,7 +6,7 @@ import contextvars
 from dataclasses import dataclass
 from typing import Literal
 
-from pi.platform.errors import PermissionDenied, Unauthenticated
+from pi.platform.kernel.errors import PermissionDenied, Unauthenticated
 
 PrincipalKind = Literal["merchant", "admin", "service"]
 

@@ -14,7 +14,7 @@ the SQLAlchemy one, as a server-side prepared statement:
 
 `conn` is a `Conn`: a SQLAlchemy `AsyncConnection` (on psycopg, the statement runs on
 the psycopg connection under it) or a psycopg `AsyncConnection` itself, as a
-`pi.platform.database.Database` hands out on PostgreSQL (no SQLAlchemy at all then).
+`pi.platform.db.database.Database` hands out on PostgreSQL (no SQLAlchemy at all then).
 
 - Same transaction: the statement runs on the caller's connection, so it is part of the
   transaction `engine.begin()` (or the psycopg connection's `transaction()`) started,
@@ -27,7 +27,7 @@ the psycopg connection under it) or a psycopg `AsyncConnection` itself, as a
 - Same errors: a psycopg error is raised as the `sqlalchemy.exc` error `conn.execute`
   would raise (e.g. `IntegrityError`, with the psycopg error as `orig`).
 - No schema in the SQL: tables must carry no schema; the connection's `search_path`
-  (see `pi.platform.db`) finds them, as it does for hand-written SQL.
+  (see `pi.platform.db.engine`) finds them, as it does for hand-written SQL.
 - SQLite and other drivers: `conn.execute(statement, params)`, rows are SQLAlchemy `Row`s
   (also `row.column`), so store code does not depend on the dialect.
 
@@ -40,7 +40,7 @@ Where one statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)`
 rows.
 
 One round trip for a whole unit: a `Batch` queues statements whose parameters do not
-depend on each other's results, and `pi.platform.database.Database.transaction(batch)`
+depend on each other's results, and `pi.platform.db.database.Database.transaction(batch)`
 runs them at the start of the transaction, on PostgreSQL in one pipeline with the BEGIN
 (one round trip; the COMMIT is one more). The block then reads each result from the
 `Deferred` the batch handed out, and decides: raise to roll back.
@@ -559,7 +559,7 @@ async def _mapped_error(
     """`error` as SQLAlchemy raises it from `conn.execute` (DBAPIError subclasses)."""
     if isinstance(conn, psycopg.AsyncConnection):
         # The pool the connection came from replaces it if it broke (see
-        # pi.platform.database).
+        # pi.platform.db.database).
         return sqlalchemy_error(error, conn, sql, params)
     sync = conn.sync_connection
     assert sync is not None

@@ -9,7 +9,7 @@ A service keeps its migrations in `pi/<svc>/migrations/`:
 
 `env.py`:
 
-    from pi.platform.migrations import run_env
+    from pi.platform.db.migrations import run_env
     from pi.payments.store import metadata
 
     run_env(metadata)
@@ -45,7 +45,7 @@ from sqlalchemy import Connection, MetaData, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from pi.platform.config import Settings
-from pi.platform.db import is_postgres_url, sqlite_path, sync_url
+from pi.platform.db.engine import is_postgres_url, sqlite_path, sync_url
 
 SCRIPT_TEMPLATE = '''\
 """${message}
@@ -155,7 +155,7 @@ def run_env(target_metadata: MetaData) -> None:
     connection: Connection | None = config.attributes.get(_CONNECTION)
     if connection is None:
         raise RuntimeError(
-            "run migrations with pi.platform.migrations.upgrade() "
+            "run migrations with pi.platform.db.migrations.upgrade() "
             "(or `python -m pi.<svc> migrate`), not the alembic CLI"
         )
     schema: str | None = config.attributes.get(_SCHEMA)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from pi.platform.errors import InvalidArgument
+from pi.platform.kernel.errors import InvalidArgument
 
 __all__ = [
     "CURRENCIES",

@@ -26,15 +26,17 @@ from typing import Protocol
 
 import grpc
 
-from pi.platform import migrations, server
+from pi.platform.db import migrations
+
+from pi.platform.runtime import server
 from pi.platform.cache import Cache, create_cache
-from pi.platform.clients import service_channel
+from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.interceptors import AuthInterceptor, RateLimitInterceptor
-from pi.platform.logging import configure as configure_logging
-from pi.platform.ratelimit import create_rate_limiter
-from pi.platform.server import BackgroundTask
-from pi.platform.tokens import (
+from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
+from pi.platform.runtime.logging import configure as configure_logging
+from pi.platform.runtime.ratelimit import create_rate_limiter
+from pi.platform.runtime.server import BackgroundTask
+from pi.platform.security.tokens import (
     KeySource,
     RemoteJwks,
     RevocationList,
@@ -92,7 +94,7 @@ def authentication(
     `pi:revocations` are applied at once too, received over `cache` (or a connection
     opened here). `public_methods` need no credentials. Merchant calls are limited to
     `settings.rate_limit_per_merchant` per second (0: unlimited; see
-    `pi.platform.ratelimit`). Call inside the event loop (gRPC channels bind to it).
+    `pi.platform.runtime.ratelimit`). Call inside the event loop (gRPC channels bind to it).
     """
     revocations = RevocationList(clock=clock)
     background: list[BackgroundTask] = []

@@ -31,7 +31,7 @@ one statement instead of claim + complete. That is as safe as completing later o
 because both are in the effect's transaction: if the effect fails, the rollback removes
 the claim and its response together.
 
-A use case whose whole transaction goes in one `Batch` (see `pi.platform.statements`)
+A use case whose whole transaction goes in one `Batch` (see `pi.platform.db.statements`)
 queues the claim with `queue_claim` instead: after the batch ran, `claimed` says whether
 the key was free. If it was not, the use case rolls back and runs `claim` as above, in a
 new transaction, for the replay (or the error) it gives.
@@ -63,8 +63,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pi.platform.errors import Aborted, AlreadyExists, InvalidArgument
-from pi.platform.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
+from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"
@@ -118,7 +118,7 @@ class Idempotency:
     def __init__(self, table: Table) -> None:
         self._table = table
         # Built once: claim/complete run on every mutating call, as `Statement`s (on
-        # PostgreSQL they skip SQLAlchemy's execution, see pi.platform.statements).
+        # PostgreSQL they skip SQLAlchemy's execution, see pi.platform.db.statements).
         t = table
         self._claim = Statement(
             postgresql.insert(t).on_conflict_do_nothing().returning(t.c.key),

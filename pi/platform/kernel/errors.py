@@ -1,7 +1,7 @@
 """Domain errors: what went wrong, in terms a client can act on.
 
 Standard library only, so domain rules can raise them without knowing about gRPC. The one
-place that turns them into a `google.rpc.Status` is `pi.platform.rpc_status`.
+place that turns them into a `google.rpc.Status` is `pi.platform.runtime.status`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ writers queue on the database lock instead of failing mid-transaction.
 Reads run on `autocommit(engine)`: no BEGIN/ROLLBACK around them (on PostgreSQL a
 ROLLBACK also makes psycopg drop the connection's prepared statements; on SQLite a
 read takes no write lock). Writes keep `engine.begin()` transactions. The services' hot
-units of work do not use this engine on PostgreSQL: see `pi.platform.database`.
+units of work do not use this engine on PostgreSQL: see `pi.platform.db.database`.
 """
 
 from __future__ import annotations

@@ -19,12 +19,12 @@ SQLAlchemy's engine: checking a
 connection out of SQLAlchemy's pool and beginning and committing through it cost about
 250 µs of CPU per write unit and 100 µs per read, several times the statement itself.
 The connections are in autocommit mode with `search_path` set to the service's schema
-(as the engine's are, see `pi.platform.db`); `transaction()` wraps the block in a
+(as the engine's are, see `pi.platform.db.engine`); `transaction()` wraps the block in a
 psycopg transaction. The handle is a `psycopg.AsyncConnection`: run `Statement`s on it
 (they map psycopg errors to `sqlalchemy.exc` ones, and so does the unit for BEGIN and
 COMMIT), not `conn.execute(core_statement)`.
 
-A transaction given a `Batch` (`pi.platform.statements`) starts by running it: on
+A transaction given a `Batch` (`pi.platform.db.statements`) starts by running it: on
 PostgreSQL the connection goes into pipeline mode, BEGIN and the batch's statements are
 sent together and read after one sync, and the COMMIT (or ROLLBACK) ends the pipeline: two
 round trips for the whole unit, where BEGIN, each statement and COMMIT take one each
@@ -52,8 +52,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
-from pi.platform.db import POOL_SIZE, autocommit, create_engine, create_engine_for, is_postgres
-from pi.platform.statements import Batch, Conn, sqlalchemy_error
+from pi.platform.db.engine import POOL_SIZE, autocommit, create_engine, create_engine_for, is_postgres
+from pi.platform.db.statements import Batch, Conn, sqlalchemy_error
 
 __all__ = ["Conn", "Database", "open_database", "open_database_for"]
 

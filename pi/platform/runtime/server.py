@@ -1,6 +1,6 @@
 """grpc.aio server bootstrap: health, reflection, background tasks and graceful drain.
 
-The services' `main.py` call `pi.platform.wiring.run_service`, which amounts to:
+The services' `main.py` call `pi.platform.runtime.wiring.run_service`, which amounts to:
 
     def run() -> None:
         server.run(_main)                      # installs uvloop, runs the coroutine
@@ -38,9 +38,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pi.platform.clients import MAX_MESSAGE_BYTES
+from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.config import Settings
-from pi.platform.interceptors import ErrorInterceptor
+from pi.platform.runtime.interceptors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from collections.abc import Callable
 
 from pi.platform.cache import Cache, MemoryCache, RedisCache
 from pi.platform.config import Settings
-from pi.platform.errors import ResourceExhausted
+from pi.platform.kernel.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 

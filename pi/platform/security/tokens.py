@@ -28,8 +28,8 @@ from jwt.algorithms import ECAlgorithm
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.cache import Cache
-from pi.platform.errors import Unauthenticated, Unavailable
-from pi.platform.principal import Principal
+from pi.platform.kernel.errors import Unauthenticated, Unavailable
+from pi.platform.kernel.principal import Principal
 
 log = logging.getLogger(__name__)
 

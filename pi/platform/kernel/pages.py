@@ -1,7 +1,7 @@
-"""Input checks shared by every service; each failure is an `InvalidArgument`.
+"""List pagination shared by every service: page sizes (AIP-158) and signed page tokens.
 
-Pass `errors=ValidationErrors()` to collect every wrong field and raise once
-(`errors.raise_if_any()`); without it the first wrong field raises.
+A service builds its `PageToken` once, from a key derived for page tokens
+(`PageToken(master_keys.derive_key("page-token"))`).
 """
 
 from __future__ import annotations
@@ -11,59 +11,16 @@ import binascii
 import hashlib
 import hmac
 import json
-import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-from pi.platform.crypto import MasterKeys
-from pi.platform.errors import InvalidArgument, ValidationErrors
+from pi.platform.kernel.errors import InvalidArgument
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "PageToken", "page_size"]
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 MAX_PAGE_TOKEN_LENGTH = 2048
-
-# Control, format, surrogate, line/paragraph separators: invisible or layout-breaking.
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
-
-def _fail(field: str, description: str, errors: ValidationErrors | None) -> None:
-    if errors is None:
-        raise InvalidArgument.field(field, description)
-    errors.add(field, description)
-
-
-def printable_text(
-    value: str,
-    field: str,
-    max_len: int,
-    required: bool = True,
-    *,
-    min_len: int = 1,
-    errors: ValidationErrors | None = None,
-) -> str:
-    """`value` if it is printable text of an allowed length (code points).
-
-    Rejects control and format characters (Unicode categories Cc, Cf, ...), text that
-    is only whitespace, and leading/trailing whitespace. An empty optional value is
-    returned as "".
-    """
-    if value == "":
-        if required:
-            _fail(field, "is required.", errors)
-        return value
-    if value.strip() == "":
-        _fail(field, "must not be blank.", errors)
-        return value
-    if value != value.strip():
-        _fail(field, "must not start or end with whitespace.", errors)
-        return value
-    if len(value) < min_len or len(value) > max_len:
-        _fail(field, f"must be {min_len} to {max_len} characters long.", errors)
-        return value
-    if any(unicodedata.category(c) in _FORBIDDEN_CATEGORIES for c in value):
-        _fail(field, "must not contain control or invisible formatting characters.", errors)
-    return value
-
 
 def page_size(
     value: int,
@@ -94,10 +51,6 @@ class PageToken:
             raise ValueError("page token key must be at least 32 bytes")
         self._key = key
         self._field = field
-
-    @classmethod
-    def from_master_keys(cls, keys: MasterKeys) -> PageToken:
-        return cls(keys.derive_key("page-token"))
 
     def encode(self, position: Mapping[str, Any], filters: Mapping[str, Any] | None = None) -> str:
         body = _canonical({"p": dict(position), "f": _filter_fingerprint(filters)})

@@ -1,0 +1,1 @@
+"""Standard-library-only building blocks: errors, money, ids, text, pages, the caller."""

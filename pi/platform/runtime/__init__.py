@@ -1,0 +1,1 @@
+"""The gRPC runtime of every service: server, interceptors, channels, status, logging, wiring."""

@@ -1,0 +1,1 @@
+"""Access tokens, revocation, column encryption and secret hashing."""

@@ -143,7 +143,11 @@ def _package(frames: list[str]) -> str:
     return "stdlib " + joined.removesuffix(".py")
 
 
-_ENTRY_POINTS = ("pi/platform/runtime/cli.py", "pi/platform/runtime/wiring.py", "pi/platform/runtime/server.py")
+_ENTRY_POINTS = (
+    "pi/platform/runtime/cli.py",
+    "pi/platform/runtime/wiring.py",
+    "pi/platform/runtime/server.py",
+)
 
 
 def _is_pi_work(frame: str) -> bool:

@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
-from pi.platform.security.crypto import MasterKeys
 from pi.platform.db.database import Database, open_database_for
 from pi.platform.db.engine import create_engine_for
+from pi.platform.security.crypto import MasterKeys
 
 DEFAULT_PG_URL = "postgresql://root@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"

@@ -25,15 +25,15 @@ from pi.auth.signing_keys import KeyRing
 from pi.auth.store import AuthStore, idempotency_keys
 from pi.platform.cache import Cache, create_cache
 from pi.platform.config import Settings
-from pi.platform.security.crypto import MasterKeys
 from pi.platform.db.engine import create_engine
 from pi.platform.db.idempotency import Idempotency
+from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.logging import configure as configure_logging
 from pi.platform.runtime.server import BackgroundTask, periodic
-from pi.platform.security.tokens import TokenVerifier
-from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.security.crypto import MasterKeys
+from pi.platform.security.tokens import TokenVerifier
 
 SERVICE = "auth"
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -38,8 +38,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy.exc import IntegrityError
-
 from pi.auth import domain
 from pi.auth.domain import (
     ApiKey,
@@ -53,12 +51,13 @@ from pi.auth.domain import (
 )
 from pi.auth.signing_keys import KeyRing, StoredKey, generate_signing_key
 from pi.auth.store import AuthStore, AuthTransaction
-from pi.platform.security.crypto import MasterKeys, constant_time_equal, hmac_sha256
-from pi.platform.kernel.errors import InvalidArgument, NotFound, Unauthenticated
+from pi.platform.db.errors import IntegrityError
 from pi.platform.db.idempotency import Claim, Idempotency
-from pi.platform.kernel.principal import Principal, require_admin, require_merchant, require_service
+from pi.platform.kernel.errors import InvalidArgument, NotFound, Unauthenticated
 from pi.platform.kernel.pages import PageToken, page_size
+from pi.platform.kernel.principal import Principal, require_admin, require_merchant, require_service
 from pi.platform.kernel.text import printable_text
+from pi.platform.security.crypto import MasterKeys, constant_time_equal, hmac_sha256
 
 _log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from types import MappingProxyType
 
 from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
 from pi.platform.kernel.money import amount_problem, format_amount
-from pi.platform.ledger import MovementDelta, MovementKind
 from pi.platform.kernel.text import text_problem
+from pi.platform.ledger import MovementDelta, MovementKind
 
 __all__ = [
     "ALLOWED_TRANSITIONS",

@@ -28,16 +28,16 @@ from pi.payments.service import PaymentService
 from pi.payments.servicer import PaymentLedgerServicer, PaymentServicer
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.security.crypto import MasterKeys
 from pi.platform.db.database import Database, open_database
 from pi.platform.db.idempotency import Idempotency
+from pi.platform.kernel.pages import PageToken
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import BackgroundTask, periodic
-from pi.platform.security.tokens import KeySource
-from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.security.crypto import MasterKeys
+from pi.platform.security.tokens import KeySource
 
 SERVICE = "payments"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -123,7 +123,7 @@ async def build(
 ) -> PaymentsApp:
     """Wire the service. Without `ledger` it calls the transaction service at
     `settings.transactions_target`; without `key_source` it fetches the JWKS from and
-    polls revocations at `settings.auth_target` (see `pi.platform.runtime.wiring.authentication`)."""
+    polls revocations at `settings.auth_target` (see `runtime.wiring.authentication`)."""
     database = await open_database(settings, engine)
     store = PaymentStore(database)
     master_keys = MasterKeys(settings.master_keys)

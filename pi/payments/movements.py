@@ -10,8 +10,8 @@ from datetime import datetime
 
 from generated.pi.transactions.v1 import transactions_pb2
 from pi.platform.kernel.ids import new_id
-from pi.platform.runtime.protobuf import timestamp, to_datetime
 from pi.platform.ledger import Movement, MovementDelta, MovementKind
+from pi.platform.runtime.protobuf import timestamp, to_datetime
 
 __all__ = [
     "cancellation_movement_id",

@@ -84,6 +84,7 @@ from pi.payments.snapshots import (
     encode_refund_result,
 )
 from pi.payments.store import PaymentBatch, PaymentStore, PaymentTx
+from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -92,12 +93,11 @@ from pi.platform.kernel.errors import (
     Unavailable,
     ValidationErrors,
 )
-from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.ids import new_id
 from pi.platform.kernel.money import amount_problem, currency_problem
-from pi.platform.kernel.principal import Principal, require_merchant, require_service
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.pages import page_size as parse_page_size
+from pi.platform.kernel.principal import Principal, require_merchant, require_service
 from pi.platform.kernel.text import text_problem
 
 __all__ = [

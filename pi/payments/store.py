@@ -50,9 +50,9 @@ from pi.payments.tables import (
 )
 from pi.platform.db.database import Database
 from pi.platform.db.engine import is_postgres
-from pi.platform.kernel.errors import Aborted
 from pi.platform.db.idempotency import Idempotency
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
+from pi.platform.kernel.errors import Aborted
 from pi.platform.ledger import Movement
 
 __all__ = [

@@ -17,8 +17,8 @@ from typing import Protocol
 import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
-from pi.platform.runtime.clients import DEFAULT_DEADLINE_SECONDS
 from pi.platform.kernel.errors import Aborted, FailedPrecondition, NotFound, Unavailable
+from pi.platform.runtime.clients import DEFAULT_DEADLINE_SECONDS
 from pi.platform.runtime.status import error_from_rpc_error
 
 log = logging.getLogger(__name__)

@@ -191,8 +191,6 @@ def check_transition(old: TransactionStatus, new: TransactionStatus) -> None:
     )
 
 
-
-
 def metadata_problems(metadata: Mapping[str, str]) -> list[str]:
     """Every reason `metadata` is not acceptable (empty list if it is).
 

@@ -17,15 +17,15 @@ import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
-from pi.platform.security.crypto import MasterKeys
 from pi.platform.db.database import Database, open_database
+from pi.platform.kernel.pages import PageToken
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import BackgroundTask, periodic
-from pi.platform.security.tokens import KeySource
-from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.security.crypto import MasterKeys
+from pi.platform.security.tokens import KeySource
 from pi.transactions.clients import GrpcPaymentLedger, PaymentLedger
 from pi.transactions.facts import FactsPublisher
 from pi.transactions.service import FACTS_WAIT_SECONDS, TransactionService

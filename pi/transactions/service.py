@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
+from pi.platform.db.errors import IntegrityError
+from pi.platform.db.statements import Batch, Conn, Record
 from pi.platform.kernel import pages
 from pi.platform.kernel.errors import (
     Aborted,
@@ -37,9 +37,8 @@ from pi.platform.kernel.errors import (
     ValidationErrors,
 )
 from pi.platform.kernel.ids import is_valid_id, new_id
-from pi.platform.kernel.principal import Principal, require_merchant, require_service
-from pi.platform.db.statements import Batch, Conn, Record
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal, require_merchant, require_service
 from pi.transactions.clients import PaymentLedger
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,

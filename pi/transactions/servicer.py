@@ -10,8 +10,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.kernel.errors import DomainError, InvalidArgument, ValidationErrors
 from pi.platform.db.idempotency import fingerprint, key_from
+from pi.platform.kernel.errors import DomainError, InvalidArgument, ValidationErrors
 from pi.platform.kernel.principal import principal_of
 from pi.platform.runtime.protobuf import timestamp, to_datetime
 from pi.platform.runtime.status import internal_status, to_status_proto

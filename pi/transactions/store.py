@@ -47,14 +47,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform.db.database import Database
 from pi.platform.db.engine import UtcDateTime, is_postgres
-from pi.platform.kernel.errors import FailedPrecondition
+from pi.platform.db.errors import IntegrityError
 from pi.platform.db.idempotency import Idempotency, idempotency_table
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
+from pi.platform.kernel.errors import FailedPrecondition
 from pi.transactions.domain import (
     REASON_LEDGER_INVARIANT_VIOLATED,
     Movement,

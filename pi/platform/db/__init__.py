@@ -1,1 +1,1 @@
-"""PostgreSQL: the connection pool and units of work, prepared statements, migrations, idempotency."""
+"""PostgreSQL: the pool and units of work, prepared statements, migrations, idempotency."""

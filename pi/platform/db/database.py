@@ -52,7 +52,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
-from pi.platform.db.engine import POOL_SIZE, autocommit, create_engine, create_engine_for, is_postgres
+from pi.platform.db.engine import (
+    POOL_SIZE,
+    autocommit,
+    create_engine,
+    create_engine_for,
+    is_postgres,
+)
 from pi.platform.db.statements import Batch, Conn, sqlalchemy_error
 
 __all__ = ["Conn", "Database", "open_database", "open_database_for"]

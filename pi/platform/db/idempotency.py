@@ -63,8 +63,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"

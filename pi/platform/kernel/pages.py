@@ -22,6 +22,7 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 MAX_PAGE_TOKEN_LENGTH = 2048
 
+
 def page_size(
     value: int,
     *,

@@ -17,11 +17,16 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from pi.platform.security.crypto import constant_time_equal
 from pi.platform.kernel.errors import DomainError, Unauthenticated, Unavailable
-from pi.platform.kernel.principal import Principal, current_principal, reset_principal, set_principal
+from pi.platform.kernel.principal import (
+    Principal,
+    current_principal,
+    reset_principal,
+    set_principal,
+)
 from pi.platform.runtime.ratelimit import RateLimiter
 from pi.platform.runtime.status import INTERNAL_MESSAGE, abort_with
+from pi.platform.security.crypto import constant_time_equal
 from pi.platform.security.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -173,7 +178,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every call by a merchant principal against `limiter` (see `pi.platform.runtime.ratelimit`).
+    """Counts every call by a merchant principal against `limiter` (`runtime.ratelimit`).
 
     Install it after `AuthInterceptor`, which sets the principal it reads. Calls by the
     admin, by services and without credentials are not counted. Over the limit the call

@@ -38,8 +38,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.config import Settings
+from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.runtime.interceptors import ErrorInterceptor
 
 log = logging.getLogger(__name__)

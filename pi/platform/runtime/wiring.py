@@ -26,12 +26,11 @@ from typing import Protocol
 
 import grpc
 
-from pi.platform.db import migrations
-
-from pi.platform.runtime import server
 from pi.platform.cache import Cache, create_cache
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
+from pi.platform.db import migrations
+from pi.platform.runtime import server
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.runtime.logging import configure as configure_logging
 from pi.platform.runtime.ratelimit import create_rate_limiter

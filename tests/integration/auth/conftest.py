@@ -17,9 +17,9 @@ import pytest
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.main import MIGRATIONS, AuthApp, build
-from pi.platform.db import migrations
 from pi.platform.cache import RedisCache
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.runtime.server import create_server
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pi.auth.main import MIGRATIONS, build
-from pi.platform.db import migrations
 from pi.platform.cache import MemoryCache
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.kernel.errors import NotFound, Unauthenticated
 from pi.platform.kernel.principal import Principal
 

@@ -26,8 +26,8 @@ from pi.auth.store import (
     revoked_tokens,
     signing_keys,
 )
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.engine import sync_url
 from pi.platform.kernel.errors import Unauthenticated
 from pi.platform.kernel.principal import Principal

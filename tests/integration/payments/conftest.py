@@ -40,9 +40,9 @@ from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.payments import main as payments_main
 from pi.payments.main import PaymentsApp
 from pi.payments.tables import metadata as payments_metadata
+from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.runtime.clients import service_channel
-from pi.platform.config import Settings
 from pi.platform.runtime.server import create_server
 from pi.platform.security.tokens import StaticKeySource
 from pi.transactions import main as transactions_main

@@ -37,13 +37,13 @@ from pi.payments.movements import movements_from_deltas
 from pi.payments.service import CreatePaymentInput, PaymentService, TransactionFactsInput
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, outbox, payments, transaction_refs
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.database import Database
-from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions.domain import Movement, MovementDelta, MovementKind
 from tests.support.round_trips import count_round_trips
 

@@ -25,13 +25,13 @@ from pi.payments.ledger_client import MovementOutcome, TransactionFacts
 from pi.payments.service import CreatePaymentInput, PaymentService
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, metadata, payments, transaction_refs
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.database import Database
-from pi.platform.kernel.errors import NotFound
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.errors import NotFound
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions.domain import Movement
 
 NOW = datetime.now(UTC)

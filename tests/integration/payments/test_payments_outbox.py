@@ -32,13 +32,13 @@ from pi.payments.reconciler import Reconciler
 from pi.payments.service import CreatePaymentInput, PaymentService
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, outbox
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.database import Database
-from pi.platform.kernel.errors import Unavailable
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions.domain import Movement
 
 MERCHANT = Principal.merchant("mer_outbox")

@@ -46,14 +46,14 @@ from pi.payments.reconciler import Reconciler
 from pi.payments.service import CreatePaymentInput, PaymentService
 from pi.payments.store import PaymentStore
 from pi.payments.tables import idempotency_keys, payments, transaction_refs
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.database import Database, open_database_for
 from pi.platform.db.engine import create_engine_for
-from pi.platform.kernel.errors import FailedPrecondition
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.errors import FailedPrecondition
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions import main as transactions_main
 from pi.transactions.clients import ClosedTransaction
 from pi.transactions.domain import Movement, TransactionStatus

@@ -9,8 +9,8 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.db.engine import autocommit
-from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition
 from pi.platform.db.idempotency import Claim, Idempotency, idempotency_table
+from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition
 
 metadata = MetaData()
 effects = Table(

@@ -11,8 +11,8 @@ from grpc_status import rpc_status
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.kernel.errors import FieldViolation, InvalidArgument, NotFound
-from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.kernel.principal import current_principal, principal_of, require_merchant
+from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import create_server
 from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
 

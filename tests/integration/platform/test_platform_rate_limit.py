@@ -21,12 +21,12 @@ from grpc_status import rpc_status
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.platform.cache import Cache, MemoryCache, RedisCache
 from pi.platform.kernel.errors import ResourceExhausted
-from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.kernel.principal import current_principal
+from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.runtime.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter
 from pi.platform.runtime.server import create_server
-from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
 from pi.platform.runtime.wiring import authentication
+from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier
 from tests.support.processes import free_port
 
 ADMIN, SERVICE = "adm_rate_limit_test", "svc_rate_limit_test"

@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import serve
 from pi.platform.security.tokens import RevocationList, StaticKeySource, TokenVerifier

@@ -24,12 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2_grpc
-from pi.platform.db import migrations
 from pi.platform.config import Settings
+from pi.platform.db import migrations
 from pi.platform.db.database import Database
+from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.server import create_server
 from pi.platform.security.tokens import StaticKeySource
-from pi.platform.kernel.pages import PageToken
 from pi.transactions.clients import ClosedTransaction, PaymentLedger, TransactionFacts
 from pi.transactions.main import MIGRATIONS, TransactionsApp, build
 from pi.transactions.service import TransactionService

@@ -21,8 +21,8 @@ from pi.platform.db import migrations
 from pi.platform.db.database import Database
 from pi.platform.db.engine import create_engine_for
 from pi.platform.kernel.errors import FailedPrecondition
-from pi.platform.kernel.principal import Principal
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,

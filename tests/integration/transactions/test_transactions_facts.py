@@ -16,10 +16,10 @@ import pytest
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
 from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.principal import Principal
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
 from pi.transactions.clients import ClosedTransaction, GrpcPaymentLedger, TransactionFacts
 from pi.transactions.facts import FactsPublisher

@@ -14,11 +14,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.runtime.clients import service_channel
 from pi.platform.config import Settings
 from pi.platform.kernel.errors import DomainError, FailedPrecondition, InvalidArgument
-from pi.platform.runtime.status import error_from_rpc_error
+from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
+from pi.platform.runtime.status import error_from_rpc_error
 from pi.transactions.clients import GrpcPaymentLedger
 
 

@@ -31,8 +31,8 @@ from pi.platform.kernel.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from pi.platform.kernel.principal import Principal
 from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
     Movement,

@@ -2,10 +2,10 @@ import os
 
 import pytest
 
-from pi.platform.security.crypto import MasterKeys
 from pi.platform.kernel.errors import InvalidArgument, ValidationErrors
 from pi.platform.kernel.pages import PageToken, page_size
 from pi.platform.kernel.text import printable_text
+from pi.platform.security.crypto import MasterKeys
 
 
 def violations(exc: pytest.ExceptionInfo[InvalidArgument]) -> list[tuple[str, str]]:

@@ -63,7 +63,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.db.statements import Conn, Deferred, Record, Statement, StatementQueue
 from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
 
 MAX_KEY_LENGTH = 255
@@ -180,7 +180,7 @@ class Idempotency:
 
     def queue_claim(
         self,
-        batch: Batch,
+        batch: StatementQueue,
         scope: str,
         operation: str,
         key: str | None,
@@ -188,8 +188,8 @@ class Idempotency:
         *,
         response: bytes,
     ) -> QueuedClaim:
-        """`claim` with `response`, queued in `batch`; if it turns out not `claimed`, roll
-        back and `claim` again for the stored response."""
+        """`claim` with `response`, queued in `batch` (a `Batch` or a unit of work); if it
+        turns out not `claimed`, roll back and `claim` again for the stored response."""
         if key is None:
             return QueuedClaim(None)
         return QueuedClaim(

@@ -86,7 +86,16 @@ from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "for_any_of", "sqlalchemy_error"]
+__all__ = [
+    "Batch",
+    "Conn",
+    "Deferred",
+    "Record",
+    "Statement",
+    "StatementQueue",
+    "for_any_of",
+    "sqlalchemy_error",
+]
 
 #: A connection statements run on: SQLAlchemy's, or a psycopg one (see the module doc).
 Conn: TypeAlias = AsyncConnection | psycopg.AsyncConnection[Any]
@@ -580,3 +589,16 @@ async def _mapped_error(
         connection_invalidated=invalidated,
         dialect=sync.dialect,
     )
+
+
+class StatementQueue(Protocol):
+    """Where writes are queued to run later in a transaction: a `Batch`, or a unit of work
+    (`pi.platform.db.unit_of_work`)."""
+
+    def first(
+        self, statement: Statement, params: Mapping[str, Any] = ...
+    ) -> Deferred[Record | None]: ...
+
+    def execute(self, statement: Statement, params: Mapping[str, Any] = ...) -> Deferred[int]: ...
+
+    def hit(self, statement: Statement, params: Mapping[str, Any] = ...) -> Deferred[bool]: ...

@@ -1,0 +1,283 @@
+"""Units of work on PostgreSQL, and the one concurrency tactic every service reuses.
+
+A service's unit of work is a port (`pi/<svc>/app/ports.py`): repositories as attributes,
+`async with uow:` around one business step, `await uow.commit()` to keep it; leaving the
+block without a commit rolls back. Its PostgreSQL adapter subclasses `PostgresUnitOfWork`
+and builds its repositories on the unit, which runs their statements:
+
+    row = await unit.read(_GET_REF, {"p_id": ref_id})     # in LOCKED mode, `unit.locking`
+    rows = await unit.read_all(_LIST, params)             #   says to add FOR UPDATE
+    written = unit.hit(_UPDATE_IF_UNCHANGED, params)      # queued: Deferred[bool]
+    unit.expect(written)                                  # must hold, or the unit conflicts
+    unit.execute(_INSERT, values)                         # queued: Deferred[int]
+
+One unit runs in one of three modes (`Mode`), which the use case never sees:
+
+- `OPTIMISTIC`: reads are snapshot reads, outside any transaction and without locks;
+  writes are queued. `commit()` sends BEGIN and every queued write in one round trip,
+  checks every `expect`ed result, and then COMMITs (a second round trip) or rolls back
+  and raises `Conflict`: a row changed since it was read. Writes are conditional on
+  what was read (`UPDATE .. WHERE version = :read`, `INSERT .. ON CONFLICT DO NOTHING`),
+  so a miss is seen, and nothing a missed write was meant to go with is kept.
+- `LOCKED`: the unit is a database transaction from its first statement; reads run in it
+  and repositories lock what they read (`unit.locking`), so what was decided holds.
+  Queued writes are sent, in order, before the next read and at the commit, so a read
+  sees the unit's own writes.
+- `READ`: autocommit reads only (queries); queuing a write is an error.
+
+`optimistically(new_unit, step)` is the tactic: run `step` on an OPTIMISTIC unit, and if
+it conflicts, once more on a LOCKED one, where the answer is final. The common case
+costs the reads plus two round trips and takes no lock; only a request that met a
+concurrent change pays for locks. A step must therefore be safe to run twice: decide
+from what it reads, call nothing outside the database between its reads and its commit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from pi.platform.db.database import Database
+from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.kernel.errors import Aborted
+
+__all__ = [
+    "REASON_CONCURRENT_UPDATE",
+    "Conflict",
+    "Mode",
+    "PostgresUnitOfWork",
+    "optimistically",
+]
+
+REASON_CONCURRENT_UPDATE = "CONCURRENT_UPDATE"
+
+_NO_PARAMS: Mapping[str, Any] = {}
+_T = TypeVar("_T")
+_U = TypeVar("_U", bound="PostgresUnitOfWork")
+
+
+class Mode(enum.Enum):
+    """How a unit reads and writes (see the module docstring)."""
+
+    READ = "read"
+    OPTIMISTIC = "optimistic"
+    LOCKED = "locked"
+
+
+class Conflict(Exception):
+    """A write the unit expected to hit missed: a row changed since it was read. The unit
+    rolled back; decide again on a LOCKED unit (`optimistically` does)."""
+
+
+class _Queued:
+    __slots__ = ("hit", "params", "result", "returns_row", "statement")
+
+    def __init__(
+        self,
+        statement: Statement,
+        params: Mapping[str, Any],
+        result: Deferred[Any],
+        *,
+        returns_row: bool = False,
+        hit: bool = False,
+    ) -> None:
+        self.statement = statement
+        self.params = params
+        self.result = result
+        self.returns_row = returns_row
+        self.hit = hit
+
+
+class PostgresUnitOfWork:
+    """The PostgreSQL side of a service's unit of work; subclasses add repositories.
+
+    A unit is used for one `async with` block; make a new one per business step (the
+    service's factory does). Subclasses build their repositories in `__init__` on
+    `self` (the unit), e.g. `self.payments = PostgresPayments(self)`.
+    """
+
+    def __init__(self, database: Database, mode: Mode = Mode.LOCKED) -> None:
+        self._database = database
+        self._mode = mode
+        self._batch = Batch()  # OPTIMISTIC: what the commit sends with its BEGIN
+        self._batched = 0
+        self._pending: list[_Queued] = []  # LOCKED: sent before the next read
+        self._expected: list[tuple[Deferred[Any], str]] = []
+        self._session: AbstractAsyncContextManager[Conn] | None = None
+        self._conn: Conn | None = None
+        self._entered = False
+        self._committed = False
+
+    # -- what repositories use ---------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def locking(self) -> bool:
+        """Whether reads must lock the rows they return (SELECT .. FOR UPDATE)."""
+        return self._mode is Mode.LOCKED
+
+    async def read(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Record | None:
+        """The first row `statement` returns, or None."""
+        if self._mode is Mode.LOCKED:
+            conn = await self._transaction()
+            await self._flush(conn)
+            return await statement.first(conn, params)
+        async with self._database.reading() as conn:
+            return await statement.first(conn, params)
+
+    async def read_all(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> list[Record]:
+        """Every row `statement` returns."""
+        if self._mode is Mode.LOCKED:
+            conn = await self._transaction()
+            await self._flush(conn)
+            return await statement.all(conn, params)
+        async with self._database.reading() as conn:
+            return await statement.all(conn, params)
+
+    def first(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Deferred[Record | None]:
+        """Queue a write; its first returned row (RETURNING), or None."""
+        if self._mode is Mode.OPTIMISTIC:
+            self._batched += 1
+            return self._batch.first(statement, params)
+        result: Deferred[Record | None] = Deferred()
+        self._queue(_Queued(statement, params, result, returns_row=True))
+        return result
+
+    def execute(
+        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
+    ) -> Deferred[int]:
+        """Queue a write; the number of rows it affected."""
+        if self._mode is Mode.OPTIMISTIC:
+            self._batched += 1
+            return self._batch.execute(statement, params)
+        result: Deferred[int] = Deferred()
+        self._queue(_Queued(statement, params, result))
+        return result
+
+    def hit(self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS) -> Deferred[bool]:
+        """Queue a conditional write; whether its condition held (it affected or returned
+        a row)."""
+        if self._mode is Mode.OPTIMISTIC:
+            self._batched += 1
+            return self._batch.hit(statement, params)
+        result: Deferred[bool] = Deferred()
+        self._queue(_Queued(statement, params, result, hit=True))
+        return result
+
+    def expect(self, written: Deferred[bool], what: str = "a row changed") -> None:
+        """The unit conflicts (rolls back, `Conflict`) unless `written` turns out true."""
+        self._expected.append((written, what))
+
+    # -- what the use case sees --------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._entered:
+            raise RuntimeError("a unit of work is used for one block; make a new one")
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        session, self._session, self._conn = self._session, None, None
+        if session is None:
+            return
+        if self._committed:
+            await session.__aexit__(None, None, None)
+        else:
+            # Rolls the transaction back (a block left without commit, or an error).
+            await session.__aexit__(_RolledBack, _RolledBack(), None)
+
+    async def commit(self) -> None:
+        """Keep what the block wrote; `Conflict` if an expected write missed (nothing is
+        kept then)."""
+        if self._mode is Mode.READ:
+            raise RuntimeError("a READ unit has nothing to commit")
+        if self._mode is Mode.OPTIMISTIC:
+            await self._commit_batch()
+        else:
+            conn = await self._transaction()
+            await self._flush(conn)
+            self._check_expected()
+            self._committed = True
+            session, self._session, self._conn = self._session, None, None
+            assert session is not None
+            await session.__aexit__(None, None, None)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _queue(self, queued: _Queued) -> None:
+        if self._mode is Mode.READ:
+            raise RuntimeError("a READ unit cannot write")
+        self._pending.append(queued)
+
+    async def _commit_batch(self) -> None:
+        if self._batched:
+            async with self._database.transaction(self._batch):
+                self._check_expected()  # raising here rolls back
+        self._committed = True
+
+    def _check_expected(self) -> None:
+        for written, what in self._expected:
+            if not written.value:
+                raise Conflict(what)
+
+    async def _transaction(self) -> Conn:
+        if self._conn is None:
+            self._session = self._database.transaction()
+            self._conn = await self._session.__aenter__()
+        return self._conn
+
+    async def _flush(self, conn: Conn) -> None:
+        pending, self._pending = self._pending, []
+        for queued in pending:
+            if queued.returns_row:
+                queued.result._set(await queued.statement.first(conn, queued.params))
+            else:
+                # PostgreSQL counts the rows an UPDATE or INSERT wrote, RETURNING or not.
+                count = await queued.statement.execute(conn, queued.params)
+                queued.result._set(count > 0 if queued.hit else count)
+        self._check_expected_done()
+
+    def _check_expected_done(self) -> None:
+        for written, what in self._expected:
+            if written._done and not written.value:
+                raise Conflict(what)
+
+
+class _RolledBack(Exception):
+    """Passed to the transaction's exit to make it roll back."""
+
+
+async def optimistically(new_unit: Callable[[Mode], _U], step: Callable[[_U], Awaitable[_T]]) -> _T:
+    """`step` on an OPTIMISTIC unit; if it conflicts, once more on a LOCKED one.
+
+    A conflict under locks means a writer that does not take them: it is reported as
+    `Aborted(CONCURRENT_UPDATE)`, which the client may retry.
+    """
+    try:
+        return await step(new_unit(Mode.OPTIMISTIC))
+    except Conflict:
+        pass
+    try:
+        return await step(new_unit(Mode.LOCKED))
+    except Conflict as conflict:
+        raise Aborted(
+            "The request met a concurrent change; retry it with the same idempotency key.",
+            reason=REASON_CONCURRENT_UPDATE,
+        ) from conflict

@@ -25,8 +25,10 @@ One unit runs in one of three modes (`Mode`), which the use case never sees:
   sees the unit's own writes.
 - `READ`: autocommit reads only (queries); queuing a write is an error.
 
-`optimistically(new_unit, step)` is the tactic: run `step` on an OPTIMISTIC unit, and if
-it conflicts, once more on a LOCKED one, where the answer is final. The common case
+`optimistically(new_unit, step)` is the tactic (in `pi.platform.kernel.units`, with `Mode`
+and `Conflict`, so that use cases name them without importing the database): run `step`
+on an OPTIMISTIC unit, and if it conflicts, once more on a LOCKED one, where the answer
+is final. The common case
 costs the reads plus two round trips and takes no lock; only a request that met a
 concurrent change pays for locks. A step must therefore be safe to run twice: decide
 from what it reads, call nothing outside the database between its reads and its commit.
@@ -34,42 +36,18 @@ from what it reads, call nothing outside the database between its reads and its 
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from pi.platform.db.database import Database
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
-from pi.platform.kernel.errors import Aborted
+from pi.platform.kernel.units import Conflict, Mode
 
-__all__ = [
-    "REASON_CONCURRENT_UPDATE",
-    "Conflict",
-    "Mode",
-    "PostgresUnitOfWork",
-    "optimistically",
-]
-
-REASON_CONCURRENT_UPDATE = "CONCURRENT_UPDATE"
+__all__ = ["PostgresUnitOfWork"]
 
 _NO_PARAMS: Mapping[str, Any] = {}
-_T = TypeVar("_T")
-_U = TypeVar("_U", bound="PostgresUnitOfWork")
-
-
-class Mode(enum.Enum):
-    """How a unit reads and writes (see the module docstring)."""
-
-    READ = "read"
-    OPTIMISTIC = "optimistic"
-    LOCKED = "locked"
-
-
-class Conflict(Exception):
-    """A write the unit expected to hit missed: a row changed since it was read. The unit
-    rolled back; decide again on a LOCKED unit (`optimistically` does)."""
 
 
 class _Queued:
@@ -262,22 +240,3 @@ class PostgresUnitOfWork:
 
 class _RolledBack(Exception):
     """Passed to the transaction's exit to make it roll back."""
-
-
-async def optimistically(new_unit: Callable[[Mode], _U], step: Callable[[_U], Awaitable[_T]]) -> _T:
-    """`step` on an OPTIMISTIC unit; if it conflicts, once more on a LOCKED one.
-
-    A conflict under locks means a writer that does not take them: it is reported as
-    `Aborted(CONCURRENT_UPDATE)`, which the client may retry.
-    """
-    try:
-        return await step(new_unit(Mode.OPTIMISTIC))
-    except Conflict:
-        pass
-    try:
-        return await step(new_unit(Mode.LOCKED))
-    except Conflict as conflict:
-        raise Aborted(
-            "The request met a concurrent change; retry it with the same idempotency key.",
-            reason=REASON_CONCURRENT_UPDATE,
-        ) from conflict

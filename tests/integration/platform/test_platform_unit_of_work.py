@@ -10,14 +10,9 @@ from sqlalchemy.dialects import postgresql
 
 from pi.platform.db.database import Database
 from pi.platform.db.statements import Statement
-from pi.platform.db.unit_of_work import (
-    REASON_CONCURRENT_UPDATE,
-    Conflict,
-    Mode,
-    PostgresUnitOfWork,
-    optimistically,
-)
+from pi.platform.db.unit_of_work import PostgresUnitOfWork
 from pi.platform.kernel.errors import Aborted
+from pi.platform.kernel.units import REASON_CONCURRENT_UPDATE, Conflict, Mode, optimistically
 
 metadata = MetaData()
 counters = Table(

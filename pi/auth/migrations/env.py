@@ -1,4 +1,4 @@
-from pi.auth.store import metadata
+from pi.auth.adapters.postgres.tables import metadata
 from pi.platform.db.migrations import run_env
 
 run_env(metadata)

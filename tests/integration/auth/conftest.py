@@ -1,8 +1,12 @@
 """Fixtures for the auth service on real PostgreSQL and Redis.
 
-`auth_app` is the whole object graph from `pi.auth.main.build` on a freshly migrated
-schema, with an adjustable clock; `auth_rpc` serves it on an in-process grpc.aio server
-(127.0.0.1, ephemeral port) and hands out the generated stubs.
+`auth_app` is the whole object graph from `pi.auth.bootstrap.build` on a freshly
+migrated schema, with an adjustable clock; `auth_rpc` serves it on an in-process grpc.aio
+server (127.0.0.1, ephemeral port) and hands out the generated stubs. `auth_engine` is a
+SQLAlchemy engine on the same schema, for what tests look at directly.
+
+`units` is the unit-of-work factory of either adapter (memory, PostgreSQL), for the
+contract tests that hold both to the same assertions.
 """
 
 from __future__ import annotations
@@ -14,13 +18,21 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.auth.main import MIGRATIONS, AuthApp, build
+from pi.auth.adapters.memory import MemoryUnits
+from pi.auth.adapters.postgres.uow import PostgresUnits
+from pi.auth.app.ports import UnitsOfWork
+from pi.auth.bootstrap import MIGRATIONS, AuthApp, build
 from pi.platform.cache import RedisCache
 from pi.platform.config import Settings
 from pi.platform.db import migrations
+from pi.platform.db.database import open_database_for
 from pi.platform.runtime.server import create_server
+
+# Connections per PostgreSQL unit factory: many tests run, each opens its own pool.
+POOL_SIZE = 4
 
 
 class Clock:
@@ -100,6 +112,30 @@ async def auth_app(
     app = await build(migrated, clock=clock, cache=RedisCache(redis_url, prefix=redis_prefix))
     yield app
     await app.close()
+
+
+@pytest.fixture
+def auth_engine(migrated: Settings, make_engine: Callable[..., AsyncEngine]) -> AsyncEngine:
+    return make_engine(migrated.db_schema)
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def units(
+    request: pytest.FixtureRequest, clock: Clock, settings_factory: Callable[..., Settings]
+) -> AsyncIterator[UnitsOfWork]:
+    """Units of work of one adapter, on an empty store."""
+    if request.param == "memory":
+        yield MemoryUnits(clock=clock)
+        return
+    settings = settings_factory("auth")
+    await asyncio.to_thread(migrations.upgrade, settings, settings.db_schema, MIGRATIONS)
+    database = await open_database_for(
+        settings.database_url, settings.db_schema, pool_size=POOL_SIZE
+    )
+    try:
+        yield PostgresUnits(database)
+    finally:
+        await database.close()
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2
-from pi.auth.main import KEY_ACTIVATION, KEY_REFRESH
+from pi.auth.bootstrap import KEY_ACTIVATION, KEY_REFRESH
 from pi.platform.cache import RedisCache
 from pi.platform.security.tokens import REVOCATION_CHANNEL
 
@@ -192,7 +193,7 @@ async def test_secret_responses_are_marked_no_store(auth_rpc: AuthRpc) -> None:
 def _forge(kind: str, rpc: AuthRpc, merchant_id: str) -> str:
     """A token that must be rejected, built the way an attacker (or a bug) would."""
     settings = rpc.app.settings
-    now = int(rpc.app.auth._clock().timestamp())
+    now = int(rpc.app.clock().timestamp())
     claims = {
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
@@ -308,13 +309,15 @@ async def test_revoked_token_is_refused_at_once_and_listed_for_other_services(
 async def test_revocation_reaches_a_second_replica_through_its_store_poller(
     auth_rpc: AuthRpc,
 ) -> None:
-    from pi.auth.revocations import StoreRevocationPoller
+    from pi.auth.entrypoints.workers import StoreRevocationPoller
     from pi.platform.security.tokens import RevocationList
 
     _, token = await auth_rpc.merchant_with_token()
     jti = jwt.decode(token, options={"verify_signature": False})["jti"]
     replica_list = RevocationList()
-    poller = StoreRevocationPoller(auth_rpc.app.auth.revocations_since, replica_list, interval=0.1)
+    poller = StoreRevocationPoller(
+        auth_rpc.app.use_cases.list_revoked_tokens.since, replica_list, interval=0.1
+    )
     await poller.poll_once()
     assert jti not in replica_list
     await auth_rpc.auth.RevokeToken(
@@ -622,7 +625,7 @@ async def test_rotation_keeps_tokens_signed_with_the_previous_key_valid(
 
 
 async def test_create_merchant_retry_replays_the_first_response_with_its_secret(
-    auth_rpc: AuthRpc,
+    auth_rpc: AuthRpc, auth_engine: AsyncEngine
 ) -> None:
     request = auth_pb2.CreateMerchantRequest(display_name="Acme", request_id="req-123")
     first = await auth_rpc.auth.CreateMerchant(request, metadata=auth_rpc.admin)
@@ -648,9 +651,9 @@ async def test_create_merchant_retry_replays_the_first_response_with_its_secret(
 
     from sqlalchemy import func, select
 
-    from pi.auth.store import idempotency_keys, merchants
+    from pi.auth.adapters.postgres.tables import idempotency_keys, merchants
 
-    async with auth_rpc.app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(merchants))).scalar() == 1
         stored = (await conn.execute(select(idempotency_keys.c.response))).scalar_one()
     assert first.api_key_secret.encode() not in stored

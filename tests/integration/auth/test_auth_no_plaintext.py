@@ -13,10 +13,11 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2
-from pi.auth.signing_keys import decrypt_private_key
-from pi.auth.store import signing_keys
+from pi.auth.adapters.postgres.tables import signing_keys
+from pi.auth.adapters.signing_keys import decrypt_private_key
 
 if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
     from conftest import AuthRpc
@@ -27,7 +28,7 @@ def _b64url(data: bytes) -> str:
 
 
 async def test_no_secret_private_key_or_token_in_any_auth_table(
-    auth_rpc: AuthRpc, pg_url: str
+    auth_rpc: AuthRpc, auth_engine: AsyncEngine, pg_url: str
 ) -> None:
     app = auth_rpc.app
     secrets: list[str] = []
@@ -61,7 +62,7 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     for t in tokens:
         needles.append(t.encode())
         needles.append(t.rsplit(".", 1)[1].encode())  # the signature alone
-    async with app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         rows = (
             await conn.execute(select(signing_keys.c.kid, signing_keys.c.private_key_ciphertext))
         ).all()
@@ -85,7 +86,7 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     # SELECT * of every table in the service's schema, whatever its name.
     schema = app.settings.db_schema
     dump = bytearray()
-    async with app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         tables = (
             await conn.execute(
                 text(

@@ -7,51 +7,51 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pi.auth import domain
-from pi.auth.domain import LockoutPolicy, LoginFailures
+from pi.auth.domain import merchants, signing_keys, tokens
+from pi.auth.domain.lockout import LockoutPolicy, LoginFailures
 from pi.platform.kernel.errors import InvalidArgument
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_api_secret_is_sk_and_43_url_safe_characters() -> None:
-    secret = domain.new_api_secret()
+    secret = merchants.new_api_secret()
     assert re.fullmatch(r"sk_[A-Za-z0-9_-]{43}", secret)
-    assert len(secret) == domain.SECRET_LENGTH
+    assert len(secret) == merchants.SECRET_LENGTH
 
 
 def test_api_secrets_are_unique() -> None:
-    assert len({domain.new_api_secret() for _ in range(1000)}) == 1000
+    assert len({merchants.new_api_secret() for _ in range(1000)}) == 1000
 
 
 def test_identifiers_have_their_prefix_and_ulid_body() -> None:
     for make, check, prefix in (
-        (domain.new_api_key_id, domain.is_api_key_id, "key"),
-        (domain.new_merchant_id, domain.is_merchant_id, "mer"),
-        (domain.new_token_id, domain.is_token_id, "tok"),
+        (merchants.new_api_key_id, merchants.is_api_key_id, "key"),
+        (merchants.new_merchant_id, merchants.is_merchant_id, "mer"),
+        (tokens.new_token_id, tokens.is_token_id, "tok"),
     ):
         value = make()
         assert re.fullmatch(prefix + r"_[0-9A-HJKMNP-TV-Z]{26}", value)
         assert check(value)
-    assert not domain.is_api_key_id("tok_" + "0" * 26)
-    assert not domain.is_api_key_id("key_short")
-    assert not domain.is_api_key_id("")
+    assert not merchants.is_api_key_id("tok_" + "0" * 26)
+    assert not merchants.is_api_key_id("key_short")
+    assert not merchants.is_api_key_id("")
 
 
 def test_identifiers_sort_by_creation_time() -> None:
-    first = domain.new_api_key_id()
-    later = [domain.new_api_key_id() for _ in range(3)]
+    first = merchants.new_api_key_id()
+    later = [merchants.new_api_key_id() for _ in range(3)]
     assert all(first[:14] <= other[:14] for other in later)
 
 
 def test_check_id_distinguishes_missing_from_malformed() -> None:
     with pytest.raises(InvalidArgument) as missing:
-        domain.check_id("", field_path="id", kind="API key", valid=False)
+        merchants.check_id("", field_path="id", kind="API key", valid=False)
     assert missing.value.violations[0].description == "is required"
     with pytest.raises(InvalidArgument) as malformed:
-        domain.check_id("nope", field_path="id", kind="API key", valid=False)
+        merchants.check_id("nope", field_path="id", kind="API key", valid=False)
     assert malformed.value.violations[0].field == "id"
-    domain.check_id("key_x", field_path="id", kind="API key", valid=True)
+    merchants.check_id("key_x", field_path="id", kind="API key", valid=True)
 
 
 # -- lockout -------------------------------------------------------------------------------
@@ -131,10 +131,10 @@ def test_stale_records_can_be_forgotten() -> None:
 
 
 def test_claims_carry_the_registered_names_and_the_key() -> None:
-    grant = domain.grant_token(
+    grant = tokens.grant_token(
         merchant_id="mer_1", api_key_id="key_1", now=T0, ttl=timedelta(minutes=15)
     )
-    claims = domain.token_claims(grant, issuer="pi-platform", audience="pi-api")
+    claims = tokens.token_claims(grant, issuer="pi-platform", audience="pi-api")
     assert claims == {
         "iss": "pi-platform",
         "aud": "pi-api",
@@ -144,11 +144,11 @@ def test_claims_carry_the_registered_names_and_the_key() -> None:
         "jti": grant.token_id,
         "key": "key_1",
     }
-    assert domain.is_token_id(grant.token_id)
+    assert tokens.is_token_id(grant.token_id)
 
 
 def test_token_lifetime_is_capped_at_fifteen_minutes() -> None:
-    grant = domain.grant_token(
+    grant = tokens.grant_token(
         merchant_id="mer_1", api_key_id="key_1", now=T0, ttl=timedelta(hours=2)
     )
     assert grant.expire_time - grant.issue_time == timedelta(minutes=15)
@@ -156,10 +156,12 @@ def test_token_lifetime_is_capped_at_fifteen_minutes() -> None:
 
 def test_token_lifetime_must_be_positive() -> None:
     with pytest.raises(ValueError):
-        domain.grant_token(merchant_id="m", api_key_id="k", now=T0, ttl=timedelta(0))
+        tokens.grant_token(merchant_id="m", api_key_id="k", now=T0, ttl=timedelta(0))
 
 
 def test_previous_signing_key_outlives_every_token_it_may_have_signed() -> None:
-    until = domain.verify_until(T0, max_ttl=timedelta(minutes=15), signer_lag=timedelta(seconds=65))
+    until = signing_keys.verify_until(
+        T0, max_ttl=timedelta(minutes=15), signer_lag=timedelta(seconds=65)
+    )
     last_token_signed = T0 + timedelta(seconds=65)
     assert until > last_token_signed + timedelta(minutes=15)

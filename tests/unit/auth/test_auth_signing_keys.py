@@ -9,14 +9,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from pi.auth.domain import SigningKeyStatus
-from pi.auth.signing_keys import (
+from pi.auth.adapters.signing_keys import (
     KeyRing,
-    StoredKey,
     decrypt_private_key,
     generate_signing_key,
     thumbprint,
 )
+from pi.auth.domain.signing_keys import SigningKeyStatus, StoredKey
 from pi.platform.security.crypto import DecryptionError, MasterKeys
 from pi.platform.security.tokens import public_key_from_jwk
 

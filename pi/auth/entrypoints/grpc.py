@@ -1,4 +1,9 @@
-"""gRPC ↔ use-case mapping for `pi.auth.v1`, and nothing else."""
+"""The `pi.auth.v1` servicers: proto → plain values → one use case → proto.
+
+Requests and principals go to `pi.auth.app` use cases; records come back and are mapped
+to messages here. Errors are domain errors, turned into statuses by the platform's
+interceptor.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ from typing import Any
 import grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.auth.domain import ApiKey, Merchant, RevokedToken
-from pi.auth.service import AuthService
+from pi.auth.app.use_cases import AuthUseCases
+from pi.auth.domain.merchants import ApiKey, Merchant
+from pi.auth.domain.tokens import RevokedToken
 from pi.platform.db.idempotency import fingerprint, key_from
 from pi.platform.kernel.principal import principal_of
 from pi.platform.runtime.protobuf import timestamp, to_datetime
@@ -21,13 +27,13 @@ _NO_STORE = (("cache-control", "no-store"),)
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, auth: AuthService) -> None:
-        self._auth = auth
+    def __init__(self, use_cases: AuthUseCases) -> None:
+        self._use_cases = use_cases
 
     async def CreateMerchant(
         self, request: auth_pb2.CreateMerchantRequest, context: Context
     ) -> auth_pb2.CreateMerchantResponse:
-        result = await self._auth.create_merchant(
+        result = await self._use_cases.create_merchant(
             principal_of(context),
             request.display_name,
             idempotency_key=key_from(request.request_id, context),
@@ -43,7 +49,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def IssueToken(
         self, request: auth_pb2.IssueTokenRequest, context: Context
     ) -> auth_pb2.IssueTokenResponse:
-        issued = await self._auth.issue_token(request.api_key_id, request.api_key_secret)
+        issued = await self._use_cases.issue_token(request.api_key_id, request.api_key_secret)
         grant = issued.grant
         await context.send_initial_metadata(_NO_STORE)
         return auth_pb2.IssueTokenResponse(
@@ -57,7 +63,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeToken(
         self, request: auth_pb2.RevokeTokenRequest, context: Context
     ) -> auth_pb2.RevokeTokenResponse:
-        revoked = await self._auth.revoke_token(principal_of(context), request.token_id)
+        revoked = await self._use_cases.revoke_token(principal_of(context), request.token_id)
         return auth_pb2.RevokeTokenResponse(
             token_id=revoked.token_id, revoke_time=timestamp(revoked.revoke_time)
         )
@@ -76,14 +82,14 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                     use=jwk["use"],
                     alg=jwk["alg"],
                 )
-                for jwk in self._auth.jwks()
+                for jwk in self._use_cases.get_jwks()
             ]
         )
 
     async def CreateApiKey(
         self, request: auth_pb2.CreateApiKeyRequest, context: Context
     ) -> auth_pb2.CreateApiKeyResponse:
-        created = await self._auth.create_api_key(
+        created = await self._use_cases.create_api_key(
             principal_of(context),
             request.display_name,
             idempotency_key=key_from(request.request_id, context),
@@ -97,7 +103,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def ListApiKeys(
         self, request: auth_pb2.ListApiKeysRequest, context: Context
     ) -> auth_pb2.ListApiKeysResponse:
-        keys, next_page_token = await self._auth.list_api_keys(
+        keys, next_page_token = await self._use_cases.list_api_keys(
             principal_of(context),
             page_size_value=request.page_size,
             page_token=request.page_token,
@@ -109,19 +115,19 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeApiKey(
         self, request: auth_pb2.RevokeApiKeyRequest, context: Context
     ) -> auth_pb2.RevokeApiKeyResponse:
-        key = await self._auth.revoke_api_key(principal_of(context), request.id)
+        key = await self._use_cases.revoke_api_key(principal_of(context), request.id)
         return auth_pb2.RevokeApiKeyResponse(api_key=_api_key(key))
 
 
 class AuthInternalServicer(auth_pb2_grpc.AuthInternalServiceServicer):
-    def __init__(self, auth: AuthService) -> None:
-        self._auth = auth
+    def __init__(self, use_cases: AuthUseCases) -> None:
+        self._use_cases = use_cases
 
     async def ListRevokedTokens(
         self, request: auth_pb2.ListRevokedTokensRequest, context: Context
     ) -> auth_pb2.ListRevokedTokensResponse:
         after = to_datetime(request.revoked_after) if request.HasField("revoked_after") else None
-        revoked = await self._auth.list_revoked_tokens(principal_of(context), after)
+        revoked = await self._use_cases.list_revoked_tokens(principal_of(context), after)
         return auth_pb2.ListRevokedTokensResponse(
             revoked_tokens=[_revoked_token(r) for r in revoked]
         )

@@ -1,14 +1,16 @@
 """ES256 signing keys: generation, encryption at rest, and the in-memory key ring.
 
-Keys live in the `signing_keys` table. The private half is stored only as AES-256-GCM
-ciphertext under the platform master keys (the master-key version is kept beside it), the
-public half as a JWK. Exactly one key is `current`; keys rotated out become `previous`
-and stay in the JWKS until every token they may have signed has expired
-(`verify_until`), then `retired`, at which point their private half is erased.
+Keys live in the `signing_keys` table (their lifecycle: `pi.auth.app.signing_keys`). The
+private half is stored only as AES-256-GCM ciphertext under the platform master keys (the
+master-key version is kept beside it), the public half as a JWK. Exactly one key is
+`current`; keys rotated out become `previous` and stay in the JWKS until every token they
+may have signed has expired (`verify_until`), then `retired`, at which point their private
+half is erased.
 
-`KeyRing` is the running service's in-memory view: it signs, serves the JWKS and resolves
-`kid`s for local token verification without I/O on the hot path, refreshing from the
-store periodically and (rate-limited) on an unknown `kid`.
+`KeyRing` is the running service's in-memory view (the app's `TokenSigner` and
+`PublicKeys`): it signs, serves the JWKS and resolves `kid`s for local token verification
+without I/O on the hot path, refreshing from the store periodically and (rate-limited) on
+an unknown `kid`.
 
 A new current key is published before it signs: the ring keeps signing with the newest
 previous key until the current one is `activation_delay` old, by which time every
@@ -33,7 +35,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pi.auth.domain import SigningKeyStatus
+from pi.auth.domain.signing_keys import NewSigningKey, SigningKeyStatus, StoredKey
 from pi.platform.security.tokens import jwk_from_public_key, public_key_from_jwk
 
 _log = logging.getLogger(__name__)
@@ -69,15 +71,14 @@ def private_key_aad(kid: str) -> bytes:
     return b"pi.auth.signing_key:" + kid.encode("ascii")
 
 
-@dataclass(frozen=True)
-class NewSigningKey:
-    """A freshly generated key, its private half already encrypted for storage."""
+class EcKeyGenerator:
+    """The app's `SigningKeyGenerator`: P-256 keys sealed under `cipher`."""
 
-    kid: str
-    public_jwk: dict[str, str]
-    public_key_pem: str
-    private_key_ciphertext: bytes
-    master_key_version: int
+    def __init__(self, cipher: Cipher) -> None:
+        self._cipher = cipher
+
+    def generate(self) -> NewSigningKey:
+        return generate_signing_key(self._cipher)
 
 
 def generate_signing_key(cipher: Cipher) -> NewSigningKey:
@@ -107,18 +108,6 @@ def decrypt_private_key(cipher: Cipher, kid: str, ciphertext: bytes) -> ec.Ellip
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"signing key {kid} is not an EC key")
     return key
-
-
-@dataclass(frozen=True)
-class StoredKey:
-    """A signing-key row as the store returns it (private half still encrypted)."""
-
-    kid: str
-    status: str
-    public_jwk: dict[str, str]
-    private_key_ciphertext: bytes | None
-    create_time: datetime
-    verify_until: datetime | None
 
 
 # -- the running service's view ---------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The auth unit of work on PostgreSQL: tables, row mapping, repositories."""

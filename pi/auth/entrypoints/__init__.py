@@ -1,0 +1,1 @@
+"""How the auth use cases are reached: gRPC servicers and background workers."""

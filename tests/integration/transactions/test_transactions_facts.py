@@ -1,4 +1,4 @@
-"""New transactions pushed to the payment service (`pi.transactions.facts`): batched while a
+"""New transactions pushed to the payment service (`FactsPublisher`): batched while a
 call is in flight, bounded, and never in the way of CreateTransaction, even while the
 payment service is down or hangs."""
 
@@ -21,8 +21,9 @@ from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.principal import Principal
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
-from pi.transactions.clients import ClosedTransaction, GrpcPaymentLedger, TransactionFacts
-from pi.transactions.facts import FactsPublisher
+from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
+from pi.transactions.app.ports import ClosedTransaction, TransactionFacts
+from pi.transactions.entrypoints.workers import FactsPublisher
 from tests.support.processes import unreachable
 
 M = "mer_facts"

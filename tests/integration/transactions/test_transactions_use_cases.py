@@ -20,8 +20,8 @@ from pi.platform.kernel.errors import (
 )
 from pi.platform.kernel.money import INT64_MAX, MAX_AMOUNT
 from pi.platform.kernel.principal import Principal
+from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import Movement, MovementKind, TransactionStatus
-from pi.transactions.service import TransactionService
 from tests.support.round_trips import count_round_trips
 
 ALICE = Principal.merchant("mer_alice")
@@ -36,7 +36,7 @@ def violation_fields(error: DomainError) -> list[str]:
     return [v.field for v in error.violations]
 
 
-async def create(service: TransactionService, principal: Principal = ALICE, **fields: Any) -> Any:
+async def create(service: TransactionUseCases, principal: Principal = ALICE, **fields: Any) -> Any:
     values: dict[str, Any] = {
         "amount": 10_000,
         "currency": "USD",
@@ -74,7 +74,7 @@ def movement(
 
 
 async def test_create_transaction_starts_pending_and_can_be_read_back(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service, metadata={"order": "1", "emoji": "🧾"})
     assert created.id.startswith("txn_")
@@ -91,7 +91,7 @@ async def test_create_transaction_starts_pending_and_can_be_read_back(
     assert await count_rows("transactions") == 1
 
 
-async def test_another_merchants_transaction_is_not_found(service: TransactionService) -> None:
+async def test_another_merchants_transaction_is_not_found(service: TransactionUseCases) -> None:
     created = await create(service)
     with pytest.raises(NotFound) as caught:
         await service.get_transaction(BOB, created.id)
@@ -106,7 +106,7 @@ async def test_another_merchants_transaction_is_not_found(service: TransactionSe
         await service.get_transaction(ALICE, "")
 
 
-async def test_only_merchants_use_the_merchant_operations(service: TransactionService) -> None:
+async def test_only_merchants_use_the_merchant_operations(service: TransactionUseCases) -> None:
     for principal in (SERVICE, Principal.admin()):
         with pytest.raises(PermissionDenied):
             await create(service, principal)
@@ -142,7 +142,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("fields", "expected"), BAD_INPUT)
 async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_nothing(
-    service: TransactionService,
+    service: TransactionUseCases,
     count_rows: Count,
     fields: dict[str, Any],
     expected: list[str],
@@ -155,7 +155,7 @@ async def test_bad_input_is_invalid_argument_with_field_violations_and_writes_no
 
 
 async def test_every_invalid_field_is_reported_at_once(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await create(
@@ -176,7 +176,7 @@ async def test_every_invalid_field_is_reported_at_once(
     assert await count_rows("transactions") == 0
 
 
-async def test_limits_themselves_are_accepted(service: TransactionService) -> None:
+async def test_limits_themselves_are_accepted(service: TransactionUseCases) -> None:
     created = await create(
         service,
         amount=MAX_AMOUNT,
@@ -192,7 +192,7 @@ async def test_limits_themselves_are_accepted(service: TransactionService) -> No
 
 
 async def test_same_key_and_request_replays_the_first_transaction(
-    service: TransactionService, count_rows: Count, clock: Any
+    service: TransactionUseCases, count_rows: Count, clock: Any
 ) -> None:
     first = await create(service, idempotency_key="order-1", fingerprint="fp-a")
     clock.advance(timedelta(minutes=5))
@@ -202,7 +202,7 @@ async def test_same_key_and_request_replays_the_first_transaction(
 
 
 async def test_create_is_two_round_trips_and_a_replay_still_replays(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     for attempt in range(6):  # prepared on the first run: two after too
         with count_round_trips() as trips:
@@ -216,7 +216,7 @@ async def test_create_is_two_round_trips_and_a_replay_still_replays(
 
 
 async def test_same_key_with_another_request_is_refused(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     await create(service, idempotency_key="order-1", fingerprint="fp-a")
     with pytest.raises(AlreadyExists) as caught:
@@ -226,7 +226,7 @@ async def test_same_key_with_another_request_is_refused(
 
 
 async def test_idempotency_keys_are_scoped_per_merchant(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     a = await create(service, ALICE, idempotency_key="k", fingerprint="fp")
     b = await create(service, BOB, idempotency_key="k", fingerprint="fp")
@@ -235,7 +235,7 @@ async def test_idempotency_keys_are_scoped_per_merchant(
 
 
 async def test_concurrent_duplicates_create_exactly_one_transaction(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     results = await asyncio.gather(
         *(create(service, idempotency_key="burst", fingerprint="fp") for _ in range(50))
@@ -248,7 +248,7 @@ async def test_concurrent_duplicates_create_exactly_one_transaction(
 
 
 async def list_all(
-    service: TransactionService, principal: Principal = ALICE, **filters: Any
+    service: TransactionUseCases, principal: Principal = ALICE, **filters: Any
 ) -> list[str]:
     ids: list[str] = []
     token = ""
@@ -261,7 +261,7 @@ async def list_all(
 
 
 async def test_list_is_newest_first_with_default_and_maximum_page_sizes(
-    service: TransactionService, clock: Any
+    service: TransactionUseCases, clock: Any
 ) -> None:
     created = []
     for _ in range(105):
@@ -286,7 +286,7 @@ async def test_list_is_newest_first_with_default_and_maximum_page_sizes(
 
 
 async def test_pages_neither_repeat_nor_skip_while_new_transactions_arrive(
-    service: TransactionService, clock: Any
+    service: TransactionUseCases, clock: Any
 ) -> None:
     original = []
     for _ in range(25):
@@ -307,7 +307,7 @@ async def test_pages_neither_repeat_nor_skip_while_new_transactions_arrive(
 
 
 async def test_pagination_breaks_ties_on_equal_creation_times_by_id(
-    service: TransactionService, clock: Any
+    service: TransactionUseCases, clock: Any
 ) -> None:
     clock.freeze()
     ids = [(await create(service)).id for _ in range(13)]
@@ -323,7 +323,7 @@ async def test_pagination_breaks_ties_on_equal_creation_times_by_id(
 
 
 async def test_list_filters_by_status_and_creation_time(
-    service: TransactionService, clock: Any
+    service: TransactionUseCases, clock: Any
 ) -> None:
     start = clock.freeze(datetime(2030, 1, 1, tzinfo=UTC))
     made = []
@@ -357,7 +357,7 @@ async def test_list_filters_by_status_and_creation_time(
 
 
 async def test_page_token_must_come_with_the_same_filters_and_merchant(
-    service: TransactionService,
+    service: TransactionUseCases,
 ) -> None:
     for _ in range(3):
         await create(service)
@@ -394,7 +394,7 @@ async def test_page_token_must_come_with_the_same_filters_and_merchant(
 
 
 async def test_cancel_closes_at_the_payment_service_then_shows_cancelled(
-    service: TransactionService, payments: Any, count_rows: Count
+    service: TransactionUseCases, payments: Any, count_rows: Count
 ) -> None:
     created = await create(service, amount=2500, currency="JPY")
     cancelled = await service.cancel_transaction(ALICE, created.id)
@@ -416,7 +416,7 @@ async def test_cancel_closes_at_the_payment_service_then_shows_cancelled(
 
 
 async def test_cancel_is_refused_when_money_was_captured(
-    service: TransactionService, payments: Any
+    service: TransactionUseCases, payments: Any
 ) -> None:
     created = await create(service, amount=1000)
     await service.apply_movement(
@@ -432,7 +432,7 @@ async def test_cancel_is_refused_when_money_was_captured(
 
 
 async def test_cancel_passes_on_the_payment_services_refusal(
-    service: TransactionService, payments: Any, count_rows: Count
+    service: TransactionUseCases, payments: Any, count_rows: Count
 ) -> None:
     created = await create(service)
     payments.error = FailedPrecondition("captured", reason="TRANSACTION_CAPTURED")
@@ -444,7 +444,7 @@ async def test_cancel_passes_on_the_payment_services_refusal(
 
 
 async def test_cancel_while_the_payment_service_is_down_changes_nothing(
-    service: TransactionService, payments: Any, count_rows: Count
+    service: TransactionUseCases, payments: Any, count_rows: Count
 ) -> None:
     created = await create(service)
     payments.error = Unavailable("down", reason="PAYMENT_SERVICE_UNAVAILABLE")
@@ -462,7 +462,7 @@ async def test_cancel_while_the_payment_service_is_down_changes_nothing(
 
 
 async def test_cancel_of_another_merchants_transaction_is_not_found(
-    service: TransactionService, payments: Any
+    service: TransactionUseCases, payments: Any
 ) -> None:
     created = await create(service)
     with pytest.raises(NotFound) as caught:
@@ -473,7 +473,7 @@ async def test_cancel_of_another_merchants_transaction_is_not_found(
 
 
 async def test_cancel_with_a_key_replays_and_never_closes_another_transaction(
-    service: TransactionService, payments: Any
+    service: TransactionUseCases, payments: Any
 ) -> None:
     first = await create(service)
     second = await create(service)
@@ -494,7 +494,7 @@ async def test_cancel_with_a_key_replays_and_never_closes_another_transaction(
 
 
 async def test_cancel_after_the_outbox_delivered_the_cancellation_applies_it_once(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service)
     await service.apply_movement(
@@ -506,7 +506,7 @@ async def test_cancel_after_the_outbox_delivered_the_cancellation_applies_it_onc
 
 
 async def test_concurrent_cancels_apply_the_cancellation_once(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service)
     results = await asyncio.gather(
@@ -520,7 +520,7 @@ async def test_concurrent_cancels_apply_the_cancellation_once(
 
 
 async def test_lookup_is_scoped_by_merchant_and_for_the_service_only(
-    service: TransactionService,
+    service: TransactionUseCases,
 ) -> None:
     created = await create(service)
     assert await service.lookup_transaction(SERVICE, "mer_alice", created.id) == created
@@ -534,7 +534,7 @@ async def test_lookup_is_scoped_by_merchant_and_for_the_service_only(
     assert violation_fields(invalid.value) == ["merchant_id", "transaction_id"]
 
 
-async def test_movements_drive_the_amounts_and_the_status(service: TransactionService) -> None:
+async def test_movements_drive_the_amounts_and_the_status(service: TransactionUseCases) -> None:
     created = await create(service, amount=1000)
     steps: list[tuple[MovementKind, dict[str, Any], TransactionStatus, tuple[int, int, int]]] = [
         (MovementKind.FAILURE, {}, TransactionStatus.FAILED, (0, 0, 0)),
@@ -568,7 +568,7 @@ async def test_movements_drive_the_amounts_and_the_status(service: TransactionSe
 
 
 async def test_the_same_movement_twice_is_applied_once(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service, amount=1000)
     auth = movement(created, MovementKind.AUTHORIZATION, id="mov_auth", authorized=600)
@@ -584,7 +584,7 @@ async def test_the_same_movement_twice_is_applied_once(
 
 
 async def test_a_movement_of_another_merchant_is_not_found_and_writes_nothing(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service)
     foreign = movement(
@@ -597,7 +597,7 @@ async def test_a_movement_of_another_merchant_is_not_found_and_writes_nothing(
 
 
 async def test_a_movement_breaking_an_invariant_is_refused_and_writes_nothing(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service, amount=1000)
     with pytest.raises(FailedPrecondition) as caught:
@@ -613,7 +613,7 @@ async def test_a_movement_breaking_an_invariant_is_refused_and_writes_nothing(
     assert await service.get_transaction(ALICE, created.id) == created
 
 
-async def test_malformed_movements_are_invalid_argument(service: TransactionService) -> None:
+async def test_malformed_movements_are_invalid_argument(service: TransactionUseCases) -> None:
     created = await create(service)
     bad = movement(created, MovementKind.VOID, id="", authorized=5, merchant_id="")
     with pytest.raises(InvalidArgument) as caught:
@@ -628,7 +628,7 @@ async def test_malformed_movements_are_invalid_argument(service: TransactionServ
 
 
 async def test_fifty_concurrent_movements_on_one_transaction_sum_exactly(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service, amount=10_000)
     auths = [
@@ -644,7 +644,7 @@ async def test_fifty_concurrent_movements_on_one_transaction_sum_exactly(
 
 
 async def test_concurrent_movements_never_exceed_the_amount(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     created = await create(service, amount=1000)
     auths = [

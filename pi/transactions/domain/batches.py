@@ -97,15 +97,19 @@ def candidates(
     Recording them up front (one statement) tells which ids are redeliveries; the ids of
     those that do not apply after all are forgotten again.
     """
-    firsts: dict[str, Movement | UnreadableMovement] = {}
-    for movement in movements:
-        firsts.setdefault(movement.id, movement)
-    return [
-        movement
-        for movement in readable(movements, invalid)
-        if firsts[movement.id] is movement
-        and _owner_matches(current.get(movement.transaction_id), movement)
-    ]
+    seen: set[str] = set()
+    chosen: list[Movement] = []
+    for movement, error in zip(movements, invalid, strict=True):
+        first = movement.id not in seen
+        seen.add(movement.id)
+        if (
+            first
+            and error is None
+            and isinstance(movement, Movement)
+            and _owner_matches(current.get(movement.transaction_id), movement)
+        ):
+            chosen.append(movement)
+    return chosen
 
 
 def plan_batch(

@@ -319,7 +319,9 @@ class MemoryTransactionsUnit(MemoryUnitOfWork[TransactionsState]):
 class MemoryUnits:
     """`pi.transactions.app.ports.UnitsOfWork` in memory: every unit on one `state`."""
 
-    def __init__(self, state: TransactionsState | None = None, *, clock: Clock | None = None):
+    def __init__(
+        self, state: TransactionsState | None = None, *, clock: Clock | None = None
+    ) -> None:
         self.state = state if state is not None else TransactionsState()
         self._lock = asyncio.Lock()
         self._clock: Clock = clock if clock is not None else _utc_now

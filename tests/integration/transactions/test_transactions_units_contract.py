@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pi.platform.kernel.errors import Aborted, AlreadyExists, DomainError, FailedPrecondition
+from pi.platform.kernel.ids import new_id
 from pi.platform.kernel.money import MAX_AMOUNT
 from pi.platform.kernel.units import Mode, optimistically
 from pi.transactions.adapters.memory import MemoryUnits
@@ -131,25 +132,40 @@ async def test_a_row_breaking_the_stored_invariants_is_refused(
 
 async def test_listing_is_newest_first_ties_by_id_filtered_and_paged(store: UnitsOfWork) -> None:
     hour = timedelta(hours=1)
-    made = [txn(n, at=T0 + hour * (n // 2)) for n in range(8)]  # pairs share a time
-    cancelled = dataclasses.replace(made[3], status=S.CANCELLED)
-    await add(store, *made[:3], cancelled, *made[4:], txn(99, merchant="mer_bob"))
-    newest_first = [t.id for t in sorted(made, key=lambda t: (t.create_time, t.id), reverse=True)]
+    # Pairs share a time; real ids (digits and letters) break the ties.
+    made = [
+        dataclasses.replace(txn(n, at=T0 + hour * (n // 2)), id=new_id("txn")) for n in range(8)
+    ]
+    made[3] = dataclasses.replace(made[3], status=S.CANCELLED)
+    await add(store, *made, txn(99, merchant="mer_bob"))
+    newest_first = sorted(made, key=lambda t: (t.create_time, t.id), reverse=True)
 
     async def ids(**query: Any) -> list[str]:
         async with store(Mode.READ) as unit:
             found = await unit.transactions.list(ListQuery("mer_alice", **query))
         return [t.id for t in found]
 
-    assert await ids(limit=100) == newest_first
-    assert await ids(limit=3) == newest_first[:3]
+    def expected(rows: list[Transaction]) -> list[str]:
+        return [t.id for t in rows]
+
+    assert await ids(limit=100) == expected(newest_first)
+    assert await ids(limit=3) == expected(newest_first[:3])
     assert await ids(limit=100, status=S.CANCELLED) == [made[3].id]
-    assert await ids(limit=100, status=S.PENDING) == [i for i in newest_first if i != made[3].id]
+    pending = [t for t in newest_first if t.status is S.PENDING]
+    assert await ids(limit=100, status=S.PENDING) == expected(pending)
+    # Start inclusive, end exclusive.
     window = await ids(limit=100, create_time_start=T0 + hour, create_time_end=T0 + 3 * hour)
-    assert window == [made[5].id, made[4].id, made[3].id, made[2].id]  # start in, end out
-    after = Cursor(made[5].create_time, made[5].id)  # between two rows of one time
-    assert await ids(limit=100, after=after) == newest_first[newest_first.index(made[5].id) + 1 :]
-    assert await ids(limit=2, after=after, status=S.PENDING) == [made[4].id, made[2].id]
+    assert window == expected(
+        [t for t in newest_first if T0 + hour <= t.create_time < T0 + 3 * hour]
+    )
+    assert len(window) == 4
+    # After a row that shares its time with the next one.
+    last = newest_first[2]
+    after = Cursor(last.create_time, last.id)
+    assert newest_first[3].create_time == last.create_time
+    assert await ids(limit=100, after=after) == expected(newest_first[3:])
+    later_pending = [t for t in newest_first[3:] if t.status is S.PENDING]
+    assert await ids(limit=2, after=after, status=S.PENDING) == expected(later_pending[:2])
 
 
 # Modes ------------------------------------------------------------------------------------

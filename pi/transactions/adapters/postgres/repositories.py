@@ -134,6 +134,8 @@ class PostgresMovements:
         (one statement; a known id is a redelivery, checked for sameness with one more
         statement), plan in memory, forget the ids of refused movements, and write the
         rows (one round trip, a step per movement only where the trigger needs it)."""
+        # Refuses a unit that is not LOCKED: what the plan decided on must stay locked.
+        await self._unit.connection()
         try:
             current = await self._transactions.lock_many(
                 {movement.transaction_id for movement in readable(movements, invalid)}

@@ -3,7 +3,7 @@
 
 One pgbench "transaction" of this script is one whole flow (POST /v1/transactions, then
 POST /v1/payments with a card and automatic capture, an idempotency key on both), sent
-statement for statement as the services send it (pi/transactions/store.py,
+statement for statement as the services send it (pi/transactions/adapters/postgres/,
 pi/payments/store.py, pi/platform/db/idempotency.py; checked against a statement log of
 the mesh), against the same tables (created by the services' own migrations), with the
 same durable commits (`synchronous_commit` is forced on for the bench database):

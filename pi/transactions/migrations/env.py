@@ -1,4 +1,4 @@
 from pi.platform.db.migrations import run_env
-from pi.transactions.store import metadata
+from pi.transactions.adapters.postgres.tables import metadata
 
 run_env(metadata)

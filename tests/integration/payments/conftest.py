@@ -3,7 +3,7 @@
 Tests import nothing from here (pytest runs in importlib mode): they take fixtures.
 
 `mesh` migrates two fresh schemas (payments, transactions), builds both object graphs
-with `pi.payments.main.build` / `pi.transactions.main.build` (merchant tokens verified
+with `pi.payments.main.build` / `pi.transactions.bootstrap.build` (merchant tokens verified
 with a static ES256 key, the shared service token between them) and serves both on
 grpc.aio servers on 127.0.0.1. The payment service's outbox dispatcher runs in the
 background; the reconciler is driven by the tests (`run_once`). The transaction service's
@@ -45,14 +45,10 @@ from pi.platform.db import migrations
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
 from pi.platform.security.tokens import StaticKeySource
-from pi.transactions import main as transactions_main
-from pi.transactions.clients import (
-    ClosedTransaction,
-    GrpcPaymentLedger,
-    PaymentLedger,
-    TransactionFacts,
-)
-from pi.transactions.main import TransactionsApp
+from pi.transactions import bootstrap as transactions_main
+from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
+from pi.transactions.app.ports import ClosedTransaction, PaymentLedger, TransactionFacts
+from pi.transactions.bootstrap import TransactionsApp
 
 APPROVE_CARD = "4242424242424242"
 DECLINE_CARD = "4000000000000002"

@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from generated.pi.transactions.v1 import transactions_pb2 as tpb
 from pi.payments.ledger_client import LedgerError
 from pi.payments.tables import outbox
+from pi.platform.db.statements import Statement
 from pi.platform.kernel.errors import Unavailable
+from pi.transactions.adapters.postgres.tables import applied_movements
 from pi.transactions.domain import Movement, MovementKind
-from pi.transactions.store import applied_movements
 
 M = "mer_batches"
 
@@ -64,8 +65,8 @@ async def test_movements_made_while_the_transaction_service_is_down_converge(mes
         assert after.status == tpb.TRANSACTION_STATUS_PARTIALLY_REFUNDED
     async with mesh.payments_engine.connect() as conn:
         sent = set((await conn.execute(sa.select(outbox.c.id))).scalars())
-    async with mesh.transactions_app.engine.connect() as conn:
-        applied = set((await conn.execute(sa.select(applied_movements.c.id))).scalars())
+    async with mesh.transactions_app.database.reading() as conn:
+        applied = {row.id for row in await Statement(sa.select(applied_movements.c.id)).all(conn)}
     assert applied == sent
     assert len(sent) == 4 * 8
 

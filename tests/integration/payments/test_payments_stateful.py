@@ -54,11 +54,12 @@ from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.errors import FailedPrecondition
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
-from pi.transactions import main as transactions_main
-from pi.transactions.clients import ClosedTransaction
+from pi.platform.kernel.units import Mode
+from pi.transactions import bootstrap as transactions_main
+from pi.transactions.adapters.postgres.uow import PostgresUnits
+from pi.transactions.app.ports import ClosedTransaction
+from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import Movement, TransactionStatus
-from pi.transactions.service import TransactionService
-from pi.transactions.store import TransactionStore
 
 T = TypeVar("T")
 MERCHANT = Principal.merchant("mer_stateful")
@@ -80,7 +81,7 @@ class _Ledger:
     """The payment service's `TransactionLedger`, calling the transaction use cases."""
 
     def __init__(self) -> None:
-        self.transactions: TransactionService | None = None
+        self.transactions: TransactionUseCases | None = None
 
     async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
         assert self.transactions is not None
@@ -131,8 +132,8 @@ class _World:
     databases: list[Database]
     payment_engine: AsyncEngine
     payments: PaymentService
-    transactions: TransactionService
-    transaction_store: TransactionStore
+    transactions: TransactionUseCases
+    transaction_units: PostgresUnits
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
 
@@ -162,9 +163,9 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
     )
-    transaction_store = TransactionStore(txn_database)
-    transaction_service = TransactionService(
-        transaction_store, payment_ledger, PageToken(secrets.token_bytes(32))
+    transaction_units = PostgresUnits(txn_database)
+    transaction_service = TransactionUseCases.wire(
+        transaction_units, payment_ledger, PageToken(secrets.token_bytes(32))
     )
     ledger.transactions = transaction_service
     payment_ledger.payments = payment_service
@@ -174,7 +175,7 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
         payment_engine=pay_engine,
         payments=payment_service,
         transactions=transaction_service,
-        transaction_store=transaction_store,
+        transaction_units=transaction_units,
         dispatcher=OutboxDispatcher(store, ledger),
         reconciler=Reconciler(store, payment_service),
     )
@@ -314,10 +315,8 @@ class PaymentsMachine(RuleBasedStateMachine):
             refunded,
         )
         await self.world.dispatcher.drain(timeout=10)
-        async with self.world.transaction_store.read() as conn:
-            txn = await self.world.transaction_store.get(
-                conn, MERCHANT.merchant_id or "", self.transaction_id
-            )
+        async with self.world.transaction_units(Mode.READ) as unit:
+            txn = await unit.transactions.get(MERCHANT.merchant_id or "", self.transaction_id)
         assert txn is not None
         assert (txn.authorized_amount, txn.captured_amount, txn.refunded_amount) == (
             authorized,

@@ -1,10 +1,11 @@
 """Fixtures for the transaction service on real PostgreSQL.
 
-Every test gets a freshly migrated schema. `service` is the use cases with a fake
-payment ledger (`payments`) and an adjustable `clock`; `rpc` serves the whole object
-graph from `pi.transactions.main.build` on an in-process grpc.aio server (127.0.0.1,
-ephemeral port), merchant tokens verified with a static ES256 key; `serve_app` serves
-any other wiring the same way. `count_rows(table, **where)` counts rows in the schema.
+Every test gets a freshly migrated schema. `units` makes PostgreSQL units of work on it;
+`service` is the use cases on them with a fake payment ledger (`payments`) and an
+adjustable `clock`; `rpc` serves the whole object graph from
+`pi.transactions.bootstrap.build` on an in-process grpc.aio server (127.0.0.1, ephemeral
+port), merchant tokens verified with a static ES256 key; `serve_app` serves any other
+wiring the same way. `count_rows(table, **where)` counts rows in the schema.
 
 Tests import nothing from here (pytest runs in importlib mode): they take fixtures.
 """
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -30,74 +30,22 @@ from pi.platform.db.database import Database
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.server import create_server
 from pi.platform.security.tokens import StaticKeySource
-from pi.transactions.clients import ClosedTransaction, PaymentLedger, TransactionFacts
-from pi.transactions.main import MIGRATIONS, TransactionsApp, build
-from pi.transactions.service import TransactionService
-from pi.transactions.store import (
-    TransactionStore,
+from pi.transactions.adapters.postgres.tables import (
     applied_movements,
     idempotency_keys,
     transactions,
 )
+from pi.transactions.adapters.postgres.uow import PostgresUnits
+from pi.transactions.app.ports import PaymentLedger
+from pi.transactions.app.use_cases import TransactionUseCases
+from pi.transactions.bootstrap import MIGRATIONS, TransactionsApp, build
+from tests.unit.transactions.fakes import Clock, FakePaymentLedger
 
 _TABLES = {
     "transactions": transactions,
     "applied_movements": applied_movements,
     "idempotency_keys": idempotency_keys,
 }
-
-
-class Clock:
-    """Real time plus an offset; `freeze()` makes every call return one instant."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-        self.frozen: datetime | None = None
-
-    def __call__(self) -> datetime:
-        if self.frozen is not None:
-            return self.frozen
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, delta: timedelta) -> None:
-        self.offset += delta
-        if self.frozen is not None:
-            self.frozen += delta
-
-    def freeze(self, at: datetime | None = None) -> datetime:
-        self.frozen = at or datetime.now(UTC) + self.offset
-        return self.frozen
-
-
-@dataclass
-class FakePaymentLedger:
-    """`PaymentLedger` in memory: closes transactions, or fails with `error`; records the
-    batches of `register_transactions` in `registered`."""
-
-    error: Exception | None = None
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    registered: list[list[TransactionFacts]] = field(default_factory=list)
-
-    async def close_transaction(
-        self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
-    ) -> ClosedTransaction:
-        self.calls.append(
-            {
-                "merchant_id": merchant_id,
-                "transaction_id": transaction_id,
-                "amount": amount,
-                "currency": currency,
-            }
-        )
-        if self.error is not None:
-            raise self.error
-        return ClosedTransaction(movement_id=f"mov_cancel_{transaction_id}", voided_payment_ids=())
-
-    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
-        self.registered.append(list(transactions))
-        if self.error is not None:
-            raise self.error
-        return len(transactions)
 
 
 @dataclass
@@ -171,9 +119,14 @@ def payments() -> FakePaymentLedger:
 
 
 @pytest.fixture
-def service(database: Database, payments: FakePaymentLedger, clock: Clock) -> TransactionService:
-    return TransactionService(
-        TransactionStore(database), payments, PageToken(secrets.token_bytes(32)), clock=clock
+def units(database: Database) -> PostgresUnits:
+    return PostgresUnits(database)
+
+
+@pytest.fixture
+def service(units: PostgresUnits, payments: FakePaymentLedger, clock: Clock) -> TransactionUseCases:
+    return TransactionUseCases.wire(
+        units, payments, PageToken(secrets.token_bytes(32)), clock=clock
     )
 
 

@@ -1,4 +1,4 @@
-"""New transactions pushed to the payment service (`pi.transactions.facts`): batched while a
+"""New transactions pushed to the payment service (`FactsPublisher`): batched while a
 call is in flight, bounded, and never in the way of CreateTransaction, even while the
 payment service is down or hangs."""
 
@@ -21,8 +21,9 @@ from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.principal import Principal
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
-from pi.transactions.clients import ClosedTransaction, GrpcPaymentLedger, TransactionFacts
-from pi.transactions.facts import FactsPublisher
+from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
+from pi.transactions.app.ports import ClosedTransaction, TransactionFacts
+from pi.transactions.entrypoints.workers import FactsPublisher
 from tests.support.processes import unreachable
 
 M = "mer_facts"
@@ -132,29 +133,6 @@ async def test_creates_made_while_a_call_is_in_flight_go_in_the_next_call(
     assert ledger.registered[0] == first.id
     assert sorted(ledger.registered[1:]) == sorted(t.id for t in rest)
     assert publisher.stats.calls == 2
-    stats_add_up(publisher)
-
-
-async def test_a_call_carries_at_most_per_call_transactions_and_a_full_queue_drops_the_oldest(
-    serve_app: Callable[[Any], Awaitable[Any]],
-) -> None:
-    rpc = await serve_app(GatedLedger())
-    ledger = GatedLedger()
-    publisher = FactsPublisher(ledger, capacity=20, per_call=8)
-    made = [
-        await rpc.app.transactions.create_transaction(
-            Principal.merchant(M), amount=i + 1, currency="USD", description="", metadata={}
-        )
-        for i in range(25)
-    ]
-    for transaction in made:
-        publisher.publish(transaction)
-    assert (publisher.stats.dropped, publisher.queued) == (5, 20)
-
-    async with running(publisher):
-        await eventually(lambda: publisher.queued == 0 and publisher.stats.sent == 20)
-    assert [len(batch) for batch in ledger.batches] == [8, 8, 4]
-    assert ledger.registered == [t.id for t in made[5:]]  # oldest first, the first 5 dropped
     stats_add_up(publisher)
 
 
@@ -399,31 +377,3 @@ async def test_a_create_whose_request_is_cancelled_leaves_the_publisher_working(
         made = await create_directly()  # acknowledged as usual
         assert ledger.registered[-1] == made.id and publisher.stats.sent == 2
     stats_add_up(publisher)
-
-
-async def test_every_future_is_resolved_when_dropped_or_when_the_publisher_stops(
-    serve_app: Callable[..., Awaitable[Any]],
-) -> None:
-    rpc = await serve_app(GatedLedger())
-    made = [
-        await rpc.app.transactions.create_transaction(
-            Principal.merchant(M), amount=i + 1, currency="USD", description="", metadata={}
-        )
-        for i in range(4)
-    ]
-    ledger = GatedLedger()
-    ledger.gate.clear()
-    publisher = FactsPublisher(ledger, capacity=2)
-    assert publisher.publish(made[0]) is None  # not running: nothing to wait for
-    async with running(publisher):
-        await eventually(lambda: len(ledger.batches) == 1)
-        futures = [publisher.publish(t) for t in made[1:]]  # the third drops the first
-        assert all(f is not None for f in futures)
-        first = futures[0]
-        assert first is not None and first.done() and first.result() is False
-        assert publisher.stats.dropped == 1 and publisher.waiting == 2
-        # Leaving `running` cancels the loop mid-call, with two futures still pending.
-    assert publisher.waiting == 0
-    assert [f.result() for f in futures if f is not None] == [False, False, False]
-    assert publisher.publish(made[0]) is None  # stopped: nothing to wait for
-    assert publisher.waiting == 0

@@ -19,7 +19,7 @@ from pi.platform.kernel.errors import DomainError, FailedPrecondition, InvalidAr
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
 from pi.platform.runtime.status import error_from_rpc_error
-from pi.transactions.clients import GrpcPaymentLedger
+from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
 
 
 @dataclass(frozen=True)

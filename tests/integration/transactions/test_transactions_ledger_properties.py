@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from pi.platform.kernel.errors import DomainError
 from pi.platform.kernel.principal import Principal
+from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import Movement, MovementKind, Transaction, apply_movement
-from pi.transactions.service import TransactionService
 
 ALICE = Principal.merchant("mer_alice")
 SERVICE = Principal.service()
@@ -78,7 +78,7 @@ def _comparable(transaction: Transaction) -> Transaction:
 )
 @given(steps=_steps)
 async def test_stored_transactions_follow_the_domain_model(
-    service: TransactionService, steps: list[tuple[MovementKind, int, bool, bool]]
+    service: TransactionUseCases, steps: list[tuple[MovementKind, int, bool, bool]]
 ) -> None:
     model = await service.create_transaction(
         ALICE, amount=AMOUNT, currency="USD", description="", metadata={}

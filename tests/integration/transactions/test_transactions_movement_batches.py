@@ -1,15 +1,13 @@
-"""ApplyMovements: batches of movements in one unit of work, on real PostgreSQL (and the
-embedded SQLite once), through the use case and over gRPC."""
+"""ApplyMovements: batches of movements in one unit of work, on real PostgreSQL, through
+the use case, the PostgreSQL adapter's statements and over gRPC."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,9 +19,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.engine import create_engine_for
 from pi.platform.kernel.errors import (
     Aborted,
     DomainError,
@@ -31,10 +26,14 @@ from pi.platform.kernel.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
-from pi.transactions import service as service_module
+from pi.transactions.adapters.postgres.tables import applied_movements
+from pi.transactions.adapters.postgres.uow import PostgresUnits
+from pi.transactions.app import apply_movements as apply_module
+from pi.transactions.app.apply_movements import MovementResult
+from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import (
+    AppliedMovement,
     Movement,
     MovementKind,
     Transaction,
@@ -42,9 +41,7 @@ from pi.transactions.domain import (
     apply_movement,
     new_transaction,
 )
-from pi.transactions.main import MIGRATIONS
-from pi.transactions.service import MovementResult, TransactionService
-from pi.transactions.store import TransactionStore, applied_movements
+from pi.transactions.domain import batches as batches_module
 
 ALICE = Principal.merchant("mer_alice")
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -78,7 +75,7 @@ def move(
     )
 
 
-async def create(service: TransactionService, amount: int = 1000) -> Transaction:
+async def create(service: TransactionUseCases, amount: int = 1000) -> Transaction:
     return await service.create_transaction(
         ALICE, amount=amount, currency="USD", description="", metadata={}
     )
@@ -186,7 +183,7 @@ def expected_after(made: Sequence[Transaction], chains: list[list[Movement]]) ->
 
 
 async def test_a_batch_walks_every_transition_in_one_unit_of_work_of_three_statements(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     made = [await create(service) for _ in range(4)]
     chains = every_transition(made)
@@ -207,7 +204,7 @@ async def test_a_batch_walks_every_transition_in_one_unit_of_work_of_three_state
 
 
 async def test_the_statements_of_a_batch_do_not_grow_with_its_size(
-    service: TransactionService,
+    service: TransactionUseCases,
 ) -> None:
     made = [await create(service, amount=5000) for _ in range(40)]
     batch = interleave(
@@ -225,7 +222,7 @@ async def test_the_statements_of_a_batch_do_not_grow_with_its_size(
 
 
 async def test_duplicates_apply_once_and_a_reused_id_is_already_exists(
-    service: TransactionService, engine: AsyncEngine
+    service: TransactionUseCases, engine: AsyncEngine
 ) -> None:
     t1, t2, t3 = [await create(service) for _ in range(3)]
     auth = move(t1, K.AUTHORIZATION, "m_auth", a=600)
@@ -265,7 +262,7 @@ async def test_duplicates_apply_once_and_a_reused_id_is_already_exists(
 
 
 async def test_a_refused_movement_stops_its_transaction_only_and_is_not_recorded(
-    service: TransactionService, engine: AsyncEngine
+    service: TransactionUseCases, engine: AsyncEngine
 ) -> None:
     t1, t2 = [await create(service) for _ in range(2)]
     batch = [
@@ -304,7 +301,7 @@ async def test_a_refused_movement_stops_its_transaction_only_and_is_not_recorded
 
 
 async def test_unknown_foreign_and_malformed_movements_are_reported_per_movement(
-    service: TransactionService, engine: AsyncEngine
+    service: TransactionUseCases, engine: AsyncEngine
 ) -> None:
     t1, t2, t3 = [await create(service) for _ in range(3)]
     unknown = dataclasses.replace(move(t1, K.FAILURE, "m_unknown"), transaction_id="txn_nope")
@@ -336,7 +333,7 @@ async def test_unknown_foreign_and_malformed_movements_are_reported_per_movement
 
 
 async def test_a_batch_must_hold_1_to_1000_movements_and_come_from_the_platform(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     t1 = await create(service)
     with pytest.raises(InvalidArgument) as caught:
@@ -355,7 +352,7 @@ async def test_a_batch_must_hold_1_to_1000_movements_and_come_from_the_platform(
 
 
 async def test_a_database_refusal_falls_back_to_one_movement_at_a_time(
-    service: TransactionService,
+    service: TransactionUseCases,
     engine: AsyncEngine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -369,7 +366,9 @@ async def test_a_database_refusal_falls_back_to_one_movement_at_a_time(
             update_time=now,
         )
 
-    monkeypatch.setattr(service_module, "apply_movement", no_checks)
+    # Bypassed in the batch (the domain's plan) and in the one-by-one fallback alike.
+    monkeypatch.setattr(batches_module, "apply_movement", no_checks)
+    monkeypatch.setattr(apply_module, "apply_movement", no_checks)
     batch = [
         move(t1, K.AUTHORIZATION, "m_too_much", a=1001),  # the CHECK constraint refuses it
         move(t1, K.AUTHORIZATION, "m_after", a=1),
@@ -387,7 +386,7 @@ async def test_a_database_refusal_falls_back_to_one_movement_at_a_time(
 
 
 async def test_concurrent_batches_over_the_same_transactions_neither_deadlock_nor_lose_updates(
-    service: TransactionService, count_rows: Count
+    service: TransactionUseCases, count_rows: Count
 ) -> None:
     made = [await create(service, amount=100_000) for _ in range(6)]
     batches = []
@@ -403,55 +402,10 @@ async def test_concurrent_batches_over_the_same_transactions_neither_deadlock_no
     assert await count_rows("applied_movements") == 12 * len(made)
 
 
-async def test_the_embedded_sqlite_database_applies_batches(tmp_path: Path, payments: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    try:
-        service = TransactionService(
-            TransactionStore(Database(engine)), payments, PageToken(secrets.token_bytes(32))
-        )
-        made = [await create(service) for _ in range(4)]
-        chains = every_transition(made)
-        refused = move(made[0], K.REFUND, "refund_too_much", r=1)  # after the full refund
-        batch = [*interleave(chains), refused, chains[0][0]]
-        results = await service.apply_movements(SERVICE, batch)
-        assert [outcome(r) for r in results] == [("OK", None)] * (len(batch) - 2) + [
-            ("FAILED_PRECONDITION", "LEDGER_INVARIANT_VIOLATED"),
-            ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
-        ]
-        stored = [amounts(await service.get_transaction(ALICE, t.id)) for t in made]
-        assert stored == expected_after(made, chains)
-        assert await recorded_ids(engine) == {m.id for chain in chains for m in chain}
-        duplicates = await service.apply_movements(SERVICE, interleave(chains))
-        assert all(r.error is None for r in duplicates)
-        assert [amounts(await service.get_transaction(ALICE, t.id)) for t in made] == stored
-    finally:
-        await engine.dispose()
+# The PostgreSQL adapter's batch statements ---------------------------------------------------
 
 
-# The store ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An embedded SQLite database, migrated."""
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest) -> TransactionStore:
-    """The store on the test's PostgreSQL schema, or on an embedded SQLite database."""
-    if request.param == "postgresql":
-        return TransactionStore(request.getfixturevalue("database"))
-    return TransactionStore(Database(request.getfixturevalue("sqlite_engine")))
-
-
-async def stored(store: TransactionStore, transaction_id: str) -> Transaction:
+async def stored(units: PostgresUnits, transaction_id: str) -> Transaction:
     transaction = new_transaction(
         id=transaction_id,
         merchant_id="mer_alice",
@@ -461,68 +415,60 @@ async def stored(store: TransactionStore, transaction_id: str) -> Transaction:
         metadata={},
         now=datetime(2030, 1, 1, tzinfo=UTC),
     )
-    async with store.begin() as conn:
-        await store.insert(conn, transaction)
+    async with units() as unit:
+        unit.transactions.add(transaction)
+        await unit.commit()
     return transaction
 
 
-def as_recorded(movement: Movement, apply_time: datetime) -> tuple[Any, ...]:
-    """The `applied_movements` row of a movement, in column order."""
-    return (
-        movement.id,
-        movement.transaction_id,
-        movement.payment_id,
-        movement.kind.value,
-        movement.authorized_delta,
-        movement.captured_delta,
-        movement.refunded_delta,
-        movement.occur_time,
-        apply_time,
-    )
+def as_recorded(movement: Movement, apply_time: datetime) -> AppliedMovement:
+    """The `applied_movements` row of a movement."""
+    return AppliedMovement.of(movement, apply_time)
 
 
-async def test_the_store_records_a_batch_exactly_as_it_records_one_movement(
-    store: TransactionStore,
+async def test_the_adapter_records_a_batch_exactly_as_it_records_one_movement(
+    units: PostgresUnits,
 ) -> None:
-    t = await stored(store, "txn_store")
+    t = await stored(units, "txn_store")
     tokyo = timezone(timedelta(hours=9))
     at = datetime(2030, 1, 2, 8, 30, 0, 250000, tzinfo=tokyo)
     authorized = move(t, K.AUTHORIZATION, "m_auth", a=500)
     failed = dataclasses.replace(move(t, K.FAILURE, "m_fail"), payment_id=None, occur_time=at)
     voided = move(t, K.VOID, "m_void", a=-100)
     apply_time = datetime(2030, 1, 3, 12, tzinfo=tokyo)
-    async with store.begin() as conn:
-        recorded = await store.record_movements(conn, [authorized, failed], apply_time)
-        assert await store.record_movement(conn, voided, apply_time)
-        assert not await store.record_movement(conn, authorized, apply_time)
-        again = await store.record_movements(
-            conn, [voided, move(t, K.CAPTURE, "m_capture", c=1)], apply_time
+    async with units() as unit:
+        movements = unit.movements
+        recorded = await movements.record_many([authorized, failed], apply_time)
+        assert await movements.record(voided, apply_time)
+        assert not await movements.record(authorized, apply_time)
+        again = await movements.record_many(
+            [voided, move(t, K.CAPTURE, "m_capture", c=1)], apply_time
         )
-        await store.forget_movements(conn, ["m_capture", "m_unknown"])
-        rows = await store.get_movements(conn, ["m_auth", "m_fail", "m_void", "m_capture", "m_x"])
-        one = await store.get_movement(conn, "m_fail")
-        assert await store.get_movement(conn, "m_capture") is None
+        await movements.forget(["m_capture", "m_unknown"])
+        rows = await movements.get_many(["m_auth", "m_fail", "m_void", "m_capture", "m_x"])
+        one = await movements.get("m_fail")
+        assert await movements.get("m_capture") is None
+        await unit.commit()
     assert (recorded, again) == ({"m_auth", "m_fail"}, {"m_capture"})
-    assert {movement_id: tuple(row) for movement_id, row in rows.items()} == {
-        m.id: as_recorded(m, apply_time) for m in (authorized, failed, voided)
-    }
+    assert rows == {m.id: as_recorded(m, apply_time) for m in (authorized, failed, voided)}
     assert one is not None
-    assert tuple(one) == tuple(rows["m_fail"])
+    assert one == rows["m_fail"]
     assert (one.occur_time.tzinfo, one.apply_time.tzinfo) == (UTC, UTC)
 
 
-async def test_the_store_looks_ids_up_whole_never_cut_to_the_column_length(
-    store: TransactionStore,
+async def test_the_adapter_looks_ids_up_whole_never_cut_to_the_column_length(
+    units: PostgresUnits,
 ) -> None:
-    t = await stored(store, "txn_" + "a" * 36)  # as long as the column allows
+    t = await stored(units, "txn_" + "a" * 36)  # as long as the column allows
     movement_id = "m" * 128
-    async with store.begin() as conn:
-        await store.record_movements(conn, [move(t, K.FAILURE, movement_id)], NOW)
-        assert await store.lock_many(conn, [t.id + "a", "txn_unknown"]) == {}
-        assert await store.get_movements(conn, [movement_id + "m"]) == {}
-        await store.forget_movements(conn, [movement_id + "m"])
-        assert list(await store.get_movements(conn, [movement_id])) == [movement_id]
-        assert await store.lock_many(conn, [t.id]) == {t.id: t}
+    async with units() as unit:
+        await unit.movements.record_many([move(t, K.FAILURE, movement_id)], NOW)
+        assert await unit.transactions.lock_many([t.id + "a", "txn_unknown"]) == {}
+        assert await unit.movements.get_many([movement_id + "m"]) == {}
+        await unit.movements.forget([movement_id + "m"])
+        assert list(await unit.movements.get_many([movement_id])) == [movement_id]
+        assert await unit.transactions.lock_many([t.id]) == {t.id: t}
+        await unit.commit()
 
 
 # Over gRPC ----------------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Pushes the facts of new transactions to the payment service before their first payment.
+"""The transaction service's background workers: the facts publisher, and the purge of
+old idempotency keys (`purge_idempotency_keys`, run periodically by the bootstrap).
+
+The facts publisher pushes the facts of new transactions to the payment service before
+their first payment.
 
 CreatePayment needs a transaction's owner, amount and currency. Without them it asks this
 service (`LookupTransaction`): a round trip, on the CPU of both services, for the first
@@ -33,20 +37,25 @@ import collections
 import itertools
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from pi.transactions.clients import (
+from pi.platform.kernel.units import Mode
+from pi.transactions.app.ports import (
     MAX_FACTS_PER_CALL,
     REGISTER_DEADLINE_SECONDS,
     PaymentLedger,
     TransactionFacts,
+    UnitsOfWork,
 )
 from pi.transactions.domain import Transaction
 
-__all__ = ["FactsPublisher", "FactsStats"]
+__all__ = ["IDEMPOTENCY_RETENTION", "FactsPublisher", "FactsStats", "purge_idempotency_keys"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 10_000
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
+"""How long an idempotency key is kept (AIP-155: at least 24 hours)."""
 
 # The facts, and the future of whoever waits for them (None: nobody does).
 _Entry = tuple[TransactionFacts, asyncio.Future[bool] | None]
@@ -205,3 +214,13 @@ def _resolve(done: asyncio.Future[bool] | None, acknowledged: bool) -> None:
     # A waiter that timed out or whose request went away has cancelled its future.
     if done is not None and not done.done():
         done.set_result(acknowledged)
+
+
+async def purge_idempotency_keys(
+    units: UnitsOfWork, older_than: timedelta = IDEMPOTENCY_RETENTION
+) -> int:
+    """Forget the idempotency keys older than the retention; how many."""
+    async with units(Mode.LOCKED) as uow:
+        purged = await uow.idempotency.purge(older_than)
+        await uow.commit()
+    return purged

@@ -1,18 +1,16 @@
-"""The payment service as the transaction service needs it: a port and its gRPC adapter.
+"""The payment service over gRPC (`PaymentLedgerService`): the `PaymentLedger` port.
 
-`CancelTransaction` asks the payment service, the authority for money on a transaction,
-to close the transaction (`PaymentLedgerService.CloseTransaction`) before it applies the
-cancellation locally. New transactions are announced to it
-(`PaymentLedgerService.RegisterTransactions`, see `pi.transactions.facts`) so that their
-first payment needs no lookup here.
+CancelTransaction asks the payment service, the authority for money on a transaction,
+to close the transaction (`CloseTransaction`) before it applies the cancellation
+locally. New transactions are announced to it (`RegisterTransactions`, see
+`pi.transactions.entrypoints.workers.FactsPublisher`) so that their first payment needs
+no lookup here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 
@@ -20,14 +18,15 @@ from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.platform.kernel.errors import Aborted, FailedPrecondition, NotFound, Unavailable
 from pi.platform.runtime.clients import DEFAULT_DEADLINE_SECONDS
 from pi.platform.runtime.status import error_from_rpc_error
+from pi.transactions.app.ports import (
+    REGISTER_DEADLINE_SECONDS,
+    ClosedTransaction,
+    TransactionFacts,
+)
 
 log = logging.getLogger(__name__)
 
 REASON_PAYMENT_SERVICE_UNAVAILABLE = "PAYMENT_SERVICE_UNAVAILABLE"
-
-MAX_FACTS_PER_CALL = 1000
-"""The payment service's cap on RegisterTransactions (payments.proto)."""
-REGISTER_DEADLINE_SECONDS = 2.0
 
 # The payment service could not do its part now; a retry may succeed.
 _TRANSIENT = frozenset(
@@ -43,49 +42,8 @@ _TRANSIENT = frozenset(
 _PASSED_ON = (FailedPrecondition, NotFound, Aborted)
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedTransaction:
-    """What `close_transaction` reports: the cancellation movement and the voided payments."""
-
-    movement_id: str
-    voided_payment_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionFacts:
-    """What never changes about a transaction, as the payment service keeps it."""
-
-    transaction_id: str
-    merchant_id: str
-    amount: int
-    currency: str
-
-
-class PaymentLedger(Protocol):
-    """The payment service's ledger operations the transaction service uses."""
-
-    async def close_transaction(
-        self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
-    ) -> ClosedTransaction:
-        """Close the transaction to new payments and void its outstanding authorizations.
-
-        Idempotent. Raises FailedPrecondition(TRANSACTION_CAPTURED) if money was
-        captured, Unavailable if the payment service cannot be reached in time.
-        """
-        ...
-
-    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
-        """Tell the payment service about 1 to `MAX_FACTS_PER_CALL` distinct new
-        transactions; how many were new to it.
-
-        Idempotent: transactions it knows already are left as they are. Unavailable if
-        the payment service cannot be reached in time.
-        """
-        ...
-
-
 class GrpcPaymentLedger:
-    """`PaymentLedger` over gRPC (`PaymentLedgerService`), with a deadline on every call.
+    """The `PaymentLedger` port over gRPC (`PaymentLedgerService`), a deadline on every call.
 
     The channel carries the service credential (`pi.platform.runtime.clients.service_channel`).
     """

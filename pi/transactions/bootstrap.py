@@ -1,7 +1,9 @@
-"""Composition root of the transaction service: settings → engine → store → use cases → server.
+"""The composition root of the transaction service: settings -> database -> units of work
+-> use cases -> servicers -> server, plus the background workers.
 
-The background tasks: JWKS refresh and revocation polling, housekeeping, and the facts
-publisher that pushes new transactions to the payment service (`pi.transactions.facts`).
+The background tasks: JWKS refresh and revocation polling, the purge of old idempotency
+keys, and the facts publisher that pushes new transactions to the payment service
+(`pi.transactions.entrypoints.workers`).
 
 Nothing is built at import time. `run()` serves (`python -m pi.transactions`),
 `migrate()` applies the Alembic migrations. Tests build the same object graph with
@@ -26,11 +28,13 @@ from pi.platform.runtime.server import BackgroundTask, periodic
 from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import KeySource
-from pi.transactions.clients import GrpcPaymentLedger, PaymentLedger
-from pi.transactions.facts import FactsPublisher
-from pi.transactions.service import FACTS_WAIT_SECONDS, TransactionService
-from pi.transactions.servicer import TransactionLedgerServicer, TransactionServicer
-from pi.transactions.store import TransactionStore
+from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
+from pi.transactions.adapters.postgres.uow import PostgresUnits
+from pi.transactions.app.create_transaction import FACTS_WAIT_SECONDS
+from pi.transactions.app.ports import PaymentLedger
+from pi.transactions.app.use_cases import TransactionUseCases
+from pi.transactions.entrypoints.grpc import TransactionLedgerServicer, TransactionServicer
+from pi.transactions.entrypoints.workers import FactsPublisher, purge_idempotency_keys
 
 SERVICE = "transactions"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,10 +51,9 @@ class TransactionsApp:
     """The transaction service's object graph, ready to register on a gRPC server."""
 
     settings: Settings
-    engine: AsyncEngine
     database: Database
-    store: TransactionStore
-    transactions: TransactionService
+    units: PostgresUnits
+    transactions: TransactionUseCases
     authentication: Authentication
     facts: FactsPublisher
     background: list[BackgroundTask] = field(default_factory=list)
@@ -75,8 +78,7 @@ class TransactionsApp:
 
     async def housekeeping(self) -> None:
         """One housekeeping pass: forget idempotency keys older than the 24 h retention."""
-        async with self.store.begin() as conn:
-            await self.store.idempotency.purge(conn)
+        await purge_idempotency_keys(self.units)
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -97,9 +99,10 @@ async def build(
 
     By default merchant tokens are verified with the auth service's JWKS and its
     revocations (pulled, and pushed over Redis when REDIS_URL is set), and cancellations
-    go to the payment service. Tests pass a static `key_source` and a `payment_ledger`.
-    `facts_wait` caps how long CreateTransaction waits for its facts to reach the payment
-    service (0: it does not wait).
+    go to the payment service. Tests pass a static `key_source` and a `payment_ledger`
+    (and the `engine` their fixtures share with the database). `facts_wait` caps how long
+    CreateTransaction waits for its facts to reach the payment service (0: it does not
+    wait).
     """
     database = await open_database(settings, engine)
     master_keys = MasterKeys(settings.master_keys)
@@ -112,21 +115,20 @@ async def build(
         channels.append(payments_channel)
         payment_ledger = GrpcPaymentLedger(payments_channel)
 
-    store = TransactionStore(database)
+    units = PostgresUnits(database)
     facts = FactsPublisher(payment_ledger)
-    transactions = TransactionService(
-        store,
+    use_cases = TransactionUseCases.wire(
+        units,
         payment_ledger,
         PageToken(master_keys.derive_key("page-token")),
-        created=facts.publish,
+        facts=facts,
         facts_wait=facts_wait,
     )
     app = TransactionsApp(
         settings=settings,
-        engine=database.engine,
         database=database,
-        store=store,
-        transactions=transactions,
+        units=units,
+        transactions=use_cases,
         authentication=callers,
         facts=facts,
         channels=channels,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pi.platform.kernel.errors import DomainError, FailedPrecondition, InvalidArgument
+from pi.platform.kernel.text import text_problem
 from pi.transactions.domain import (
     ALLOWED_TRANSITIONS,
     MAX_DESCRIPTION_LENGTH,
@@ -23,7 +24,6 @@ from pi.transactions.domain import (
     derive_status,
     metadata_problems,
     new_transaction,
-    text_problem,
     validate_movement_shape,
 )
 

@@ -1,0 +1,444 @@
+"""ApplyMovement and ApplyMovements on the in-memory store: amounts and derived statuses,
+redeliveries, refusals, and the fallback when the store refuses a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import pytest
+
+from pi.platform.kernel.errors import (
+    Aborted,
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from pi.platform.kernel.principal import Principal
+from pi.transactions.adapters.memory import MemoryUnits
+from pi.transactions.app import apply_movements as apply_module
+from pi.transactions.app.apply_movements import MovementResult
+from pi.transactions.app.use_cases import TransactionUseCases
+from pi.transactions.domain import (
+    Movement,
+    MovementKind,
+    Transaction,
+    TransactionStatus,
+    UnreadableMovement,
+    apply_movement,
+)
+from pi.transactions.domain import batches as batches_module
+
+ALICE = Principal.merchant("mer_alice")
+SERVICE = Principal.service()
+K = MovementKind
+S = TransactionStatus
+
+Rows = Callable[[str], int]
+
+
+def move(
+    transaction: Transaction,
+    kind: MovementKind,
+    id: str,
+    a: int = 0,
+    c: int = 0,
+    r: int = 0,
+    *,
+    merchant_id: str | None = None,
+) -> Movement:
+    return Movement(
+        id=id,
+        merchant_id=transaction.merchant_id if merchant_id is None else merchant_id,
+        transaction_id=transaction.id,
+        payment_id="pay_1",
+        kind=kind,
+        authorized_delta=a,
+        captured_delta=c,
+        refunded_delta=r,
+        occur_time=datetime.now(UTC),
+    )
+
+
+async def create(service: TransactionUseCases, amount: int = 1000) -> Transaction:
+    return await service.create_transaction(
+        ALICE, amount=amount, currency="USD", description="", metadata={}
+    )
+
+
+def outcome(result: MovementResult) -> tuple[str, str | None]:
+    """(code, reason) of a result; ("OK", None) if applied."""
+    if result.error is None:
+        return ("OK", None)
+    assert isinstance(result.error, DomainError), result.error
+    return (result.error.code.value, result.error.reason)
+
+
+def amounts(transaction: Transaction) -> tuple[S, int, int, int]:
+    return (
+        transaction.status,
+        transaction.authorized_amount,
+        transaction.captured_amount,
+        transaction.refunded_amount,
+    )
+
+
+def recorded(units: MemoryUnits) -> set[str]:
+    return set(units.state.movements)
+
+
+# One movement -----------------------------------------------------------------------------
+
+
+async def test_movements_drive_the_amounts_and_the_status(service: TransactionUseCases) -> None:
+    created = await create(service)
+    steps: list[tuple[Movement, S, tuple[int, int, int]]] = [
+        (move(created, K.FAILURE, "m0"), S.FAILED, (0, 0, 0)),
+        (move(created, K.AUTHORIZATION, "m1", a=1000), S.AUTHORIZED, (1000, 0, 0)),
+        (move(created, K.CAPTURE, "m2", a=-300, c=700), S.COMPLETED, (700, 700, 0)),
+        (move(created, K.REFUND, "m3", r=200), S.PARTIALLY_REFUNDED, (700, 700, 200)),
+        (move(created, K.REFUND, "m4", r=500), S.REFUNDED, (700, 700, 700)),
+    ]
+    for movement, status, expected in steps:
+        after = await service.apply_movement(SERVICE, movement)
+        assert after.status is status
+        assert (after.authorized_amount, after.captured_amount, after.refunded_amount) == expected
+        assert after.update_time >= created.update_time
+    assert await service.get_transaction(ALICE, created.id) == after
+
+
+async def test_the_same_movement_twice_is_applied_once(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    created = await create(service)
+    auth = move(created, K.AUTHORIZATION, "mov_auth", a=600)
+    first = await service.apply_movement(SERVICE, auth)
+    second = await service.apply_movement(SERVICE, auth)
+    assert first == second
+    assert second.authorized_amount == 600
+    assert rows("applied_movements") == 1
+    changed = dataclasses.replace(auth, authorized_delta=1)
+    with pytest.raises(AlreadyExists) as caught:
+        await service.apply_movement(SERVICE, changed)
+    assert caught.value.reason == "MOVEMENT_ID_REUSED"
+    assert caught.value.metadata == {"movement_id": "mov_auth"}
+
+
+async def test_a_movement_of_another_merchant_is_not_found_and_writes_nothing(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    created = await create(service)
+    foreign = move(created, K.AUTHORIZATION, "mov_x", a=1, merchant_id="mer_bob")
+    with pytest.raises(NotFound) as caught:
+        await service.apply_movement(SERVICE, foreign)
+    assert caught.value.reason == "TRANSACTION_NOT_FOUND"
+    assert rows("applied_movements") == 0
+    assert (await service.get_transaction(ALICE, created.id)).authorized_amount == 0
+
+
+async def test_a_movement_breaking_an_invariant_is_refused_and_writes_nothing(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    created = await create(service)
+    with pytest.raises(FailedPrecondition) as caught:
+        await service.apply_movement(SERVICE, move(created, K.AUTHORIZATION, "too_much", a=1001))
+    assert caught.value.reason == "LEDGER_INVARIANT_VIOLATED"
+    assert caught.value.metadata["invariant"] == "authorized <= amount"
+    with pytest.raises(FailedPrecondition):
+        await service.apply_movement(SERVICE, move(created, K.REFUND, "refund_nothing", r=1))
+    assert rows("applied_movements") == 0
+    assert await service.get_transaction(ALICE, created.id) == created
+
+
+async def test_malformed_movements_are_invalid_argument(service: TransactionUseCases) -> None:
+    created = await create(service)
+    bad = move(created, K.VOID, "", a=5, merchant_id="")
+    with pytest.raises(InvalidArgument) as caught:
+        await service.apply_movement(SERVICE, bad)
+    assert {v.field for v in caught.value.violations} == {
+        "movement.id",
+        "movement.merchant_id",
+        "movement.authorized_delta",
+    }
+    too_long = dataclasses.replace(
+        move(created, K.FAILURE, "m" * 129), payment_id="pay with spaces"
+    )
+    with pytest.raises(InvalidArgument) as long_ids:
+        await service.apply_movement(SERVICE, too_long)
+    assert [v.field for v in long_ids.value.violations] == ["movement.id", "movement.payment_id"]
+    with pytest.raises(PermissionDenied):
+        await service.apply_movement(ALICE, move(created, K.FAILURE, "m"))
+
+
+async def test_the_store_refuses_what_a_bypassed_domain_check_let_through(
+    service: TransactionUseCases, rows: Rows, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await create(service)
+
+    def no_checks(transaction: Transaction, movement: Movement, *, now: datetime) -> Transaction:
+        return dataclasses.replace(
+            transaction,
+            authorized_amount=transaction.authorized_amount + movement.authorized_delta,
+            status=S.AUTHORIZED,
+            update_time=now,
+        )
+
+    monkeypatch.setattr(apply_module, "apply_movement", no_checks)
+    with pytest.raises(FailedPrecondition) as caught:
+        await service.apply_movement(SERVICE, move(created, K.AUTHORIZATION, "m", a=1001))
+    assert caught.value.reason == "LEDGER_INVARIANT_VIOLATED"
+    assert caught.value.metadata == {"transaction_id": created.id}
+    assert rows("applied_movements") == 0
+    assert await service.get_transaction(ALICE, created.id) == created
+
+
+async def test_concurrent_movements_never_exceed_the_amount(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    created = await create(service)
+    auths = [move(created, K.AUTHORIZATION, f"auth_{i}", a=20) for i in range(60)]
+    results = await asyncio.gather(
+        *(service.apply_movement(SERVICE, m) for m in auths + auths[:5]), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 10
+    assert all(isinstance(r, FailedPrecondition) for r in refused)
+    assert (await service.get_transaction(ALICE, created.id)).authorized_amount == 1000
+    assert rows("applied_movements") == 50
+
+
+# Batches ----------------------------------------------------------------------------------
+
+
+def interleave(chains: Sequence[Sequence[Movement]]) -> list[Movement]:
+    """Round-robin over the chains: each keeps its order, transactions are mixed."""
+    longest = max(len(chain) for chain in chains)
+    return [chain[i] for i in range(longest) for chain in chains if i < len(chain)]
+
+
+async def test_a_batch_walks_every_transition(
+    service: TransactionUseCases, units: MemoryUnits
+) -> None:
+    t1, t2, t3, t4 = [await create(service) for _ in range(4)]
+    chains = [
+        [
+            move(t1, K.AUTHORIZATION, "t1_auth", a=1000),
+            move(t1, K.CAPTURE, "t1_capture", a=-300, c=700),
+            move(t1, K.REFUND, "t1_refund_1", r=200),
+            move(t1, K.REFUND, "t1_refund_2", r=500),
+        ],
+        [
+            move(t2, K.FAILURE, "t2_fail"),
+            move(t2, K.AUTHORIZATION, "t2_auth", a=500),
+            move(t2, K.VOID, "t2_void", a=-500),
+            move(t2, K.AUTHORIZATION, "t2_auth_2", a=200),
+            move(t2, K.CANCELLATION, "t2_cancel"),
+            move(t2, K.VOID, "t2_void_2", a=-200),
+        ],
+        [
+            move(t3, K.AUTHORIZATION, "t3_auth", a=100),
+            move(t3, K.FAILURE, "t3_fail"),
+            move(t3, K.VOID, "t3_void", a=-100),
+        ],
+        [
+            move(t4, K.AUTHORIZATION, "t4_auth", a=300),
+            move(t4, K.CAPTURE, "t4_capture", c=300),
+            move(t4, K.REFUND, "t4_refund", r=300),
+            move(t4, K.AUTHORIZATION, "t4_auth_2", a=100),
+            move(t4, K.CAPTURE, "t4_capture_2", c=100),
+        ],
+    ]
+    batch = interleave(chains)
+    results = await service.apply_movements(SERVICE, batch)
+    assert [outcome(r) for r in results] == [("OK", None)] * len(batch)
+    assert [r.movement_id for r in results] == [m.id for m in batch]
+    expected = []
+    for transaction, chain in zip((t1, t2, t3, t4), chains, strict=True):
+        for movement in chain:
+            transaction = apply_movement(transaction, movement)
+        expected.append(amounts(transaction))
+    stored = [amounts(await service.get_transaction(ALICE, t.id)) for t in (t1, t2, t3, t4)]
+    assert stored == expected
+    assert stored[0] == (S.REFUNDED, 700, 700, 700)
+    assert stored[1] == (S.CANCELLED, 0, 0, 0)
+    assert stored[2] == (S.FAILED, 0, 0, 0)
+    assert stored[3] == (S.PARTIALLY_REFUNDED, 400, 400, 300)
+    assert recorded(units) == {m.id for m in batch}
+
+
+async def test_duplicates_apply_once_and_a_reused_id_is_already_exists(
+    service: TransactionUseCases, units: MemoryUnits
+) -> None:
+    t1, t2, t3 = [await create(service) for _ in range(3)]
+    auth = move(t1, K.AUTHORIZATION, "m_auth", a=600)
+    first = await service.apply_movements(SERVICE, [auth, auth])
+    assert [outcome(r) for r in first] == [("OK", None), ("OK", None)]
+    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 600
+
+    later = move(t1, K.AUTHORIZATION, "m_later", a=100)
+    again = await service.apply_movements(
+        SERVICE,
+        [
+            auth,  # applied by the earlier call, same contents: OK, no effect
+            dataclasses.replace(auth, authorized_delta=1),  # same id, other contents
+            later,  # after a refusal of its transaction: not attempted
+            move(t2, K.AUTHORIZATION, "m_other", a=50),  # another transaction goes on
+            move(t3, K.AUTHORIZATION, "m_twice", a=5),
+            move(t3, K.AUTHORIZATION, "m_twice", a=6),  # reused within the batch
+        ],
+    )
+    assert [outcome(r) for r in again] == [
+        ("OK", None),
+        ("ALREADY_EXISTS", "MOVEMENT_ID_REUSED"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+        ("OK", None),
+        ("OK", None),
+        ("ALREADY_EXISTS", "MOVEMENT_ID_REUSED"),
+    ]
+    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 600
+    assert (await service.get_transaction(ALICE, t2.id)).authorized_amount == 50
+    assert (await service.get_transaction(ALICE, t3.id)).authorized_amount == 5
+    assert recorded(units) == {"m_auth", "m_other", "m_twice"}
+
+    retried = await service.apply_movements(SERVICE, [later])
+    assert retried[0].error is None
+    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 700
+
+
+async def test_a_refused_movement_stops_its_transaction_only_and_is_not_recorded(
+    service: TransactionUseCases, units: MemoryUnits
+) -> None:
+    t1, t2 = [await create(service) for _ in range(2)]
+    batch = [
+        move(t1, K.AUTHORIZATION, "m1", a=1000),
+        move(t2, K.AUTHORIZATION, "m2", a=50),
+        move(t1, K.CAPTURE, "m3", c=2000),  # more than authorized
+        move(t1, K.REFUND, "m4", r=10),
+        move(t2, K.CAPTURE, "m5", c=50),
+        move(t1, K.VOID, "m6", a=-1000),
+    ]
+    results = await service.apply_movements(SERVICE, batch)
+    assert [outcome(r) for r in results] == [
+        ("OK", None),
+        ("OK", None),
+        ("FAILED_PRECONDITION", "LEDGER_INVARIANT_VIOLATED"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+        ("OK", None),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+    ]
+    assert isinstance(results[2].error, FailedPrecondition)
+    assert results[2].error.metadata["invariant"] == "captured <= authorized"
+    assert isinstance(results[3].error, Aborted)
+    assert results[3].error.metadata == {"transaction_id": t1.id}
+    assert amounts(await service.get_transaction(ALICE, t1.id)) == (S.AUTHORIZED, 1000, 0, 0)
+    assert amounts(await service.get_transaction(ALICE, t2.id)) == (S.COMPLETED, 50, 50, 0)
+    assert recorded(units) == {"m1", "m2", "m5"}
+
+
+async def test_unknown_foreign_malformed_and_unreadable_movements_are_reported_per_movement(
+    service: TransactionUseCases, units: MemoryUnits
+) -> None:
+    t1, t2, t3 = [await create(service) for _ in range(3)]
+    unknown = dataclasses.replace(move(t1, K.FAILURE, "m_unknown"), transaction_id="txn_nope")
+    unreadable = UnreadableMovement(
+        "m_unreadable", t3.id, InvalidArgument.field("movement.kind", "must be a movement kind")
+    )
+    results = await service.apply_movements(
+        SERVICE,
+        [
+            unknown,
+            move(t1, K.AUTHORIZATION, "m_foreign", a=5, merchant_id="mer_bob"),
+            move(t1, K.AUTHORIZATION, "m_after_foreign", a=5),
+            move(t2, K.VOID, "m_bad_shape", a=5),
+            move(t2, K.AUTHORIZATION, "m_after_bad", a=5),
+            unreadable,
+            move(t3, K.AUTHORIZATION, "m_after_unreadable", a=5),
+        ],
+    )
+    assert [outcome(r) for r in results] == [
+        ("NOT_FOUND", "TRANSACTION_NOT_FOUND"),
+        ("NOT_FOUND", "TRANSACTION_NOT_FOUND"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+        ("INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+        ("INVALID_ARGUMENT", "INVALID_ARGUMENT"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+    ]
+    bad = results[3].error
+    assert isinstance(bad, InvalidArgument)
+    assert [v.field for v in bad.violations] == ["movement.authorized_delta"]
+    assert results[5].error is unreadable.error
+    assert recorded(units) == set()
+    for transaction in (t1, t2, t3):
+        assert await service.get_transaction(ALICE, transaction.id) == transaction
+
+
+async def test_a_batch_must_hold_1_to_1000_movements_and_come_from_the_platform(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    t1 = await create(service)
+    with pytest.raises(InvalidArgument) as caught:
+        await service.apply_movements(SERVICE, [])
+    assert [v.field for v in caught.value.violations] == ["movements"]
+    too_many = [move(t1, K.FAILURE, f"m_{i}") for i in range(1001)]
+    with pytest.raises(InvalidArgument) as caught:
+        await service.apply_movements(SERVICE, too_many)
+    assert [v.field for v in caught.value.violations] == ["movements"]
+    for caller in (ALICE, Principal.admin()):
+        with pytest.raises(PermissionDenied):
+            await service.apply_movements(caller, too_many[:1])
+    assert rows("applied_movements") == 0
+    assert all(r.error is None for r in await service.apply_movements(SERVICE, too_many[:1000]))
+    assert rows("applied_movements") == 1000
+
+
+async def test_a_store_refusal_falls_back_to_one_movement_at_a_time(
+    service: TransactionUseCases, units: MemoryUnits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t1, t2 = [await create(service) for _ in range(2)]
+
+    def no_checks(transaction: Transaction, movement: Movement, *, now: datetime) -> Transaction:
+        return dataclasses.replace(
+            transaction,
+            authorized_amount=transaction.authorized_amount + movement.authorized_delta,
+            status=S.AUTHORIZED,
+            update_time=now,
+        )
+
+    # Bypassed in the batch (the domain's plan) and in the one-by-one fallback alike.
+    monkeypatch.setattr(batches_module, "apply_movement", no_checks)
+    monkeypatch.setattr(apply_module, "apply_movement", no_checks)
+    batch = [
+        move(t1, K.AUTHORIZATION, "m_too_much", a=1001),  # the store refuses it
+        move(t1, K.AUTHORIZATION, "m_after", a=1),
+        move(t2, K.AUTHORIZATION, "m_fine", a=100),
+    ]
+    results = await service.apply_movements(SERVICE, batch)
+    assert [outcome(r) for r in results] == [
+        ("FAILED_PRECONDITION", "LEDGER_INVARIANT_VIOLATED"),
+        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
+        ("OK", None),
+    ]
+    assert recorded(units) == {"m_fine"}
+    assert await service.get_transaction(ALICE, t1.id) == t1
+    assert (await service.get_transaction(ALICE, t2.id)).authorized_amount == 100
+
+
+async def test_concurrent_batches_over_the_same_transactions_lose_no_update(
+    service: TransactionUseCases, rows: Rows
+) -> None:
+    made = [await create(service, amount=100_000) for _ in range(4)]
+    batches = [
+        [move(t, K.AUTHORIZATION, f"m_{n}_{t.id}", a=10 + n) for t in made] for n in range(6)
+    ]
+    answers = await asyncio.gather(*(service.apply_movements(SERVICE, b) for b in batches * 2))
+    assert all(r.error is None for results in answers for r in results)
+    for transaction in made:
+        stored = await service.get_transaction(ALICE, transaction.id)
+        assert stored.authorized_amount == sum(10 + n for n in range(6))
+    assert rows("applied_movements") == 6 * len(made)

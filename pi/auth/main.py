@@ -1,4 +1,4 @@
-"""Composition root of the auth service: settings → engine → store → use cases → server.
+"""Composition root of the auth service: settings → database → store → use cases → server.
 
 Nothing is built at import time. `run()` serves (`python -m pi.auth`), `migrate()` applies
 the Alembic migrations, `rotate_keys()` makes a new current signing key. Tests build the
@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.domain import MAX_TOKEN_TTL
@@ -25,7 +24,7 @@ from pi.auth.signing_keys import KeyRing
 from pi.auth.store import AuthStore, idempotency_keys
 from pi.platform.cache import Cache, create_cache
 from pi.platform.config import Settings
-from pi.platform.db.engine import create_engine
+from pi.platform.db.database import Database, open_database
 from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.interceptors import AuthInterceptor
@@ -54,7 +53,7 @@ class AuthApp:
     """The auth service's object graph, ready to register on a gRPC server."""
 
     settings: Settings
-    engine: AsyncEngine
+    database: Database
     store: AuthStore
     master_keys: MasterKeys
     signing_keys: SigningKeyService
@@ -91,7 +90,7 @@ class AuthApp:
     async def close(self) -> None:
         await self.authentication.close()
         await self.cache.close()
-        await self.engine.dispose()
+        await self.database.close()
 
 
 async def build(
@@ -99,11 +98,10 @@ async def build(
     *,
     clock: Callable[[], datetime] = utcnow,
     cache: Cache | None = None,
-    engine: AsyncEngine | None = None,
 ) -> AuthApp:
     """Wire the service; creates the first signing key if the database has none."""
-    engine = engine or create_engine(settings)
-    store = AuthStore(engine)
+    database = await open_database(settings)
+    store = AuthStore(database)
     master_keys = MasterKeys(settings.master_keys)
     signing_keys = SigningKeyService(
         store,
@@ -143,7 +141,7 @@ async def build(
     )
     app = AuthApp(
         settings=settings,
-        engine=engine,
+        database=database,
         store=store,
         master_keys=master_keys,
         signing_keys=signing_keys,
@@ -177,17 +175,17 @@ def migrate() -> None:
 async def _rotate_keys() -> str:
     settings = Settings.from_env(SERVICE)
     configure_logging(settings)
-    engine = create_engine(settings)
+    database = await open_database(settings)
     try:
         signing_keys = SigningKeyService(
-            AuthStore(engine),
+            AuthStore(database),
             MasterKeys(settings.master_keys),
             max_token_ttl=MAX_TOKEN_TTL,
             signer_lag=KEY_ACTIVATION + KEY_REFRESH,
         )
         return await signing_keys.rotate()
     finally:
-        await engine.dispose()
+        await database.close()
 
 
 def rotate_keys() -> str:

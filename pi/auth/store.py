@@ -1,9 +1,9 @@
 """Auth storage: SQLAlchemy Core tables and the queries the use cases need.
 
-Tables carry no schema: the platform engine maps them into the service's schema
-(`auth` by default) with `schema_translate_map`. Nothing sensitive is stored in clear:
-API secrets only as a keyed hash, signing keys' private halves only as AES-256-GCM
-ciphertext, tokens only by their `jti`.
+Tables carry no schema: the connections' `search_path` finds them in the service's
+schema (`auth` by default), and migrations map them there. Nothing sensitive is stored
+in clear: API secrets only as a keyed hash, signing keys' private halves only as
+AES-256-GCM ciphertext, tokens only by their `jti`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     bindparam,
     delete,
     insert,
@@ -33,8 +32,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.dialects import postgresql
 
 from pi.auth.domain import (
     ApiKey,
@@ -45,9 +43,10 @@ from pi.auth.domain import (
     TokenGrant,
 )
 from pi.auth.signing_keys import NewSigningKey, StoredKey
+from pi.platform.db.database import Database
 from pi.platform.db.engine import UtcDateTime
 from pi.platform.db.idempotency import idempotency_table
-from pi.platform.db.statements import Statement
+from pi.platform.db.statements import Conn, Statement, for_any_of
 
 _ID = 40  # "key_" + 26 chars, with room for longer prefixes
 
@@ -135,7 +134,6 @@ signing_keys = Table(
         "status",
         unique=True,
         postgresql_where=text("status = 'current'"),
-        sqlite_where=text("status = 'current'"),
     ),
 )
 
@@ -152,8 +150,7 @@ _API_KEY_COLUMNS = (
 )
 
 
-# Lookups of every token issue and key check, built once as `Statement`s (on PostgreSQL
-# they skip SQLAlchemy's execution, see pi.platform.db.statements).
+# Every query, built once as a prepared `Statement` (see pi.platform.db.statements).
 _KEY_ID = api_keys.c.id == bindparam("p_key_id")
 # FOR SHARE: see `get_api_key_with_hash`.
 _GET_API_KEY_WITH_HASH = Statement(select(api_keys).where(_KEY_ID).with_for_update(read=True))
@@ -180,6 +177,149 @@ _GET_ISSUED_TOKEN = Statement(
     )
 )
 
+_INSERT_MERCHANT = Statement(insert(merchants))
+_INSERT_API_KEY = Statement(insert(api_keys))
+_LIST_API_KEYS_QUERY = (
+    select(*_API_KEY_COLUMNS)
+    .where(api_keys.c.merchant_id == bindparam("p_merchant_id"))
+    .order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc())
+    .limit(bindparam("p_limit", type_=Integer()))
+)
+# By whether the page starts after a (create_time, id).
+_LIST_API_KEYS = {
+    False: Statement(_LIST_API_KEYS_QUERY),
+    True: Statement(
+        _LIST_API_KEYS_QUERY.where(
+            tuple_(api_keys.c.create_time, api_keys.c.id)
+            < tuple_(
+                bindparam("p_after_time", type_=api_keys.c.create_time.type),
+                bindparam("p_after_id", type_=api_keys.c.id.type),
+            )
+        )
+    ),
+}
+_REHASH_API_KEY = Statement(
+    update(api_keys)
+    .where(_KEY_ID)
+    .values(
+        secret_hash=bindparam("p_secret_hash", type_=api_keys.c.secret_hash.type),
+        secret_hash_version=bindparam("p_version", type_=api_keys.c.secret_hash_version.type),
+    )
+)
+_REVOKE_API_KEY = Statement(
+    update(api_keys)
+    .where(_KEY_ID, api_keys.c.revoke_time.is_(None))
+    .values(revoke_time=bindparam("p_now", type_=api_keys.c.revoke_time.type))
+)
+_ENSURE_LOGIN_FAILURES = Statement(
+    postgresql.insert(login_failures).on_conflict_do_nothing(index_elements=["api_key_id"])
+)
+_SAVE_LOGIN_FAILURES = Statement(
+    update(login_failures)
+    .where(login_failures.c.api_key_id == bindparam("p_key_id"))
+    .values(
+        recent_failures=bindparam("p_recent", type_=login_failures.c.recent_failures.type),
+        locked_until=bindparam("p_locked_until", type_=login_failures.c.locked_until.type),
+        update_time=bindparam("p_now", type_=login_failures.c.update_time.type),
+    )
+)
+_DELETE_LOGIN_FAILURES = Statement(
+    delete(login_failures).where(
+        login_failures.c.update_time < bindparam("p_cutoff", type_=UtcDateTime()),
+        login_failures.c.locked_until.is_(None)
+        | (login_failures.c.locked_until <= bindparam("p_now", type_=UtcDateTime())),
+    )
+)
+_INSERT_ISSUED_TOKEN = Statement(insert(issued_tokens))
+_INSERT_REVOKED_TOKEN = Statement(
+    postgresql.insert(revoked_tokens).on_conflict_do_nothing(index_elements=["jti"])
+)
+_GET_REVOKED_TOKEN = Statement(
+    select(revoked_tokens).where(revoked_tokens.c.jti == bindparam("p_jti"))
+)
+_LIVE_TOKENS_OF_KEY = Statement(
+    select(issued_tokens.c.jti, issued_tokens.c.merchant_id, issued_tokens.c.expire_time)
+    .where(
+        issued_tokens.c.api_key_id == bindparam("p_key_id"),
+        issued_tokens.c.expire_time > bindparam("p_now", type_=UtcDateTime()),
+    )
+    .order_by(issued_tokens.c.jti)
+)
+_REVOKED_AMONG = for_any_of(
+    revoked_tokens.c.jti, lambda among: select(revoked_tokens.c.jti).where(among)
+)
+_REVOKED_QUERY = (
+    select(revoked_tokens.c.jti, revoked_tokens.c.expire_time, revoked_tokens.c.revoke_time)
+    .where(revoked_tokens.c.expire_time > bindparam("p_now", type_=UtcDateTime()))
+    .order_by(revoked_tokens.c.revoke_time, revoked_tokens.c.jti)
+)
+# By whether only those revoked after a time are wanted.
+_LIST_REVOKED_TOKENS = {
+    False: Statement(_REVOKED_QUERY),
+    True: Statement(
+        _REVOKED_QUERY.where(
+            revoked_tokens.c.revoke_time > bindparam("p_after", type_=UtcDateTime())
+        )
+    ),
+}
+_DELETE_EXPIRED_ISSUED = Statement(
+    delete(issued_tokens).where(
+        issued_tokens.c.expire_time <= bindparam("p_now", type_=UtcDateTime())
+    )
+)
+_DELETE_EXPIRED_REVOKED = Statement(
+    delete(revoked_tokens).where(
+        revoked_tokens.c.expire_time <= bindparam("p_now", type_=UtcDateTime())
+    )
+)
+_INSERT_SIGNING_KEY = Statement(insert(signing_keys))
+_CURRENT_SIGNING_KID_QUERY = select(signing_keys.c.kid).where(
+    signing_keys.c.status == SigningKeyStatus.CURRENT
+)
+# By whether to lock the row.
+_CURRENT_SIGNING_KID = {
+    False: Statement(_CURRENT_SIGNING_KID_QUERY),
+    True: Statement(_CURRENT_SIGNING_KID_QUERY.with_for_update()),
+}
+_DEMOTE_SIGNING_KEY = Statement(
+    update(signing_keys)
+    .where(signing_keys.c.kid == bindparam("p_kid"))
+    .values(
+        status=SigningKeyStatus.PREVIOUS,
+        rotate_time=bindparam("p_now", type_=signing_keys.c.rotate_time.type),
+        verify_until=bindparam("p_verify_until", type_=signing_keys.c.verify_until.type),
+    )
+)
+_RETIRABLE_SIGNING_KEYS = Statement(
+    select(signing_keys.c.kid).where(
+        signing_keys.c.status == SigningKeyStatus.PREVIOUS,
+        signing_keys.c.verify_until <= bindparam("p_now", type_=UtcDateTime()),
+    )
+)
+_RETIRE_SIGNING_KEYS = for_any_of(
+    signing_keys.c.kid,
+    lambda among: (
+        update(signing_keys)
+        .where(among)
+        .values(
+            status=SigningKeyStatus.RETIRED,
+            private_key_ciphertext=None,
+            master_key_version=None,
+        )
+    ),
+)
+_SIGNING_KEYS_BY_STATUS = for_any_of(
+    signing_keys.c.status,
+    lambda among: (
+        select(signing_keys)
+        .where(among)
+        .order_by(
+            (signing_keys.c.status == SigningKeyStatus.CURRENT).desc(),
+            signing_keys.c.create_time.desc(),
+        )
+    ),
+)
+
 
 def _to_ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
@@ -202,48 +342,45 @@ def _api_key(row: Any) -> ApiKey:
 class AuthStore:
     """Entry point: `async with store.transaction() as tx:` runs queries atomically."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AuthTransaction]:
-        async with self.engine.begin() as conn:
+        async with self.database.transaction() as conn:
             yield AuthTransaction(conn)
 
 
 class AuthTransaction:
     """The auth queries, all on one connection inside one database transaction."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
-        self._postgres = conn.dialect.name == "postgresql"
-
-    def _insert(self, table: Table) -> Any:
-        """A dialect insert, for ON CONFLICT clauses."""
-        return postgresql.insert(table) if self._postgres else sqlite.insert(table)
 
     # -- merchants and API keys ----------------------------------------------------------
 
     async def insert_merchant(self, merchant: Merchant) -> None:
-        await self.conn.execute(
-            insert(merchants).values(
-                id=merchant.id,
-                display_name=merchant.display_name,
-                create_time=merchant.create_time,
-            )
+        await _INSERT_MERCHANT.execute(
+            self.conn,
+            {
+                "id": merchant.id,
+                "display_name": merchant.display_name,
+                "create_time": merchant.create_time,
+            },
         )
 
     async def insert_api_key(self, key: ApiKey, secret_hash: bytes, hash_version: int) -> None:
-        await self.conn.execute(
-            insert(api_keys).values(
-                id=key.id,
-                merchant_id=key.merchant_id,
-                display_name=key.display_name,
-                secret_hash=secret_hash,
-                secret_hash_version=hash_version,
-                create_time=key.create_time,
-                revoke_time=key.revoke_time,
-            )
+        await _INSERT_API_KEY.execute(
+            self.conn,
+            {
+                "id": key.id,
+                "merchant_id": key.merchant_id,
+                "display_name": key.display_name,
+                "secret_hash": secret_hash,
+                "secret_hash_version": hash_version,
+                "create_time": key.create_time,
+                "revoke_time": key.revoke_time,
+            },
         )
 
     async def get_api_key_with_hash(self, key_id: str) -> tuple[ApiKey, bytes, int] | None:
@@ -271,30 +408,20 @@ class AuthTransaction:
     ) -> list[ApiKey]:
         """The merchant's keys, newest first; `after` is the (create_time, id) of the last
         key of the previous page (ids alone are only millisecond-ordered)."""
-        conditions = [api_keys.c.merchant_id == merchant_id]
+        params: dict[str, Any] = {"p_merchant_id": merchant_id, "p_limit": limit}
         if after is not None:
-            conditions.append(tuple_(api_keys.c.create_time, api_keys.c.id) < tuple_(*after))
-        query = (
-            select(*_API_KEY_COLUMNS)
-            .where(and_(*conditions))
-            .order_by(api_keys.c.create_time.desc(), api_keys.c.id.desc())
-            .limit(limit)
-        )
-        return [_api_key(row) for row in await self.conn.execute(query)]
+            params["p_after_time"], params["p_after_id"] = after
+        rows = await _LIST_API_KEYS[after is not None].all(self.conn, params)
+        return [_api_key(row) for row in rows]
 
     async def rehash_api_key(self, key_id: str, secret_hash: bytes, hash_version: int) -> None:
-        await self.conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id)
-            .values(secret_hash=secret_hash, secret_hash_version=hash_version)
+        await _REHASH_API_KEY.execute(
+            self.conn,
+            {"p_key_id": key_id, "p_secret_hash": secret_hash, "p_version": hash_version},
         )
 
     async def mark_api_key_revoked(self, key_id: str, now: datetime) -> None:
-        await self.conn.execute(
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoke_time.is_(None))
-            .values(revoke_time=now)
-        )
+        await _REVOKE_API_KEY.execute(self.conn, {"p_key_id": key_id, "p_now": now})
 
     # -- failed secrets -------------------------------------------------------------------
 
@@ -302,15 +429,14 @@ class AuthTransaction:
         if for_update:
             # Make sure a row exists so that FOR UPDATE has something to lock: concurrent
             # failures for one id then serialize instead of losing counts.
-            await self.conn.execute(
-                self._insert(login_failures)
-                .values(
-                    api_key_id=key_id,
-                    recent_failures=[],
-                    locked_until=None,
-                    update_time=datetime.now(UTC),
-                )
-                .on_conflict_do_nothing(index_elements=["api_key_id"])
+            await _ENSURE_LOGIN_FAILURES.execute(
+                self.conn,
+                {
+                    "api_key_id": key_id,
+                    "recent_failures": [],
+                    "locked_until": None,
+                    "update_time": datetime.now(UTC),
+                },
             )
         row = await _GET_LOGIN_FAILURES[for_update].first(self.conn, {"p_key_id": key_id})
         if row is None:
@@ -321,37 +447,32 @@ class AuthTransaction:
         )
 
     async def save_login_failures(self, key_id: str, state: LoginFailures, now: datetime) -> None:
-        await self.conn.execute(
-            update(login_failures)
-            .where(login_failures.c.api_key_id == key_id)
-            .values(
-                recent_failures=[_to_ms(t) for t in state.recent],
-                locked_until=state.locked_until,
-                update_time=now,
-            )
+        await _SAVE_LOGIN_FAILURES.execute(
+            self.conn,
+            {
+                "p_key_id": key_id,
+                "p_recent": [_to_ms(t) for t in state.recent],
+                "p_locked_until": state.locked_until,
+                "p_now": now,
+            },
         )
 
     async def delete_login_failures_before(self, cutoff: datetime, now: datetime) -> int:
         """Forget records last touched before `cutoff` that hold no running lock."""
-        result = await self.conn.execute(
-            delete(login_failures).where(
-                login_failures.c.update_time < cutoff,
-                (login_failures.c.locked_until.is_(None)) | (login_failures.c.locked_until <= now),
-            )
-        )
-        return int(result.rowcount or 0)
+        return await _DELETE_LOGIN_FAILURES.execute(self.conn, {"p_cutoff": cutoff, "p_now": now})
 
     # -- tokens ---------------------------------------------------------------------------
 
     async def insert_issued_token(self, grant: TokenGrant) -> None:
-        await self.conn.execute(
-            insert(issued_tokens).values(
-                jti=grant.token_id,
-                merchant_id=grant.merchant_id,
-                api_key_id=grant.api_key_id,
-                issue_time=grant.issue_time,
-                expire_time=grant.expire_time,
-            )
+        await _INSERT_ISSUED_TOKEN.execute(
+            self.conn,
+            {
+                "jti": grant.token_id,
+                "merchant_id": grant.merchant_id,
+                "api_key_id": grant.api_key_id,
+                "issue_time": grant.issue_time,
+                "expire_time": grant.expire_time,
+            },
         )
 
     async def get_issued_token(self, merchant_id: str, jti: str) -> TokenGrant | None:
@@ -368,147 +489,96 @@ class AuthTransaction:
 
     async def revoke_token(self, grant: TokenGrant, now: datetime) -> RevokedToken:
         """Record the revocation (idempotent: a second call returns the first record)."""
-        await self.conn.execute(
-            self._insert(revoked_tokens)
-            .values(
-                jti=grant.token_id,
-                merchant_id=grant.merchant_id,
-                expire_time=grant.expire_time,
-                revoke_time=now,
-            )
-            .on_conflict_do_nothing(index_elements=["jti"])
+        await _INSERT_REVOKED_TOKEN.execute(
+            self.conn,
+            {
+                "jti": grant.token_id,
+                "merchant_id": grant.merchant_id,
+                "expire_time": grant.expire_time,
+                "revoke_time": now,
+            },
         )
-        row = (
-            await self.conn.execute(
-                select(revoked_tokens).where(revoked_tokens.c.jti == grant.token_id)
-            )
-        ).one()
+        row = await _GET_REVOKED_TOKEN.one(self.conn, {"p_jti": grant.token_id})
         return RevokedToken(row.jti, row.expire_time, row.revoke_time)
 
     async def revoke_live_tokens_of_key(self, key_id: str, now: datetime) -> list[RevokedToken]:
         """Revoke every unexpired token issued with `key_id`; returns the new revocations."""
-        live = (
-            await self.conn.execute(
-                select(
-                    issued_tokens.c.jti, issued_tokens.c.merchant_id, issued_tokens.c.expire_time
-                )
-                .where(issued_tokens.c.api_key_id == key_id, issued_tokens.c.expire_time > now)
-                .order_by(issued_tokens.c.jti)
-            )
-        ).all()
+        live = await _LIVE_TOKENS_OF_KEY.all(self.conn, {"p_key_id": key_id, "p_now": now})
         if not live:
             return []
         already = {
             row.jti
-            for row in await self.conn.execute(
-                select(revoked_tokens.c.jti).where(
-                    revoked_tokens.c.jti.in_([row.jti for row in live])
-                )
-            )
+            for row in await _REVOKED_AMONG.all(self.conn, {"p_ids": [row.jti for row in live]})
         }
         fresh = [row for row in live if row.jti not in already]
-        if fresh:
-            await self.conn.execute(
-                self._insert(revoked_tokens).on_conflict_do_nothing(index_elements=["jti"]),
-                [
-                    {
-                        "jti": row.jti,
-                        "merchant_id": row.merchant_id,
-                        "expire_time": row.expire_time,
-                        "revoke_time": now,
-                    }
-                    for row in fresh
-                ],
-            )
+        await _INSERT_REVOKED_TOKEN.execute_many(
+            self.conn,
+            [
+                {
+                    "jti": row.jti,
+                    "merchant_id": row.merchant_id,
+                    "expire_time": row.expire_time,
+                    "revoke_time": now,
+                }
+                for row in fresh
+            ],
+        )
         return [RevokedToken(row.jti, row.expire_time, now) for row in fresh]
 
     async def list_revoked_tokens(
         self, *, revoked_after: datetime | None, now: datetime
     ) -> list[RevokedToken]:
-        conditions = [revoked_tokens.c.expire_time > now]
+        params: dict[str, Any] = {"p_now": now}
         if revoked_after is not None:
-            conditions.append(revoked_tokens.c.revoke_time > revoked_after)
-        rows = await self.conn.execute(
-            select(revoked_tokens.c.jti, revoked_tokens.c.expire_time, revoked_tokens.c.revoke_time)
-            .where(and_(*conditions))
-            .order_by(revoked_tokens.c.revoke_time, revoked_tokens.c.jti)
-        )
+            params["p_after"] = revoked_after
+        rows = await _LIST_REVOKED_TOKENS[revoked_after is not None].all(self.conn, params)
         return [RevokedToken(row.jti, row.expire_time, row.revoke_time) for row in rows]
 
     async def delete_expired_tokens(self, now: datetime) -> int:
         """Issued and revoked tokens past their expiry no longer matter to anyone."""
-        issued = await self.conn.execute(
-            delete(issued_tokens).where(issued_tokens.c.expire_time <= now)
-        )
-        revoked = await self.conn.execute(
-            delete(revoked_tokens).where(revoked_tokens.c.expire_time <= now)
-        )
-        return int(issued.rowcount or 0) + int(revoked.rowcount or 0)
+        issued = await _DELETE_EXPIRED_ISSUED.execute(self.conn, {"p_now": now})
+        revoked = await _DELETE_EXPIRED_REVOKED.execute(self.conn, {"p_now": now})
+        return issued + revoked
 
     # -- signing keys ---------------------------------------------------------------------
 
     async def insert_signing_key(self, key: NewSigningKey, *, status: str, now: datetime) -> None:
-        await self.conn.execute(
-            insert(signing_keys).values(
-                kid=key.kid,
-                status=status,
-                public_jwk=key.public_jwk,
-                public_key_pem=key.public_key_pem,
-                private_key_ciphertext=key.private_key_ciphertext,
-                master_key_version=key.master_key_version,
-                create_time=now,
-                rotate_time=None,
-                verify_until=None,
-            )
+        await _INSERT_SIGNING_KEY.execute(
+            self.conn,
+            {
+                "kid": key.kid,
+                "status": status,
+                "public_jwk": key.public_jwk,
+                "public_key_pem": key.public_key_pem,
+                "private_key_ciphertext": key.private_key_ciphertext,
+                "master_key_version": key.master_key_version,
+                "create_time": now,
+                "rotate_time": None,
+                "verify_until": None,
+            },
         )
 
     async def current_signing_kid(self, *, for_update: bool = False) -> str | None:
-        query = select(signing_keys.c.kid).where(signing_keys.c.status == SigningKeyStatus.CURRENT)
-        if for_update:
-            query = query.with_for_update()
-        return (await self.conn.execute(query)).scalar_one_or_none()
+        row = await _CURRENT_SIGNING_KID[for_update].first(self.conn)
+        return None if row is None else str(row.kid)
 
     async def demote_signing_key(self, kid: str, *, now: datetime, verify_until: datetime) -> None:
-        await self.conn.execute(
-            update(signing_keys)
-            .where(signing_keys.c.kid == kid)
-            .values(status=SigningKeyStatus.PREVIOUS, rotate_time=now, verify_until=verify_until)
+        await _DEMOTE_SIGNING_KEY.execute(
+            self.conn, {"p_kid": kid, "p_now": now, "p_verify_until": verify_until}
         )
 
     async def retire_signing_keys(self, now: datetime) -> list[str]:
         """Previous keys no live token can need: drop from the JWKS, erase private half."""
-        kids = list(
-            (
-                await self.conn.execute(
-                    select(signing_keys.c.kid).where(
-                        signing_keys.c.status == SigningKeyStatus.PREVIOUS,
-                        signing_keys.c.verify_until <= now,
-                    )
-                )
-            ).scalars()
-        )
+        kids = [
+            str(row.kid) for row in await _RETIRABLE_SIGNING_KEYS.all(self.conn, {"p_now": now})
+        ]
         if kids:
-            await self.conn.execute(
-                update(signing_keys)
-                .where(signing_keys.c.kid.in_(kids))
-                .values(
-                    status=SigningKeyStatus.RETIRED,
-                    private_key_ciphertext=None,
-                    master_key_version=None,
-                )
-            )
+            await _RETIRE_SIGNING_KEYS.execute(self.conn, {"p_ids": kids})
         return kids
 
     async def list_signing_keys(self, statuses: Sequence[str]) -> list[StoredKey]:
         """Keys with the given statuses, current first then newest first."""
-        rows = await self.conn.execute(
-            select(signing_keys)
-            .where(signing_keys.c.status.in_(list(statuses)))
-            .order_by(
-                (signing_keys.c.status == SigningKeyStatus.CURRENT).desc(),
-                signing_keys.c.create_time.desc(),
-            )
-        )
+        rows = await _SIGNING_KEYS_BY_STATUS.all(self.conn, {"p_ids": list(statuses)})
         return [
             StoredKey(
                 kid=row.kid,

@@ -1,4 +1,4 @@
-"""Composition root of the transaction service: settings → engine → store → use cases → server.
+"""Composition root of the transaction service: settings → database → store → use cases → server.
 
 The background tasks: JWKS refresh and revocation polling, housekeeping, and the facts
 publisher that pushes new transactions to the payment service (`pi.transactions.facts`).
@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.config import Settings
@@ -47,7 +46,6 @@ class TransactionsApp:
     """The transaction service's object graph, ready to register on a gRPC server."""
 
     settings: Settings
-    engine: AsyncEngine
     database: Database
     store: TransactionStore
     transactions: TransactionService
@@ -88,7 +86,6 @@ class TransactionsApp:
 async def build(
     settings: Settings,
     *,
-    engine: AsyncEngine | None = None,
     key_source: KeySource | None = None,
     payment_ledger: PaymentLedger | None = None,
     facts_wait: float = FACTS_WAIT_SECONDS,
@@ -101,7 +98,7 @@ async def build(
     `facts_wait` caps how long CreateTransaction waits for its facts to reach the payment
     service (0: it does not wait).
     """
-    database = await open_database(settings, engine)
+    database = await open_database(settings)
     master_keys = MasterKeys(settings.master_keys)
     callers = authentication(settings, keys=key_source)
     channels: list[grpc.aio.Channel] = []
@@ -123,7 +120,6 @@ async def build(
     )
     app = TransactionsApp(
         settings=settings,
-        engine=database.engine,
         database=database,
         store=store,
         transactions=transactions,

@@ -45,12 +45,11 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pi.platform.db.database import Database
-from pi.platform.db.engine import UtcDateTime, is_postgres
+from pi.platform.db.engine import UtcDateTime
 from pi.platform.db.errors import IntegrityError
 from pi.platform.db.idempotency import Idempotency, idempotency_table
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
@@ -187,25 +186,18 @@ _ADD_DELTAS_QUERY = (
     )
 )
 _ADD_MOVEMENT = Statement(_ADD_DELTAS_QUERY.returning(*transactions.c))
-_RECORD_MOVEMENT_SQLITE = (
-    sqlite.insert(applied_movements)
-    .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
-    .returning(applied_movements.c.id)
-)
 _RECORD_MOVEMENT = Statement(
     postgresql.insert(applied_movements)
     .on_conflict_do_nothing(index_elements=[applied_movements.c.id])
-    .returning(applied_movements.c.id),
-    fallback=_RECORD_MOVEMENT_SQLITE,
+    .returning(applied_movements.c.id)
 )
 _GET_MOVEMENT = Statement(
     select(applied_movements).where(applied_movements.c.id == bindparam("p_id"))
 )
 
-# Statements of ApplyMovements (a batch of movements in one unit of work). On PostgreSQL
-# a list of ids is one array parameter (`= ANY`), so that each statement is one SQL text,
-# prepared once, whatever the batch's size; elsewhere its `IN (...)` twin runs
-# (`for_any_of`).
+# Statements of ApplyMovements (a batch of movements in one unit of work). A list of ids
+# is one array parameter (`= ANY`, `for_any_of`), so that each statement is one SQL text,
+# prepared once, whatever the batch's size.
 _LOCK_MANY = for_any_of(
     transactions.c.id,
     lambda criterion: (
@@ -218,10 +210,8 @@ _GET_MOVEMENTS = for_any_of(
 _FORGET_MOVEMENTS = for_any_of(
     applied_movements.c.id, lambda criterion: applied_movements.delete().where(criterion)
 )
-# `_RECORD_MOVEMENT` for a whole batch in one statement. On PostgreSQL the movements go
-# as one array per column, unnested into rows: one SQL text whatever the number of
-# movements. SQLite runs `_RECORD_MOVEMENT_SQLITE` with a list of rows, which SQLAlchemy
-# sends as one many-row INSERT.
+# `_RECORD_MOVEMENT` for a whole batch in one statement. The movements go as one array
+# per column, unnested into rows: one SQL text whatever the number of movements.
 _MOVEMENT_ARRAYS = func.unnest(
     bindparam("p_id", type_=ARRAY(String())),
     bindparam("p_transaction_id", type_=ARRAY(String())),
@@ -414,8 +404,7 @@ class TransactionStore:
         """The transactions with these ids (any merchant's), locked, by id.
 
         One statement, locking in id order: two batches that touch the same transactions
-        queue behind each other instead of deadlocking. (SQLite has no row locks; its
-        `BEGIN IMMEDIATE` already serializes writers.)
+        queue behind each other instead of deadlocking.
         """
         rows = await _LOCK_MANY.all(conn, {"p_ids": list(transaction_ids)})
         return {row.id: _from_record(row) for row in rows}
@@ -429,11 +418,7 @@ class TransactionStore:
         """
         if not movements:
             return set()
-        if isinstance(conn, AsyncConnection) and not is_postgres(conn):
-            values = [_movement_row(movement, apply_time) for movement in movements]
-            rows = list(await conn.execute(_RECORD_MOVEMENT_SQLITE, values))
-        else:
-            rows = await _RECORD_MOVEMENTS.all(conn, _movement_columns(movements, apply_time))
+        rows = await _RECORD_MOVEMENTS.all(conn, _movement_columns(movements, apply_time))
         return {row.id for row in rows}
 
     async def get_movements(self, conn: Conn, movement_ids: Collection[str]) -> dict[str, Record]:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.main import MIGRATIONS, AuthApp, build
@@ -100,6 +101,12 @@ async def auth_app(
     app = await build(migrated, clock=clock, cache=RedisCache(redis_url, prefix=redis_prefix))
     yield app
     await app.close()
+
+
+@pytest.fixture
+def auth_engine(make_engine: Callable[..., AsyncEngine], migrated: Settings) -> AsyncEngine:
+    """A SQLAlchemy engine on the auth schema, to look at the rows the service wrote."""
+    return make_engine(migrated.db_schema)
 
 
 @pytest.fixture

@@ -622,7 +622,7 @@ async def test_rotation_keeps_tokens_signed_with_the_previous_key_valid(
 
 
 async def test_create_merchant_retry_replays_the_first_response_with_its_secret(
-    auth_rpc: AuthRpc,
+    auth_rpc: AuthRpc, auth_engine: Any
 ) -> None:
     request = auth_pb2.CreateMerchantRequest(display_name="Acme", request_id="req-123")
     first = await auth_rpc.auth.CreateMerchant(request, metadata=auth_rpc.admin)
@@ -650,7 +650,7 @@ async def test_create_merchant_retry_replays_the_first_response_with_its_secret(
 
     from pi.auth.store import idempotency_keys, merchants
 
-    async with auth_rpc.app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(merchants))).scalar() == 1
         stored = (await conn.execute(select(idempotency_keys.c.response))).scalar_one()
     assert first.api_key_secret.encode() not in stored

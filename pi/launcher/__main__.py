@@ -1,8 +1,8 @@
 """`python -m pi.launcher` (what `make run` runs). `REPLICAS=n` runs n of each service.
 
 The services listen on --grpc-port-base (auth), +1 (transactions), +2 (payments), and
-replica i 100·i above that; everything else (secrets, certificate, logs, SQLite files)
-goes to --var-dir.
+replica i 100·i above that; everything else (secrets, certificate, logs, and the
+embedded PostgreSQL's data when DATABASE_URL is unset) goes to --var-dir.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--var-dir",
         type=Path,
         default=Path("var"),
-        help="secrets, certificate, logs and SQLite files (default: ./var)",
+        help="secrets, certificate, logs and the embedded PostgreSQL (default: ./var)",
     )
     parser.add_argument(
         "--grpc-port-base",

@@ -1,13 +1,21 @@
 """`make run`: the whole platform on one machine, supervised in the foreground.
 
-Order of events: dev secrets and certificate → migrations → the three services (n
-replicas each) → Envoy once they are healthy → the demo merchant → addresses and a curl
-example. Then it supervises (a crashed process is restarted with backoff) until Ctrl-C or
-SIGTERM, and stops Envoy first, then the services (SIGTERM, SIGKILL after a grace period).
-Secrets, certificate, logs and the SQLite files live in the var dir (`var/` under the
-working directory unless `--var-dir` says otherwise), so a restart keeps them; a
-DATABASE_URL / REDIS_URL the caller exports is passed through instead. `generated/` is
-found through the installed `generated` package, so any working directory will do.
+Order of events: dev secrets and certificate → the database → migrations → the three
+services (n replicas each) → Envoy once they are healthy → the demo merchant → addresses
+and a curl example. Then it supervises (a crashed process is restarted with backoff)
+until Ctrl-C or SIGTERM, and stops Envoy first, then the services (SIGTERM, SIGKILL after
+a grace period), then the database.
+
+The database: with no DATABASE_URL, an embedded PostgreSQL (`pi.platform.db.embedded`)
+with its data in `<var>/postgres`, listening only on a unix socket there, sized for every
+replica's full pool (`connections_for`); a second run finds the same data, and one
+already running on that directory is reused (and left running). With DATABASE_URL, that
+server. With no REDIS_URL, the services cache in process.
+
+Secrets, certificate, logs and the database live in the var dir (`var/` under the
+working directory unless `--var-dir` says otherwise), so a restart keeps them.
+`generated/` is found through the installed `generated` package, so any working
+directory will do.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from pi.edge import (
 )
 from pi.edge.profiles import local_config
 from pi.launcher import demo
+from pi.launcher.database import EmbeddedPostgres, start_database, stop_database
 from pi.launcher.probes import GrpcHealthProbe, envoy_ready_probe
 from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import ProcessSpec, State, Supervised, tail
@@ -90,9 +99,10 @@ class LaunchOptions:
             for service in SERVICES
         }
 
-    def sqlite_url(self, service: str) -> str:
-        """The service's database when DATABASE_URL is unset: a file in the var dir."""
-        return "sqlite:///" + str(self.var / f"{service}.db")
+    @property
+    def postgres_dir(self) -> Path:
+        """The embedded PostgreSQL's data directory (when DATABASE_URL is unset)."""
+        return self.var / "postgres"
 
     def target(self, service: str) -> str:
         """How services reach each other: one address, or all replicas (gRPC ipv4: list)."""
@@ -163,8 +173,20 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
         loop.add_signal_handler(sig, on_signal)
     probes: list[GrpcHealthProbe] = []
     tasks: list[asyncio.Task[None]] = []
+    database: EmbeddedPostgres | None = None
     try:
         env = _prepare(options, out)
+        store = data_store(options, env)
+        try:
+            database = start_database(
+                options.postgres_dir,
+                env,
+                processes=len(SERVICES) * options.replicas,
+                log_dir=options.var / "log",
+                say=out.say,
+            )
+        except RuntimeError as error:
+            raise LaunchError(str(error)) from error
         if not await _until(stop, _migrate(options, env, out), default=False):
             return 0
         services: list[Supervised] = []
@@ -177,7 +199,7 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
                     name=f"{service}-{replica}",
                     argv=[options.python, "-m", f"pi.{service}"],
                     env={
-                        **service_env(options, env, service),
+                        **env,
                         "PI_GRPC_HOST": "127.0.0.1",
                         "PI_GRPC_PORT": str(port),
                     },
@@ -224,7 +246,7 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
 
         merchant = await _until(stop, _demo_merchant(options, env, out), default=None)
         if not stop.is_set():
-            _banner(options, env, merchant, out)
+            _banner(options, store, merchant, out)
             await stop.wait()
         return 0
     except LaunchError as problem:
@@ -237,6 +259,8 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
                 await task
         for probe in probes:
             await probe.close()
+        if database is not None:
+            stop_database(database, out.say)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -292,19 +316,11 @@ def _prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     return env
 
 
-def service_env(options: LaunchOptions, env: Mapping[str, str], service: str) -> dict[str, str]:
-    """`env` for one service: its own SQLite file in the var dir unless DATABASE_URL is set."""
-    if (env.get("DATABASE_URL") or "").strip():
-        return dict(env)
-    return {**env, "DATABASE_URL": options.sqlite_url(service)}
-
-
 def data_store(options: LaunchOptions, env: Mapping[str, str]) -> str:
     """Where the services keep their data, for people (never the URL: it may hold a password)."""
-    url = (env.get("DATABASE_URL") or "").strip()
-    if not url:
-        return f"SQLite files in {options.var}"
-    return "PostgreSQL (DATABASE_URL)" if url.startswith("postgres") else "DATABASE_URL"
+    if (env.get("DATABASE_URL") or "").strip():
+        return "PostgreSQL (DATABASE_URL)"
+    return f"an embedded PostgreSQL in {options.postgres_dir}"
 
 
 async def _migrate(options: LaunchOptions, env: dict[str, str], out: Console) -> bool:
@@ -320,7 +336,7 @@ async def _migrate(options: LaunchOptions, env: dict[str, str], out: Console) ->
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                env=service_env(options, env, service),
+                env=env,
                 cwd=str(options.root),
             )
             try:
@@ -390,15 +406,14 @@ async def _token_status(http_base: str, merchant: demo.DemoMerchant) -> int:
 
 def _banner(
     options: LaunchOptions,
-    env: Mapping[str, str],
+    store: str,
     merchant: demo.DemoMerchant | None,
     out: Console,
 ) -> None:
     http_base = f"http://127.0.0.1:{options.http_port}"
     ca = options.var / "certs" / "ca.pem"
     out.say()
-    kept = data_store(options, env)
-    out.say(f"Pi Platform is running. Ctrl-C stops everything; the data stays in {kept}.")
+    out.say(f"Pi Platform is running. Ctrl-C stops everything; the data stays in {store}.")
     out.say(f"  HTTP/JSON    {http_base}   (OpenAPI: {http_base}/openapi.json)")
     out.say(f"  HTTPS        https://localhost:{options.https_port}   (TLS 1.3; CA: {ca})")
     out.say(

@@ -1,6 +1,6 @@
 """Composition root of the payment service.
 
-settings → engine → store → connector (sandbox) → ledger client (transaction service)
+settings → database → store → connector (sandbox) → ledger client (transaction service)
 → use cases → servicers → platform server with the auth and rate-limit interceptors and
 the background tasks (outbox dispatcher, reconciler, JWKS refresh, revocation polling).
 
@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.payments.connectors.base import Connector
@@ -60,7 +59,6 @@ class PaymentsApp:
     """The payment service's object graph, ready to register on a gRPC server."""
 
     settings: Settings
-    engine: AsyncEngine
     database: Database
     store: PaymentStore
     connector: Connector
@@ -116,7 +114,6 @@ def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
 async def build(
     settings: Settings,
     *,
-    engine: AsyncEngine | None = None,
     connector: Connector | None = None,
     ledger: TransactionLedger | None = None,
     key_source: KeySource | None = None,
@@ -124,7 +121,7 @@ async def build(
     """Wire the service. Without `ledger` it calls the transaction service at
     `settings.transactions_target`; without `key_source` it fetches the JWKS from and
     polls revocations at `settings.auth_target` (see `runtime.wiring.authentication`)."""
-    database = await open_database(settings, engine)
+    database = await open_database(settings)
     store = PaymentStore(database)
     master_keys = MasterKeys(settings.master_keys)
     connector = connector or SandboxConnector()
@@ -152,7 +149,6 @@ async def build(
     callers = authentication(settings, keys=key_source)
     app = PaymentsApp(
         settings=settings,
-        engine=database.engine,
         database=database,
         store=store,
         connector=connector,

@@ -22,8 +22,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.dialects import postgresql
 
 from pi.payments.domain import (
     BankTransferFacts,
@@ -49,7 +48,6 @@ from pi.payments.tables import (
     transaction_refs,
 )
 from pi.platform.db.database import Database
-from pi.platform.db.engine import is_postgres
 from pi.platform.db.idempotency import Idempotency
 from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement, for_any_of
 from pi.platform.kernel.errors import Aborted
@@ -263,13 +261,8 @@ _LOCK_REF = Statement(_GET_REF_QUERY.with_for_update())
 # No conflict target: a concurrent first sight of the same transaction can collide on
 # the (transaction_id, currency) key before the primary key, and either collision means
 # the ref exists already (naming only the primary key made such a race fail). The
-# rowcount says which happened; SQLAlchemy keeps an INSERT's only when asked to.
-_INSERT_REF = Statement(
-    postgresql.insert(_refs).on_conflict_do_nothing(),
-    fallback=sqlite.insert(transaction_refs)
-    .on_conflict_do_nothing()
-    .execution_options(preserve_rowcount=True),
-)
+# rowcount says which happened.
+_INSERT_REF = Statement(postgresql.insert(_refs).on_conflict_do_nothing())
 _REF_ID_WRITTEN = _refs.c.transaction_id == sa.bindparam("p_transaction_id")
 _HELD_DELTA = sa.bindparam("p_held_delta", type_=sa.BigInteger())
 _UPDATE_REF_QUERY = (
@@ -315,10 +308,10 @@ _UPDATE_REF_IF_FRESH = Statement(
 )
 # The same UPDATE, applied only if the row still holds what it releases.
 _UPDATE_REF_IF_HOLDING = Statement(_UPDATE_REF_QUERY.where(_refs.c.held_amount + _HELD_DELTA >= 0))
-# RegisterTransactions: many refs in one statement, holding nothing yet. On PostgreSQL the
-# refs go as one array per column, unnested into rows (one SQL text, prepared once,
-# whatever their number); SQLite gets a list of rows, sent as one many-row INSERT. No
-# conflict target, like `_INSERT_REF`: a ref that exists already is left as it is.
+# RegisterTransactions: many refs in one statement, holding nothing yet. The refs go as
+# one array per column, unnested into rows (one SQL text, prepared once, whatever their
+# number). No conflict target, like `_INSERT_REF`: a ref that exists already is left as
+# it is.
 _REF_COLUMNS = ("transaction_id", "merchant_id", "amount", "currency")
 _REF_ROWS = (
     sa.func.unnest(
@@ -354,11 +347,6 @@ _INSERT_REFS = Statement(
     )
     .on_conflict_do_nothing()
     .returning(_refs.c.transaction_id)
-)
-_INSERT_REFS_SQLITE = (
-    sqlite.insert(transaction_refs)
-    .on_conflict_do_nothing()
-    .returning(transaction_refs.c.transaction_id)
 )
 _GET_REFS = for_any_of(
     transaction_refs.c.transaction_id,
@@ -551,8 +539,7 @@ _NEXT_MOVEMENT_TIME = Statement(
 _UNDELIVERED_COUNT = Statement(
     sa.select(sa.func.count().label("count")).select_from(_o).where(_o.c.delivered_time.is_(None))
 )
-# PostgreSQL takes the ids as one array parameter (one prepared statement whatever their
-# number); SQLite has no arrays, so it gets them as an IN list.
+# The ids go as one array parameter (one prepared statement whatever their number).
 _MARK_DELIVERED = for_any_of(
     _outbox.c.id,
     lambda criterion: (
@@ -704,36 +691,16 @@ class PaymentTx:
         those whose transaction has a row already, left as they are; the ids inserted."""
         if not refs:
             return set()
-        conn = self.conn
-        if isinstance(conn, AsyncConnection) and not is_postgres(conn):
-            values = [
-                {
-                    "transaction_id": ref.transaction_id,
-                    "merchant_id": ref.merchant_id,
-                    "amount": ref.amount,
-                    "currency": ref.currency,
-                    "closed": False,
-                    "held_amount": 0,
-                    "captured_amount": 0,
-                    "refunded_amount": 0,
-                    "movement_count": 0,
-                    "create_time": now,
-                    "update_time": now,
-                }
-                for ref in refs
-            ]
-            rows = list(await conn.execute(_INSERT_REFS_SQLITE, values))
-        else:
-            rows = await _INSERT_REFS.all(
-                conn,
-                {
-                    "p_transaction_id": [ref.transaction_id for ref in refs],
-                    "p_merchant_id": [ref.merchant_id for ref in refs],
-                    "p_amount": [ref.amount for ref in refs],
-                    "p_currency": [ref.currency for ref in refs],
-                    "p_now": now,
-                },
-            )
+        rows = await _INSERT_REFS.all(
+            self.conn,
+            {
+                "p_transaction_id": [ref.transaction_id for ref in refs],
+                "p_merchant_id": [ref.merchant_id for ref in refs],
+                "p_amount": [ref.amount for ref in refs],
+                "p_currency": [ref.currency for ref in refs],
+                "p_now": now,
+            },
+        )
         return {row.transaction_id for row in rows}
 
     async def get_refs(self, transaction_ids: Sequence[str]) -> dict[str, TransactionRef]:
@@ -889,10 +856,6 @@ class PaymentStore:
         # Reads are single statements: on `database.reading()`, autocommit, no BEGIN/COMMIT
         # (see pi.platform.db.database).
         self._database = database
-
-    @property
-    def engine(self) -> AsyncEngine:
-        return self._database.engine
 
     @asynccontextmanager
     async def transaction(self, batch: PaymentBatch | None = None) -> AsyncIterator[PaymentTx]:

@@ -6,7 +6,7 @@
 - `runtime`: the gRPC server, interceptors, channels, status mapping, logging, the
   command line and what every composition root wires the same way.
 - `db`: PostgreSQL: the pool and units of work, prepared statements, migrations,
-  idempotency keys.
+  idempotency keys, and the embedded server `make run` and the tests start.
 - `security`: access tokens and their revocation, column encryption and secret hashing.
 - `cache`: the cache (Redis or in process) behind revocations and rate limits.
 - `config`: process settings from the environment.

@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 
 DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
@@ -21,8 +20,8 @@ DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
 )
 MAX_TOKEN_TTL_SECONDS = 900
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
-# PostgreSQL connections per service process (a fixed pool): 3 services x 20 stay well
-# under the server's default max_connections of 100.
+# PostgreSQL connections each service process may hold (its one pool): 3 services x 20
+# stay under a server's default max_connections of 100 (see the README for the worst case).
 DEFAULT_DB_POOL_SIZE = 20
 MAX_DB_POOL_SIZE = 100
 """Requests per second per merchant per service: Stripe's live-mode default."""
@@ -31,7 +30,6 @@ MASTER_KEY_BYTES = 32
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
-_SQLITE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "sqlite+pysqlite")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
@@ -48,15 +46,15 @@ class ConfigError(Exception):
 class Settings:
     """Everything a service process needs to know about its environment.
 
-    `database_url` is always set: with no `DATABASE_URL` it is a `sqlite:///` URL of
-    `var/<service>.db` under the directory the process started in. Secrets are kept out
-    of `repr` so that logging a `Settings` never leaks them.
+    `database_url` is a `postgresql://` URL (`DATABASE_URL` is required). Secrets, the
+    database URL included (it may hold a password), are kept out of `repr` so that
+    logging a `Settings` never leaks them.
     """
 
     service: str
     grpc_host: str
     grpc_port: int
-    database_url: str
+    database_url: str = field(repr=False)
     db_schema: str
     redis_url: str | None
     admin_token: str = field(repr=False)
@@ -72,14 +70,6 @@ class Settings:
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
-
-    @property
-    def is_postgres(self) -> bool:
-        return _scheme(self.database_url) in _POSTGRES_SCHEMES
-
-    @property
-    def is_sqlite(self) -> bool:
-        return _scheme(self.database_url) in _SQLITE_SCHEMES
 
     @property
     def listen_address(self) -> str:
@@ -110,13 +100,16 @@ class Settings:
             get("PI_GRPC_PORT"), "PI_GRPC_PORT", default_port, 0, 65535, problems
         )
 
-        database_url = get("DATABASE_URL")
-        if database_url is None:
-            database_url = "sqlite:///" + str(Path.cwd() / "var" / f"{service}.db")
-        elif _scheme(database_url) not in _POSTGRES_SCHEMES + _SQLITE_SCHEMES:
+        database_url = get("DATABASE_URL") or ""
+        if not database_url:
             problems.append(
-                "DATABASE_URL must be a postgresql:// or sqlite:/// URL "
-                f"(got scheme {_scheme(database_url)!r})."
+                "DATABASE_URL is required (a postgresql:// URL). To try the platform "
+                "without a PostgreSQL server, run `make run`: it starts an embedded "
+                "PostgreSQL and passes its URL to the services."
+            )
+        elif _scheme(database_url) not in _POSTGRES_SCHEMES:
+            problems.append(
+                f"DATABASE_URL must be a postgresql:// URL (got scheme {_scheme(database_url)!r})."
             )
 
         db_schema = get("PI_DB_SCHEMA") or service

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.config import Settings
@@ -90,7 +89,6 @@ class TransactionsApp:
 async def build(
     settings: Settings,
     *,
-    engine: AsyncEngine | None = None,
     key_source: KeySource | None = None,
     payment_ledger: PaymentLedger | None = None,
     facts_wait: float = FACTS_WAIT_SECONDS,
@@ -99,12 +97,11 @@ async def build(
 
     By default merchant tokens are verified with the auth service's JWKS and its
     revocations (pulled, and pushed over Redis when REDIS_URL is set), and cancellations
-    go to the payment service. Tests pass a static `key_source` and a `payment_ledger`
-    (and the `engine` their fixtures share with the database). `facts_wait` caps how long
-    CreateTransaction waits for its facts to reach the payment service (0: it does not
-    wait).
+    go to the payment service. Tests pass a static `key_source` and a `payment_ledger`.
+    `facts_wait` caps how long CreateTransaction waits for its facts to reach the payment
+    service (0: it does not wait).
     """
-    database = await open_database(settings, engine)
+    database = await open_database(settings)
     master_keys = MasterKeys(settings.master_keys)
     callers = authentication(settings, keys=key_source)
     channels: list[grpc.aio.Channel] = []

@@ -1,12 +1,13 @@
 """`make run` on a machine with no PostgreSQL or Redis: the embedded default.
 
 `python -m pi.launcher` runs with no DATABASE_URL/REDIS_URL, from an empty working
-directory (no `generated/` in it) and with `--var-dir` elsewhere, so the services use SQLite
-files in the var dir and the in-process cache; every port (services and Envoy) is a free one
-chosen by the test. The test waits for the demo merchant's credentials in the banner, pays
-a transaction over HTTP through Envoy, stops everything with SIGINT (Ctrl-C) and checks that
-no process is left; then starts it again and checks that the data survived and the demo
-merchant was not recreated.
+directory (no `generated/` in it) and with `--var-dir` elsewhere, so the services use an
+embedded PostgreSQL with its data in the var dir (on a unix socket there, no TCP port) and
+the in-process cache; every port (services and Envoy) is a free one chosen by the test.
+The test waits for the demo merchant's credentials in the banner, pays a transaction over
+HTTP through Envoy, stops everything with SIGINT (Ctrl-C) and checks that no process is
+left, PostgreSQL included; then starts it again and checks that the data survived and the
+demo merchant was not recreated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -219,16 +221,29 @@ def launchers() -> Iterator[list[Launcher]]:
         launcher.kill()
 
 
-def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
-    json_call: Any, workdir: Path, ports: dict[str, int], launchers: list[Launcher], tmp_path: Path
+@pytest.fixture
+def var_dir() -> Iterator[Path]:
+    """The launcher's var dir, directly under the temp dir: the database's unix socket
+    lives in it, and its path must stay short."""
+    path = Path(tempfile.mkdtemp(prefix="pi-run-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_make_run_on_embedded_postgres_pays_stops_cleanly_and_keeps_its_data(
+    var_dir: Path,
+    json_call: Any,
+    workdir: Path,
+    ports: dict[str, int],
+    launchers: list[Launcher],
 ) -> None:
-    var_dir = tmp_path / "state"
     base = f"http://127.0.0.1:{ports['http']}"
 
     first = Launcher(workdir, var_dir, ports)
     launchers.append(first)
     demo = first.credentials()
-    assert f"SQLite files in {var_dir}" in first.output, first.output
+    assert f"an embedded PostgreSQL in {var_dir / 'postgres'}" in first.output, first.output
+    assert re.search(r"postgres +started in", first.output), first.output
     assert "in-process cache" in first.output, first.output
     for port in _service_ports(ports):
         assert f":{port}" in first.output, first.output
@@ -265,21 +280,29 @@ def test_make_run_on_sqlite_pays_stops_cleanly_and_keeps_its_data(
         assert created["transaction"]["amount"] == "1250", created
         assert created["transaction"]["merchantId"] == demo["merchant_id"], created
 
-    # Secrets, certificate, logs and the SQLite files are all in the var dir; the working
-    # directory is left alone.
-    for service in SERVICES:
-        assert (var_dir / f"{service}.db").is_file(), sorted(tmp_path.rglob("*.db"))
-    for name in ("dev-secrets.env", "certs/ca.pem", "log/auth-0.log", "demo-merchant.json"):
+    # Secrets, certificate, logs and the database are all in the var dir; the working
+    # directory is left alone. The database listens on its socket there, on no TCP port.
+    for name in (
+        "dev-secrets.env",
+        "certs/ca.pem",
+        "log/auth-0.log",
+        "log/postgres.log",
+        "demo-merchant.json",
+        "postgres/PG_VERSION",
+    ):
         assert (var_dir / name).is_file(), sorted(var_dir.rglob("*"))
+    socket_path = var_dir / "postgres" / ".s.PGSQL.5432"
+    assert socket_path.is_socket()
     assert list(workdir.iterdir()) == [], sorted(workdir.rglob("*"))
 
     # Ctrl-C: everything stops, nothing is left behind, the ports are free again.
     children = first.children
-    assert len(children) >= 4, f"expected 3 services + Envoy under the launcher: {children}"
+    assert len(children) >= 5, f"expected PostgreSQL, 3 services and Envoy: {children}"
     assert first.interrupt() == 0, first.output
-    assert "stopped" in first.output.splitlines()[-1], first.output[-2000:]
+    assert "postgres        stopped" in first.output.splitlines()[-1], first.output[-2000:]
     leftover = [pid for pid in children if _alive(pid)]
     assert not leftover, f"processes left after Ctrl-C: {leftover}"
+    assert not socket_path.exists(), "PostgreSQL still listens after Ctrl-C"
     envoy_ports = (ports["http"], ports["https"], ports["admin"])
     busy = [p for p in (*_service_ports(ports), *envoy_ports) if _port_busy(p)]
     assert not busy, f"ports still bound after Ctrl-C: {busy}"

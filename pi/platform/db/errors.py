@@ -1,13 +1,22 @@
 """The database errors adapters may catch, under names that do not depend on the driver.
 
-Storage code catches these (`except IntegrityError:`), never a driver's or SQLAlchemy's
-classes directly, and reads the SQLSTATE with `sqlstate(error)`.
+Storage code catches these (`except IntegrityError:`), never psycopg's module directly,
+and reads the SQLSTATE with `sqlstate(error)`. `Statement`, `Batch` and `Database` raise
+psycopg's own exceptions, so these names are psycopg's classes:
+
+- `DatabaseError`: anything the server or the connection reported (`psycopg.DatabaseError`);
+- `IntegrityError`: a constraint refused a write (unique, foreign key, check);
+- `OperationalError`: the connection broke, the server went away, or no pooled connection
+  came in time (`psycopg_pool.PoolTimeout` is one).
+
+`NoResultFound` and `MultipleResultsFound` are `Statement.one`'s: the statement ran, but did
+not return exactly one row.
 """
 
 from __future__ import annotations
 
-from sqlalchemy.exc import DBAPIError as DatabaseError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from psycopg import DatabaseError, OperationalError
+from psycopg.errors import IntegrityError
 
 __all__ = [
     "CHECK_VIOLATION",
@@ -15,6 +24,8 @@ __all__ = [
     "UNIQUE_VIOLATION",
     "DatabaseError",
     "IntegrityError",
+    "MultipleResultsFound",
+    "NoResultFound",
     "OperationalError",
     "sqlstate",
 ]
@@ -24,8 +35,15 @@ CHECK_VIOLATION = "23514"
 FOREIGN_KEY_VIOLATION = "23503"
 
 
+class NoResultFound(LookupError):
+    """`Statement.one` found no row."""
+
+
+class MultipleResultsFound(LookupError):
+    """`Statement.one` found more than one row."""
+
+
 def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE PostgreSQL sent with `error` (e.g. UNIQUE_VIOLATION), if any."""
-    orig = getattr(error, "orig", error)
-    state = getattr(orig, "sqlstate", None)
+    state = getattr(error, "sqlstate", None)
     return state if isinstance(state, str) else None

@@ -14,12 +14,11 @@ use case in ONE database transaction:
         ...do the effect on `conn`...
         await idem.complete(conn, claim, encode(result))
 
-`claim` inserts the key with INSERT .. ON CONFLICT DO NOTHING. On PostgreSQL a
-concurrent duplicate blocks on the unique index until the first transaction ends: if it
-committed, the duplicate sees its stored response and replays it; if it rolled back, the
-duplicate claims the key and does the effect itself. Never two effects. (This relies on
-READ COMMITTED, PostgreSQL's default.) On SQLite every transaction holds the write lock
-(`BEGIN IMMEDIATE`, see `db.py`), so duplicates simply run one after the other.
+`claim` inserts the key with INSERT .. ON CONFLICT DO NOTHING. A concurrent duplicate
+blocks on the unique index until the first transaction ends: if it committed, the
+duplicate sees its stored response and replays it; if it rolled back, the duplicate
+claims the key and does the effect itself. Never two effects. (This relies on READ
+COMMITTED, PostgreSQL's default.)
 
 A different request under a used key → `AlreadyExists(reason="IDEMPOTENCY_KEY_REUSED")`.
 If the effect raises, the transaction rolls back and the key is free again. A `None` key
@@ -61,7 +60,7 @@ from sqlalchemy import (
     delete,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
 from pi.platform.db.statements import Conn, Deferred, Record, Statement, StatementQueue
 from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
@@ -117,13 +116,10 @@ class Idempotency:
 
     def __init__(self, table: Table) -> None:
         self._table = table
-        # Built once: claim/complete run on every mutating call, as `Statement`s (on
-        # PostgreSQL they skip SQLAlchemy's execution, see pi.platform.db.statements).
+        # Built once: claim/complete run on every mutating call, as prepared `Statement`s
+        # (see pi.platform.db.statements).
         t = table
-        self._claim = Statement(
-            postgresql.insert(t).on_conflict_do_nothing().returning(t.c.key),
-            fallback=sqlite.insert(t).on_conflict_do_nothing().returning(t.c.key),
-        )
+        self._claim = Statement(postgresql.insert(t).on_conflict_do_nothing().returning(t.c.key))
         same_key = and_(
             t.c.scope == bindparam("p_scope"),
             t.c.operation == bindparam("p_operation"),

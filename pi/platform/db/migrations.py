@@ -16,12 +16,14 @@ A service keeps its migrations in `pi/<svc>/migrations/`:
 
 `script.py.mako`: the text of `SCRIPT_TEMPLATE` below (Alembic's default, typed).
 
-Migration files never name a schema (`op.create_table("payments", ...)`): on
-PostgreSQL the connection translates the default schema to the service's schema
+Migration files never name a schema (`op.create_table("payments", ...)`): the
+connection translates the default schema to the service's schema
 (`schema_translate_map={None: schema}` and `search_path`), so the same files build
 `payments`, or a test's `t_1a2b...` schema. The schema is created first and Alembic's
-version table lives in it. On SQLite, schemas do not exist and batch mode makes ALTERs
-work.
+version table lives in it.
+
+Migrations run on their own short-lived connections (`pi.platform.db.engine.sync_engine`,
+no pool): two while they run (the advisory lock's and the migration's), none after.
 
 `python -m pi.<svc> migrate` calls `upgrade(settings, settings.db_schema, <dir>)`;
 `python -m pi.<svc>` calls `check_migrated(settings, <dir>)` before it serves.
@@ -31,7 +33,6 @@ against a database at head.
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,11 +42,10 @@ from typing import Any
 from alembic import command, context
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection, MetaData, text
 
 from pi.platform.config import Settings
-from pi.platform.db.engine import is_postgres_url, sqlite_path, sync_url
+from pi.platform.db.engine import sync_engine, validate_schema
 
 SCRIPT_TEMPLATE = '''\
 """${message}
@@ -75,7 +75,6 @@ def downgrade() -> None:
 _CONNECTION = "pi_connection"
 _SCHEMA = "pi_schema"
 _VERSION_TABLE = "alembic_version"
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def upgrade(
@@ -106,10 +105,10 @@ def current(
     from alembic.runtime.migration import MigrationContext
 
     url, schema = _resolve(settings_or_url, schema)
-    engine = create_engine(sync_url(url), poolclass=NullPool)
+    engine = sync_engine(url)
     try:
         with engine.connect() as conn:
-            opts: dict[str, Any] = {"version_table_schema": schema} if schema else {}
+            opts: dict[str, Any] = {"version_table_schema": schema}
             return MigrationContext.configure(conn, opts=opts).get_current_revision()
     finally:
         engine.dispose()
@@ -158,8 +157,7 @@ def run_env(target_metadata: MetaData) -> None:
             "run migrations with pi.platform.db.migrations.upgrade() "
             "(or `python -m pi.<svc> migrate`), not the alembic CLI"
         )
-    schema: str | None = config.attributes.get(_SCHEMA)
-    postgres = connection.dialect.name == "postgresql"
+    schema: str = config.attributes[_SCHEMA]
 
     # The connection's default schema is the service schema, which autogenerate reports
     # as None: compare only that, never other services' schemas, and never the version
@@ -172,10 +170,9 @@ def run_env(target_metadata: MetaData) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        version_table_schema=schema if postgres else None,
-        include_schemas=postgres,
+        version_table_schema=schema,
+        include_schemas=True,
         include_name=include_name,
-        render_as_batch=not postgres,
         compare_type=True,
     )
     with context.begin_transaction():
@@ -187,32 +184,25 @@ def _configured(
     settings_or_url: Settings | str, schema: str | None, script_location: str | Path
 ) -> Iterator[Config]:
     url, schema = _resolve(settings_or_url, schema)
-    postgres = is_postgres_url(url) and schema is not None
-    bootstrap = create_engine(sync_url(url), poolclass=NullPool)
-    options: dict[str, Any] = {"poolclass": NullPool}
-    if postgres:
-        # The schema must exist before the migration engine first connects: that is when
-        # the dialect records current_schema() as its default schema.
-        options["connect_args"] = {"options": f"-c search_path={schema}"}
-    engine = create_engine(sync_url(url), **options)
+    bootstrap = sync_engine(url)
+    # Made only after the schema exists: the dialect records current_schema() as its
+    # default schema when the engine first connects.
+    engine = sync_engine(url, schema)
     try:
         with bootstrap.connect() as lock_conn:
-            if postgres:
-                # Two processes migrating one schema at once take turns (session lock,
-                # held until this connection closes).
-                lock_conn.execute(
-                    text("SELECT pg_advisory_lock(:k)"),
-                    {"k": zlib.crc32(f"pi-migrations:{schema}".encode())},
-                )
-                lock_conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-                lock_conn.commit()
+            # Two processes migrating one schema at once take turns (session lock, held
+            # until this connection closes).
+            lock_conn.execute(
+                text("SELECT pg_advisory_lock(:k)"),
+                {"k": zlib.crc32(f"pi-migrations:{schema}".encode())},
+            )
+            lock_conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            lock_conn.commit()
             with engine.connect() as conn:
-                if postgres:
-                    conn = conn.execution_options(schema_translate_map={None: schema})
                 config = Config()
                 config.set_main_option("script_location", str(script_location))
                 config.attributes[_CONNECTION] = conn
-                config.attributes[_SCHEMA] = schema if postgres else None
+                config.attributes[_SCHEMA] = schema
                 yield config
                 conn.commit()
     finally:
@@ -220,17 +210,12 @@ def _configured(
         bootstrap.dispose()
 
 
-def _resolve(settings_or_url: Settings | str, schema: str | None) -> tuple[str, str | None]:
+def _resolve(settings_or_url: Settings | str, schema: str | None) -> tuple[str, str]:
     if isinstance(settings_or_url, Settings):
         url = settings_or_url.database_url
         schema = schema or settings_or_url.db_schema
     else:
         url = settings_or_url
-    if not is_postgres_url(url):
-        path = sqlite_path(url)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        return url, None
-    if schema is not None and not _SCHEMA_RE.match(schema):
-        raise ValueError(f"invalid schema name {schema!r}")
-    return url, schema
+    if schema is None:
+        raise ValueError("migrations need the schema to migrate")
+    return url, validate_schema(schema)

@@ -1,49 +1,45 @@
-"""Hot statements: built with SQLAlchemy Core, run on PostgreSQL by psycopg directly.
+"""Statements: built with SQLAlchemy Core, run on PostgreSQL by psycopg directly.
 
-`conn.execute(core_statement, params)` spends about twice psycopg's own CPU around each
-statement (the compiled-cache lookup, parameter and result processing, the greenlet hop
-of the async adapter, the result object): measured on the 2-core box, ~150 µs against
-~50 µs for a primary-key SELECT. A `Statement` compiles its Core statement once, for
-`postgresql+psycopg`, and on PostgreSQL sends that SQL on the psycopg connection under
-the SQLAlchemy one, as a server-side prepared statement:
+`conn.execute(core_statement, params)` on a SQLAlchemy connection spends about twice
+psycopg's own CPU around each statement (the compiled-cache lookup, parameter and result
+processing, the greenlet hop of the async adapter, the result object): measured on the
+2-core box, ~150 µs against ~50 µs for a primary-key SELECT. A `Statement` compiles its
+Core statement once, for `postgresql+psycopg`, and sends that SQL on a psycopg connection
+as a server-side prepared statement:
 
     _GET = Statement(select(accounts).where(accounts.c.id == bindparam("p_id")))
 
-    row = await _GET.first(conn, {"p_id": account_id})
+    async with database.reading() as conn:
+        row = await _GET.first(conn, {"p_id": account_id})
     row.balance
 
-`conn` is a `Conn`: a SQLAlchemy `AsyncConnection` (on psycopg, the statement runs on
-the psycopg connection under it) or a psycopg `AsyncConnection` itself, as a
-`pi.platform.db.database.Database` hands out on PostgreSQL (no SQLAlchemy at all then).
+`conn` is a `Conn`: the psycopg `AsyncConnection` a `pi.platform.db.database.Database`
+unit hands out. SQLAlchemy is the SQL builder only; it never executes anything here.
 
 - Same transaction: the statement runs on the caller's connection, so it is part of the
-  transaction `engine.begin()` (or the psycopg connection's `transaction()`) started,
-  and commits or rolls back with it; on an AUTOCOMMIT connection it commits on its own.
-  On a SQLAlchemy connection with no transaction yet, SQLAlchemy's transaction is begun
-  first, as `conn.execute` would.
-- Same values: parameters go through the column types' bind processors (`UtcDateTime`,
-  JSON(B) → `Jsonb`, ...) and result columns through their result processors, so rows
-  hold what `conn.execute` would give. Rows are named tuples: `row.column` or `row[i]`.
-- Same errors: a psycopg error is raised as the `sqlalchemy.exc` error `conn.execute`
-  would raise (e.g. `IntegrityError`, with the psycopg error as `orig`).
-- No schema in the SQL: tables must carry no schema; the connection's `search_path`
-  (see `pi.platform.db.engine`) finds them, as it does for hand-written SQL.
-- SQLite and other drivers: `conn.execute(statement, params)`, rows are SQLAlchemy `Row`s
-  (also `row.column`), so store code does not depend on the dialect.
+  transaction the unit started and commits or rolls back with it; on the autocommit
+  connection of `Database.reading()` it commits on its own.
+- Same values as SQLAlchemy would give: parameters go through the column types' bind
+  processors (`UtcDateTime`, JSON(B) → `Jsonb`, ...) and result columns through their
+  result processors. Rows are named tuples: `row.column` or `row[i]`.
+- psycopg's errors: a failing statement raises what psycopg raised (`IntegrityError`, ...;
+  catch them under the names of `pi.platform.db.errors`); a value a bind processor refuses
+  (a naive datetime) raises that processor's error (ValueError) before anything is sent.
+- No schema in the SQL: tables must carry no schema; the connection's `search_path` (set
+  by `Database` to the service's schema) finds them, as it does for hand-written SQL.
 
 Many rows: `execute_many(conn, [params, ...])` runs the statement once per mapping, all
-in one round trip (psycopg's `executemany` pipelines them), like `conn.execute(statement,
-[params, ...])`: for statements that must run once per row, in order (an UPDATE per row).
-Where one statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)` for
-`col IN (...)` (`for_any_of` builds both) or `INSERT ... SELECT ... FROM unnest(:ids,
-:amounts)` for a multi-row INSERT: one statement, prepared once whatever the number of
-rows.
+in one round trip (psycopg's `executemany` pipelines them): for statements that must run
+once per row, in order (an UPDATE per row). Where one statement can do the work, pass
+arrays instead, e.g. `col = ANY(:ids)` for `col IN (...)` (`for_any_of` builds it) or
+`INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row INSERT: one
+statement, prepared once whatever the number of rows.
 
 One round trip for a whole unit: a `Batch` queues statements whose parameters do not
 depend on each other's results, and `pi.platform.db.database.Database.transaction(batch)`
-runs them at the start of the transaction, on PostgreSQL in one pipeline with the BEGIN
-(one round trip; the COMMIT is one more). The block then reads each result from the
-`Deferred` the batch handed out, and decides: raise to roll back.
+runs them at the start of the transaction, in one pipeline with the BEGIN (one round trip;
+the COMMIT is one more). The block then reads each result from the `Deferred` the batch
+handed out, and decides: raise to roll back.
 
     batch = Batch()
     claimed = batch.first(_CLAIM, claim_params)
@@ -54,15 +50,13 @@ runs them at the start of the transaction, on PostgreSQL in one pipeline with th
 
 Every statement of a batch runs, whatever the earlier ones returned: a conditional
 statement that missed does not stop the ones after it, so those must be harmless in a
-transaction that will be rolled back. The first error aborts the rest and is raised (as
-`conn.execute` would raise it), and the transaction rolls back. Elsewhere (SQLite, a
-SQLAlchemy connection) `Batch.run` runs them one after the other, with the same results.
+transaction that will be rolled back. The first error aborts the rest and is raised, and
+the transaction rolls back.
 
 Not for statements that need SQLAlchemy at execution time: client-side column defaults,
-expanding (`IN`) or literal-execute parameters; the constructor refuses them (an
-`IN (...)` can stay as the SQLite `fallback` of an `= ANY(...)`). A prebuilt
-`table.insert()` takes every column as a parameter (`conn.execute` would leave out the
-ones not given). The statements bypass SQLAlchemy's cursor events and echo logging.
+expanding (`IN`) or literal-execute parameters; the constructor refuses them (use
+`= ANY(array)`, see `for_any_of`). A prebuilt `table.insert()` takes every column as a
+parameter (SQLAlchemy would leave out the ones not given).
 """
 
 from __future__ import annotations
@@ -77,31 +71,21 @@ from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 from sqlalchemy import Column, Insert, String, Update, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.psycopg import PGDialectAsync_psycopg
-from sqlalchemy.engine import CursorResult, Dialect
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
-__all__ = [
-    "Batch",
-    "Conn",
-    "Deferred",
-    "Record",
-    "Statement",
-    "StatementQueue",
-    "for_any_of",
-    "sqlalchemy_error",
-]
+from pi.platform.db.errors import MultipleResultsFound, NoResultFound
 
-#: A connection statements run on: SQLAlchemy's, or a psycopg one (see the module doc).
-Conn: TypeAlias = AsyncConnection | psycopg.AsyncConnection[Any]
+__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "StatementQueue", "for_any_of"]
 
-# The dialect statements are compiled for: the one `create_engine` uses on PostgreSQL,
-# with its DB-API module loaded so that types see what they see on a real engine.
+#: The connection statements run on: a psycopg connection from a `Database` unit.
+Conn: TypeAlias = psycopg.AsyncConnection[Any]
+
+# The dialect statements are compiled for (SQLAlchemy's psycopg dialect), with its DB-API
+# module loaded so that column types process values as they would on a real engine.
 _PSYCOPG: Dialect = PGDialectAsync_psycopg(dbapi=PGDialectAsync_psycopg.import_dbapi())
 
 _NO_PARAMS: Mapping[str, Any] = {}
@@ -136,36 +120,27 @@ class Statement:
     one such mapping per run.
     """
 
-    __slots__ = (
-        "_bind_processors",
-        "_defaults",
-        "_fallback",
-        "_result_types",
-        "_row_maker",
-        "sql",
-    )
+    __slots__ = ("_bind_processors", "_defaults", "_result_types", "_row_maker", "sql")
 
-    def __init__(self, statement: Executable, *, fallback: Executable | None = None) -> None:
-        """Compile `statement` for PostgreSQL; other dialects run `fallback` (default: the
-        same statement) with `conn.execute`, e.g. the SQLite twin of a PostgreSQL-only
-        `INSERT ... ON CONFLICT`."""
+    def __init__(self, statement: Executable) -> None:
         if not isinstance(statement, ClauseElement):
             raise TypeError(f"not a Core statement: {statement!r}")
         compiled = statement.compile(dialect=_PSYCOPG)
         assert isinstance(compiled, SQLCompiler)
         if compiled.insert_prefetch or compiled.update_prefetch or _has_client_defaults(statement):
-            raise ValueError("statements with client-side column defaults need conn.execute")
+            raise ValueError("statements with client-side column defaults cannot be prebuilt")
         defaults: dict[str, Any] = {}
         processors: list[tuple[str, _Processor]] = []
         for name, bind in compiled.binds.items():
             if bind.expanding or bind.literal_execute or bind.callable is not None:
-                raise ValueError(f"parameter {name!r} needs conn.execute (expanding/literal)")
+                raise ValueError(
+                    f"parameter {name!r} is expanding or literal: use = ANY(array) instead"
+                )
             if not bind.required:
                 defaults[name] = bind.value
             process = bind.type.dialect_impl(_PSYCOPG).bind_processor(_PSYCOPG)
             if process is not None:
                 processors.append((name, process))
-        self._fallback = statement if fallback is None else fallback
         #: The SQL sent to PostgreSQL (psycopg `%(name)s` parameters).
         self.sql: str = compiled.string
         self._defaults = defaults
@@ -180,103 +155,73 @@ class Statement:
 
     async def execute(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> int:
         """Run the statement; the number of rows it affected (or returned)."""
-        driver = _psycopg_connection(conn)
-        if driver is None:
-            return int((await self._run_fallback(conn, params)).rowcount)
-        cursor = await self._run(conn, driver, params)
+        cursor = await self._run(conn, params)
         return cursor.rowcount
 
     async def execute_many(self, conn: Conn, params_seq: Iterable[Mapping[str, Any]]) -> int:
         """Run the statement once per mapping, in order; the number of rows they affected.
 
-        For statements that return no rows (a SELECT or RETURNING is refused). On
-        PostgreSQL the runs go in one round trip (a pipeline). The first failing run
-        raises, as `conn.execute` would, and leaves the transaction failed: the caller
-        rolls back. Nothing to run: nothing is sent.
+        For statements that return no rows (a SELECT or RETURNING is refused). The runs go
+        in one round trip (a pipeline). The first failing run raises and leaves the
+        transaction failed: the caller rolls back. Nothing to run: nothing is sent.
         """
         if self._result_types:
             raise ValueError(f"execute_many would drop the rows of {self!r}")
-        runs = list(params_seq)
-        if not runs:  # conn.execute would run the statement once, with no parameters
+        # Every run bound before any is sent: a bad value (a naive datetime) fails the call
+        # without running part of it.
+        values = [self._bind(params) for params in params_seq]
+        if not values:
             return 0
-        driver = _psycopg_connection(conn)
-        if driver is None:
-            return int((await self._run_fallback(conn, runs)).rowcount)
-        try:
-            # Every run bound before any is sent: a bad value (a naive datetime) fails the
-            # call without running part of it.
-            values = [self._bind(params) for params in runs]
-            cursor = self._cursor(driver)
-            if driver.pgconn.pipeline_status:
-                async with driver.pipeline():  # see `_run`
-                    await cursor.executemany(self.sql, values)
-            else:
+        cursor = self._cursor(conn)
+        if conn.pgconn.pipeline_status:
+            async with conn.pipeline():  # see `_run`
                 await cursor.executemany(self.sql, values)
-        except Exception as error:
-            raise await _mapped_error(conn, self.sql, runs, error) from error
+        else:
+            await cursor.executemany(self.sql, values)
         return cursor.rowcount
 
     async def first(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> Record | None:
         """The first row, or None when there is none."""
-        driver = _psycopg_connection(conn)
-        if driver is None:
-            return (await self._run_fallback(conn, params)).first()
-        cursor = await self._run(conn, driver, params)
+        cursor = await self._run(conn, params)
         return await cursor.fetchone()
 
     async def one(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> Record:
         """Exactly one row; `NoResultFound` or `MultipleResultsFound` otherwise."""
         rows = await self.all(conn, params)
         if not rows:
-            raise NoResultFound("No row was found when one was required")
+            raise NoResultFound(f"no row was found when one was required: {self!r}")
         if len(rows) > 1:
-            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+            raise MultipleResultsFound(f"{len(rows)} rows were found where one was required")
         return rows[0]
 
     async def all(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> list[Record]:
         """Every row."""
-        driver = _psycopg_connection(conn)
-        if driver is None:
-            return list((await self._run_fallback(conn, params)).all())
-        cursor = await self._run(conn, driver, params)
+        cursor = await self._run(conn, params)
         return await cursor.fetchall()
 
-    async def _run(
-        self, conn: Conn, driver: psycopg.AsyncConnection[Any], params: Mapping[str, Any]
-    ) -> psycopg.AsyncCursor[Record]:
-        try:
-            values = self._bind(params)
-            cursor = self._cursor(driver)
-            if driver.pgconn.pipeline_status:
-                # In the block of a batch's transaction (still in pipeline mode): leaving
-                # the inner pipeline syncs, so the result (or error) is there on return.
-                async with driver.pipeline():
-                    await cursor.execute(self.sql, values, prepare=True)
-            else:
+    async def _run(self, conn: Conn, params: Mapping[str, Any]) -> psycopg.AsyncCursor[Record]:
+        values = self._bind(params)
+        cursor = self._cursor(conn)
+        if conn.pgconn.pipeline_status:
+            # In the block of a batch's transaction (still in pipeline mode): leaving the
+            # inner pipeline syncs, so the result (or error) is there on return.
+            async with conn.pipeline():
                 await cursor.execute(self.sql, values, prepare=True)
-        except Exception as error:
-            raise await _mapped_error(conn, self.sql, params, error) from error
+        else:
+            await cursor.execute(self.sql, values, prepare=True)
         return cursor
 
-    async def _run_fallback(
-        self, conn: Conn, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> CursorResult[Any]:
-        if not isinstance(conn, AsyncConnection):  # pragma: no cover - psycopg runs `sql`
-            raise TypeError(f"not a SQLAlchemy connection: {conn!r}")
-        return await conn.execute(self._fallback, params)
-
-    def _cursor(self, driver: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Record]:
+    def _cursor(self, conn: Conn) -> psycopg.AsyncCursor[Record]:
         # A cursor per statement and connection, reused: a new one builds its adapters
         # map and transformer again (about a tenth of the statement's CPU). They are kept
-        # on the psycopg connection itself, so they go when it is closed or replaced,
-        # whichever pool (SQLAlchemy's or psycopg's) held it.
-        attributes = driver.__dict__
+        # on the psycopg connection itself, so they go when the pool closes or replaces it.
+        attributes = conn.__dict__
         cursors: dict[Statement, psycopg.AsyncCursor[Record]] | None = attributes.get(_CURSORS)
         if cursors is None:
             cursors = attributes[_CURSORS] = {}
         cursor = cursors.get(self)
         if cursor is None:
-            cursor = cursors[self] = _new_cursor(driver, self._row_factory)
+            cursor = cursors[self] = _new_cursor(conn, self._row_factory)
         return cursor
 
     def _bind(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -341,21 +286,19 @@ def for_any_of(
     name: str = "p_ids",
 ) -> Statement:
     """A statement on the rows whose `column` is one of the list parameter `name`:
-    `build(criterion)` with `column = ANY(:name)` on PostgreSQL (an array: one SQL text,
-    prepared once, whatever the list's length) and `column IN (...)` as the fallback.
+    `build(column = ANY(:name))`, an array parameter, so one SQL text, prepared once,
+    whatever the list's length.
 
     The array is of unsized VARCHAR: a cast to VARCHAR(n)[] would silently cut a longer
     value and could match another row.
     """
-    array = bindparam(name, type_=ARRAY(String()))
-    listed = bindparam(name, type_=String(), expanding=True)
-    return Statement(build(column == any_(array)), fallback=build(column.in_(listed)))
+    return Statement(build(column == any_(bindparam(name, type_=ARRAY(String())))))
 
 
 class Batch:
     """Statements run together, in order, at the start of a transaction (see the module
-    docstring): `first` and `execute` queue one and return the `Deferred` of its result,
-    as `Statement.first` and `Statement.execute` would give it. Run once."""
+    docstring): `first`, `execute` and `hit` queue one and return the `Deferred` of its
+    result, as `Statement.first` and `Statement.execute` would give it. Run once."""
 
     __slots__ = ("_queued",)
 
@@ -385,86 +328,55 @@ class Batch:
         self._queued.append(_Queued(statement, params, _HIT, result))
         return result
 
-    async def run(self, conn: Conn) -> None:
-        """Run the statements one after the other on `conn` (e.g. SQLite's transaction),
-        as `Statement.first`/`execute` do."""
-        for queued in self._queued:
-            statement, params = queued.statement, queued.params
-            if queued.kind == _ROW or (queued.kind == _HIT and statement._result_types):
-                # A RETURNING statement's rows say whether it hit: its row count is not
-                # reliable on every driver (SQLite).
-                row = await statement.first(conn, params)
-                queued.result._set(row if queued.kind == _ROW else row is not None)
-            else:
-                count = await statement.execute(conn, params)
-                queued.result._set(count if queued.kind == _COUNT else count > 0)
-
-    async def begin_in_pipeline(
-        self, driver: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline
-    ) -> None:
-        """For `Database`: BEGIN and the statements on `driver`, in `pipeline` (which it
-        is in), then one sync: one round trip. Raises the first error as SQLAlchemy
-        would; the transaction is then failed (the caller rolls back)."""
+    async def begin_in_pipeline(self, conn: Conn, pipeline: psycopg.AsyncPipeline) -> None:
+        """For `Database`: BEGIN and the statements on `conn`, in `pipeline` (which it is
+        in), then one sync: one round trip. Raises the first error psycopg reports; the
+        transaction is then failed (the caller rolls back)."""
         queued = self._queued
+        # Every value processed before anything is sent: a bad one (a naive datetime)
+        # fails the batch before the transaction began. (One psycopg cannot send, an int
+        # beyond int8, fails it while it is being queued, with OverflowError: the
+        # transaction is rolled back then.)
+        values = [item.statement._bind(item.params) for item in queued]
+        await _commands_cursor(conn).execute(b"BEGIN")
         cursors: list[psycopg.AsyncCursor[Record]] = []
-        sql: str | None = None
-        params: Mapping[str, Any] = _NO_PARAMS
-        try:
-            # Every value processed before anything is sent: a bad one (a naive datetime)
-            # fails the batch before the transaction began. (One psycopg cannot send, an
-            # int beyond int8, fails it while it is being queued: rolled back then.)
-            values = []
-            for item in queued:
-                sql, params = item.statement.sql, item.params
-                values.append(item.statement._bind(item.params))
-            await _commands_cursor(driver).execute(b"BEGIN")
-            used: set[Statement] = set()
-            for item, bound in zip(queued, values, strict=True):
-                statement = item.statement
-                sql, params = statement.sql, item.params
-                if statement in used:
-                    # A statement's reused cursor holds one result: a second run of it in
-                    # the same pipeline needs a cursor of its own.
-                    cursor = _new_cursor(driver, statement._row_factory)
-                else:
-                    used.add(statement)
-                    cursor = statement._cursor(driver)
-                await cursor.execute(statement.sql, bound, prepare=True)
-                cursors.append(cursor)
-            sql, params = None, _NO_PARAMS
-            await pipeline.sync()
-            for item, cursor in zip(queued, cursors, strict=True):
-                if item.kind == _ROW:
-                    item.result._set(await cursor.fetchone())  # there already: no I/O
-                elif item.kind == _COUNT:
-                    item.result._set(cursor.rowcount)
-                else:
-                    item.result._set(cursor.rowcount > 0)
-        except Exception as error:
-            if sql is None:
-                # The failed statement is the first one left without a result.
-                for item, cursor in zip(queued, cursors, strict=False):
-                    if cursor.pgresult is None:
-                        sql, params = item.statement.sql, item.params
-                        break
-            raise sqlalchemy_error(error, driver, sql, params) from error
+        used: set[Statement] = set()
+        for item, bound in zip(queued, values, strict=True):
+            statement = item.statement
+            if statement in used:
+                # A statement's reused cursor holds one result: a second run of it in the
+                # same pipeline needs a cursor of its own.
+                cursor = _new_cursor(conn, statement._row_factory)
+            else:
+                used.add(statement)
+                cursor = statement._cursor(conn)
+            await cursor.execute(statement.sql, bound, prepare=True)
+            cursors.append(cursor)
+        await pipeline.sync()
+        for item, cursor in zip(queued, cursors, strict=True):
+            if item.kind == _ROW:
+                item.result._set(await cursor.fetchone())  # there already: no I/O
+            elif item.kind == _COUNT:
+                item.result._set(cursor.rowcount)
+            else:
+                item.result._set(cursor.rowcount > 0)
 
-    async def commit_in_pipeline(self, driver: psycopg.AsyncConnection[Any]) -> None:
+    async def commit_in_pipeline(self, conn: Conn) -> None:
         """For `Database`: queue the COMMIT (sent when the pipeline ends, as its last
         round trip)."""
-        await _commands_cursor(driver).execute(b"COMMIT")
+        await _commands_cursor(conn).execute(b"COMMIT")
 
 
-def _commands_cursor(driver: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
-    cursor: psycopg.AsyncCursor[Any] | None = driver.__dict__.get(_COMMANDS)
+def _commands_cursor(conn: Conn) -> psycopg.AsyncCursor[Any]:
+    cursor: psycopg.AsyncCursor[Any] | None = conn.__dict__.get(_COMMANDS)
     if cursor is None:
-        cursor = driver.__dict__[_COMMANDS] = driver.cursor()
+        cursor = conn.__dict__[_COMMANDS] = conn.cursor()
     return cursor
 
 
 def _has_client_defaults(statement: Executable) -> bool:
     # An INSERT compiled without values takes every column as a parameter, so a default
-    # that `conn.execute` would fill in for a missing one would be a missing parameter.
+    # that SQLAlchemy would fill in for a missing one would be a missing parameter.
     if not isinstance(statement, Insert | Update):
         return False
     return any(
@@ -502,93 +414,17 @@ def _row_maker(
     return process_and_make if processors else make
 
 
-def _psycopg_connection(conn: Conn) -> psycopg.AsyncConnection[Any] | None:
-    """The psycopg connection `conn` is or runs on; on a SQLAlchemy connection, in a
-    transaction unless in autocommit.
-
-    None when `conn` is not on psycopg (SQLite): the caller uses `conn.execute`.
-    """
-    if isinstance(conn, psycopg.AsyncConnection):
-        return conn
-    sync = conn.sync_connection
-    if sync is None or sync.dialect.driver != "psycopg" or sync.invalidated:
-        return None
-    driver = _driver(sync.connection)
-    if not driver.autocommit and sync.get_transaction() is None:
-        # What `conn.execute` does first (autobegin), so that `conn.commit()` commits what
-        # runs here; psycopg itself sends BEGIN before the statement. On psycopg this is
-        # bookkeeping only (no I/O), so it needs no greenlet.
-        sync.begin()
-    return driver
-
-
 def _new_cursor(
-    driver: psycopg.AsyncConnection[Any], row_factory: Callable[[Any], RowMaker[Record]]
+    conn: Conn, row_factory: Callable[[Any], RowMaker[Record]]
 ) -> psycopg.AsyncCursor[Record]:
-    cursor = driver.cursor(row_factory=row_factory)
+    cursor = conn.cursor(row_factory=row_factory)
     # psycopg types an int parameter by its size (int2, int4, int8 or numeric) and
     # prepares a statement per combination of parameter types: always int8 keeps one
     # prepared statement per SQL text (the SQL casts to the column's type anyway). An int
-    # beyond int8 is then refused by PostgreSQL (DataError) rather than sent as numeric.
+    # beyond int8 is then refused by the dumper (OverflowError) rather than sent as numeric.
     cursor.adapters.register_dumper(int, Int8Dumper)
     cursor.adapters.register_dumper(int, Int8BinaryDumper)
     return cursor
-
-
-def _driver(pooled: PoolProxiedConnection) -> psycopg.AsyncConnection[Any]:
-    return cast("psycopg.AsyncConnection[Any]", pooled.driver_connection)
-
-
-def sqlalchemy_error(
-    error: Exception,
-    conn: psycopg.AsyncConnection[Any] | None,
-    sql: str | None = None,
-    params: Mapping[str, Any] | Sequence[Mapping[str, Any]] = _NO_PARAMS,
-) -> Exception:
-    """`error`, raised by psycopg on `conn` (or while binding `params`), as SQLAlchemy
-    raises it from `conn.execute`: a `DBAPIError` subclass (`IntegrityError`,
-    `OperationalError`, ...; `connection_invalidated` if `conn` broke) with `error` as
-    `orig`, or a `StatementError`."""
-    return DBAPIError.instance(
-        sql,
-        dict(params) if isinstance(params, Mapping) else [dict(p) for p in params],
-        error,
-        psycopg.Error,
-        connection_invalidated=conn is not None and conn.broken,
-        dialect=_PSYCOPG,
-    )
-
-
-async def _mapped_error(
-    conn: Conn,
-    sql: str,
-    params: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    error: Exception,
-) -> Exception:
-    """`error` as SQLAlchemy raises it from `conn.execute` (DBAPIError subclasses)."""
-    if isinstance(conn, psycopg.AsyncConnection):
-        # The pool the connection came from replaces it if it broke (see
-        # pi.platform.db.database).
-        return sqlalchemy_error(error, conn, sql, params)
-    sync = conn.sync_connection
-    assert sync is not None
-    invalidated = False
-    if isinstance(error, psycopg.Error):
-        dbapi_connection = sync.connection.dbapi_connection
-        # psycopg's Error is the DB-API module's Error the dialect expects.
-        if sync.dialect.is_disconnect(error, dbapi_connection, None):  # type: ignore[arg-type]
-            # A broken connection must not go back to the pool.
-            await conn.invalidate(error)
-            invalidated = True
-    return DBAPIError.instance(
-        sql,
-        dict(params) if isinstance(params, Mapping) else [dict(p) for p in params],
-        error,
-        psycopg.Error,
-        hide_parameters=sync.engine.hide_parameters,
-        connection_invalidated=invalidated,
-        dialect=sync.dialect,
-    )
 
 
 class StatementQueue(Protocol):

@@ -8,7 +8,7 @@ The services' `main.py` call `pi.platform.runtime.wiring.run_service`, which amo
     async def _main() -> None:
         settings = Settings.from_env("payments")
         configure_logging(settings)
-        engine = create_engine(settings)
+        database = await open_database(settings)
         ...build stores, use cases, servicer...
         try:
             await server.serve(
@@ -19,7 +19,7 @@ The services' `main.py` call `pi.platform.runtime.wiring.run_service`, which amo
                 background=[poller.run, dispatcher.run],
             )
         finally:
-            await engine.dispose()
+            await database.close()
 
 `serve` returns after SIGTERM/SIGINT: health turns NOT_SERVING, new calls are refused,
 in-flight calls get `GRACE_SECONDS` to finish, then background tasks are cancelled.

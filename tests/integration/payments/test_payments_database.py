@@ -1,14 +1,11 @@
 """The money rules as database rules: constraints and the status trigger refuse bad rows
-even when the code is bypassed. Plus: the migration matches the tables, and the
-service runs on the embedded SQLite default."""
+even when the code is bypassed. Plus: the migration matches the tables."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,20 +16,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.payments import main as payments_main
-from pi.payments.connectors.sandbox import SandboxConnector
-from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
-from pi.payments.ledger_client import MovementOutcome, TransactionFacts
-from pi.payments.service import CreatePaymentInput, PaymentService
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys, metadata, payments, transaction_refs
+from pi.payments.tables import metadata, payments, transaction_refs
 from pi.platform.config import Settings
 from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.idempotency import Idempotency
-from pi.platform.kernel.errors import NotFound
-from pi.platform.kernel.pages import PageToken
-from pi.platform.kernel.principal import Principal
-from pi.transactions.domain import Movement
 
 NOW = datetime.now(UTC)
 
@@ -194,59 +180,3 @@ async def test_the_migration_builds_exactly_the_declared_tables(engine: AsyncEng
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-
-
-class _Ledger:
-    """A transaction service that knows one transaction and records movements."""
-
-    def __init__(self) -> None:
-        self.movements: list[Movement] = []
-
-    async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
-        if (merchant_id, transaction_id) != ("mer_1", "txn_embedded"):
-            raise NotFound("no such transaction", reason="TRANSACTION_NOT_FOUND")
-        return TransactionFacts(transaction_id, merchant_id, 1000, "JPY", cancelled=False)
-
-    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
-        self.movements.extend(movements)
-        return [MovementOutcome(movement.id) for movement in movements]
-
-
-async def test_the_service_runs_on_the_embedded_sqlite_default(
-    tmp_path: Path, make_engine: Callable[..., AsyncEngine]
-) -> None:
-    url = f"sqlite:///{tmp_path}/payments.db"
-    await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
-    engine = make_engine("main", url=url)
-    store = PaymentStore(Database(engine))
-    ledger = _Ledger()
-    service = PaymentService(
-        store,
-        SandboxConnector(),
-        ledger,
-        idempotency=Idempotency(idempotency_keys),
-        fingerprint_key=secrets.token_bytes(32),
-        request_key=secrets.token_bytes(32),
-        page_tokens=PageToken(secrets.token_bytes(32)),
-    )
-    merchant = Principal.merchant("mer_1")
-    request = CreatePaymentInput(
-        transaction_id="txn_embedded",
-        amount=400,
-        method=PaymentMethodType.CARD,
-        card=CardInput(number="4242424242424242", exp_month=1, exp_year=NOW.year + 2, cvc="123"),
-    )
-    results = await asyncio.gather(
-        *(service.create_payment(merchant, request, idempotency_key="same") for _ in range(5))
-    )
-    assert len({r.id for r in results}) == 1
-    assert results[0].status is PaymentStatus.SUCCEEDED
-    assert results[0].currency == "JPY"
-    refund = await service.refund_payment(merchant, results[0].id, amount=100)
-    assert refund.payment.refunded_amount == 100
-    page = await service.list_payments(merchant)
-    assert [p.id for p in page.payments] == [results[0].id]
-    assert [m.kind.value for m in ledger.movements] == []
-    async with engine.connect() as conn:
-        outbox_kinds = (await conn.execute(sa.text("SELECT kind FROM outbox ORDER BY seq"))).all()
-    assert [k for (k,) in outbox_kinds] == ["AUTHORIZATION", "CAPTURE", "REFUND"]

@@ -9,7 +9,6 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,8 +131,7 @@ class World:
         )
 
 
-def _world(database: Database) -> World:
-    engine = database.engine
+def _world(database: Database, engine: AsyncEngine) -> World:
     store = PaymentStore(database)
     ledger = ScriptedLedger()
     connector = SandboxConnector(settle_after=timedelta(days=1))
@@ -155,31 +153,19 @@ def _world(database: Database) -> World:
 async def world(
     settings_factory: Callable[..., Settings],
     make_database: Callable[..., Awaitable[Database]],
+    make_engine: Callable[..., AsyncEngine],
 ) -> World:
     settings = settings_factory("payments")
     await asyncio.to_thread(
         migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
     )
-    return _world(await make_database(settings.db_schema))
+    return _world(await make_database(settings.db_schema), make_engine(settings.db_schema))
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def any_world(
-    request: pytest.FixtureRequest,
-    settings_factory: Callable[..., Settings],
-    make_database: Callable[..., Awaitable[Database]],
-    tmp_path: Path,
-) -> World:
-    """`world` on PostgreSQL, then on the embedded SQLite."""
-    if request.param == "postgresql":
-        settings = settings_factory("payments")
-        await asyncio.to_thread(
-            migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
-        )
-        return _world(await make_database(settings.db_schema))
-    url = f"sqlite:///{tmp_path}/payments.db"
-    await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
-    return _world(await make_database("main", url=url))
+@pytest.fixture
+def any_world(world: World) -> World:
+    """`world` (PostgreSQL is the only database)."""
+    return world
 
 
 async def test_movements_are_delivered_in_order_per_transaction_despite_failures(

@@ -49,7 +49,6 @@ from pi.payments.tables import idempotency_keys, payments, transaction_refs
 from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database, open_database_for
-from pi.platform.db.engine import create_engine_for
 from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.errors import FailedPrecondition
 from pi.platform.kernel.pages import PageToken
@@ -60,6 +59,7 @@ from pi.transactions.adapters.postgres.uow import PostgresUnits
 from pi.transactions.app.ports import ClosedTransaction
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import Movement, TransactionStatus
+from tests.support.engines import create_engine_for
 
 T = TypeVar("T")
 MERCHANT = Principal.merchant("mer_stateful")
@@ -144,12 +144,11 @@ class _World:
 def _build_world(pay: Settings, txn: Settings) -> _World:
     loop = asyncio.new_event_loop()
     pay_engine = create_engine_for(pay.database_url, pay.db_schema)
-    txn_engine = create_engine_for(txn.database_url, txn.db_schema)
     pay_database = loop.run_until_complete(
-        open_database_for(pay.database_url, pay.db_schema, engine=pay_engine, pool_size=4)
+        open_database_for(pay.database_url, pay.db_schema, pool_size=4)
     )
     txn_database = loop.run_until_complete(
-        open_database_for(txn.database_url, txn.db_schema, engine=txn_engine, pool_size=4)
+        open_database_for(txn.database_url, txn.db_schema, pool_size=4)
     )
     ledger = _Ledger()
     payment_ledger = _PaymentLedger()
@@ -352,6 +351,7 @@ def test_payment_sequences_keep_every_ledger_invariant(
         finally:
             for database in world.databases:
                 world.run(database.close())
+            world.run(world.payment_engine.dispose())
             world.loop.close()
     finally:
         _pg_admin(f'DROP SCHEMA IF EXISTS "{txn_schema}" CASCADE')

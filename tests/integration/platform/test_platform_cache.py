@@ -94,7 +94,9 @@ async def test_redis_down_raises_cache_error() -> None:
 def test_create_cache_picks_redis_only_when_configured(
     settings_factory: Any, redis_url: str
 ) -> None:
-    settings: Settings = settings_factory("payments", database_url="sqlite:///x.db")
+    settings: Settings = settings_factory(
+        "payments", database_url="postgresql://unused@127.0.0.1:1/unused"
+    )
     assert isinstance(create_cache(settings), MemoryCache)
     assert isinstance(create_cache(settings_factory("payments", redis_url=redis_url)), RedisCache)
 

@@ -1,16 +1,20 @@
-"""The engine: schema per service on PostgreSQL, WAL + foreign keys on SQLite."""
+"""SQLAlchemy's part: database URLs, the short-lived sync engine, the UTC column type."""
 
-import asyncio
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, Table, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Column, Engine, ForeignKey, Integer, MetaData, Table, select, text
+from sqlalchemy.pool import NullPool
 
-from pi.platform.config import Settings
-from pi.platform.db.engine import async_url, create_engine, is_postgres, sync_url
+from pi.platform.db.engine import (
+    UtcDateTime,
+    is_postgres_url,
+    libpq_url,
+    sqlalchemy_url,
+    sync_engine,
+)
+from pi.platform.db.errors import IntegrityError
 
 metadata = MetaData()
 parents = Table("parents", metadata, Column("id", Integer, primary_key=True))
@@ -19,80 +23,60 @@ children = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("parent_id", Integer, ForeignKey("parents.id"), nullable=False),
+    Column("at", UtcDateTime(), nullable=True),
 )
 
 
-def test_urls_get_the_right_drivers() -> None:
-    assert async_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
-    assert async_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
-    assert async_url("sqlite:///var/x.db").drivername == "sqlite+aiosqlite"
-    assert sync_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
-    assert sync_url("sqlite+aiosqlite:///var/x.db").drivername == "sqlite+pysqlite"
+def test_urls_get_the_right_scheme_for_each_client() -> None:
+    socket = "postgresql://postgres@/pi?host=/tmp/pg%20data&port=5432"
+    assert libpq_url("postgresql+psycopg://u@h/db") == "postgresql://u@h/db"
+    assert libpq_url("postgres://u@h/db") == "postgresql://u@h/db"
+    assert sqlalchemy_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert sqlalchemy_url(socket) == socket.replace("postgresql:", "postgresql+psycopg:")
+    assert is_postgres_url(socket) and is_postgres_url("POSTGRES://u@h/db")
+    for other in ("sqlite:///var/x.db", "mysql://u@h/db", "postgresql"):
+        assert not is_postgres_url(other)
+        with pytest.raises(ValueError, match="not a postgresql:// URL"):
+            libpq_url(other)
 
 
-async def test_postgres_tables_without_schema_land_in_the_service_schema(
-    settings_factory: Callable[..., Settings], pg_schema: str
-) -> None:
-    engine = create_engine(settings_factory("payments"))
-    try:
-        assert is_postgres(engine)
-        assert engine.pool.size() == 10  # type: ignore[attr-defined]
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            await conn.execute(parents.insert().values(id=1))
-            found = await conn.execute(
-                text(
-                    "SELECT table_schema FROM information_schema.tables WHERE table_name='parents'"
-                )
-            )
-            assert [row[0] for row in found] == [pg_schema]
-            # Hand-written SQL resolves through search_path to the same schema.
-            assert (await conn.execute(text("SELECT count(*) FROM parents"))).scalar_one() == 1
-    finally:
-        await engine.dispose()
+@pytest.fixture
+def engine(pg_url: str, pg_schema: str) -> Iterator[Engine]:
+    engine = sync_engine(pg_url, pg_schema)
+    yield engine
+    engine.dispose()
 
 
-async def test_sqlite_creates_var_dir_and_enables_wal_and_foreign_keys(
-    settings_factory: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    from pi.platform.config import Settings as S
-
-    base = settings_factory("payments")
-    env = {
-        "PI_ADMIN_TOKEN": base.admin_token,
-        "PI_SERVICE_TOKEN": base.service_token,
-        "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
-    }
-    settings = S.from_env("payments", env)
-    engine = create_engine(settings)
-    try:
-        assert not is_postgres(engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar_one() == "wal"
-            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one() == 1
-        assert (tmp_path / "var" / "payments.db").exists()
-        with pytest.raises(IntegrityError):
-            async with engine.begin() as conn:
-                await conn.execute(children.insert().values(id=1, parent_id=42))
-    finally:
-        await engine.dispose()
+def test_tables_without_schema_land_in_the_given_schema(engine: Engine, pg_schema: str) -> None:
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(parents.insert().values(id=1))
+        found = conn.execute(
+            text("SELECT table_schema FROM information_schema.tables WHERE table_name='parents'")
+        )
+        assert [row[0] for row in found] == [pg_schema]
+        # Hand-written SQL resolves through search_path to the same schema.
+        assert conn.execute(text("SELECT count(*) FROM parents")).scalar_one() == 1
+    # Constraints hold, and their violations are the platform's IntegrityError (psycopg's,
+    # which SQLAlchemy wraps as `orig`).
+    with pytest.raises(Exception) as failed, engine.begin() as conn:
+        conn.execute(children.insert().values(id=1, parent_id=42))
+    assert isinstance(getattr(failed.value, "orig", None), IntegrityError)
 
 
-async def test_sqlite_concurrent_writers_queue_instead_of_failing(
-    make_engine: Callable[..., AsyncEngine], tmp_path: Path
-) -> None:
-    engine = make_engine("main", url=f"sqlite:///{tmp_path}/c.db")
-    async with engine.begin() as conn:
-        await conn.run_sync(metadata.create_all)
+def test_the_engine_keeps_no_connection(engine: Engine) -> None:
+    # A connection per connect(), closed when it is given back: nothing stays open.
+    assert isinstance(engine.pool, NullPool)
 
-    async def read_then_write(i: int) -> None:
-        async with engine.begin() as conn:
-            await conn.execute(text("SELECT count(*) FROM parents"))
-            await asyncio.sleep(0.01)
-            await conn.execute(parents.insert().values(id=i))
 
-    await asyncio.gather(*(read_then_write(i) for i in range(10)))
-    async with engine.connect() as conn:
-        assert (await conn.execute(text("SELECT count(*) FROM parents"))).scalar_one() == 10
+def test_utc_datetimes_are_stored_as_instants_and_read_as_utc(engine: Engine) -> None:
+    tokyo = timezone(timedelta(hours=9))
+    at = datetime(2026, 3, 4, 23, 30, tzinfo=tokyo)
+    with engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(parents.insert().values(id=1))
+        conn.execute(children.insert().values(id=1, parent_id=1, at=at))
+        stored = conn.execute(select(children.c.at)).scalar_one()
+    assert stored == at and stored.tzinfo is UTC
+    with pytest.raises(Exception, match="naive datetime"), engine.begin() as conn:
+        conn.execute(children.insert().values(id=2, parent_id=1, at=datetime(2026, 1, 1)))

@@ -1,14 +1,14 @@
 """Alembic migrations run programmatically into a per-service schema."""
 
-from collections.abc import Callable
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.platform.db import migrations
+from pi.platform.db.database import open_database_for
+from pi.platform.db.engine import libpq_url
 
 ENV_PY = """
 from sqlalchemy import Column, MetaData, String, Table
@@ -56,8 +56,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("widgets") as batch:
-        batch.drop_column("name")
+    op.drop_column("widgets", "name")
 '''
 
 
@@ -73,7 +72,7 @@ def script_location(tmp_path: Path) -> Path:
 
 
 def _tables(pg_url: str, schema: str) -> set[str]:
-    with psycopg.connect(pg_url) as conn:
+    with psycopg.connect(libpq_url(pg_url)) as conn:
         rows = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
         ).fetchall()
@@ -93,7 +92,7 @@ def test_upgrade_creates_the_schema_tables_and_version_table_in_it(
         migrations.downgrade(pg_url, schema, script_location, "0001")
         assert migrations.current(pg_url, schema, script_location) == "0001"
     finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
+        with psycopg.connect(libpq_url(pg_url), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -106,23 +105,45 @@ def test_the_same_files_migrate_two_schemas_independently(
     assert migrations.current(pg_url, pg_schema_module, script_location) == "0002"
 
 
-async def test_engine_on_the_migrated_schema_sees_the_tables(
-    pg_url: str, pg_schema: str, script_location: Path, make_engine: Callable[..., AsyncEngine]
+async def test_a_database_on_the_migrated_schema_sees_the_tables(
+    pg_url: str, pg_schema: str, script_location: Path
 ) -> None:
     migrations.upgrade(pg_url, pg_schema, script_location)
-    engine = make_engine(pg_schema)
-    async with engine.begin() as conn:
-        await conn.execute(text("INSERT INTO widgets (id, name) VALUES ('w1', 'one')"))
-        assert (await conn.execute(text("SELECT name FROM widgets"))).scalar_one() == "one"
+    database = await open_database_for(pg_url, pg_schema, pool_size=1)
+    try:
+        async with database.transaction() as conn:
+            await conn.execute("INSERT INTO widgets (id, name) VALUES ('w1', 'one')")
+            assert await (await conn.execute("SELECT name FROM widgets")).fetchone() == ("one",)
+    finally:
+        await database.close()
 
 
-def test_sqlite_upgrade_and_batch_downgrade(tmp_path: Path, script_location: Path) -> None:
-    url = f"sqlite:///{tmp_path}/var/svc.db"
-    migrations.upgrade(url, "ignored", script_location)
-    assert (tmp_path / "var" / "svc.db").exists()
-    assert migrations.current(url, None, script_location) == "0002"
-    migrations.downgrade(url, None, script_location, "0001")
-    assert migrations.current(url, None, script_location) == "0001"
+def test_migrations_leave_no_connection_open(
+    pg_url: str, pg_schema: str, script_location: Path
+) -> None:
+    with psycopg.connect(libpq_url(pg_url), autocommit=True) as watcher:
+
+        def backends() -> set[int]:
+            rows = watcher.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).fetchall()
+            return {int(row[0]) for row in rows}
+
+        before = backends()
+        migrations.upgrade(pg_url, pg_schema, script_location)
+        assert migrations.current(pg_url, pg_schema, script_location) == "0002"
+        # A backend ends a moment after its client hung up.
+        deadline = time.monotonic() + 5
+        while (left := backends() - before) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert left == set()
+
+
+def test_a_schema_that_is_not_a_plain_identifier_is_refused(
+    pg_url: str, script_location: Path
+) -> None:
+    with pytest.raises(ValueError, match="schema"):
+        migrations.upgrade(pg_url, 'x"; DROP SCHEMA public; --', script_location)
 
 
 def test_autogenerate_sees_only_the_service_schema(
@@ -149,6 +170,6 @@ def test_env_refuses_to_run_without_a_platform_connection(script_location: Path)
     config.set_main_option("script_location", str(script_location))
     with (
         EnvironmentContext(config, ScriptDirectory(str(script_location))),
-        pytest.raises(RuntimeError, match=r"pi\.platform\.migrations\.upgrade"),
+        pytest.raises(RuntimeError, match=r"pi\.platform\.db\.migrations\.upgrade"),
     ):
         migrations.run_env(MetaData())

@@ -255,7 +255,7 @@ async def test_a_redis_that_hangs_delays_calls_at_most_by_the_short_timeout(
     port = hung.sockets[0].getsockname()[1]
     settings = settings_factory(
         "payments",
-        database_url="sqlite:///unused.db",
+        database_url="postgresql://unused@127.0.0.1:1/unused",
         redis_url=f"redis://127.0.0.1:{port}/0",
         rate_limit_per_merchant=1,
     )
@@ -453,7 +453,7 @@ async def test_services_install_auth_then_the_limit_from_settings(
 ) -> None:
     settings = settings_factory(
         "payments",
-        database_url="sqlite:///unused.db",
+        database_url="postgresql://unused@127.0.0.1:1/unused",
         redis_url=redis_url if backend == "redis" else None,
         rate_limit_per_merchant=2,
     )
@@ -479,7 +479,7 @@ async def test_a_limit_of_zero_installs_no_rate_limit(
     settings_factory: Any, es256_signer: Any
 ) -> None:
     settings = settings_factory(
-        "payments", database_url="sqlite:///unused.db", rate_limit_per_merchant=0
+        "payments", database_url="postgresql://unused@127.0.0.1:1/unused", rate_limit_per_merchant=0
     )
     callers = authentication(
         settings, keys=StaticKeySource({es256_signer.kid: es256_signer.public_key})

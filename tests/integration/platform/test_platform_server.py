@@ -42,7 +42,7 @@ class _Slow(auth_pb2_grpc.AuthServiceServicer):
 async def test_serve_health_reflection_background_and_graceful_drain(
     settings_factory: Callable[..., Settings],
 ) -> None:
-    settings = settings_factory("auth", database_url="sqlite:///unused.db")
+    settings = settings_factory("auth", database_url="postgresql://unused@127.0.0.1:1/unused")
     servicer = _Slow()  # type: ignore[abstract]  # implements only what the test calls
     stop = asyncio.Event()
     started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -146,9 +146,11 @@ SERVE_SCRIPT = textwrap.dedent(
 
 
 def test_sigterm_drains_and_exits_cleanly(settings_factory: Callable[..., Settings]) -> None:
-    base = settings_factory("auth", database_url="sqlite:///unused.db")
+    unused = "postgresql://unused@127.0.0.1:1/unused"  # the server opens no database
+    base = settings_factory("auth", database_url=unused)
     env = {
         **os.environ,
+        "DATABASE_URL": unused,
         "PI_ADMIN_TOKEN": base.admin_token,
         "PI_SERVICE_TOKEN": base.service_token,
         "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",

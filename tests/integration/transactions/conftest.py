@@ -93,9 +93,9 @@ def engine(make_engine: Callable[..., AsyncEngine], migrated: Settings) -> Async
 
 @pytest.fixture
 async def database(
-    make_database: Callable[..., Awaitable[Database]], migrated: Settings, engine: AsyncEngine
+    make_database: Callable[..., Awaitable[Database]], migrated: Settings
 ) -> Database:
-    return await make_database(migrated.db_schema, engine=engine)
+    return await make_database(migrated.db_schema)
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def service(units: PostgresUnits, payments: FakePaymentLedger, clock: Clock) -> 
 
 @pytest.fixture
 async def serve_app(
-    migrated: Settings, engine: AsyncEngine, es256_signer: Any
+    migrated: Settings, es256_signer: Any
 ) -> AsyncIterator[Callable[..., Awaitable[TransactionsRpc]]]:
     """`await serve_app(payment_ledger, **wiring)`: the service built and served in-process;
     `wiring` goes to `build` (e.g. `facts_wait=`)."""
@@ -140,9 +140,7 @@ async def serve_app(
 
     async def serve(payment_ledger: PaymentLedger, **wiring: Any) -> TransactionsRpc:
         keys = StaticKeySource({es256_signer.kid: es256_signer.public_key})
-        app = await build(
-            migrated, engine=engine, key_source=keys, payment_ledger=payment_ledger, **wiring
-        )
+        app = await build(migrated, key_source=keys, payment_ledger=payment_ledger, **wiring)
         server = create_server([app.interceptor])
         app.register(server)
         port = server.add_insecure_port("127.0.0.1:0")

@@ -24,8 +24,8 @@ from pi.launcher.app import (
     _prepare,
     data_store,
     generated_dir,
-    service_env,
 )
+from pi.launcher.database import embedded_postgres
 from pi.launcher.secrets import REQUIRED, ensure_dev_secrets, read_env_file
 from pi.platform.config import parse_master_keys
 
@@ -97,18 +97,30 @@ def test_the_port_base_comes_from_the_flag_or_the_environment(
     assert seen[-1].var == Path("/tmp/pi-x")
 
 
-def test_sqlite_files_live_in_the_var_dir_unless_database_url_is_set(tmp_path: Path) -> None:
+def test_the_embedded_postgres_lives_in_the_var_dir_unless_database_url_is_set(
+    tmp_path: Path,
+) -> None:
     options = LaunchOptions(root=tmp_path, var_dir=Path("state"))
     assert options.var == tmp_path / "state"
-    own = service_env(options, {"PI_LOG_LEVEL": "INFO"}, "payments")
-    assert own["DATABASE_URL"] == f"sqlite:///{tmp_path}/state/payments.db"
-    assert own["PI_LOG_LEVEL"] == "INFO"
-    assert data_store(options, {}) == f"SQLite files in {tmp_path / 'state'}"
+    assert options.postgres_dir == tmp_path / "state" / "postgres"
+    assert data_store(options, {}) == f"an embedded PostgreSQL in {tmp_path / 'state' / 'postgres'}"
     exported = {"DATABASE_URL": "postgresql://u:secret@db/pi"}
-    assert service_env(options, exported, "auth") == exported
-    assert "secret" not in data_store(options, exported)
+    assert data_store(options, exported) == "PostgreSQL (DATABASE_URL)"
     absolute = LaunchOptions(root=tmp_path, var_dir=Path("/srv/pi"))
-    assert absolute.sqlite_url("auth") == "sqlite:////srv/pi/auth.db"
+    assert absolute.postgres_dir == Path("/srv/pi/postgres")
+
+
+def test_the_embedded_postgres_has_room_for_every_replicas_pool(tmp_path: Path) -> None:
+    def sized(replicas: int, env: dict[str, str]) -> int:
+        server = embedded_postgres(
+            tmp_path / "pg", env, processes=3 * replicas, log_dir=tmp_path / "log"
+        )
+        return server.max_connections
+
+    assert sized(1, {}) == 100  # PostgreSQL's own default covers 3 x 20
+    assert sized(3, {}) == 9 * 21 + 6 + 10
+    assert sized(3, {"PI_DB_POOL_SIZE": "50"}) == 9 * 51 + 6 + 10
+    assert sized(1, {"PI_DB_POOL_SIZE": "lots"}) == 100  # the services refuse it anyway
 
 
 def test_generated_files_are_found_from_any_working_directory(
@@ -176,7 +188,7 @@ def test_prepare_keeps_every_file_in_the_var_dir_and_points_envoy_at_the_port_ba
     assert {base, base + 1, base + 2, http, https, admin} <= _port_values(bootstrap)
     assert 50051 not in _port_values(bootstrap)
     assert env["PI_TRANSACTIONS_TARGET"] == f"127.0.0.1:{base + 1}"
-    assert f"SQLite files in {state}" in console.getvalue()
+    assert f"an embedded PostgreSQL in {state / 'postgres'}" in console.getvalue()
 
 
 def test_prepare_refuses_ports_used_twice(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_create_secrets_makes_valid_secrets_the_services_accept(
     }
     for service in ("auth", "transactions", "payments"):
         settings = Settings.from_env(service, values)  # raises ConfigError if unusable
-        assert settings.is_postgres
+        assert settings.database_url.startswith("postgresql://")
         assert len(settings.admin_token) >= 32
 
 

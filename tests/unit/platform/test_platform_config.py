@@ -1,6 +1,5 @@
 import base64
 import os
-from pathlib import Path
 
 import pytest
 
@@ -8,22 +7,20 @@ from pi.platform.config import ConfigError, Settings, parse_master_keys
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 BASE = {
+    "DATABASE_URL": "postgresql://pi@db.internal:5432/pi",
     "PI_ADMIN_TOKEN": "admin-secret-token",
     "PI_SERVICE_TOKEN": "service-secret-token",
     "PI_MASTER_KEYS": f"1={KEY}",
 }
 
 
-def test_defaults_for_a_known_service_use_sqlite_under_var_of_the_current_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_defaults_for_a_known_service() -> None:
     settings = Settings.from_env("payments", BASE)
     assert settings.grpc_host == "127.0.0.1"
     assert settings.grpc_port == 50053
-    assert settings.database_url == f"sqlite:///{tmp_path}/var/payments.db"
-    assert settings.is_sqlite and not settings.is_postgres
+    assert settings.database_url == "postgresql://pi@db.internal:5432/pi"
     assert settings.db_schema == "payments"
+    assert settings.db_pool_size == 20
     assert settings.redis_url is None
     assert settings.jwt_issuer == "pi-platform"
     assert settings.jwt_audience == "pi-api"
@@ -57,7 +54,8 @@ def test_every_variable_is_read() -> None:
     }
     s = Settings.from_env("auth", env)
     assert (s.grpc_host, s.grpc_port, s.listen_address) == ("0.0.0.0", 6000, "0.0.0.0:6000")
-    assert s.is_postgres and s.db_schema == "t_abc"
+    assert s.database_url == "postgresql://root@127.0.0.1:5432/test"
+    assert s.db_schema == "t_abc"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert (s.jwt_issuer, s.jwt_audience, s.token_ttl_seconds) == ("iss", "aud", 300)
     assert (s.auth_target, s.transactions_target, s.payments_target) == ("a:1", "t:2", "p:3")
@@ -70,9 +68,44 @@ def test_missing_required_variables_are_all_named_in_one_error() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env("auth", {})
     text = str(info.value)
-    for name in ("PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"):
+    for name in ("DATABASE_URL", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"):
         assert name in text
-    assert len(info.value.problems) == 3
+    assert len(info.value.problems) == 4
+
+
+def test_without_database_url_the_error_points_at_make_run() -> None:
+    env = {key: value for key, value in BASE.items() if key != "DATABASE_URL"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env("payments", env)
+    (problem,) = info.value.problems
+    assert "DATABASE_URL is required" in problem
+    assert "`make run`" in problem and "embedded PostgreSQL" in problem
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///var/payments.db", "sqlite+aiosqlite:///x.db", "mysql://x/y", "var/db"]
+)
+def test_only_postgresql_urls_are_accepted(url: str) -> None:
+    with pytest.raises(ConfigError, match="must be a postgresql:// URL"):
+        Settings.from_env("payments", {**BASE, "DATABASE_URL": url})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://pi@db/pi",
+        "postgres://pi@db/pi",
+        "postgresql+psycopg://pi@db/pi",
+        "postgresql://postgres@/pi?host=/var/lib/pi/postgres&port=5432",
+    ],
+)
+def test_postgresql_urls_are_accepted(url: str) -> None:
+    assert Settings.from_env("payments", {**BASE, "DATABASE_URL": url}).database_url == url
+
+
+def test_the_database_url_stays_out_of_repr() -> None:
+    env = {**BASE, "DATABASE_URL": "postgresql://pi:hunter2@db/pi"}
+    assert "hunter2" not in repr(Settings.from_env("payments", env))
 
 
 def test_invalid_values_are_all_reported() -> None:

@@ -31,6 +31,7 @@ def test_redact_keeps_ordinary_numbers() -> None:
 
 def test_configure_writes_redacted_json_lines() -> None:
     env = {
+        "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
         "PI_ADMIN_TOKEN": "very-secret-admin",
         "PI_SERVICE_TOKEN": "very-secret-service",
         "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",

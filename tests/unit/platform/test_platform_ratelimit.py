@@ -370,7 +370,7 @@ def settings(**overrides: Any) -> Settings:
             "PI_ADMIN_TOKEN": "admin-token",
             "PI_SERVICE_TOKEN": "service-token",
             "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
-            "DATABASE_URL": "sqlite:///unused.db",
+            "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
         },
     )
     return dataclasses.replace(base, **overrides)

@@ -23,7 +23,6 @@ def upgrade() -> None:
         "outbox",
         ["transaction_id", "seq"],
         postgresql_where=sa.text("delivered_time IS NULL"),
-        sqlite_where=sa.text("delivered_time IS NULL"),
     )
 
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
 from pi.auth.adapters.postgres.tables import (
     api_keys,
@@ -37,8 +37,7 @@ from pi.auth.domain.tokens import TokenGrant
 from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database
-from pi.platform.db.engine import sync_url
-from pi.platform.db.errors import IntegrityError
+from pi.platform.db.engine import sync_engine
 from pi.platform.kernel.errors import Unauthenticated
 from pi.platform.kernel.principal import Principal
 from pi.platform.kernel.units import Mode
@@ -51,11 +50,7 @@ if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
 
 
 def test_migrations_build_exactly_the_declared_tables(migrated: Settings) -> None:
-    engine = create_engine(
-        sync_url(migrated.database_url),
-        poolclass=NullPool,
-        connect_args={"options": f"-c search_path={migrated.db_schema}"},
-    )
+    engine = sync_engine(migrated.database_url, migrated.db_schema)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})

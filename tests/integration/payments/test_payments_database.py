@@ -1,6 +1,6 @@
 """The money rules as database rules: constraints and the status trigger refuse bad rows
-even when the code is bypassed. Plus: the migration matches the tables, and the
-service runs on the embedded SQLite default."""
+even when the code is bypassed. Plus: the migration matches the tables, and the use
+cases run the same on the PostgreSQL and the in-memory unit of work."""
 
 from __future__ import annotations
 
@@ -8,31 +8,28 @@ import asyncio
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.payments import main as payments_main
-from pi.payments.connectors.sandbox import SandboxConnector
+from pi.payments import bootstrap as payments_bootstrap
+from pi.payments.adapters.postgres.tables import metadata, payments, transaction_refs
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.create_payment import CreatePaymentInput
+from pi.payments.app.ports import MovementOutcome, TransactionFacts
+from pi.payments.app.use_cases import payment_use_cases
 from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
-from pi.payments.ledger_client import MovementOutcome, TransactionFacts
-from pi.payments.service import CreatePaymentInput, PaymentService
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys, metadata, payments, transaction_refs
 from pi.platform.config import Settings
 from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.idempotency import Idempotency
+from pi.platform.db.errors import DatabaseError, IntegrityError
 from pi.platform.kernel.errors import NotFound
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
-from pi.transactions.domain import Movement
+from pi.platform.ledger import Movement
 
 NOW = datetime.now(UTC)
 
@@ -43,7 +40,7 @@ async def engine(
 ) -> AsyncEngine:
     settings = settings_factory("payments")
     await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+        migrations.upgrade, settings, settings.db_schema, payments_bootstrap.MIGRATIONS
     )
     engine = make_engine(settings.db_schema)
     async with engine.begin() as conn:
@@ -91,7 +88,7 @@ def _payment(**overrides: Any) -> dict[str, Any]:
 
 
 async def _refused(engine: AsyncEngine, statement: Any) -> None:
-    with pytest.raises((IntegrityError, DBAPIError)):
+    with pytest.raises((IntegrityError, DatabaseError)):
         async with engine.begin() as conn:
             await conn.execute(statement)
 
@@ -212,20 +209,13 @@ class _Ledger:
         return [MovementOutcome(movement.id) for movement in movements]
 
 
-async def test_the_service_runs_on_the_embedded_sqlite_default(
-    tmp_path: Path, make_engine: Callable[..., AsyncEngine]
-) -> None:
-    url = f"sqlite:///{tmp_path}/payments.db"
-    await asyncio.to_thread(migrations.upgrade, url, None, payments_main.MIGRATIONS)
-    engine = make_engine("main", url=url)
-    store = PaymentStore(Database(engine))
+async def test_the_use_cases_run_alike_on_either_unit_of_work(backend: Any) -> None:
     ledger = _Ledger()
-    service = PaymentService(
-        store,
+    service = payment_use_cases(
+        backend.units,
         SandboxConnector(),
         ledger,
-        idempotency=Idempotency(idempotency_keys),
-        fingerprint_key=secrets.token_bytes(32),
+        card_key=secrets.token_bytes(32),
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
     )
@@ -247,6 +237,5 @@ async def test_the_service_runs_on_the_embedded_sqlite_default(
     page = await service.list_payments(merchant)
     assert [p.id for p in page.payments] == [results[0].id]
     assert [m.kind.value for m in ledger.movements] == []
-    async with engine.connect() as conn:
-        outbox_kinds = (await conn.execute(sa.text("SELECT kind FROM outbox ORDER BY seq"))).all()
-    assert [k for (k,) in outbox_kinds] == ["AUTHORIZATION", "CAPTURE", "REFUND"]
+    outbox_kinds = [row.kind for row in await backend.outbox_rows()]
+    assert outbox_kinds == ["AUTHORIZATION", "CAPTURE", "REFUND"]

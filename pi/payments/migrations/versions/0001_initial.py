@@ -17,9 +17,8 @@ _FAILURE_REASONS = (
     "'CARD_DECLINED', 'INSUFFICIENT_FUNDS', 'PROCESSOR_UNAVAILABLE', 'PROCESSOR_DECLINED'"
 )
 
-# The payment state machine as a database rule (PostgreSQL only; SQLite is the embedded
-# first-run mode). Mirrors pi.payments.domain.ALLOWED_TRANSITIONS, and also keeps the
-# identity and money columns of a payment from being rewritten:
+# The payment state machine as a database rule. Mirrors pi.payments.domain.ALLOWED_TRANSITIONS,
+# and also keeps the identity and money columns of a payment from being rewritten:
 #   PROCESSING       -> REQUIRES_CAPTURE | SUCCEEDED | FAILED
 #   REQUIRES_CAPTURE -> SUCCEEDED | CANCELLED
 #   SUCCEEDED        -> SUCCEEDED (refunds: refunded_amount grows, captured_amount fixed)
@@ -68,10 +67,6 @@ _GUARD_TRIGGER = """
 CREATE TRIGGER payments_guard BEFORE INSERT OR UPDATE ON payments
 FOR EACH ROW EXECUTE FUNCTION payments_guard()
 """
-
-
-def _is_postgres() -> bool:
-    return bool(op.get_bind().dialect.name == "postgresql")
 
 
 def upgrade() -> None:
@@ -169,7 +164,6 @@ def upgrade() -> None:
         "payments",
         ["update_time"],
         postgresql_where=sa.text("status = 'PROCESSING'"),
-        sqlite_where=sa.text("status = 'PROCESSING'"),
     )
 
     op.create_table(
@@ -217,7 +211,6 @@ def upgrade() -> None:
         "outbox",
         ["next_attempt_time"],
         postgresql_where=sa.text("delivered_time IS NULL"),
-        sqlite_where=sa.text("delivered_time IS NULL"),
     )
 
     op.create_table(
@@ -231,15 +224,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_idempotency_keys_create_time", "idempotency_keys", ["create_time"])
 
-    if _is_postgres():
-        op.execute(_GUARD_FUNCTION)
-        op.execute(_GUARD_TRIGGER)
+    op.execute(_GUARD_FUNCTION)
+    op.execute(_GUARD_TRIGGER)
 
 
 def downgrade() -> None:
-    if _is_postgres():
-        op.execute("DROP TRIGGER IF EXISTS payments_guard ON payments")
-        op.execute("DROP FUNCTION IF EXISTS payments_guard()")
+    op.execute("DROP TRIGGER IF EXISTS payments_guard ON payments")
+    op.execute("DROP FUNCTION IF EXISTS payments_guard()")
     op.drop_table("idempotency_keys")
     op.drop_table("outbox")
     op.drop_table("refunds")

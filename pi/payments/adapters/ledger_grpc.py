@@ -1,45 +1,31 @@
-"""The payment service's port to the transaction service, and its gRPC adapter.
-
-`TransactionLedger` is what the use cases and the outbox dispatcher need:
-`lookup_transaction` (first sight of a transaction) and `apply_movements` (delivery of a
-round of outbox rows in one call, with an outcome per movement).
-`GrpcTransactionLedger` calls `pi.transactions.v1.TransactionLedgerService` with the
-service credential (carried by the channel from `clients.service_channel`) and a
-deadline on every call.
+"""The transaction service over gRPC (`pi.payments.app.ports.TransactionLedger`): calls
+`pi.transactions.v1.TransactionLedgerService` with the service credential (carried by
+the channel from `clients.service_channel`) and a deadline on every call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.payments.movements import movement_to_pb
+from pi.payments.adapters.movements import movement_to_pb
+from pi.payments.app.ports import (
+    REASON_TRANSACTION_NOT_FOUND,
+    REASON_TRANSACTIONS_UNAVAILABLE,
+    LedgerError,
+    MovementOutcome,
+    TransactionFacts,
+)
 from pi.platform.kernel.errors import NotFound, Unavailable
 from pi.platform.ledger import Movement
 
-__all__ = [
-    "MAX_MOVEMENTS_PER_CALL",
-    "REASON_TRANSACTIONS_UNAVAILABLE",
-    "REASON_TRANSACTION_NOT_FOUND",
-    "GrpcTransactionLedger",
-    "LedgerError",
-    "MovementOutcome",
-    "TransactionFacts",
-    "TransactionLedger",
-]
-
-REASON_TRANSACTION_NOT_FOUND = "TRANSACTION_NOT_FOUND"
-REASON_TRANSACTIONS_UNAVAILABLE = "TRANSACTIONS_UNAVAILABLE"
+__all__ = ["GrpcTransactionLedger"]
 
 LOOKUP_DEADLINE_SECONDS = 2.0
 APPLY_DEADLINE_SECONDS = 2.0
-# The transaction service's cap on ApplyMovements (transactions.proto).
-MAX_MOVEMENTS_PER_CALL = 1000
 
 _TRANSIENT = frozenset(
     {
@@ -50,64 +36,6 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionFacts:
-    """What the payment service caches of a transaction: facts that never change, plus
-    whether it was already cancelled when looked up."""
-
-    transaction_id: str
-    merchant_id: str
-    amount: int
-    currency: str
-    cancelled: bool
-
-
-class LedgerError(Exception):
-    """The transaction service refused a call or a movement for a reason other than
-    being down.
-
-    `code` is the gRPC status name, `reason` the ErrorInfo reason if there was one; the
-    message never contains request data.
-    """
-
-    def __init__(self, code: str, message: str, reason: str | None = None) -> None:
-        super().__init__(f"{code} {reason}: {message}" if reason else f"{code}: {message}")
-        self.code = code
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class MovementOutcome:
-    """What the transaction service did with one movement of `apply_movements`.
-
-    `error` is None if the movement is applied (now, or already before). Otherwise it was
-    not applied: refused (e.g. FAILED_PRECONDITION), or ABORTED because an earlier
-    movement of its transaction in the same call was not applied.
-    """
-
-    movement_id: str
-    error: LedgerError | None = None
-
-    @property
-    def applied(self) -> bool:
-        return self.error is None
-
-
-class TransactionLedger(Protocol):
-    async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
-        """The merchant's transaction. NotFound(TRANSACTION_NOT_FOUND) if it is not the
-        merchant's or does not exist; Unavailable(TRANSACTIONS_UNAVAILABLE) if the
-        transaction service cannot answer."""
-        ...
-
-    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
-        """Apply 1 to `MAX_MOVEMENTS_PER_CALL` movements in one call (idempotent by id);
-        one outcome per movement, in order. Movements of one transaction apply in the
-        given order, and none after one that is not applied. Unavailable if the
-        transaction service cannot answer, LedgerError if it refused the whole call."""
-        ...
 
 
 def _unavailable() -> Unavailable:

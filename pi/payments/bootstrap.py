@@ -1,8 +1,7 @@
-"""Composition root of the payment service.
-
-settings → engine → store → connector (sandbox) → ledger client (transaction service)
-→ use cases → servicers → platform server with the auth and rate-limit interceptors and
-the background tasks (outbox dispatcher, reconciler, JWKS refresh, revocation polling).
+"""The composition root of the payment service: settings → database → units of work →
+use cases → servicers → server, with the background workers (outbox dispatcher,
+reconciler, housekeeping) and the platform's authentication tasks (JWKS refresh,
+revocation polling).
 
 Nothing is built at import time. `run()` serves (`python -m pi.payments`), `migrate()`
 applies the Alembic migrations (`python -m pi.payments migrate`). Tests build the same
@@ -16,21 +15,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
-from pi.payments.connectors.base import Connector
-from pi.payments.connectors.sandbox import SandboxConnector
-from pi.payments.ledger_client import GrpcTransactionLedger, TransactionLedger
-from pi.payments.outbox import OutboxDispatcher
-from pi.payments.reconciler import Reconciler
-from pi.payments.service import PaymentService
-from pi.payments.servicer import PaymentLedgerServicer, PaymentServicer
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys
+from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
+from pi.payments.adapters.postgres.outbox import PostgresOutbox
+from pi.payments.adapters.postgres.uow import PostgresUnits
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
+from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
+from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
+from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.platform.config import Settings
 from pi.platform.db.database import Database, open_database
-from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
@@ -60,16 +56,15 @@ class PaymentsApp:
     """The payment service's object graph, ready to register on a gRPC server."""
 
     settings: Settings
-    engine: AsyncEngine
     database: Database
-    store: PaymentStore
+    units: UnitsOfWork
+    outbox: Outbox
     connector: Connector
     ledger: TransactionLedger
-    payments: PaymentService
+    use_cases: PaymentUseCases
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
     authentication: Authentication
-    idempotency: Idempotency
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
@@ -84,17 +79,14 @@ class PaymentsApp:
 
     async def housekeeping(self) -> None:
         """One housekeeping pass: forget old delivered movements and expired idempotency keys."""
-        await self.store.purge(
-            delivered_before=datetime.now(UTC) - DELIVERED_RETENTION,
-            idempotency=self.idempotency,
-        )
+        await self.outbox.purge(delivered_before=datetime.now(UTC) - DELIVERED_RETENTION)
 
     def register(self, grpc_server: grpc.aio.Server) -> None:
         payments_pb2_grpc.add_PaymentServiceServicer_to_server(
-            PaymentServicer(self.payments), grpc_server
+            PaymentServicer(self.use_cases), grpc_server
         )
         payments_pb2_grpc.add_PaymentLedgerServiceServicer_to_server(
-            PaymentLedgerServicer(self.payments), grpc_server
+            PaymentLedgerServicer(self.use_cases), grpc_server
         )
 
     async def close(self) -> None:
@@ -116,16 +108,18 @@ def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
 async def build(
     settings: Settings,
     *,
-    engine: AsyncEngine | None = None,
+    database: Database | None = None,
     connector: Connector | None = None,
     ledger: TransactionLedger | None = None,
     key_source: KeySource | None = None,
 ) -> PaymentsApp:
     """Wire the service. Without `ledger` it calls the transaction service at
     `settings.transactions_target`; without `key_source` it fetches the JWKS from and
-    polls revocations at `settings.auth_target` (see `runtime.wiring.authentication`)."""
-    database = await open_database(settings, engine)
-    store = PaymentStore(database)
+    polls revocations at `settings.auth_target` (see `runtime.wiring.authentication`).
+    Without `database` it opens the one `settings` name (and closes it with the app)."""
+    database = database or await open_database(settings)
+    units = PostgresUnits(database)
+    outbox = PostgresOutbox(database, units.idempotency)
     master_keys = MasterKeys(settings.master_keys)
     connector = connector or SandboxConnector()
     channels: list[grpc.aio.Channel] = []
@@ -135,33 +129,30 @@ async def build(
         )
         channels.append(transactions_channel)
         ledger = GrpcTransactionLedger(transactions_channel)
-    dispatcher = OutboxDispatcher(store, ledger)
+    dispatcher = OutboxDispatcher(outbox, ledger)
     card_key, request_key = derive_keys(master_keys)
-    idempotency = Idempotency(idempotency_keys)
-    payments = PaymentService(
-        store,
+    use_cases = payment_use_cases(
+        units,
         connector,
         ledger,
-        idempotency=idempotency,
-        fingerprint_key=card_key,
+        card_key=card_key,
         request_key=request_key,
         page_tokens=PageToken(master_keys.derive_key("page-token")),
         notify=dispatcher.nudge,
     )
-    reconciler = Reconciler(store, payments)
+    reconciler = Reconciler(use_cases.reconcile_payment)
     callers = authentication(settings, keys=key_source)
     app = PaymentsApp(
         settings=settings,
-        engine=database.engine,
         database=database,
-        store=store,
+        units=units,
+        outbox=outbox,
         connector=connector,
         ledger=ledger,
-        payments=payments,
+        use_cases=use_cases,
         dispatcher=dispatcher,
         reconciler=reconciler,
         authentication=callers,
-        idempotency=idempotency,
         channels=channels,
     )
     app.background = [

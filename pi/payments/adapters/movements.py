@@ -1,51 +1,17 @@
-"""Movements as the outbox stores them: a serialized `pi.transactions.v1.Movement`.
+"""Movements as the transaction service's proto (`pi.transactions.v1.Movement`): what
+ApplyMovements carries, and what the outbox stores, serialized.
 
-The payload is the wire contract with the transaction service, so what is delivered is
-byte for byte what was committed with the money change.
+The outbox payload is the wire contract with the transaction service, so what is
+delivered is byte for byte what was committed with the money change.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from generated.pi.transactions.v1 import transactions_pb2
-from pi.platform.kernel.ids import new_id
-from pi.platform.ledger import Movement, MovementDelta, MovementKind
+from pi.platform.ledger import Movement, MovementKind
 from pi.platform.runtime.protobuf import timestamp, to_datetime
 
-__all__ = [
-    "cancellation_movement_id",
-    "decode_movement",
-    "encode_movement",
-    "movement_from_pb",
-    "movement_to_pb",
-    "movements_from_deltas",
-]
-
-
-def cancellation_movement_id(transaction_id: str) -> str:
-    """The one CANCELLATION movement of a transaction has this id on every call."""
-    return f"mov_cancel_{transaction_id}"
-
-
-def movements_from_deltas(
-    deltas: tuple[MovementDelta, ...], *, merchant_id: str, transaction_id: str, now: datetime
-) -> list[Movement]:
-    """Give each delta an id (deterministic for the cancellation) and a time."""
-    return [
-        Movement.from_delta(
-            delta,
-            id=(
-                cancellation_movement_id(transaction_id)
-                if delta.kind is MovementKind.CANCELLATION
-                else new_id("mov")
-            ),
-            merchant_id=merchant_id,
-            transaction_id=transaction_id,
-            occur_time=now,
-        )
-        for delta in deltas
-    ]
+__all__ = ["decode_movement", "encode_movement", "movement_from_pb", "movement_to_pb"]
 
 
 def movement_to_pb(movement: Movement) -> transactions_pb2.Movement:

@@ -8,27 +8,24 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from pi.payments.connectors import (
-    TEST_CARDS,
-    AuthorizeRequest,
-    CaptureRequest,
-    Connector,
-    ConnectorResult,
-    RefundRequest,
-    SandboxConnector,
-    VoidRequest,
-)
+from pi.payments.adapters.processor import TEST_CARDS, SandboxConnector
+from pi.payments.app.ports import Connector
 from pi.payments.domain import (
+    AuthorizeRequest,
     BankTransferInput,
     CaptureMode,
+    CaptureRequest,
     CardInput,
+    ConnectorResult,
     FailureReason,
     PaymentMethodDetails,
     PaymentMethodType,
     PaymentStatus,
     ProcessorOutcome,
     ReconcileAction,
+    RefundRequest,
     TransactionRef,
+    VoidRequest,
     WalletInput,
     WalletType,
     authorize_outcome,

@@ -27,14 +27,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
-from pi.payments.connectors.base import (
+from pi.payments.domain import (
     AuthorizeRequest,
     CaptureRequest,
+    CardDetails,
     ConnectorResult,
+    FailureReason,
+    ProcessorOutcome,
     RefundRequest,
     VoidRequest,
 )
-from pi.payments.domain import CardDetails, FailureReason, ProcessorOutcome
 from pi.platform.kernel.ids import new_id
 
 __all__ = ["TEST_CARDS", "SandboxConnector"]

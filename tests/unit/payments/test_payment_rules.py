@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from pi.payments.connectors.base import AuthorizeRequest
 from pi.payments.domain import (
     ALLOWED_TRANSITIONS,
     FINGERPRINT_HEX_LENGTH,
     UNKNOWN_OUTCOME_TIMEOUT,
+    AuthorizeRequest,
     BankTransferDetails,
     BankTransferFacts,
     BankTransferInput,
@@ -56,7 +56,7 @@ from pi.payments.domain import (
 )
 from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
 from pi.platform.kernel.money import MAX_AMOUNT
-from pi.transactions.domain import MovementDelta, MovementKind
+from pi.platform.ledger import MovementDelta, MovementKind
 
 TODAY = date(2026, 6, 15)
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)

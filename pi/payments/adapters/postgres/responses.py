@@ -1,8 +1,11 @@
-"""Payments and refunds as JSON bytes: the responses kept for idempotent replays.
+"""Responses as idempotency keys store them: payments and refunds as JSON bytes.
 
 A replay returns the first response exactly, not the payment's current state, so the
 response is stored as a snapshot. Only what the API returns is kept: brand, last 4 and
 fingerprint of a card, never its number or CVC (the domain objects do not have them).
+
+CreatePayment's key holds "P" + the payment id while the processor's answer is pending
+(`PendingPayment`), then "R" + the payment's snapshot (`FinalPayment`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pi.payments.app.ports import CreateResponse, FinalPayment, PendingPayment, RefundResult
 from pi.payments.domain import (
     BankTransferFacts,
     CaptureMode,
@@ -27,16 +31,19 @@ from pi.payments.domain import (
 )
 
 __all__ = [
+    "decode_create",
     "decode_payment",
     "decode_refund_result",
+    "encode_create",
     "encode_payment",
     "encode_refund_result",
-    "payment_from_dict",
-    "payment_to_dict",
 ]
 
+_PENDING = b"P"
+_FINAL = b"R"
 
-def payment_to_dict(payment: Payment) -> dict[str, Any]:
+
+def _payment_to_dict(payment: Payment) -> dict[str, Any]:
     card, bank, wallet = payment.card, payment.bank_transfer, payment.wallet
     return {
         "id": payment.id,
@@ -69,7 +76,7 @@ def payment_to_dict(payment: Payment) -> dict[str, Any]:
     }
 
 
-def payment_from_dict(data: dict[str, Any]) -> Payment:
+def _payment_from_dict(data: dict[str, Any]) -> Payment:
     card = data["card"]
     bank = data["bank_transfer"]
     wallet = data["wallet"]
@@ -136,17 +143,31 @@ def _dump(value: Any) -> bytes:
 
 
 def encode_payment(payment: Payment) -> bytes:
-    return _dump(payment_to_dict(payment))
+    return _dump(_payment_to_dict(payment))
 
 
 def decode_payment(data: bytes) -> Payment:
-    return payment_from_dict(json.loads(data))
+    return _payment_from_dict(json.loads(data))
 
 
-def encode_refund_result(refund: Refund, payment: Payment) -> bytes:
-    return _dump({"refund": _refund_to_dict(refund), "payment": payment_to_dict(payment)})
+def encode_refund_result(result: RefundResult) -> bytes:
+    return _dump(
+        {"refund": _refund_to_dict(result.refund), "payment": _payment_to_dict(result.payment)}
+    )
 
 
-def decode_refund_result(data: bytes) -> tuple[Refund, Payment]:
+def decode_refund_result(data: bytes) -> RefundResult:
     value = json.loads(data)
-    return _refund_from_dict(value["refund"]), payment_from_dict(value["payment"])
+    return RefundResult(_refund_from_dict(value["refund"]), _payment_from_dict(value["payment"]))
+
+
+def encode_create(response: CreateResponse) -> bytes:
+    if isinstance(response, PendingPayment):
+        return _PENDING + response.payment_id.encode()
+    return _FINAL + encode_payment(response.payment)
+
+
+def decode_create(data: bytes) -> CreateResponse:
+    if data.startswith(_FINAL):
+        return FinalPayment(decode_payment(data[len(_FINAL) :]))
+    return PendingPayment(data[len(_PENDING) :].decode())

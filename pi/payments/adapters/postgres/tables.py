@@ -1,4 +1,4 @@
-"""The payment service's tables (SQLAlchemy Core, no schema: the engine maps it).
+"""The payment service's tables (SQLAlchemy Core, no schema: the search_path finds them).
 
 The money rules that must hold whatever the code does are constraints here, mirrored by
 migration 0001 (plus a PostgreSQL trigger for the payment state machine):
@@ -126,7 +126,6 @@ payments = sa.Table(
         "payments_processing_idx",
         "update_time",
         postgresql_where=sa.text("status = 'PROCESSING'"),
-        sqlite_where=sa.text("status = 'PROCESSING'"),
     ),
 )
 
@@ -170,7 +169,6 @@ outbox = sa.Table(
         "outbox_undelivered_idx",
         "next_attempt_time",
         postgresql_where=sa.text("delivered_time IS NULL"),
-        sqlite_where=sa.text("delivered_time IS NULL"),
     ),
     # For the dispatcher's check for an earlier undelivered row (migration 0002).
     sa.Index(
@@ -178,8 +176,14 @@ outbox = sa.Table(
         "transaction_id",
         "seq",
         postgresql_where=sa.text("delivered_time IS NULL"),
-        sqlite_where=sa.text("delivered_time IS NULL"),
     ),
 )
 
 idempotency_keys = idempotency_table(metadata)
+
+
+def written(table: sa.Table) -> sa.TableClause:
+    """`table` as INSERTs and UPDATEs that run as `Statement`s write it: the same name and
+    column types without the client-side defaults `Statement` refuses. The repositories
+    pass every value themselves, so the defaults would never apply anyway."""
+    return sa.table(table.name, *(sa.column(column.name, column.type) for column in table.c))

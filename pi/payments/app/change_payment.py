@@ -17,15 +17,8 @@ from pi.payments.app.common import (
     payment_not_found,
     processor_refused,
 )
-from pi.payments.app.ports import (
-    Clock,
-    Connector,
-    Notify,
-    PaymentsUnit,
-    RefundResult,
-    RequestKey,
-    UnitsOfWork,
-)
+from pi.payments.app.ports import Clock, Connector, Notify, PaymentsUnit, UnitsOfWork
+from pi.payments.app.requests import RefundResult, RequestKey
 from pi.payments.domain import (
     MAX_REFUND_REASON_LENGTH,
     CaptureRequest,

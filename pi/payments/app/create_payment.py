@@ -37,16 +37,8 @@ from pi.payments.app.common import (
     payment_not_found,
     transaction_not_found,
 )
-from pi.payments.app.ports import (
-    Clock,
-    Connector,
-    FinalPayment,
-    PaymentsUnit,
-    PendingPayment,
-    RequestKey,
-    TransactionLedger,
-    UnitsOfWork,
-)
+from pi.payments.app.ports import Clock, Connector, PaymentsUnit, TransactionLedger, UnitsOfWork
+from pi.payments.app.requests import FinalPayment, PendingPayment, RequestKey
 from pi.payments.app.settle import Settlement, SettlePayment
 from pi.payments.domain import (
     AuthorizeRequest,

@@ -28,6 +28,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from pi.payments.app.requests import (
+    CreateResponse,
+    FinalPayment,
+    PendingPayment,
+    RefundResult,
+    RequestKey,
+)
 from pi.payments.domain import (
     AuthorizeRequest,
     CaptureRequest,
@@ -47,8 +54,6 @@ __all__ = [
     "REASON_TRANSACTION_NOT_FOUND",
     "Clock",
     "Connector",
-    "CreateResponse",
-    "FinalPayment",
     "IdempotencyKeys",
     "LedgerError",
     "MovementOutcome",
@@ -56,12 +61,9 @@ __all__ = [
     "Outbox",
     "Payments",
     "PaymentsUnit",
-    "PendingPayment",
     "QueuedMovement",
     "Refs",
-    "RefundResult",
     "Refunds",
-    "RequestKey",
     "TransactionFacts",
     "TransactionLedger",
     "UnitsOfWork",
@@ -78,42 +80,6 @@ Notify = Callable[[], None]
 
 
 # -- idempotency -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RequestKey:
-    """An idempotent request: the caller's `key` within `scope` (the merchant) and
-    `operation`, and the request's keyed fingerprint. `key` None: the caller sent none,
-    so nothing is claimed, stored or replayed."""
-
-    scope: str
-    operation: str
-    key: str | None
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class PendingPayment:
-    """What CreatePayment's key holds once the payment is recorded (T1) and until the
-    processor's answer is (T2): a duplicate resumes with this payment."""
-
-    payment_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FinalPayment:
-    """What CreatePayment's key holds once settled: the response every replay returns."""
-
-    payment: Payment
-
-
-CreateResponse = PendingPayment | FinalPayment
-
-
-@dataclass(frozen=True, slots=True)
-class RefundResult:
-    refund: Refund
-    payment: Payment
 
 
 class IdempotencyKeys(Protocol):

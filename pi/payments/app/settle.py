@@ -13,15 +13,8 @@ from dataclasses import dataclass
 from functools import partial
 
 from pi.payments.app.common import locked, payment_not_found
-from pi.payments.app.ports import (
-    Clock,
-    FinalPayment,
-    Notify,
-    PaymentsUnit,
-    PendingPayment,
-    RequestKey,
-    UnitsOfWork,
-)
+from pi.payments.app.ports import Clock, Notify, PaymentsUnit, UnitsOfWork
+from pi.payments.app.requests import FinalPayment, PendingPayment, RequestKey
 from pi.payments.domain import (
     ConnectorResult,
     Payment,

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pi.payments.app.ports import CreateResponse, RefundResult
+from pi.payments.app.requests import CreateResponse, RefundResult
 from pi.payments.domain import Payment, PaymentStatus, Refund, TransactionRef
 from pi.platform.ledger import Movement
 

@@ -1,10 +1,12 @@
 """The payment service's unit of work in memory (`pi.payments.app.ports`), for use-case
 tests and as the fake the contract tests hold to PostgreSQL's behaviour.
 
-Units run one at a time (`MemoryUnitOfWork` holds a shared lock for the block), so
-every read is current and `seen` is never needed; writes still check what they are
-conditional on in an OPTIMISTIC unit (a miss raises `Conflict`), and every row keeps the
-database's rules (`state.py`).
+Units run one at a time (`MemoryUnitOfWork` holds a shared lock for the block) and
+write straight into the state (put back if the block ends without a commit). Modes
+behave as on PostgreSQL: an OPTIMISTIC unit answers a read with `seen` when given,
+writes only what is still as it was read (a miss, or a taken idempotency key, raises
+`Conflict`) and cannot confirm a decision that writes nothing; LOCKED units read the
+current rows. Every row keeps the database's rules (`state.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pi.payments.adapters.memory.state import (
     check_ref,
     with_amounts,
 )
-from pi.payments.app.ports import (
+from pi.payments.app.requests import (
     CreateResponse,
     FinalPayment,
     PendingPayment,
@@ -48,8 +50,13 @@ class MemoryPaymentsUnit(MemoryUnitOfWork[MemoryState]):
         self.refunds = _Refunds(self)
         self.idempotency = _Keys(self)
 
+    @property
+    def optimistic(self) -> bool:
+        return self.mode is Mode.OPTIMISTIC
+
     def confirm_reads(self) -> None:
-        """Reads are current here: nothing to confirm."""
+        if self.optimistic:
+            raise Conflict("a decision that writes nothing is only final under locks")
 
     def writable(self) -> MemoryState:
         if self.mode is Mode.READ:
@@ -71,10 +78,13 @@ class MemoryUnits:
 class _Refs:
     def __init__(self, unit: MemoryPaymentsUnit) -> None:
         self._unit = unit
+        self._added: dict[str, TransactionRef] = {}  # OPTIMISTIC: as `add` returned them
 
     async def get(
         self, transaction_id: str, *, seen: TransactionRef | None = None
     ) -> TransactionRef | None:
+        if seen is not None and self._unit.optimistic:
+            return seen
         stored = self._unit.state.refs.get(transaction_id)
         return None if stored is None else stored.ref
 
@@ -84,6 +94,9 @@ class _Refs:
             stored = StoredRef(facts, 0, now, now)
             check_ref(stored)
             refs[facts.transaction_id] = stored
+        if self._unit.optimistic:
+            self._added[facts.transaction_id] = facts
+            return facts
         return refs[facts.transaction_id].ref
 
     async def add_all(self, refs: Sequence[TransactionRef], *, now: datetime) -> set[str]:
@@ -108,7 +121,12 @@ class _Refs:
         *,
         now: datetime,
     ) -> None:
-        def unchanged(ref: TransactionRef) -> bool:
+        fresh = self._added.get(old.transaction_id) == old
+
+        def unchanged(stored: StoredRef) -> bool:
+            if fresh:  # still exactly as first inserted, whoever inserted it
+                return stored.ref == old and stored.movement_count == 0
+            ref = stored.ref
             return (ref.held_amount, ref.captured_amount, ref.closed) == (
                 old.held_amount,
                 old.captured_amount,
@@ -125,8 +143,8 @@ class _Refs:
         *,
         now: datetime,
     ) -> None:
-        def holding(ref: TransactionRef) -> bool:
-            return ref.held_amount + new.held_amount - old.held_amount >= 0
+        def holding(stored: StoredRef) -> bool:
+            return stored.ref.held_amount + new.held_amount - old.held_amount >= 0
 
         self._write(old, new, movements, now, holding)
 
@@ -136,13 +154,13 @@ class _Refs:
         new: TransactionRef,
         movements: Sequence[Movement],
         now: datetime,
-        condition: Callable[[TransactionRef], bool],
+        condition: Callable[[StoredRef], bool],
     ) -> None:
         state = self._unit.writable()
         stored = state.refs.get(old.transaction_id)
         if stored is None:
             raise LookupError(f"no ref for {old.transaction_id}")
-        if self._unit.mode is Mode.OPTIMISTIC and not condition(stored.ref):
+        if self._unit.optimistic and not condition(stored):
             raise Conflict(f"the ref of {old.transaction_id} changed")
         written = StoredRef(
             with_amounts(stored, old, new),
@@ -170,6 +188,8 @@ class _Payments:
         self._unit = unit
 
     async def get(self, payment_id: str, *, seen: Payment | None = None) -> Payment | None:
+        if seen is not None and self._unit.optimistic:
+            return seen
         return self._unit.state.payments.get(payment_id)
 
     async def find(self, payment_id: str, merchant_id: str) -> Payment | None:
@@ -275,6 +295,10 @@ class _Keys:
     async def create_response(
         self, request: RequestKey, *, seen: PendingPayment
     ) -> CreateResponse | None:
+        if request.key is None:
+            return None
+        if self._unit.optimistic:
+            return seen
         stored = self._stored(request)
         if stored is None or stored.response is None:
             return None
@@ -288,7 +312,7 @@ class _Keys:
         if stored is None:
             return
         self._unit.writable()
-        if self._unit.mode is Mode.OPTIMISTIC and stored.response != pending:
+        if self._unit.optimistic and stored.response != pending:
             raise Conflict("a duplicate request finished the key")
         stored.response = final
 
@@ -337,6 +361,8 @@ class _Keys:
                 request.fingerprint, response, now
             )
             return None
+        if self._unit.optimistic:  # PostgreSQL would find out at the commit
+            raise Conflict("the idempotency key is taken")
         _check_same_request(stored, request)
         if stored.response is None:
             raise Aborted(

@@ -19,7 +19,7 @@ from pi.payments.adapters.postgres.responses import (
     encode_refund_result,
 )
 from pi.payments.adapters.postgres.tables import idempotency_keys
-from pi.payments.app.ports import (
+from pi.payments.app.requests import (
     CreateResponse,
     FinalPayment,
     PendingPayment,

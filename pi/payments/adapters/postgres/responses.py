@@ -14,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pi.payments.app.ports import CreateResponse, FinalPayment, PendingPayment, RefundResult
+from pi.payments.app.requests import CreateResponse, FinalPayment, PendingPayment, RefundResult
 from pi.payments.domain import (
     BankTransferFacts,
     CaptureMode,

@@ -131,7 +131,9 @@ class CreatePayment:
         settled = await self._settle(
             Settlement(recorded.payment, result, ref=recorded.ref, request=key)
         )
-        log.debug("payment created", extra={"payment_id": settled.id, "status": settled.status})
+        log.debug(
+            "payment created", extra={"payment_id": settled.id, "status": settled.status.value}
+        )
         return settled
 
     async def _record(
@@ -159,7 +161,9 @@ class CreatePayment:
                 ref: TransactionRef | None = await unit.refs.get(request.transaction_id, seen=known)
             else:
                 ref = await unit.refs.add(facts, now=now)
-            if ref is None or ref.merchant_id != merchant_id:  # facts that never change
+            if ref is None or ref.merchant_id != merchant_id:
+                # A refusal writes nothing, so it is final only once the key is really
+                # claimed: a reused key is reported as such first.
                 unit.confirm_reads()
                 raise transaction_not_found()
             try:
@@ -172,7 +176,7 @@ class CreatePayment:
                     now=now,
                 )
             except FailedPrecondition:
-                unit.confirm_reads()
+                unit.confirm_reads()  # the ref read may be stale: refused for good under its lock
                 raise
             await unit.refs.update(ref, change.ref, now=now)
             await unit.payments.add(change.payment)

@@ -4,7 +4,7 @@
 One pgbench "transaction" of this script is one whole flow (POST /v1/transactions, then
 POST /v1/payments with a card and automatic capture, an idempotency key on both), sent
 statement for statement as the services send it (pi/transactions/adapters/postgres/,
-pi/payments/store.py, pi/platform/db/idempotency.py; checked against a statement log of
+pi/payments/adapters/postgres/, pi/platform/db/idempotency.py; checked against a statement log of
 the mesh), against the same tables (created by the services' own migrations), with the
 same durable commits (`synchronous_commit` is forced on for the bench database):
 
@@ -26,7 +26,7 @@ same durable commits (`synchronous_commit` is forced on for the bench database):
    returns, both going out before either result is read); the conditional ref UPDATE
    (hold -> captured, two movements; same condition); the conditional payment UPDATE
    (WHERE status = 'PROCESSING' ..) to SUCCEEDED.
-5. The outbox dispatcher's round (pi/payments/outbox.py): the due-movements SELECT
+5. The outbox dispatcher's round (pi/payments/app/deliver_movements.py): the due-movements SELECT
    (autocommit); ApplyMovements in the transaction service, one commit: lock the
    transactions (SELECT .. = ANY(..) ORDER BY id FOR UPDATE), record the movements
    (INSERT .. SELECT FROM unnest(..) ON CONFLICT DO NOTHING RETURNING id), one UPDATE

@@ -9,7 +9,7 @@ from pi.platform.kernel.ids import is_valid_id, new_id
 
 TOKEN_PREFIX = "tok"
 
-#: Upper bound for an access token's lifetime (DESIGN.md: short-lived, ≤ 15 minutes).
+#: Upper bound for an access token's lifetime (short-lived by design: ≤ 15 minutes).
 MAX_TOKEN_TTL = timedelta(minutes=15)
 
 

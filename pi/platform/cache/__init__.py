@@ -1,9 +1,9 @@
 """A small cache and pub/sub interface: Redis in production, in-process by default.
 
-Redis only holds what can be lost (DESIGN.md): callers treat `CacheError` as a miss or,
-for rate limits, fail open. Publish/subscribe on `MemoryCache` reaches subscribers in the
-same process only; cross-process delivery needs Redis (verifiers also poll auth, so
-revocations still arrive without it).
+Redis only holds what can be lost (PostgreSQL is the record): callers treat
+`CacheError` as a miss or, for rate limits, fail open. Publish/subscribe on
+`MemoryCache` reaches subscribers in the same process only; cross-process delivery
+needs Redis (verifiers also poll auth, so revocations still arrive without it).
 
     async with cache.subscribe("pi:revocations") as messages:  # subscribed on entry
         async for message in messages:

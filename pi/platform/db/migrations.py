@@ -10,7 +10,7 @@ A service keeps its migrations in `pi/<svc>/migrations/`:
 `env.py`:
 
     from pi.platform.db.migrations import run_env
-    from pi.payments.store import metadata
+    from pi.payments.adapters.postgres.tables import metadata
 
     run_env(metadata)
 

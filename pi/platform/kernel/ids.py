@@ -1,6 +1,6 @@
 """Time-ordered identifiers: `<prefix>_<26 Crockford base32 chars>` (ULID layout).
 
-Time-ordered so that B-tree indexes stay hot as tables grow (DESIGN.md, performance),
+Time-ordered so that B-tree indexes stay hot as tables grow (inserts land at the end),
 and so that ids sort by creation time for cursor pagination.
 """
 

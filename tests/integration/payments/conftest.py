@@ -3,7 +3,7 @@
 Tests import nothing from here (pytest runs in importlib mode): they take fixtures.
 
 `mesh` migrates two fresh schemas (payments, transactions), builds both object graphs
-with `pi.payments.main.build` / `pi.transactions.bootstrap.build` (merchant tokens verified
+with `pi.payments.bootstrap.build` / `pi.transactions.bootstrap.build` (merchant tokens verified
 with a static ES256 key, the shared service token between them) and serves both on
 grpc.aio servers on 127.0.0.1. The payment service's outbox dispatcher runs in the
 background; the reconciler is driven by the tests (`run_once`). The transaction service's
@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import grpc
 import psycopg
@@ -37,9 +37,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.payments import main as payments_main
-from pi.payments.main import PaymentsApp
-from pi.payments.tables import metadata as payments_metadata
+from pi.payments import bootstrap as payments_bootstrap
+from pi.payments.adapters.postgres.tables import metadata as payments_metadata
+from pi.payments.bootstrap import PaymentsApp
 from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.runtime.clients import service_channel
@@ -407,7 +407,7 @@ def txn_schema(_pg_admin: Callable[[str], None]) -> Iterator[str]:
 async def pay_settings(settings_factory: Callable[..., Settings]) -> Settings:
     settings = settings_factory("payments")
     await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+        migrations.upgrade, settings, settings.db_schema, payments_bootstrap.MIGRATIONS
     )
     return settings
 
@@ -448,7 +448,7 @@ async def mesh(
 
     settings = dataclasses.replace(pay_settings, transactions_target=f"127.0.0.1:{txn_port}")
     pay_engine = make_engine(settings.db_schema)
-    pay_app = await payments_main.build(settings, key_source=keys)
+    pay_app = await payments_bootstrap.build(settings, key_source=keys)
     pay_server = create_server([pay_app.interceptor])
     pay_app.register(pay_server)
     pay_port = pay_server.add_insecure_port("127.0.0.1:0")
@@ -502,3 +502,121 @@ class CardDataReport:
 @pytest.fixture(scope="session")
 def card_data_report() -> CardDataReport:
     return CardDataReport(scans=CARD_DATA, logs=LOGS, secrets=SECRETS)
+
+
+# -- the unit of work on PostgreSQL and in memory ---------------------------------------------
+
+
+@dataclass
+class Backend:
+    """The payment service's units of work and outbox queue on one store, and what the
+    tests read of that store directly: on PostgreSQL (a fresh migrated schema) or in
+    memory (`pi.payments.adapters.memory`), for contract tests run on both."""
+
+    name: str
+    units: Any  # pi.payments.app.ports.UnitsOfWork
+    outbox: Any  # pi.payments.app.ports.Outbox
+    violation: tuple[type[Exception], ...]
+    engine: AsyncEngine | None = None
+    state: Any = None  # the MemoryState
+
+    async def ref(self, transaction_id: str) -> Any:
+        """The ref row (attributes as the table's columns), or None."""
+        if self.engine is None:
+            stored = self.state.refs.get(transaction_id)
+            if stored is None:
+                return None
+            return _Row(
+                **dataclasses.asdict(stored.ref),
+                movement_count=stored.movement_count,
+                create_time=stored.create_time,
+                update_time=stored.update_time,
+            )
+        table = payments_metadata.tables["transaction_refs"]
+        async with self.engine.connect() as conn:
+            return (
+                await conn.execute(sa.select(table).where(table.c.transaction_id == transaction_id))
+            ).first()
+
+    async def count(self, table: str, **where: Any) -> int:
+        """Rows of `table` ("payments", "outbox", ...) whose columns equal `where`."""
+        if self.engine is None:
+            rows = {
+                "transaction_refs": [s.ref for s in self.state.refs.values()],
+                "payments": list(self.state.payments.values()),
+                "refunds": list(self.state.refunds.values()),
+                "outbox": list(self.state.outbox.values()),
+                "idempotency_keys": list(self.state.keys.values()),
+            }[table]
+            return sum(all(getattr(r, k) == v for k, v in where.items()) for r in rows)
+        t = payments_metadata.tables[table]
+        query = sa.select(sa.func.count()).select_from(t)
+        query = query.where(*(t.c[k] == v for k, v in where.items()))
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def outbox_rows(self) -> list[Any]:
+        """Every outbox row in seq order: id, transaction_id, seq, kind, attempts,
+        last_error, next_attempt_time, delivered_time."""
+        if self.engine is None:
+            return [
+                _Row(
+                    id=r.id,
+                    transaction_id=r.transaction_id,
+                    seq=r.seq,
+                    kind=r.movement.kind.value,
+                    attempts=r.attempts,
+                    last_error=r.last_error,
+                    next_attempt_time=r.next_attempt_time,
+                    delivered_time=r.delivered_time,
+                )
+                for r in sorted(self.state.outbox.values(), key=lambda r: r.seq)
+            ]
+        table = payments_metadata.tables["outbox"]
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(sa.select(table).order_by(table.c.seq))).all())
+
+
+class _Row:
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+@pytest.fixture
+def make_backend(
+    settings_factory: Callable[..., Settings],
+    make_engine: Callable[..., AsyncEngine],
+    make_database: Callable[..., Any],
+) -> Callable[[str], Any]:
+    """`await make_backend("postgresql" | "memory")`: a fresh `Backend`."""
+    from pi.payments.adapters.memory import IntegrityViolation, MemoryOutbox, MemoryUnits
+    from pi.payments.adapters.postgres.outbox import PostgresOutbox
+    from pi.payments.adapters.postgres.uow import PostgresUnits
+    from pi.platform.db.errors import DatabaseError
+
+    async def make(name: str) -> Backend:
+        if name == "memory":
+            units = MemoryUnits()
+            outbox = MemoryOutbox(units.state, units.lock)
+            return Backend(name, units, outbox, (IntegrityViolation,), state=units.state)
+        settings = settings_factory("payments")
+        await asyncio.to_thread(
+            migrations.upgrade, settings, settings.db_schema, payments_bootstrap.MIGRATIONS
+        )
+        database = await make_database(settings.db_schema)
+        pg_units = PostgresUnits(database)
+        return Backend(
+            name,
+            pg_units,
+            PostgresOutbox(database, pg_units.idempotency),
+            (DatabaseError,),
+            engine=make_engine(settings.db_schema),
+        )
+
+    return make
+
+
+@pytest.fixture(params=["postgresql", "memory"])
+async def backend(request: pytest.FixtureRequest, make_backend: Callable[[str], Any]) -> Backend:
+    """The payment store on PostgreSQL, then in memory: for contract tests."""
+    return cast(Backend, await make_backend(request.param))

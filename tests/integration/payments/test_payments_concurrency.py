@@ -159,7 +159,7 @@ async def test_movements_made_while_the_transaction_service_is_down_arrive_exact
         made.extend([auto, manual, voided])
     # Let the dispatcher try (and back off) while the service is down.
     await asyncio.sleep(0.5)
-    assert await mesh.payments_app.store.undelivered_count() > 0
+    assert await mesh.payments_app.outbox.undelivered_count() > 0
 
     await mesh.start_transactions()
     await mesh.drain(timeout=30)

@@ -2,8 +2,9 @@
 holds decided on a ref read without a lock, replays that need no lookup, a settlement
 that finds the payment already settled, and movements appended in multi-row INSERTs.
 
-The service-level tests run on PostgreSQL, with a transaction service double that counts
-lookups; the mesh tests use both real services.
+The use-case tests run on the PostgreSQL and the in-memory unit of work (the same
+assertions: a contract the memory fake keeps), with a transaction service double that
+counts lookups; the mesh tests use both real services.
 """
 
 from __future__ import annotations
@@ -17,33 +18,28 @@ from typing import Any
 
 import grpc
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.payments.v1 import payments_pb2 as pb
-from pi.payments import main as payments_main
-from pi.payments.connectors.base import AuthorizeRequest, ConnectorResult
-from pi.payments.connectors.sandbox import SandboxConnector
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.create_payment import CreatePaymentInput
+from pi.payments.app.payment_ledger import TransactionFactsInput
+from pi.payments.app.ports import TransactionFacts
+from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.domain import (
+    AuthorizeRequest,
     CaptureMode,
     CardInput,
+    ConnectorResult,
     PaymentMethodType,
     PaymentStatus,
     TransactionRef,
+    movements_from_deltas,
 )
-from pi.payments.ledger_client import TransactionFacts
-from pi.payments.movements import movements_from_deltas
-from pi.payments.service import CreatePaymentInput, PaymentService, TransactionFactsInput
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys, outbox, payments, transaction_refs
-from pi.platform.config import Settings
-from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
-from pi.transactions.domain import Movement, MovementDelta, MovementKind
+from pi.platform.kernel.units import Mode
+from pi.platform.ledger import Movement, MovementDelta, MovementKind
 from tests.support.round_trips import count_round_trips
 
 M = "mer_create"
@@ -90,11 +86,10 @@ class _Connector:
 
 @dataclass
 class World:
-    engine: AsyncEngine
-    store: PaymentStore
+    backend: Any  # conftest Backend
     transactions: _Transactions
     connector: _Connector
-    service: PaymentService
+    service: PaymentUseCases
 
     async def pay(
         self, transaction_id: str, amount: int, *, key: str | None = None, manual: bool = False
@@ -111,47 +106,28 @@ class World:
             idempotency_key=key,
         )
 
-    async def count(self, table: sa.Table, *where: Any) -> int:
-        async with self.engine.connect() as conn:
-            query = sa.select(sa.func.count()).select_from(table).where(*where)
-            return int((await conn.execute(query)).scalar_one())
+    async def count(self, table: str, **where: Any) -> int:
+        return int(await self.backend.count(table, **where))
 
     async def ref(self, transaction_id: str) -> Any:
-        async with self.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    sa.select(transaction_refs).where(
-                        transaction_refs.c.transaction_id == transaction_id
-                    )
-                )
-            ).one()
+        ref = await self.backend.ref(transaction_id)
+        assert ref is not None
+        return ref
 
 
 @pytest.fixture
-async def world(
-    settings_factory: Callable[..., Settings],
-    make_engine: Callable[..., AsyncEngine],
-    make_database: Callable[..., Awaitable[Database]],
-) -> AsyncIterator[World]:
-    settings = settings_factory("payments")
-    await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
-    )
-    engine = make_engine(settings.db_schema)
-    database = await make_database(settings.db_schema)
-    store = PaymentStore(database)
+async def world(backend: Any) -> AsyncIterator[World]:
     transactions = _Transactions({"txn_1": 10_000, "txn_2": 10_000})
     connector = _Connector()
-    service = PaymentService(
-        store,
+    service = payment_use_cases(
+        backend.units,
         connector,  # type: ignore[arg-type]  # a Connector, by delegation
         transactions,  # type: ignore[arg-type]  # CreatePayment only looks up
-        idempotency=Idempotency(idempotency_keys),
-        fingerprint_key=secrets.token_bytes(32),
+        card_key=secrets.token_bytes(32),
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
     )
-    yield World(engine, store, transactions, connector, service)
+    yield World(backend, transactions, connector, service)
 
 
 @pytest.mark.parametrize("seen_before", [False, True], ids=["first-sight", "known"])
@@ -179,9 +155,9 @@ async def test_concurrent_payments_on_one_transaction_hold_within_its_amount(
         assert error.metadata["remaining"] == "0"
     ref = await world.ref("txn_1")
     assert (ref.held_amount, ref.captured_amount) == (10_000, 0)
-    assert await world.count(payments) == 25
+    assert await world.count("payments") == 25
     # A refused payment's claim went with its rollback: only the held ones keep a key.
-    assert await world.count(idempotency_keys) == 25
+    assert await world.count("idempotency_keys") == 25
     lookups = world.transactions.lookups
     assert (lookups == 1) if seen_before else (1 <= lookups <= 30)
     with pytest.raises(FailedPrecondition):
@@ -200,10 +176,10 @@ async def test_a_replay_and_a_known_transaction_need_no_lookup(world: World) -> 
     assert world.transactions.lookups == 1
     ref = await world.ref("txn_1")
     assert (ref.held_amount, ref.captured_amount) == (0, 1000)
-    assert await world.count(outbox) == 6  # AUTHORIZATION + CAPTURE for each
+    assert await world.count("outbox") == 6  # AUTHORIZATION + CAPTURE for each
 
 
-@pytest.mark.parametrize("world", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
 async def test_on_postgres_each_of_t1_and_t2_is_two_round_trips(world: World) -> None:
     await world.pay("txn_1", 400, key="first")  # the ref known from now on
     for attempt in range(6):  # prepared on the first run: the same count after
@@ -223,14 +199,13 @@ async def test_on_postgres_each_of_t1_and_t2_is_two_round_trips(world: World) ->
         assert payment.status is PaymentStatus.SUCCEEDED
     world.connector.after_authorize = None
     # AUTHORIZATION + CAPTURE per payment, numbered in order with no gap.
-    async with world.engine.connect() as conn:
-        seqs = (await conn.execute(sa.select(outbox.c.seq).order_by(outbox.c.seq))).scalars()
-        assert list(seqs) == list(range(1, 15))
+    seqs = [row.seq for row in await world.backend.outbox_rows()]
+    assert seqs == list(range(1, 15))
     ref = await world.ref("txn_1")
     assert (ref.held_amount, ref.captured_amount, ref.movement_count) == (0, 2800, 14)
 
 
-@pytest.mark.parametrize("world", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)  # pipelines: PostgreSQL's
 async def test_on_postgres_first_sight_racing_a_pushed_ref_is_not_rolled_back(
     world: World,
 ) -> None:
@@ -273,7 +248,7 @@ async def test_on_postgres_first_sight_racing_a_pushed_ref_is_not_rolled_back(
         )
     world.connector.after_authorize = None
     world.transactions.during_lookup = None
-    assert await world.count(payments) == 6
+    assert await world.count("payments") == 6
 
 
 async def test_first_sight_racing_a_push_holds_once_and_changed_refs_are_decided_again(
@@ -316,7 +291,7 @@ async def test_first_sight_racing_a_push_holds_once_and_changed_refs_are_decided
     assert other.status is PaymentStatus.REQUIRES_CAPTURE
     ref = await world.ref("txn_other")
     assert (ref.amount, ref.held_amount, ref.movement_count) == (900, 500, 1)
-    assert await world.count(payments) == 4
+    assert await world.count("payments") == 4
     world.transactions.during_lookup = None
 
 
@@ -328,8 +303,8 @@ async def test_a_reused_key_is_reported_before_an_unknown_transaction(world: Wor
     with pytest.raises(NotFound) as unknown:
         await world.pay("txn_unknown", 400, key="fresh")
     assert unknown.value.reason == "TRANSACTION_NOT_FOUND"
-    assert await world.count(payments) == 1
-    assert await world.count(idempotency_keys) == 1
+    assert await world.count("payments") == 1
+    assert await world.count("idempotency_keys") == 1
 
 
 @pytest.mark.parametrize("other_hold", [0, 1000], ids=["alone", "beside-another-hold"])
@@ -343,8 +318,8 @@ async def test_a_payment_settled_by_the_reconciler_meanwhile_is_settled_once(
         await world.pay("txn_1", other_hold, manual=True)
 
     async def reconcile(payment_id: str) -> None:
-        found = await world.store.get_payment(M, payment_id)
-        assert found is not None and found.status is PaymentStatus.PROCESSING
+        found = await world.service.get_payment(MERCHANT, payment_id)
+        assert found.status is PaymentStatus.PROCESSING
         reconciled = await world.service.reconcile_payment(found)
         assert reconciled.status is PaymentStatus.SUCCEEDED
 
@@ -361,7 +336,7 @@ async def test_a_payment_settled_by_the_reconciler_meanwhile_is_settled_once(
         400,
         movements,
     )
-    assert await world.count(outbox, outbox.c.transaction_id == "txn_1") == movements
+    assert await world.count("outbox", transaction_id="txn_1") == movements
 
 
 async def test_movements_are_appended_in_order_whatever_their_number(world: World) -> None:
@@ -374,15 +349,14 @@ async def test_movements_are_appended_in_order_whatever_their_number(world: Worl
         return movements_from_deltas(deltas, merchant_id=M, transaction_id="txn_many", now=now)
 
     made = failures(600) + failures(3)
-    async with world.store.transaction() as tx:
-        assert await tx.insert_ref(ref, now)
-        assert not await tx.insert_ref(ref, now)
-        await tx.update_ref(ref, ref, made[:600], now)
-        await tx.update_ref(ref, ref, made[600:], now)
-    async with world.engine.connect() as conn:
-        rows = (
-            await conn.execute(sa.select(outbox.c.id, outbox.c.seq).order_by(outbox.c.seq))
-        ).all()
+    assert await world.backend.ref("txn_many") is None
+    async with world.backend.units(Mode.LOCKED) as unit:
+        assert await unit.refs.add(ref, now=now) == ref
+        assert await unit.refs.add_all([ref], now=now) == set()  # there already
+        await unit.refs.update(ref, ref, made[:600], now=now)
+        await unit.refs.update(ref, ref, made[600:], now=now)
+        await unit.commit()
+    rows = await world.backend.outbox_rows()
     assert [(r.id, r.seq) for r in rows] == [(m.id, seq) for seq, m in enumerate(made, 1)]
     assert (await world.ref("txn_many")).movement_count == 603
 
@@ -418,7 +392,7 @@ async def test_registered_transactions_are_paid_without_a_lookup_and_never_overw
         await world.service.register_transactions(
             MERCHANT, [TransactionFactsInput("txn_3", M, 1, "USD")]
         )
-    assert await world.count(transaction_refs) == 3
+    assert await world.count("transaction_refs") == 3
 
 
 # -- both real services --------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The money rules as database rules: constraints and the status trigger refuse bad rows
-even when the code is bypassed. Plus: the migration matches the tables."""
+even when the code is bypassed. Plus: the migration matches the tables, and the use
+cases run the same on the PostgreSQL and the in-memory unit of work."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,13 +14,22 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.payments import main as payments_main
-from pi.payments.tables import metadata, payments, transaction_refs
+from pi.payments import bootstrap as payments_bootstrap
+from pi.payments.adapters.postgres.tables import metadata, payments, transaction_refs
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.create_payment import CreatePaymentInput
+from pi.payments.app.ports import MovementOutcome, TransactionFacts
+from pi.payments.app.use_cases import payment_use_cases
+from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
 from pi.platform.config import Settings
 from pi.platform.db import migrations
+from pi.platform.db.errors import DatabaseError, IntegrityError
+from pi.platform.kernel.errors import NotFound
+from pi.platform.kernel.pages import PageToken
+from pi.platform.kernel.principal import Principal
+from pi.platform.ledger import Movement
 
 NOW = datetime.now(UTC)
 
@@ -29,7 +40,7 @@ async def engine(
 ) -> AsyncEngine:
     settings = settings_factory("payments")
     await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
+        migrations.upgrade, settings, settings.db_schema, payments_bootstrap.MIGRATIONS
     )
     engine = make_engine(settings.db_schema)
     async with engine.begin() as conn:
@@ -77,7 +88,7 @@ def _payment(**overrides: Any) -> dict[str, Any]:
 
 
 async def _refused(engine: AsyncEngine, statement: Any) -> None:
-    with pytest.raises((IntegrityError, DBAPIError)):
+    with pytest.raises((IntegrityError, DatabaseError)):
         async with engine.begin() as conn:
             await conn.execute(statement)
 
@@ -180,3 +191,51 @@ async def test_the_migration_builds_exactly_the_declared_tables(engine: AsyncEng
 
     async with engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+class _Ledger:
+    """A transaction service that knows one transaction and records movements."""
+
+    def __init__(self) -> None:
+        self.movements: list[Movement] = []
+
+    async def lookup_transaction(self, merchant_id: str, transaction_id: str) -> TransactionFacts:
+        if (merchant_id, transaction_id) != ("mer_1", "txn_embedded"):
+            raise NotFound("no such transaction", reason="TRANSACTION_NOT_FOUND")
+        return TransactionFacts(transaction_id, merchant_id, 1000, "JPY", cancelled=False)
+
+    async def apply_movements(self, movements: Sequence[Movement]) -> list[MovementOutcome]:
+        self.movements.extend(movements)
+        return [MovementOutcome(movement.id) for movement in movements]
+
+
+async def test_the_use_cases_run_alike_on_either_unit_of_work(backend: Any) -> None:
+    ledger = _Ledger()
+    service = payment_use_cases(
+        backend.units,
+        SandboxConnector(),
+        ledger,
+        card_key=secrets.token_bytes(32),
+        request_key=secrets.token_bytes(32),
+        page_tokens=PageToken(secrets.token_bytes(32)),
+    )
+    merchant = Principal.merchant("mer_1")
+    request = CreatePaymentInput(
+        transaction_id="txn_embedded",
+        amount=400,
+        method=PaymentMethodType.CARD,
+        card=CardInput(number="4242424242424242", exp_month=1, exp_year=NOW.year + 2, cvc="123"),
+    )
+    results = await asyncio.gather(
+        *(service.create_payment(merchant, request, idempotency_key="same") for _ in range(5))
+    )
+    assert len({r.id for r in results}) == 1
+    assert results[0].status is PaymentStatus.SUCCEEDED
+    assert results[0].currency == "JPY"
+    refund = await service.refund_payment(merchant, results[0].id, amount=100)
+    assert refund.payment.refunded_amount == 100
+    page = await service.list_payments(merchant)
+    assert [p.id for p in page.payments] == [results[0].id]
+    assert [m.kind.value for m in ledger.movements] == []
+    outbox_kinds = [row.kind for row in await backend.outbox_rows()]
+    assert outbox_kinds == ["AUTHORIZATION", "CAPTURE", "REFUND"]

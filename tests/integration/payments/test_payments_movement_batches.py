@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from generated.pi.transactions.v1 import transactions_pb2 as tpb
-from pi.payments.ledger_client import LedgerError
-from pi.payments.tables import outbox
+from pi.payments.adapters.postgres.tables import outbox
+from pi.payments.app.ports import LedgerError
 from pi.platform.db.statements import Statement
 from pi.platform.kernel.errors import Unavailable
+from pi.platform.ledger import Movement, MovementKind
 from pi.transactions.adapters.postgres.tables import applied_movements
-from pi.transactions.domain import Movement, MovementKind
 
 M = "mer_batches"
 

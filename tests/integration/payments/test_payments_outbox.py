@@ -1,5 +1,6 @@
-"""The outbox dispatcher and the reconciler against the real store (PostgreSQL), with a
-scripted transaction ledger: order per transaction, backoff, nudges, housekeeping."""
+"""The outbox dispatcher and the reconciler against the real store (PostgreSQL; the
+tests of delivery order also on the in-memory one), with a scripted transaction ledger:
+order per transaction, backoff, nudges, housekeeping."""
 
 from __future__ import annotations
 
@@ -13,32 +14,25 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.payments import main as payments_main
-from pi.payments.connectors.base import ConnectorResult
-from pi.payments.connectors.sandbox import SandboxConnector
+from pi.payments.adapters.postgres.tables import outbox
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.create_payment import CreatePaymentInput
+from pi.payments.app.ports import LedgerError, MovementOutcome, TransactionFacts
+from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.domain import (
     BankTransferInput,
     CaptureMode,
     CardInput,
+    ConnectorResult,
     PaymentMethodType,
     PaymentStatus,
 )
-from pi.payments.ledger_client import LedgerError, MovementOutcome, TransactionFacts
-from pi.payments.outbox import OutboxDispatcher
-from pi.payments.reconciler import Reconciler
-from pi.payments.service import CreatePaymentInput, PaymentService
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys, outbox
-from pi.platform.config import Settings
-from pi.platform.db import migrations
-from pi.platform.db.database import Database
-from pi.platform.db.idempotency import Idempotency
+from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
-from pi.transactions.domain import Movement
+from pi.platform.ledger import Movement
 
 MERCHANT = Principal.merchant("mer_outbox")
 EXPIRY = datetime.now(UTC).year + 2
@@ -96,19 +90,23 @@ class Clock:
 
 @dataclass
 class World:
-    engine: AsyncEngine
-    store: PaymentStore
+    backend: Any  # conftest Backend
     ledger: ScriptedLedger
     connector: SandboxConnector
     dispatcher: OutboxDispatcher
-    service: PaymentService
+    service: PaymentUseCases
     clock: Clock = field(default_factory=Clock)
+
+    @property
+    def engine(self) -> Any:
+        assert self.backend.engine is not None, "a PostgreSQL world"
+        return self.backend.engine
 
     def patient_dispatcher(self, batch_size: int = 500) -> OutboxDispatcher:
         """A dispatcher on `clock` whose first retry waits 45 to 60 s: not due until the
         test moves `clock` ahead."""
         return OutboxDispatcher(
-            self.store,
+            self.backend.outbox,
             self.ledger,
             batch_size=batch_size,
             idle_poll=60.0,
@@ -131,41 +129,31 @@ class World:
         )
 
 
-def _world(database: Database, engine: AsyncEngine) -> World:
-    store = PaymentStore(database)
+def _world(backend: Any) -> World:
     ledger = ScriptedLedger()
     connector = SandboxConnector(settle_after=timedelta(days=1))
-    dispatcher = OutboxDispatcher(store, ledger, idle_poll=60.0, base_backoff=0.005)
-    service = PaymentService(
-        store,
+    dispatcher = OutboxDispatcher(backend.outbox, ledger, idle_poll=60.0, base_backoff=0.005)
+    service = payment_use_cases(
+        backend.units,
         connector,
         ledger,
-        idempotency=Idempotency(idempotency_keys),
-        fingerprint_key=secrets.token_bytes(32),
+        card_key=secrets.token_bytes(32),
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
         notify=dispatcher.nudge,
     )
-    return World(engine, store, ledger, connector, dispatcher, service)
+    return World(backend, ledger, connector, dispatcher, service)
 
 
 @pytest.fixture
-async def world(
-    settings_factory: Callable[..., Settings],
-    make_database: Callable[..., Awaitable[Database]],
-    make_engine: Callable[..., AsyncEngine],
-) -> World:
-    settings = settings_factory("payments")
-    await asyncio.to_thread(
-        migrations.upgrade, settings, settings.db_schema, payments_main.MIGRATIONS
-    )
-    return _world(await make_database(settings.db_schema), make_engine(settings.db_schema))
+async def world(make_backend: Callable[[str], Awaitable[Any]]) -> World:
+    return _world(await make_backend("postgresql"))
 
 
 @pytest.fixture
-def any_world(world: World) -> World:
-    """`world` (PostgreSQL is the only database)."""
-    return world
+async def any_world(backend: Any) -> World:
+    """`world` on PostgreSQL, then on the in-memory store."""
+    return _world(backend)
 
 
 async def test_movements_are_delivered_in_order_per_transaction_despite_failures(
@@ -195,8 +183,7 @@ async def test_movements_are_delivered_in_order_per_transaction_despite_failures
 
 
 async def outbox_rows(world: World) -> list[Any]:
-    async with world.engine.connect() as conn:
-        return list((await conn.execute(sa.select(outbox).order_by(outbox.c.seq))).all())
+    return list(await world.backend.outbox_rows())
 
 
 async def test_a_round_is_one_call_carrying_every_due_movement_in_order(world: World) -> None:
@@ -291,7 +278,11 @@ async def test_a_batch_never_holds_a_movement_without_the_earlier_ones_of_its_tr
 
 async def test_a_round_larger_than_one_call_is_split_and_keeps_the_order(world: World) -> None:
     dispatcher = OutboxDispatcher(
-        world.store, world.ledger, movements_per_call=4, idle_poll=60.0, base_backoff=0.005
+        world.backend.outbox,
+        world.ledger,
+        movements_per_call=4,
+        idle_poll=60.0,
+        base_backoff=0.005,
     )
     for _ in range(3):
         await world.pay("txn_a")
@@ -397,7 +388,7 @@ async def test_the_reconciler_does_not_starve_behind_long_pending_payments(world
         return await original(payment_id)
 
     world.connector.status = spy  # type: ignore[method-assign]  # a spy on the sandbox
-    reconciler = Reconciler(world.store, world.service, batch_size=2)
+    reconciler = Reconciler(world.service.reconcile_payment, batch_size=2)
     for _ in range(3):
         assert await reconciler.run_once(grace=timedelta(0)) == 0
     assert sorted(set(asked)) == sorted(ids)
@@ -413,9 +404,8 @@ async def test_housekeeping_drops_old_delivered_movements_only(world: World) -> 
     await world.pay("txn_pending")
     payment = await world.pay("txn_pending", manual=True)
     assert payment.status is PaymentStatus.REQUIRES_CAPTURE
-    removed = await world.store.purge(
-        delivered_before=datetime.now(UTC) + timedelta(seconds=1),
-        idempotency=Idempotency(idempotency_keys),
+    removed = await world.backend.outbox.purge(
+        delivered_before=datetime.now(UTC) + timedelta(seconds=1)
     )
     assert removed == 4
     async with world.engine.connect() as conn:

@@ -37,28 +37,29 @@ from hypothesis.stateful import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.payments import main as payments_main
-from pi.payments.connectors.sandbox import SandboxConnector
+from pi.payments import bootstrap as payments_bootstrap
+from pi.payments.adapters.postgres.outbox import PostgresOutbox
+from pi.payments.adapters.postgres.tables import payments, transaction_refs
+from pi.payments.adapters.postgres.uow import PostgresUnits
+from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.create_payment import CreatePaymentInput
+from pi.payments.app.ports import LedgerError, MovementOutcome, TransactionFacts
+from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.domain import CaptureMode, CardInput, PaymentMethodType, PaymentStatus
-from pi.payments.ledger_client import LedgerError, MovementOutcome, TransactionFacts
-from pi.payments.outbox import OutboxDispatcher
-from pi.payments.reconciler import Reconciler
-from pi.payments.service import CreatePaymentInput, PaymentService
-from pi.payments.store import PaymentStore
-from pi.payments.tables import idempotency_keys, payments, transaction_refs
+from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database, open_database_for
-from pi.platform.db.idempotency import Idempotency
 from pi.platform.kernel.errors import FailedPrecondition
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
 from pi.platform.kernel.units import Mode
+from pi.platform.ledger import Movement
 from pi.transactions import bootstrap as transactions_main
-from pi.transactions.adapters.postgres.uow import PostgresUnits
+from pi.transactions.adapters.postgres.uow import PostgresUnits as TransactionUnits
 from pi.transactions.app.ports import ClosedTransaction
 from pi.transactions.app.use_cases import TransactionUseCases
-from pi.transactions.domain import Movement, TransactionStatus
+from pi.transactions.domain import TransactionStatus
 from tests.support.engines import create_engine_for
 
 T = TypeVar("T")
@@ -110,7 +111,7 @@ class _PaymentLedger:
     """The transaction service's `PaymentLedger`, calling the payment use cases."""
 
     def __init__(self) -> None:
-        self.payments: PaymentService | None = None
+        self.payments: PaymentUseCases | None = None
 
     async def close_transaction(
         self, *, merchant_id: str, transaction_id: str, amount: int, currency: str
@@ -131,9 +132,9 @@ class _World:
     loop: asyncio.AbstractEventLoop
     databases: list[Database]
     payment_engine: AsyncEngine
-    payments: PaymentService
+    payments: PaymentUseCases
     transactions: TransactionUseCases
-    transaction_units: PostgresUnits
+    transaction_units: TransactionUnits
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
 
@@ -152,17 +153,16 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
     )
     ledger = _Ledger()
     payment_ledger = _PaymentLedger()
-    store = PaymentStore(pay_database)
-    payment_service = PaymentService(
-        store,
+    units = PostgresUnits(pay_database)
+    payment_service = payment_use_cases(
+        units,
         SandboxConnector(),
         ledger,
-        idempotency=Idempotency(idempotency_keys),
-        fingerprint_key=secrets.token_bytes(32),
+        card_key=secrets.token_bytes(32),
         request_key=secrets.token_bytes(32),
         page_tokens=PageToken(secrets.token_bytes(32)),
     )
-    transaction_units = PostgresUnits(txn_database)
+    transaction_units = TransactionUnits(txn_database)
     transaction_service = TransactionUseCases.wire(
         transaction_units, payment_ledger, PageToken(secrets.token_bytes(32))
     )
@@ -175,8 +175,8 @@ def _build_world(pay: Settings, txn: Settings) -> _World:
         payments=payment_service,
         transactions=transaction_service,
         transaction_units=transaction_units,
-        dispatcher=OutboxDispatcher(store, ledger),
-        reconciler=Reconciler(store, payment_service),
+        dispatcher=OutboxDispatcher(PostgresOutbox(pay_database, units.idempotency), ledger),
+        reconciler=Reconciler(payment_service.reconcile_payment),
     )
 
 
@@ -334,7 +334,7 @@ def test_payment_sequences_keep_every_ledger_invariant(
     _pg_admin(f'CREATE SCHEMA "{txn_schema}"')
     try:
         txn = settings_factory("transactions", db_schema=txn_schema)
-        migrations.upgrade(pay, pay.db_schema, payments_main.MIGRATIONS)
+        migrations.upgrade(pay, pay.db_schema, payments_bootstrap.MIGRATIONS)
         migrations.upgrade(txn, txn.db_schema, transactions_main.MIGRATIONS)
         world = _build_world(pay, txn)
         PaymentsMachine.world = world

@@ -17,9 +17,8 @@ _FAILURE_REASONS = (
     "'CARD_DECLINED', 'INSUFFICIENT_FUNDS', 'PROCESSOR_UNAVAILABLE', 'PROCESSOR_DECLINED'"
 )
 
-# The payment state machine as a database rule. Mirrors
-# pi.payments.domain.ALLOWED_TRANSITIONS, and also keeps the identity and money columns of
-# a payment from being rewritten:
+# The payment state machine as a database rule. Mirrors pi.payments.domain.ALLOWED_TRANSITIONS,
+# and also keeps the identity and money columns of a payment from being rewritten:
 #   PROCESSING       -> REQUIRES_CAPTURE | SUCCEEDED | FAILED
 #   REQUIRES_CAPTURE -> SUCCEEDED | CANCELLED
 #   SUCCEEDED        -> SUCCEEDED (refunds: refunded_amount grows, captured_amount fixed)

@@ -1,8 +1,9 @@
 """Outbox: an index of undelivered movements by transaction and position.
 
 The dispatcher holds back a movement while an earlier undelivered one of its transaction
-waits for a retry (`pi.payments.store._DUE_MOVEMENTS`): this index answers that check
-from the few undelivered rows of the transaction, not from all its delivered ones.
+waits for a retry (`_DUE_MOVEMENTS` in `pi.payments.adapters.postgres.outbox`): this index
+answers that check from the few undelivered rows of the transaction, not from all its
+delivered ones.
 
 Revision ID: 0002
 Revises: 0001

@@ -1,0 +1,261 @@
+"""The outbox on PostgreSQL: movements appended with their ref's change, numbered by the
+ref's `movement_count` (unique per transaction and seq, so delivery order per transaction
+is the order they were made in), and the dispatcher's queue over them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from functools import cache, lru_cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+from pi.payments.adapters.movements import decode_movement, encode_movement
+from pi.payments.adapters.postgres.tables import outbox, transaction_refs, written
+from pi.payments.app.ports import QueuedMovement
+from pi.platform.db.database import Database
+from pi.platform.db.idempotency import Idempotency
+from pi.platform.db.statements import Statement, StatementQueue
+from pi.platform.ledger import Movement
+
+__all__ = ["PostgresOutbox", "append", "append_if"]
+
+_outbox = written(outbox)
+
+# delivered_time and last_error start NULL: left out of the INSERT.
+_OUTBOX_COLUMNS = (
+    "id",
+    "transaction_id",
+    "seq",
+    "kind",
+    "payload",
+    "create_time",
+    "attempts",
+    "next_attempt_time",
+)
+# Rows per outbox INSERT: a change makes one or two movements, closing a transaction one
+# per voided payment; this keeps the bound parameters far below the driver's limits.
+_OUTBOX_ROWS_PER_INSERT = 256
+
+
+@lru_cache(maxsize=16)
+def _insert_outbox(rows: int) -> Statement:
+    """One INSERT of `rows` movements (one round trip, not one statement per row)."""
+    return Statement(
+        _outbox.insert().values(
+            [
+                {
+                    name: sa.bindparam(f"p{index}_{name}", type_=outbox.c[name].type)
+                    for name in _OUTBOX_COLUMNS
+                }
+                for index in range(rows)
+            ]
+        )
+    )
+
+
+def append(
+    queue: StatementQueue, movements: Sequence[Movement], *, first_seq: int, now: datetime
+) -> None:
+    """Queue the INSERTs of `movements`, numbered from `first_seq` (the ref's UPDATE
+    returned its new count)."""
+    for start in range(0, len(movements), _OUTBOX_ROWS_PER_INSERT):
+        chunk = movements[start : start + _OUTBOX_ROWS_PER_INSERT]
+        params: dict[str, Any] = {}
+        for index, movement in enumerate(chunk):
+            row = {
+                "id": movement.id,
+                "transaction_id": movement.transaction_id,
+                "seq": first_seq + start + index,
+                "kind": movement.kind.value,
+                "payload": encode_movement(movement),
+                "create_time": now,
+                "attempts": 0,
+                "next_attempt_time": now,
+            }
+            params.update((f"p{index}_{name}", value) for name, value in row.items())
+        queue.execute(_insert_outbox(len(chunk)), params)
+
+
+_Condition = Callable[[Any], tuple[sa.ColumnElement[bool], ...]]
+
+
+@cache
+def _append_if(condition: _Condition) -> Statement:
+    """One movement appended with its seq taken from the ref row, only if the row meets
+    `condition` (that of the ref's UPDATE): it goes before that UPDATE, which cannot hand
+    it the count it returns, as the next seq after the row's count plus `p_offset`. FOR
+    UPDATE takes the ref's lock first (re-checking the condition on the newest row), so
+    the UPDATE that follows sees the same row and agrees."""
+    return Statement(
+        sa.insert(_outbox).from_select(
+            _OUTBOX_COLUMNS,
+            sa.select(
+                sa.bindparam("p_id", type_=outbox.c.id.type),
+                transaction_refs.c.transaction_id,
+                transaction_refs.c.movement_count + sa.bindparam("p_offset", type_=sa.BigInteger()),
+                sa.bindparam("p_kind", type_=outbox.c.kind.type),
+                sa.bindparam("p_payload", type_=outbox.c.payload.type),
+                sa.bindparam("p_now", type_=outbox.c.create_time.type),
+                sa.literal(0, type_=outbox.c.attempts.type),
+                sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type),
+            )
+            .where(
+                transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"),
+                *condition(transaction_refs),
+            )
+            .with_for_update(),
+        )
+    )
+
+
+def append_if(
+    queue: StatementQueue,
+    condition: _Condition,
+    movements: Sequence[Movement],
+    where: dict[str, Any],
+    *,
+    now: datetime,
+) -> None:
+    """Queue one conditional INSERT per movement, before the ref's UPDATE on `condition`
+    (with its parameters `where`). Each writes if the UPDATE will: they all lock the row."""
+    for index, movement in enumerate(movements):
+        queue.execute(
+            _append_if(condition),
+            {
+                **where,
+                "p_id": movement.id,
+                "p_offset": index + 1,
+                "p_kind": movement.kind.value,
+                "p_payload": encode_movement(movement),
+                "p_now": now,
+            },
+        )
+
+
+# The dispatcher's statements.
+_o = outbox
+_earlier = outbox.alias("earlier")
+_NOW = sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type)
+# Due rows, except those with an earlier undelivered row of their transaction that sorts
+# after them: one postponed (with every row of its transaction) before they were
+# written. Such a row is held back until that earlier one is delivered, or it would
+# overtake it: alone while the earlier one is not due, or when the batch's LIMIT cuts
+# between them. So a batch holds, of each transaction, its first undelivered rows in
+# order. The partial index on (transaction_id, seq) of undelivered rows (migration
+# 0002) keeps the check to the few undelivered rows of the transaction.
+_DUE_MOVEMENTS = Statement(
+    sa.select(_o.c.id, _o.c.transaction_id, _o.c.seq, _o.c.payload, _o.c.attempts)
+    .where(
+        _o.c.delivered_time.is_(None),
+        _o.c.next_attempt_time <= _NOW,
+        ~sa.exists()
+        .where(
+            _earlier.c.transaction_id == _o.c.transaction_id,
+            _earlier.c.seq < _o.c.seq,
+            _earlier.c.delivered_time.is_(None),
+            _earlier.c.next_attempt_time > _o.c.next_attempt_time,
+        )
+        .correlate(_o),
+    )
+    .order_by(_o.c.next_attempt_time, _o.c.transaction_id, _o.c.seq)
+    .limit(sa.bindparam("p_limit", type_=sa.Integer()))
+)
+_NEXT_MOVEMENT_TIME = Statement(
+    sa.select(sa.func.min(_o.c.next_attempt_time).label("due")).where(_o.c.delivered_time.is_(None))
+)
+_UNDELIVERED_COUNT = Statement(
+    sa.select(sa.func.count().label("count")).select_from(_o).where(_o.c.delivered_time.is_(None))
+)
+# The ids as one array parameter: one prepared statement whatever their number.
+_MARK_DELIVERED = Statement(
+    _outbox.update()
+    .where(
+        _outbox.c.id == sa.any_(sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String()))),
+        _outbox.c.delivered_time.is_(None),
+    )
+    .values(delivered_time=sa.bindparam("p_now", type_=outbox.c.delivered_time.type))
+)
+_COUNT_ATTEMPT = Statement(
+    _outbox.update()
+    .where(_outbox.c.id == sa.bindparam("p_id"))
+    .values(
+        attempts=_outbox.c.attempts + 1,
+        last_error=sa.bindparam("p_error", type_=outbox.c.last_error.type),
+    )
+)
+_PURGE_DELIVERED = Statement(
+    _outbox.delete().where(
+        _outbox.c.delivered_time.is_not(None),
+        _outbox.c.delivered_time
+        < sa.bindparam("p_delivered_before", type_=outbox.c.delivered_time.type),
+    )
+)
+_POSTPONE = Statement(
+    _outbox.update()
+    .where(
+        _outbox.c.transaction_id == sa.bindparam("p_transaction_id"),
+        _outbox.c.delivered_time.is_(None),
+    )
+    .values(next_attempt_time=sa.bindparam("p_retry_at", type_=outbox.c.next_attempt_time.type))
+)
+
+
+def _queued(row: Any) -> QueuedMovement:
+    try:
+        movement: Movement | None = decode_movement(bytes(row.payload))
+        problem = None
+    except Exception as error:
+        movement, problem = None, error
+    return QueuedMovement(row.id, row.transaction_id, row.seq, row.attempts, movement, problem)
+
+
+class PostgresOutbox:
+    """The dispatcher's side of the outbox. Each call is its own unit: reads and one-
+    statement writes in autocommit (no BEGIN/COMMIT), two statements in a transaction."""
+
+    def __init__(self, database: Database, idempotency: Idempotency) -> None:
+        self._database = database
+        self._idempotency = idempotency
+
+    async def due(self, now: datetime, limit: int) -> list[QueuedMovement]:
+        async with self._database.reading() as conn:
+            rows = await _DUE_MOVEMENTS.all(conn, {"p_now": now, "p_limit": limit})
+        return [_queued(row) for row in rows]
+
+    async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None:
+        if not movement_ids:
+            return
+        async with self._database.reading() as conn:
+            await _MARK_DELIVERED.execute(conn, {"p_ids": list(movement_ids), "p_now": now})
+
+    async def postpone(
+        self, transaction_id: str, head_id: str, retry_at: datetime, error: str
+    ) -> None:
+        async with self._database.transaction() as conn:
+            await _COUNT_ATTEMPT.execute(conn, {"p_id": head_id, "p_error": error[:500]})
+            await _POSTPONE.execute(
+                conn, {"p_transaction_id": transaction_id, "p_retry_at": retry_at}
+            )
+
+    async def next_due(self) -> datetime | None:
+        async with self._database.reading() as conn:
+            row = await _NEXT_MOVEMENT_TIME.one(conn)
+        due: datetime | None = row.due
+        return due
+
+    async def undelivered_count(self) -> int:
+        async with self._database.reading() as conn:
+            row = await _UNDELIVERED_COUNT.one(conn)
+        return int(row.count)
+
+    async def purge(self, *, delivered_before: datetime) -> int:
+        async with self._database.transaction() as conn:
+            movements = await _PURGE_DELIVERED.execute(
+                conn, {"p_delivered_before": delivered_before}
+            )
+            keys = await self._idempotency.purge(conn)
+        return movements + keys

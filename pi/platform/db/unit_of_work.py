@@ -154,6 +154,16 @@ class PostgresUnitOfWork:
         self._queue(_Queued(statement, params, result, hit=True))
         return result
 
+    async def connection(self) -> Conn:
+        """The LOCKED unit's transaction with every queued write sent: for a write whose
+        result the use case needs before it goes on, and for helpers that take a
+        connection (`Idempotency.claim`, `complete`)."""
+        if self._mode is not Mode.LOCKED:
+            raise RuntimeError(f"a {self._mode.value} unit runs no statement in a transaction")
+        conn = await self._transaction()
+        await self._flush(conn)
+        return conn
+
     def expect(self, written: Deferred[bool], what: str = "a row changed") -> None:
         """The unit conflicts (rolls back, `Conflict`) unless `written` turns out true."""
         self._expected.append((written, what))

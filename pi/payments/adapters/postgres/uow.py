@@ -33,15 +33,6 @@ class PostgresPaymentsUnit(PostgresUnitOfWork):
         if self.mode is Mode.OPTIMISTIC:
             raise Conflict("a decision that writes nothing is only final under locks")
 
-    async def connection(self) -> Conn:
-        """The LOCKED unit's transaction with every queued write sent, for helpers that
-        run statements on a connection (`Idempotency.claim`, `complete`)."""
-        if self.mode is not Mode.LOCKED:
-            raise RuntimeError("only a LOCKED unit has a transaction to lend")
-        conn = await self._transaction()
-        await self._flush(conn)
-        return conn
-
     def reading(self) -> AbstractAsyncContextManager[Conn]:
         """An autocommit connection, for reads such helpers make outside the unit."""
         return self._db.reading()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pi.platform.db.database import Database
 from pi.platform.db.errors import IntegrityError
-from pi.platform.db.statements import Conn
 from pi.platform.db.unit_of_work import PostgresUnitOfWork
 from pi.platform.kernel.units import Mode
 from pi.transactions.adapters.postgres.repositories import (
@@ -25,15 +24,6 @@ class PostgresTransactionsUnit(PostgresUnitOfWork):
         self.transactions = PostgresTransactions(self)
         self.movements = PostgresMovements(self, self.transactions)
         self.idempotency = PostgresIdempotencyKeys(self)
-
-    async def connection(self) -> Conn:
-        """The unit's transaction, its queued writes sent: for a write whose result the
-        use case needs before it goes on (LOCKED units only)."""
-        if self.mode is not Mode.LOCKED:
-            raise RuntimeError(f"a {self.mode.value} unit runs no statement in a transaction")
-        conn = await self._transaction()
-        await self._flush(conn)
-        return conn
 
     async def commit(self) -> None:
         try:

@@ -5,10 +5,10 @@ A service's `__main__.py`:
     def main(argv: list[str] | None = None) -> int:
         return cli.main("payments", "Pi payment service.", argv)
 
-`serve` (the default) calls `pi.<svc>.main.run()`, `migrate` calls its `migrate()`;
-`extra` commands add the service's own (auth's `rotate-keys`). The service's `main`
-module is imported only after the arguments parsed, so `--help` needs no gRPC or
-database. A missing or invalid setting is printed on stderr with exit status 2.
+`serve` (the default) calls `pi.<svc>.bootstrap.run()`, `migrate` calls its
+`migrate()`; `extra` commands add the service's own (auth's `rotate-keys`). The
+service's composition root is imported only after the arguments parsed, so `--help`
+needs no gRPC or database. A missing or invalid setting is printed on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pi.platform.config import ConfigError
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: its name, its help text, and what it does with `pi.<svc>.main`."""
+    """A subcommand: its name, its help text, and what it does with `pi.<svc>.bootstrap`."""
 
     name: str
     help: str
@@ -51,7 +51,7 @@ def main(
         subparsers.add_parser(command.name, help=command.help)
     args = parser.parse_args(argv)
 
-    app = importlib.import_module(f"pi.{service}.main")
+    app = importlib.import_module(f"pi.{service}.bootstrap")
     try:
         commands[args.command or SERVE.name].run(app)
     except ConfigError as exc:

@@ -13,30 +13,22 @@ meanwhile): ABORTED / IDEMPOTENCY_KEY_IN_USE, which the client may retry.
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 from typing import Any
 
 from pi.auth.app.ports import Cipher, IdempotentRequest, PriorRequest
-from pi.platform.kernel.errors import Aborted, AlreadyExists
+from pi.platform.kernel import idempotency
 
 #: How long a key and its response are kept (the platform's idempotency retention).
-RETENTION = timedelta(hours=24)
+RETENTION = idempotency.RETENTION
 
 
 def replayed(request: IdempotentRequest, prior: PriorRequest) -> bytes:
     """The stored response to replay for `request`, or the error the key calls for."""
-    if prior.fingerprint is not None and prior.fingerprint != request.fingerprint:
-        raise AlreadyExists(
-            "This idempotency key was already used with a different request.",
-            reason="IDEMPOTENCY_KEY_REUSED",
-            metadata={"idempotency_key": request.key or ""},
-        )
-    if prior.response is None:
-        raise Aborted(
-            "A request with this idempotency key is in progress; retry.",
-            reason="IDEMPOTENCY_KEY_IN_USE",
-        )
-    return prior.response
+    if prior.fingerprint is None:  # the key was gone by the time it was read
+        if prior.response is None:
+            raise idempotency.in_progress()
+        return prior.response
+    return idempotency.replayed(prior.fingerprint, prior.response, request.fingerprint, request.key)
 
 
 class SealedResponses:

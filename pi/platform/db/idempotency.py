@@ -63,11 +63,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from pi.platform.db.statements import Conn, Deferred, Record, Statement, StatementQueue
-from pi.platform.kernel.errors import Aborted, AlreadyExists, InvalidArgument
+from pi.platform.kernel.errors import InvalidArgument
+from pi.platform.kernel.idempotency import RETENTION, check_same_request, in_progress, replayed
 
 MAX_KEY_LENGTH = 255
 METADATA_KEY = "idempotency-key"
-RETENTION = timedelta(hours=24)
 
 
 def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
@@ -168,11 +168,9 @@ class Idempotency:
         row = await self._stored_row(conn, scope, operation, key)
         if row is None:
             # The conflicting claim vanished between the two statements (purged).
-            raise _in_progress()
-        _check_same_request(row, key, fingerprint)
-        if row.response is None:
-            raise _in_progress()
-        return Claim(scope, operation, key, fingerprint, replay=bytes(row.response))
+            raise in_progress()
+        replay = replayed(row.request_hash, row.response, fingerprint, key)
+        return Claim(scope, operation, key, fingerprint, replay=bytes(replay))
 
     def queue_claim(
         self,
@@ -207,7 +205,7 @@ class Idempotency:
             return
         row = await self._stored_row(conn, scope, operation, key)
         if row is not None:
-            _check_same_request(row, key, fingerprint)
+            check_same_request(row.request_hash, fingerprint, key)
 
     async def _stored_row(self, conn: Conn, scope: str, operation: str, key: str) -> Record | None:
         params = {"p_scope": scope, "p_operation": operation, "p_key": key}
@@ -234,15 +232,6 @@ class Idempotency:
         if older_than < RETENTION:
             raise ValueError("idempotency keys are kept at least 24 hours")
         return await self._purge.execute(conn, {"p_cutoff": datetime.now(UTC) - older_than})
-
-
-def _check_same_request(row: Record, key: str, fingerprint: str) -> None:
-    if row.request_hash != fingerprint:
-        raise AlreadyExists(
-            "This idempotency key was already used with a different request.",
-            reason="IDEMPOTENCY_KEY_REUSED",
-            metadata={"idempotency_key": key},
-        )
 
 
 def fingerprint(request: Message, *, exclude: tuple[str, ...] = ("request_id",)) -> str:
@@ -311,10 +300,3 @@ def _claim_values(
         "response": response,
         "create_time": datetime.now(UTC),
     }
-
-
-def _in_progress() -> Aborted:
-    return Aborted(
-        "A request with this idempotency key is in progress; retry.",
-        reason="IDEMPOTENCY_KEY_IN_USE",
-    )

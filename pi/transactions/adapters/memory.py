@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from pi.platform.kernel.errors import Aborted, AlreadyExists
+from pi.platform.kernel.idempotency import RETENTION, replayed
 from pi.platform.kernel.units import MemoryUnitOfWork, Mode
 from pi.transactions.app.ports import Clock, ListQuery, StorageRefused
 from pi.transactions.domain import (
@@ -40,9 +40,6 @@ __all__ = ["MemoryTransactionsUnit", "MemoryUnits", "TransactionsState"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
-
-# As `pi.platform.db.idempotency.RETENTION`: keys are kept at least this long.
-_RETENTION = timedelta(hours=24)
 
 
 class _Rows(dict[_K, _V], Generic[_K, _V]):
@@ -257,18 +254,7 @@ class _IdempotencyKeys:
         if stored is None:
             self._rows[scope, operation, key] = _StoredKey(fingerprint, response, self._clock())
             return None
-        if stored.fingerprint != fingerprint:
-            raise AlreadyExists(
-                "This idempotency key was already used with a different request.",
-                reason="IDEMPOTENCY_KEY_REUSED",
-                metadata={"idempotency_key": key},
-            )
-        if stored.response is None:
-            raise Aborted(
-                "A request with this idempotency key is in progress; retry.",
-                reason="IDEMPOTENCY_KEY_IN_USE",
-            )
-        return stored.response
+        return replayed(stored.fingerprint, stored.response, fingerprint, key)
 
     async def complete(self, scope: str, operation: str, key: str | None, response: bytes) -> None:
         if key is None:
@@ -279,7 +265,7 @@ class _IdempotencyKeys:
             self._rows[scope, operation, key] = dataclasses.replace(stored, response=response)
 
     async def purge(self, older_than: timedelta) -> int:
-        if older_than < _RETENTION:
+        if older_than < RETENTION:
             raise ValueError("idempotency keys are kept at least 24 hours")
         self._unit.locked()
         cutoff = self._clock() - older_than

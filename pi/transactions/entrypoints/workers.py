@@ -39,6 +39,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pi.platform.kernel.idempotency import RETENTION
 from pi.platform.kernel.units import Mode
 from pi.transactions.app.ports import (
     MAX_FACTS_PER_CALL,
@@ -54,7 +55,7 @@ __all__ = ["IDEMPOTENCY_RETENTION", "FactsPublisher", "FactsStats", "purge_idemp
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 10_000
-IDEMPOTENCY_RETENTION = timedelta(hours=24)
+IDEMPOTENCY_RETENTION = RETENTION
 """How long an idempotency key is kept (AIP-155: at least 24 hours)."""
 
 # The facts, and the future of whoever waits for them (None: nobody does).

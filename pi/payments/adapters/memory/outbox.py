@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from pi.payments.adapters.memory.state import MemoryState, OutboxRow
 from pi.payments.app.ports import QueuedMovement
+from pi.platform.kernel.idempotency import RETENTION
 
 __all__ = ["MemoryOutbox"]
-
-# How long idempotency keys are kept, as `pi.platform.db.idempotency.RETENTION`.
-KEY_RETENTION = timedelta(hours=24)
 
 
 class MemoryOutbox:
@@ -77,7 +75,7 @@ class MemoryOutbox:
                 for row in outbox.values()
                 if row.delivered_time is not None and row.delivered_time < delivered_before
             ]
-            cutoff = datetime.now(UTC) - KEY_RETENTION
+            cutoff = datetime.now(UTC) - RETENTION
             old_keys = [key for key, stored in keys.items() if stored.create_time < cutoff]
             for movement_id in old_rows:
                 del outbox[movement_id]

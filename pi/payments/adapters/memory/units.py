@@ -35,7 +35,7 @@ from pi.payments.app.requests import (
     RequestKey,
 )
 from pi.payments.domain import Payment, PaymentStatus, Refund, TransactionRef
-from pi.platform.kernel.errors import Aborted, AlreadyExists
+from pi.platform.kernel.idempotency import check_same_request, in_progress
 from pi.platform.kernel.units import Conflict, MemoryUnitOfWork, Mode
 from pi.platform.ledger import Movement
 
@@ -335,7 +335,7 @@ class _Keys:
     async def reject_reuse(self, request: RequestKey) -> None:
         stored = self._stored(request)
         if stored is not None:
-            _check_same_request(stored, request)
+            check_same_request(stored.request_hash, request.fingerprint, request.key)
 
     def _stored(self, request: RequestKey) -> StoredKey | None:
         if request.key is None:
@@ -363,19 +363,7 @@ class _Keys:
             return None
         if self._unit.optimistic:  # PostgreSQL would find out at the commit
             raise Conflict("the idempotency key is taken")
-        _check_same_request(stored, request)
+        check_same_request(stored.request_hash, request.fingerprint, request.key)
         if stored.response is None:
-            raise Aborted(
-                "A request with this idempotency key is in progress; retry.",
-                reason="IDEMPOTENCY_KEY_IN_USE",
-            )
+            raise in_progress()
         return stored.response
-
-
-def _check_same_request(stored: StoredKey, request: RequestKey) -> None:
-    if stored.request_hash != request.fingerprint:
-        raise AlreadyExists(
-            "This idempotency key was already used with a different request.",
-            reason="IDEMPOTENCY_KEY_REUSED",
-            metadata={"idempotency_key": request.key or ""},
-        )

@@ -14,7 +14,7 @@ LINT_PATHS  := pi tests scripts bench
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test run bench clean
+.PHONY: help setup proto lint test test-unit run bench clean
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ lint: setup ## ruff, ruff format --check, mypy, buf lint, buf breaking (runs all
 
 test: setup ## Run the whole test suite (starts its own PostgreSQL and Redis; see README).
 	$(VENV)/bin/pytest
+
+test-unit: setup ## Only the unit tier: no database, no network (seconds).
+	$(VENV)/bin/pytest tests/unit
 
 run: setup ## Start the mesh (PostgreSQL unless DATABASE_URL, three services, Envoy) locally.
 	$(PY) -m pi.launcher

@@ -14,6 +14,8 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.exc import DBAPIError as DatabaseError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pi.payments import bootstrap as payments_bootstrap
@@ -25,7 +27,6 @@ from pi.payments.app.use_cases import payment_use_cases
 from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
 from pi.platform.config import Settings
 from pi.platform.db import migrations
-from pi.platform.db.errors import DatabaseError, IntegrityError
 from pi.platform.kernel.errors import NotFound
 from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal

@@ -1,0 +1,110 @@
+"""Envoy's own error replies (unknown route, rate limited, malformed JSON, ...).
+
+HTTP/JSON clients get them as a JSON `google.rpc.Status`, the same shape the transcoder
+gives service errors, so a client parses one kind of error body whoever answered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# HTTP status of a local reply -> google.rpc.Code, for the JSON body HTTP clients get.
+_LOCAL_REPLY_CODES: tuple[tuple[int, int], ...] = (
+    (400, 3),  # INVALID_ARGUMENT: malformed JSON, unknown query parameter, bad path
+    (401, 16),  # UNAUTHENTICATED
+    (403, 7),  # PERMISSION_DENIED
+    (404, 5),  # NOT_FOUND: no such route
+    (408, 4),  # DEADLINE_EXCEEDED: request not received in time
+    (413, 3),  # INVALID_ARGUMENT: body too large
+    (429, 8),  # RESOURCE_EXHAUSTED: rate limited
+    (431, 3),  # INVALID_ARGUMENT: headers too large
+    (503, 14),  # UNAVAILABLE
+    (504, 4),  # DEADLINE_EXCEEDED
+)
+
+_LOCAL_REPLY_MESSAGES: Mapping[int, str] = {
+    429: "Too many requests: retry after the number of seconds in Retry-After.",
+}
+
+
+def local_reply_config() -> dict[str, Any]:
+    """JSON `google.rpc.Status` bodies for Envoy's own error replies to HTTP clients.
+
+    Native gRPC requests are excluded: Envoy answers them with grpc-status and
+    grpc-message, which a JSON body would garble.
+    """
+    mappers = [
+        _status_mapper(
+            {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": _runtime_uint(f"pi.local_reply.{http}", http),
+                    }
+                }
+            },
+            grpc_code,
+            message=_LOCAL_REPLY_MESSAGES.get(http),
+        )
+        for http, grpc_code in _LOCAL_REPLY_CODES
+    ]
+    mappers.append(
+        _status_mapper(
+            {
+                "status_code_filter": {
+                    "comparison": {"op": "GE", "value": _runtime_uint("pi.local_reply.other", 400)}
+                }
+            },
+            2,  # UNKNOWN
+        )
+    )
+    return {"mappers": mappers}
+
+
+def _status_mapper(
+    status_filter: dict[str, Any], grpc_code: int, message: str | None = None
+) -> dict[str, Any]:
+    mapper: dict[str, Any] = {
+        "filter": {"and_filter": {"filters": [status_filter, _not_native_grpc()]}},
+        "body_format_override": {
+            "json_format": {"code": grpc_code, "message": "%LOCAL_REPLY_BODY%", "details": []},
+            "content_type": "application/json",
+        },
+    }
+    if message is not None:
+        mapper["body"] = {"inline_string": message}
+    return mapper
+
+
+def _not_native_grpc() -> dict[str, Any]:
+    """Matches requests from HTTP/JSON clients, transcoded or not.
+
+    The transcoder rewrites content-type to application/grpc and records the client's
+    method in x-envoy-original-method, so "not gRPC, or transcoded" is the HTTP client.
+    """
+    return {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": "content-type",
+                            "string_match": {"prefix": "application/grpc"},
+                            "invert_match": True,
+                            "treat_missing_header_as_empty": True,
+                        }
+                    }
+                },
+                {
+                    "header_filter": {
+                        "header": {"name": "x-envoy-original-method", "present_match": True}
+                    }
+                },
+            ]
+        }
+    }
+
+
+def _runtime_uint(key: str, value: int) -> dict[str, Any]:
+    return {"runtime_key": key, "default_value": value}

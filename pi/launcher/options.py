@@ -1,0 +1,69 @@
+"""What `make run` starts and where: services, replicas, ports, the var dir."""
+
+from __future__ import annotations
+
+import importlib.resources
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pi.edge import DEFAULT_GRPC_PORTS, REPLICA_PORT_STEP, Endpoint
+
+SERVICES = tuple(DEFAULT_GRPC_PORTS)
+"""In port order: auth on the base port, transactions on base + 1, payments on base + 2."""
+DEFAULT_GRPC_PORT_BASE = DEFAULT_GRPC_PORTS[SERVICES[0]]
+
+
+def generated_dir() -> Path:
+    """The `generated` package's directory (descriptor set, OpenAPI), wherever it is installed."""
+    return Path(str(importlib.resources.files("generated")))
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What to start and where; `root` is the working directory of every child."""
+
+    root: Path = field(default_factory=Path.cwd)
+    var_dir: Path = Path("var")
+    replicas: int = 1
+    grpc_port_base: int = DEFAULT_GRPC_PORT_BASE
+    http_port: int = 8080
+    https_port: int = 8443
+    admin_port: int = 9901
+    startup_timeout: float = 90.0
+    grace: float = 15.0
+    python: str = sys.executable
+    generated: Path = field(default_factory=generated_dir)
+
+    @property
+    def var(self) -> Path:
+        """The var dir as an absolute path (a relative `var_dir` is under `root`)."""
+        return (self.root / self.var_dir).absolute()
+
+    def port(self, service: str, replica: int) -> int:
+        """Base + 0/1/2 for auth/transactions/payments, plus 100 per replica."""
+        return self.grpc_port_base + SERVICES.index(service) + REPLICA_PORT_STEP * replica
+
+    def ports(self) -> list[int]:
+        """Every port the launcher listens on: the services' and Envoy's."""
+        services = [self.port(s, i) for s in SERVICES for i in range(self.replicas)]
+        return [self.http_port, self.https_port, self.admin_port, *services]
+
+    def upstreams(self) -> dict[str, tuple[Endpoint, ...]]:
+        """What Envoy routes to: every replica of every service."""
+        return {
+            service: tuple(
+                Endpoint("127.0.0.1", self.port(service, i)) for i in range(self.replicas)
+            )
+            for service in SERVICES
+        }
+
+    @property
+    def postgres_dir(self) -> Path:
+        """The embedded PostgreSQL's data directory (when DATABASE_URL is unset)."""
+        return self.var / "postgres"
+
+    def target(self, service: str) -> str:
+        """How services reach each other: one address, or all replicas (gRPC ipv4: list)."""
+        addresses = [f"127.0.0.1:{self.port(service, i)}" for i in range(self.replicas)]
+        return addresses[0] if self.replicas == 1 else "ipv4:" + ",".join(addresses)

@@ -32,11 +32,6 @@ FORBIDDEN_IN_CORE = (
 MAX_MODULE_LINES = 400
 # Longer modules, each with the reason it stays whole.
 LONG_MODULES = {
-    # One Envoy bootstrap: listeners, routes and clusters refer to each other by name.
-    "edge/config.py": 800,
-    # The launcher's sequence (secrets, database, migrations, services, edge, demo) and
-    # its supervision loop read best in one place.
-    "launcher/app.py": 500,
     # Mostly the docstring that explains when a statement is prepared and how a batch
     # is pipelined.
     "platform/db/statements.py": 450,

@@ -33,11 +33,11 @@ from collections.abc import Awaitable, Iterable
 from typing import TypeVar
 
 from pi.launcher.banner import demo_merchant, print_banner
-from pi.launcher.console import Console, describe_exit
+from pi.launcher.console import Console
 from pi.launcher.database import EmbeddedPostgres, start_database, stop_database
 from pi.launcher.migrations import migrate
 from pi.launcher.options import DEFAULT_GRPC_PORT_BASE, SERVICES, LaunchOptions, generated_dir
-from pi.launcher.preflight import LaunchError, busy_ports, data_store, prepare
+from pi.launcher.preflight import LaunchError, data_store, prepare
 from pi.launcher.probes import GrpcHealthProbe
 from pi.launcher.processes import envoy_spec, service_specs
 from pi.launcher.supervisor import State, Supervised
@@ -52,11 +52,6 @@ __all__ = [
     "generated_dir",
     "launch",
 ]
-
-# Tests (and branches in flight) import these from here, by the names they had here.
-_busy_ports = busy_ports
-_describe_exit = describe_exit
-_prepare = prepare
 
 T = TypeVar("T")
 

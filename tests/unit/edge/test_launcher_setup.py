@@ -15,17 +15,10 @@ import pytest
 from pi.edge import DEFAULT_GRPC_PORTS
 from pi.launcher import __main__ as cli
 from pi.launcher import demo
-from pi.launcher.app import (
-    Console,
-    LaunchError,
-    LaunchOptions,
-    _busy_ports,
-    _describe_exit,
-    _prepare,
-    data_store,
-    generated_dir,
-)
+from pi.launcher.console import Console, describe_exit
 from pi.launcher.database import embedded_postgres
+from pi.launcher.options import LaunchOptions, generated_dir
+from pi.launcher.preflight import LaunchError, busy_ports, data_store, prepare
 from pi.launcher.secrets import REQUIRED, ensure_dev_secrets, read_env_file
 from pi.platform.config import parse_master_keys
 
@@ -179,7 +172,7 @@ def test_prepare_keeps_every_file_in_the_var_dir_and_points_envoy_at_the_port_ba
         admin_port=admin,
     )
     console = io.StringIO()
-    env = _prepare(options, Console(console))
+    env = prepare(options, Console(console))
 
     state = tmp_path / "state"
     assert {p.name for p in state.iterdir()} == {"dev-secrets.env", "certs", "envoy.json"}
@@ -194,7 +187,7 @@ def test_prepare_keeps_every_file_in_the_var_dir_and_points_envoy_at_the_port_ba
 def test_prepare_refuses_ports_used_twice(tmp_path: Path) -> None:
     options = LaunchOptions(var_dir=tmp_path, grpc_port_base=30000, http_port=30001)
     with pytest.raises(LaunchError, match="30001"):
-        _prepare(options, Console(io.StringIO()))
+        prepare(options, Console(io.StringIO()))
 
 
 def test_ports_in_use_are_detected() -> None:
@@ -202,13 +195,13 @@ def test_ports_in_use_are_detected() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert _busy_ports([port]) == [port]
-    assert _busy_ports([port]) == []
+        assert busy_ports([port]) == [port]
+    assert busy_ports([port]) == []
 
 
 def test_exit_codes_are_described_for_people() -> None:
-    assert _describe_exit(-9) == "killed by SIGKILL"
-    assert _describe_exit(2) == "exited with 2"
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(2) == "exited with 2"
 
 
 def test_the_curl_example_gets_a_token_then_creates_a_transaction() -> None:

@@ -47,8 +47,8 @@ class Settings:
     """Everything a service process needs to know about its environment.
 
     `database_url` is a `postgresql://` URL (`DATABASE_URL` is required). Secrets, the
-    database URL included (it may hold a password), are kept out of `repr` so that
-    logging a `Settings` never leaks them.
+    database and Redis URLs included (either may hold a password), are kept out of `repr`
+    so that logging a `Settings` never leaks them.
     """
 
     service: str
@@ -56,7 +56,7 @@ class Settings:
     grpc_port: int
     database_url: str = field(repr=False)
     db_schema: str
-    redis_url: str | None
+    redis_url: str | None = field(repr=False)
     admin_token: str = field(repr=False)
     service_token: str = field(repr=False)
     master_keys: Mapping[int, bytes] = field(repr=False, compare=False, hash=False)
@@ -207,17 +207,19 @@ class Settings:
 def parse_master_keys(raw: str) -> dict[int, bytes]:
     """Parse `1=<base64>,2=<base64>` into {version: 32-byte key}; raise ValueError."""
     keys: dict[int, bytes] = {}
-    for part in raw.split(","):
+    # Entries are named by position, never quoted: a key given without its `1=` (base64
+    # often ends in "=") would otherwise be printed whole as the "version".
+    for position, part in enumerate(raw.split(","), start=1):
         part = part.strip()
         if not part:
             continue
         version_text, sep, encoded = part.partition("=")
         if not sep:
-            raise ValueError(f"entry {part[:4]!r}... is not of the form <version>=<base64 key>.")
+            raise ValueError(f"entry {position} is not of the form <version>=<base64 key>.")
         try:
             version = int(version_text.strip())
         except ValueError:
-            raise ValueError(f"key version {version_text.strip()!r} is not an integer.") from None
+            raise ValueError(f"entry {position}: the key version is not an integer.") from None
         if version < 1 or version > 2**31 - 1:
             raise ValueError(f"key version {version} must be a positive integer.")
         if version in keys:

@@ -19,10 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pi.platform.config import SERVICE_PORTS
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "k8s" / "base" / "generated"
 NAMESPACE = "pi"
-GRPC_PORTS = {"auth": 50051, "transactions": 50052, "payments": 50053}
 FILES = ("envoy.json",)
 
 
@@ -34,7 +35,7 @@ def render(out: Path, namespace: str = NAMESPACE) -> None:
     out.mkdir(parents=True, exist_ok=True)
     upstreams = [
         f"--upstream={name}={service_host(name, namespace)}:{port}"
-        for name, port in GRPC_PORTS.items()
+        for name, port in SERVICE_PORTS.items()
     ]
     subprocess.run(
         [

@@ -3,7 +3,6 @@
 from pi.edge.certs import DevCert, ensure_dev_cert
 from pi.edge.config import (
     ADMIN_HOST,
-    DEFAULT_GRPC_PORTS,
     INTERNAL_GRPC_SERVICES,
     PUBLIC_GRPC_SERVICES,
     REPLICA_PORT_STEP,
@@ -20,7 +19,6 @@ from pi.edge.files import write_bootstrap
 
 __all__ = [
     "ADMIN_HOST",
-    "DEFAULT_GRPC_PORTS",
     "INTERNAL_GRPC_SERVICES",
     "PUBLIC_GRPC_SERVICES",
     "REPLICA_PORT_STEP",

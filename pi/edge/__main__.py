@@ -19,6 +19,7 @@ from typing import Any
 from pi.edge.certs import ensure_dev_cert
 from pi.edge.config import (
     PUBLIC_GRPC_SERVICES,
+    REPLICA_PORT_STEP,
     Endpoint,
     HealthCheck,
     RateLimit,
@@ -27,9 +28,11 @@ from pi.edge.config import (
 from pi.edge.envoy import validate
 from pi.edge.files import write_bootstrap
 from pi.edge.profiles import kubernetes_config, local_config
+from pi.platform.config import SERVICE_PORTS
 
 DEFAULT_DESCRIPTOR = "generated/descriptors.binpb"
 DEFAULT_OPENAPI = "generated/openapi/pi.swagger.json"
+LOCAL_PORTS = "/".join(str(port) for port in SERVICE_PORTS.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
         "--profile",
         choices=("local", "kubernetes"),
         default="local",
-        help="local: loopback, services on 127.0.0.1:50051/2/3 (+100*i per replica); "
+        help=f"local: loopback, services on 127.0.0.1:{LOCAL_PORTS} "
+        f"(+{REPLICA_PORT_STEP}*i per replica); "
         "kubernetes: 0.0.0.0, services by DNS name, files under /etc/pi",
     )
     render.add_argument("--listen-host")

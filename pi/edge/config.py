@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pi.platform.config import SERVICE_PORTS
+
 PUBLIC_GRPC_SERVICES: Mapping[str, str] = {
     "auth": "pi.auth.v1.AuthService",
     "transactions": "pi.transactions.v1.TransactionService",
@@ -42,9 +44,8 @@ INTERNAL_GRPC_SERVICES: tuple[str, ...] = (
 )
 """Service-to-service APIs that the edge must never route."""
 
-DEFAULT_GRPC_PORTS: Mapping[str, int] = {"auth": 50051, "transactions": 50052, "payments": 50053}
 REPLICA_PORT_STEP = 100
-"""Replica i of a service listens on its default port + i * REPLICA_PORT_STEP."""
+"""Replica i of a service listens on its default port (`SERVICE_PORTS`) + i * REPLICA_PORT_STEP."""
 
 ADMIN_HOST = "127.0.0.1"
 """The admin interface can reconfigure and stop Envoy: it is never bound beyond loopback."""
@@ -150,7 +151,7 @@ def local_upstreams(replicas: int = 1, host: str = "127.0.0.1") -> dict[str, tup
         raise ValueError("replicas must be at least 1")
     return {
         name: tuple(Endpoint(host, port + REPLICA_PORT_STEP * i) for i in range(replicas))
-        for name, port in DEFAULT_GRPC_PORTS.items()
+        for name, port in SERVICE_PORTS.items()
     }
 
 

@@ -11,13 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 from pi.edge.config import (
-    DEFAULT_GRPC_PORTS,
     EdgeConfig,
     Endpoint,
     HealthCheck,
     RateLimit,
     local_upstreams,
 )
+from pi.platform.config import SERVICE_PORTS
 
 # Where the Kubernetes manifests mount things into the Envoy pod.
 K8S_DESCRIPTOR_PATH = "/etc/pi/edge/descriptors.binpb"
@@ -87,12 +87,10 @@ def kubernetes_config(
     Use headless Services (clusterIP: None) so DNS returns every pod and Envoy balances
     requests across them; a ClusterIP VIP would pin each HTTP/2 connection to one pod.
     """
-    hosts = dict(service_hosts or {name: name for name in DEFAULT_GRPC_PORTS})
+    hosts = dict(service_hosts or {name: name for name in SERVICE_PORTS})
     config = EdgeConfig(
         descriptor_path=descriptor_path,
-        upstreams={
-            name: (Endpoint(hosts[name], port),) for name, port in DEFAULT_GRPC_PORTS.items()
-        },
+        upstreams={name: (Endpoint(hosts[name], port),) for name, port in SERVICE_PORTS.items()},
         listen_host="0.0.0.0",  # inside a pod; the Service decides what is exposed
         openapi_path=openapi_path,
         tls_cert_path=tls_cert_path,

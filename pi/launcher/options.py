@@ -7,11 +7,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pi.edge import DEFAULT_GRPC_PORTS, REPLICA_PORT_STEP, Endpoint
+from pi.edge import REPLICA_PORT_STEP, Endpoint
+from pi.platform.config import SERVICE_PORTS
 
-SERVICES = tuple(DEFAULT_GRPC_PORTS)
+SERVICES = tuple(SERVICE_PORTS)
 """In port order: auth on the base port, transactions on base + 1, payments on base + 2."""
-DEFAULT_GRPC_PORT_BASE = DEFAULT_GRPC_PORTS[SERVICES[0]]
+DEFAULT_GRPC_PORT_BASE = SERVICE_PORTS[SERVICES[0]]
 
 
 def generated_dir() -> Path:

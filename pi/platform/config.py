@@ -3,6 +3,9 @@
 A service's composition root calls `Settings.from_env("payments")` and passes the result
 down; nothing else reads `os.environ`. Every missing or invalid variable is reported at
 once in a single `ConfigError`, so a newcomer fixes their environment in one go.
+
+`SERVICE_PORTS` is the one place the services' default gRPC ports are written: the
+default targets below, the edge (`pi.edge`) and `make run` (`pi.launcher`) use it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-DEFAULT_PORTS: Mapping[str, int] = MappingProxyType(
+SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
     {"auth": 50051, "transactions": 50052, "payments": 50053}
 )
+"""Default gRPC port of each service, in port order (`make run` counts on it)."""
+
+DEFAULT_HOST = "127.0.0.1"
 MAX_TOKEN_TTL_SECONDS = 900
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
 # PostgreSQL connections each service process may hold (its one pool): 3 services x 20
@@ -32,6 +38,11 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+def default_target(service: str) -> str:
+    """Where `service` listens when nothing says otherwise: `127.0.0.1:<its port>`."""
+    return f"{DEFAULT_HOST}:{SERVICE_PORTS[service]}"
 
 
 class ConfigError(Exception):
@@ -63,9 +74,9 @@ class Settings:
     jwt_issuer: str = "pi-platform"
     jwt_audience: str = "pi-api"
     token_ttl_seconds: int = MAX_TOKEN_TTL_SECONDS
-    auth_target: str = "127.0.0.1:50051"
-    transactions_target: str = "127.0.0.1:50052"
-    payments_target: str = "127.0.0.1:50053"
+    auth_target: str = default_target("auth")
+    transactions_target: str = default_target("transactions")
+    payments_target: str = default_target("payments")
     revocation_poll_seconds: float = 2.0
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
@@ -94,8 +105,8 @@ class Settings:
                 return ""
             return value
 
-        grpc_host = get("PI_GRPC_HOST") or "127.0.0.1"
-        default_port = DEFAULT_PORTS.get(service, 0)
+        grpc_host = get("PI_GRPC_HOST") or DEFAULT_HOST
+        default_port = SERVICE_PORTS.get(service, 0)
         grpc_port = _parse_int(
             get("PI_GRPC_PORT"), "PI_GRPC_PORT", default_port, 0, 65535, problems
         )
@@ -194,9 +205,9 @@ class Settings:
             jwt_issuer=get("PI_JWT_ISSUER") or "pi-platform",
             jwt_audience=get("PI_JWT_AUDIENCE") or "pi-api",
             token_ttl_seconds=token_ttl,
-            auth_target=get("PI_AUTH_TARGET") or "127.0.0.1:50051",
-            transactions_target=get("PI_TRANSACTIONS_TARGET") or "127.0.0.1:50052",
-            payments_target=get("PI_PAYMENTS_TARGET") or "127.0.0.1:50053",
+            auth_target=get("PI_AUTH_TARGET") or default_target("auth"),
+            transactions_target=get("PI_TRANSACTIONS_TARGET") or default_target("transactions"),
+            payments_target=get("PI_PAYMENTS_TARGET") or default_target("payments"),
             revocation_poll_seconds=poll,
             rate_limit_per_merchant=rate_limit,
             log_level=log_level,

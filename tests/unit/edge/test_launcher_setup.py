@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from pi.edge import DEFAULT_GRPC_PORTS
 from pi.launcher import __main__ as cli
 from pi.launcher import demo
 from pi.launcher.console import Console, describe_exit
@@ -20,7 +19,7 @@ from pi.launcher.database import embedded_postgres
 from pi.launcher.options import LaunchOptions, generated_dir
 from pi.launcher.preflight import LaunchError, busy_ports, data_store, prepare
 from pi.launcher.secrets import REQUIRED, ensure_dev_secrets, read_env_file
-from pi.platform.config import parse_master_keys
+from pi.platform.config import SERVICE_PORTS, parse_master_keys
 
 
 def test_dev_secrets_are_generated_once_with_owner_only_permissions(tmp_path: Path) -> None:
@@ -53,7 +52,7 @@ def test_replicas_listen_100_ports_apart_and_services_see_all_of_them() -> None:
 
 def test_the_default_ports_are_the_documented_ones() -> None:
     options = LaunchOptions()
-    assert {s: options.port(s, 0) for s in DEFAULT_GRPC_PORTS} == dict(DEFAULT_GRPC_PORTS)
+    assert {s: options.port(s, 0) for s in SERVICE_PORTS} == dict(SERVICE_PORTS)
 
 
 def test_a_port_base_moves_every_service_and_replica_and_envoy_follows() -> None:

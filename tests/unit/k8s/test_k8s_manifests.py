@@ -14,11 +14,14 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from pi.platform.config import SERVICE_PORTS
+
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = "1.37"
 NAMESPACE = "pi"
-SERVICES = {"auth": 50051, "transactions": 50052, "payments": 50053}
+# The manifests must put each service on the port the code defaults it to.
+SERVICES = SERVICE_PORTS
 SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"}
 IMAGE = "pi-platform"
 RUN_AS_USER = 10001

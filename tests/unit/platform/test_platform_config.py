@@ -3,7 +3,13 @@ import os
 
 import pytest
 
-from pi.platform.config import ConfigError, Settings, parse_master_keys
+from pi.platform.config import (
+    SERVICE_PORTS,
+    ConfigError,
+    Settings,
+    default_target,
+    parse_master_keys,
+)
 
 KEY = base64.b64encode(os.urandom(32)).decode()
 BASE = {
@@ -12,6 +18,12 @@ BASE = {
     "PI_SERVICE_TOKEN": "service-secret-token",
     "PI_MASTER_KEYS": f"1={KEY}",
 }
+
+
+def test_the_default_ports_and_targets_are_the_documented_ones() -> None:
+    assert dict(SERVICE_PORTS) == {"auth": 50051, "transactions": 50052, "payments": 50053}
+    assert list(SERVICE_PORTS) == ["auth", "transactions", "payments"]  # port order
+    assert default_target("payments") == "127.0.0.1:50053"
 
 
 def test_defaults_for_a_known_service() -> None:

@@ -15,9 +15,10 @@ Redis: `redis_url` is PI_TEST_REDIS_URL if set (e.g. redis://127.0.0.1:6379/9), 
 stopped at its end. `redis_prefix` is unique per test and its keys are deleted
 afterwards; `redis_cache` is a `RedisCache` on that prefix.
 
-Settings: `settings_factory("payments", **overrides)` returns `Settings` with random
-secrets, `DATABASE_URL=pg_url` and `db_schema=pg_schema`; overrides are `Settings` field
-names (`redis_url=redis_url`, `db_schema=...`, `database_url=...`).
+Settings: `settings_factory("payments", **overrides)` returns that service's settings
+(`PaymentsSettings`) with random secrets, `DATABASE_URL=pg_url` and `db_schema=pg_schema`;
+overrides are field names of that class (`redis_url=redis_url`, `db_schema=...`,
+`database_url=...`, `transactions_target=...` for payments only).
 
 Tokens: `es256_signer` signs valid access tokens (override any claim or header);
 `make_es256_signer(kid)` makes more keys. Their `issuer`/`audience` match the defaults of
@@ -45,13 +46,14 @@ import redis
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.db.database import Database, open_database_for
 from pi.platform.db.embedded import EmbeddedPostgres
 from pi.platform.db.engine import libpq_url
 from pi.platform.security.crypto import MasterKeys
 from tests.support.engines import create_engine_for
 from tests.support.redis_server import RedisServer
+from tests.support.settings import SETTINGS_TYPES
 
 TEST_ISSUER = "pi-platform"
 TEST_AUDIENCE = "pi-api"
@@ -222,14 +224,16 @@ def master_keys() -> MasterKeys:
 
 
 @pytest.fixture
-def settings_factory(pg_url: str, request: pytest.FixtureRequest) -> Callable[..., Settings]:
-    """`settings_factory(service, **overrides)` → `Settings` for tests (random secrets).
+def settings_factory(pg_url: str, request: pytest.FixtureRequest) -> Callable[..., ServiceSettings]:
+    """`settings_factory(service, **overrides)` → that service's settings for tests
+    (random secrets), parsed from the environment as the service does.
 
     Unless `database_url` is overridden, the database is `pg_url` with this test's
-    `pg_schema` (created on first use).
+    `pg_schema` (created on first use). An override the service has no field for (say
+    `token_ttl_seconds` for payments) is a TypeError.
     """
 
-    def make(service: str = "test", **overrides: Any) -> Settings:
+    def make(service: str, **overrides: Any) -> ServiceSettings:
         database_url = overrides.get("database_url", pg_url)
         if "db_schema" in overrides:
             schema = overrides["db_schema"]
@@ -248,7 +252,7 @@ def settings_factory(pg_url: str, request: pytest.FixtureRequest) -> Callable[..
             # Many engines are alive at once in tests: keep each pool small.
             "PI_DB_POOL_SIZE": "10",
         }
-        settings = Settings.from_env(service, environ)
+        settings = SETTINGS_TYPES[service].from_env(environ)
         return dataclasses.replace(settings, **overrides) if overrides else settings
 
     return make

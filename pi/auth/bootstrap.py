@@ -34,8 +34,8 @@ from pi.auth.domain.lockout import LockoutPolicy
 from pi.auth.domain.tokens import MAX_TOKEN_TTL
 from pi.auth.entrypoints.grpc import AuthInternalServicer, AuthServicer
 from pi.auth.entrypoints.workers import HOUSEKEEPING_SECONDS, Housekeeping, StoreRevocationPoller
+from pi.auth.settings import AuthSettings
 from pi.platform.cache import Cache, create_cache
-from pi.platform.config import Settings
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.interceptors import AuthInterceptor
@@ -45,7 +45,6 @@ from pi.platform.runtime.wiring import Authentication, authentication, migrate_s
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import TokenVerifier
 
-SERVICE = "auth"
 MIGRATIONS = Path(__file__).parent / "migrations"
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 AUTH_INTERNAL_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthInternalService"].full_name
@@ -67,7 +66,7 @@ def utcnow() -> datetime:
 class AuthApp:
     """The auth service's object graph, ready to register on a gRPC server."""
 
-    settings: Settings
+    settings: AuthSettings
     clock: Clock
     database: Database
     units: UnitsOfWork
@@ -172,7 +171,7 @@ def key_ring(signing_keys: SigningKeyLifecycle, master_keys: MasterKeys, clock: 
 
 
 async def build(
-    settings: Settings,
+    settings: AuthSettings,
     *,
     clock: Clock = utcnow,
     cache: Cache | None = None,
@@ -237,16 +236,16 @@ async def build(
 
 def run() -> None:
     """`python -m pi.auth`: serve until SIGTERM/SIGINT."""
-    run_service(SERVICE, build, SERVICE_NAMES, MIGRATIONS)
+    run_service(AuthSettings, build, SERVICE_NAMES, MIGRATIONS)
 
 
 def migrate() -> None:
     """`python -m pi.auth migrate`: apply the auth migrations and exit."""
-    migrate_service(SERVICE, MIGRATIONS)
+    migrate_service(AuthSettings, MIGRATIONS)
 
 
 async def _rotate_keys() -> str:
-    settings = Settings.from_env(SERVICE)
+    settings = AuthSettings.from_env()
     configure_logging(settings)
     database = await open_database(settings)
     try:

@@ -25,7 +25,7 @@ from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfW
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
 from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.clients import service_channel
@@ -35,7 +35,6 @@ from pi.platform.runtime.wiring import Authentication, authentication, migrate_s
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import KeySource
 
-SERVICE = "payments"
 MIGRATIONS = Path(__file__).parent / "migrations"
 PAYMENT_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 PAYMENT_LEDGER_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentLedgerService"].full_name
@@ -55,7 +54,7 @@ HOUSEKEEPING_SECONDS = 600.0
 class PaymentsApp:
     """The payment service's object graph, ready to register on a gRPC server."""
 
-    settings: Settings
+    settings: PaymentsSettings
     database: Database
     units: UnitsOfWork
     outbox: Outbox
@@ -106,7 +105,7 @@ def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
 
 
 async def build(
-    settings: Settings,
+    settings: PaymentsSettings,
     *,
     database: Database | None = None,
     connector: Connector | None = None,
@@ -166,9 +165,9 @@ async def build(
 
 def run() -> None:
     """`python -m pi.payments`: serve until SIGTERM/SIGINT."""
-    run_service(SERVICE, build, SERVICE_NAMES, MIGRATIONS)
+    run_service(PaymentsSettings, build, SERVICE_NAMES, MIGRATIONS)
 
 
 def migrate() -> None:
     """`python -m pi.payments migrate`: apply the payment migrations and exit."""
-    migrate_service(SERVICE, MIGRATIONS)
+    migrate_service(PaymentsSettings, MIGRATIONS)

@@ -1,11 +1,26 @@
-"""Process settings, parsed once from the environment into a frozen `Settings`.
+"""Process settings, parsed once from the environment into one frozen value per service.
 
-A service's composition root calls `Settings.from_env("payments")` and passes the result
-down; nothing else reads `os.environ`. Every missing or invalid variable is reported at
-once in a single `ConfigError`, so a newcomer fixes their environment in one go.
+`ServiceSettings` holds what every service needs; each service subclasses it in its own
+package (`pi.auth.settings.AuthSettings`, `pi.transactions.settings.TransactionsSettings`,
+`pi.payments.settings.PaymentsSettings`) with the variables only it reads, so no service
+parses, or refuses to start over, another's. A composition root calls
+`PaymentsSettings.from_env()` and passes the result down; nothing else reads `os.environ`.
 
-`SERVICE_PORTS` is the one place the services' default gRPC ports are written: the
-default targets below, the edge (`pi.edge`) and `make run` (`pi.launcher`) use it.
+- Every missing or invalid variable is reported at once in a single `ConfigError`, so a
+  newcomer fixes their environment in one go.
+- Secrets are kept out of `repr` (and so `str`): the admin and service tokens, the master
+  keys, and the database and Redis URLs, which may carry a password.
+- `SERVICE_PORTS` is the one place the services' default gRPC ports are written: the
+  default targets below, the edge (`pi.edge`) and `make run` (`pi.launcher`) use it.
+
+Why frozen dataclasses with a shared `Environment` reader rather than pydantic-settings:
+the standard library does all of it in one small module, with no new dependency (pydantic
+and its compiled core) to pin, import at every service start and `migrate`, or pull into
+the edge and the launcher, which import this module for the ports. And the reader keeps
+what pydantic would make us rebuild: messages people act on (the `make run` hint for
+DATABASE_URL; key material never echoed, where pydantic's errors quote the input by
+default) and cross-variable checks (the two tokens must differ) reported with every other
+problem, where pydantic runs its after-validators only once every field is valid.
 """
 
 from __future__ import annotations
@@ -17,6 +32,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any, ClassVar, Self
 
 SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
     {"auth": 50051, "transactions": 50052, "payments": 50053}
@@ -24,14 +40,14 @@ SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
 """Default gRPC port of each service, in port order (`make run` counts on it)."""
 
 DEFAULT_HOST = "127.0.0.1"
-MAX_TOKEN_TTL_SECONDS = 900
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
+"""Requests per second per merchant per service: Stripe's live-mode default."""
+MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
 # PostgreSQL connections each service process may hold (its one pool): 3 services x 20
 # stay under a server's default max_connections of 100 (see the README for the worst case).
 DEFAULT_DB_POOL_SIZE = 20
 MAX_DB_POOL_SIZE = 100
-"""Requests per second per merchant per service: Stripe's live-mode default."""
-MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
+DEFAULT_REVOCATION_POLL_SECONDS = 2.0
 MASTER_KEY_BYTES = 32
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -53,166 +69,208 @@ class ConfigError(Exception):
         super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything a service process needs to know about its environment.
+class Environment:
+    """Reads variables from one environment, collecting problems instead of raising, so
+    that a settings class can report all of them in one `ConfigError`.
 
-    `database_url` is a `postgresql://` URL (`DATABASE_URL` is required). Secrets, the
-    database and Redis URLs included (either may hold a password), are kept out of `repr`
-    so that logging a `Settings` never leaks them.
+    Blank values count as unset (an empty `KEY=` line in a `.env` file means "default"),
+    and values are stripped. No message quotes a secret's value.
     """
 
-    service: str
-    grpc_host: str
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def get(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self.get(name) or default
+
+    def required(self, name: str, what: str) -> str:
+        """The value, or "" after noting that `name` is missing (`what` says what it is)."""
+        value = self.get(name)
+        if value is None:
+            self.problem(f"{name} is required ({what}).")
+            return ""
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.problem(f"{name} must be an integer (got {raw!r}).")
+            return default
+        if not low <= value <= high:
+            self.problem(f"{name} must be between {low} and {high} (got {value}).")
+            return default
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        """A duration in seconds: more than 0, at most an hour."""
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self.problem(f"{name} must be a number of seconds (got {raw!r}).")
+            return default
+        if not 0 < value <= 3600:
+            self.problem(f"{name} must be greater than 0 and at most 3600 (got {raw}).")
+            return default
+        return value
+
+    def target(self, service: str) -> str:
+        """`PI_<SERVICE>_TARGET`: a gRPC target where `service` answers."""
+        return self.text(f"PI_{service.upper()}_TARGET", default_target(service))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """What every service process needs to know about its environment.
+
+    Not used on its own: each service's subclass names the service (`service`, which
+    also gives the default port and schema) and adds its own variables by extending
+    `_read`. `database_url` is a `postgresql://` URL (`DATABASE_URL` is required).
+    """
+
+    service: ClassVar[str]
+
+    grpc_host: str = DEFAULT_HOST
     grpc_port: int
     database_url: str = field(repr=False)
     db_schema: str
-    redis_url: str | None = field(repr=False)
+    db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    redis_url: str | None = field(default=None, repr=False)
     admin_token: str = field(repr=False)
     service_token: str = field(repr=False)
+    # A read-only mapping: not hashable, so left out of eq/hash (the key material decides
+    # nothing a comparison of settings is for).
     master_keys: Mapping[int, bytes] = field(repr=False, compare=False, hash=False)
     jwt_issuer: str = "pi-platform"
     jwt_audience: str = "pi-api"
-    token_ttl_seconds: int = MAX_TOKEN_TTL_SECONDS
     auth_target: str = default_target("auth")
-    transactions_target: str = default_target("transactions")
-    payments_target: str = default_target("payments")
-    revocation_poll_seconds: float = 2.0
+    revocation_poll_seconds: float = DEFAULT_REVOCATION_POLL_SECONDS
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
-    db_pool_size: int = DEFAULT_DB_POOL_SIZE
 
     @property
     def listen_address(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
 
     @classmethod
-    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
         """Parse `environ` (default `os.environ`); `ConfigError` lists every problem."""
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
+        env = Environment(os.environ if environ is None else environ)
+        values = cls._read(env)
+        if env.problems:
+            raise ConfigError(env.problems)
+        return cls(**values)
 
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            if value is None or value.strip() == "":
-                return None
-            return value.strip()
+    @classmethod
+    def _read(cls, env: Environment) -> dict[str, Any]:
+        """This class's fields from `env`, by name; a subclass adds its own to
+        `super()._read(env)`. Problems go to `env`; a field at fault gets a placeholder."""
+        values: dict[str, Any] = {
+            "grpc_host": env.text("PI_GRPC_HOST", DEFAULT_HOST),
+            "grpc_port": env.integer("PI_GRPC_PORT", SERVICE_PORTS[cls.service], 0, 65535),
+            "database_url": _database_url(env),
+            "db_schema": _db_schema(env, default=cls.service),
+            "db_pool_size": env.integer(
+                "PI_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, 1, MAX_DB_POOL_SIZE
+            ),
+            "redis_url": _redis_url(env),
+            "admin_token": env.required("PI_ADMIN_TOKEN", "the admin bearer credential"),
+            "service_token": env.required(
+                "PI_SERVICE_TOKEN", "the service-to-service bearer credential"
+            ),
+            "master_keys": _master_keys(env),
+            "jwt_issuer": env.text("PI_JWT_ISSUER", "pi-platform"),
+            "jwt_audience": env.text("PI_JWT_AUDIENCE", "pi-api"),
+            "auth_target": env.target("auth"),
+            "revocation_poll_seconds": env.seconds(
+                "PI_REVOCATION_POLL_SECONDS", DEFAULT_REVOCATION_POLL_SECONDS
+            ),
+            "rate_limit_per_merchant": env.integer(
+                "PI_RATE_LIMIT_PER_MERCHANT",
+                DEFAULT_RATE_LIMIT_PER_MERCHANT,
+                0,
+                MAX_RATE_LIMIT_PER_MERCHANT,
+            ),
+            "log_level": _log_level(env),
+        }
+        _check_tokens(env, values["admin_token"], values["service_token"])
+        return values
 
-        def required(name: str, what: str) -> str:
-            value = get(name)
-            if value is None:
-                problems.append(f"{name} is required ({what}).")
-                return ""
-            return value
 
-        grpc_host = get("PI_GRPC_HOST") or DEFAULT_HOST
-        default_port = SERVICE_PORTS.get(service, 0)
-        grpc_port = _parse_int(
-            get("PI_GRPC_PORT"), "PI_GRPC_PORT", default_port, 0, 65535, problems
+def _database_url(env: Environment) -> str:
+    url = env.get("DATABASE_URL") or ""
+    if not url:
+        env.problem(
+            "DATABASE_URL is required (a postgresql:// URL). To try the platform "
+            "without a PostgreSQL server, run `make run`: it starts an embedded "
+            "PostgreSQL and passes its URL to the services."
         )
+    elif _scheme(url) not in _POSTGRES_SCHEMES:
+        # Only the scheme is quoted: the rest of the URL may hold a password.
+        env.problem(f"DATABASE_URL must be a postgresql:// URL (got scheme {_scheme(url)!r}).")
+    return url
 
-        database_url = get("DATABASE_URL") or ""
-        if not database_url:
-            problems.append(
-                "DATABASE_URL is required (a postgresql:// URL). To try the platform "
-                "without a PostgreSQL server, run `make run`: it starts an embedded "
-                "PostgreSQL and passes its URL to the services."
-            )
-        elif _scheme(database_url) not in _POSTGRES_SCHEMES:
-            problems.append(
-                f"DATABASE_URL must be a postgresql:// URL (got scheme {_scheme(database_url)!r})."
-            )
 
-        db_schema = get("PI_DB_SCHEMA") or service
-        if not _SCHEMA_RE.match(db_schema):
-            problems.append(
-                "PI_DB_SCHEMA must be a lowercase SQL identifier "
-                f"(letters, digits, underscores; got {db_schema!r})."
-            )
-
-        redis_url = get("REDIS_URL")
-        if redis_url is not None and _scheme(redis_url) not in _REDIS_SCHEMES:
-            problems.append("REDIS_URL must be a redis://, rediss:// or unix:// URL.")
-
-        admin_token = required("PI_ADMIN_TOKEN", "the admin bearer credential")
-        service_token = required("PI_SERVICE_TOKEN", "the service-to-service bearer credential")
-        if admin_token and admin_token == service_token:
-            problems.append("PI_ADMIN_TOKEN and PI_SERVICE_TOKEN must differ.")
-        for name, token in (
-            ("PI_ADMIN_TOKEN", admin_token),
-            ("PI_SERVICE_TOKEN", service_token),
-        ):
-            if token and (any(c.isspace() for c in token) or not token.isprintable()):
-                problems.append(f"{name} must not contain whitespace or control characters.")
-
-        raw_keys = required("PI_MASTER_KEYS", "e.g. 1=<base64 of 32 random bytes>,2=<...>")
-        master_keys: dict[int, bytes] = {}
-        if raw_keys:
-            try:
-                master_keys = parse_master_keys(raw_keys)
-            except ValueError as exc:
-                problems.append(f"PI_MASTER_KEYS: {exc}")
-
-        token_ttl = _parse_int(
-            get("PI_TOKEN_TTL_SECONDS"),
-            "PI_TOKEN_TTL_SECONDS",
-            MAX_TOKEN_TTL_SECONDS,
-            1,
-            MAX_TOKEN_TTL_SECONDS,
-            problems,
+def _db_schema(env: Environment, *, default: str) -> str:
+    schema = env.text("PI_DB_SCHEMA", default)
+    if not _SCHEMA_RE.match(schema):
+        env.problem(
+            "PI_DB_SCHEMA must be a lowercase SQL identifier "
+            f"(letters, digits, underscores; got {schema!r})."
         )
-        poll = _parse_float(
-            get("PI_REVOCATION_POLL_SECONDS"), "PI_REVOCATION_POLL_SECONDS", 2.0, problems
-        )
+    return schema
 
-        rate_limit = _parse_int(
-            get("PI_RATE_LIMIT_PER_MERCHANT"),
-            "PI_RATE_LIMIT_PER_MERCHANT",
-            DEFAULT_RATE_LIMIT_PER_MERCHANT,
-            0,
-            MAX_RATE_LIMIT_PER_MERCHANT,
-            problems,
-        )
 
-        db_pool_size = _parse_int(
-            get("PI_DB_POOL_SIZE"),
-            "PI_DB_POOL_SIZE",
-            DEFAULT_DB_POOL_SIZE,
-            1,
-            MAX_DB_POOL_SIZE,
-            problems,
-        )
+def _redis_url(env: Environment) -> str | None:
+    url = env.get("REDIS_URL")
+    if url is not None and _scheme(url) not in _REDIS_SCHEMES:
+        env.problem("REDIS_URL must be a redis://, rediss:// or unix:// URL.")
+    return url
 
-        log_level = (get("PI_LOG_LEVEL") or "INFO").upper()
-        if log_level == "WARN":
-            log_level = "WARNING"
-        if log_level not in _LOG_LEVELS:
-            problems.append(f"PI_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}.")
 
-        if problems:
-            raise ConfigError(problems)
+def _check_tokens(env: Environment, admin: str, service: str) -> None:
+    """The two credentials must tell callers apart and be sendable as a bearer header."""
+    if admin and admin == service:
+        env.problem("PI_ADMIN_TOKEN and PI_SERVICE_TOKEN must differ.")
+    for name, token in (("PI_ADMIN_TOKEN", admin), ("PI_SERVICE_TOKEN", service)):
+        if token and (any(c.isspace() for c in token) or not token.isprintable()):
+            env.problem(f"{name} must not contain whitespace or control characters.")
 
-        return cls(
-            service=service,
-            grpc_host=grpc_host,
-            grpc_port=grpc_port,
-            database_url=database_url,
-            db_schema=db_schema,
-            redis_url=redis_url,
-            admin_token=admin_token,
-            service_token=service_token,
-            master_keys=MappingProxyType(master_keys),
-            jwt_issuer=get("PI_JWT_ISSUER") or "pi-platform",
-            jwt_audience=get("PI_JWT_AUDIENCE") or "pi-api",
-            token_ttl_seconds=token_ttl,
-            auth_target=get("PI_AUTH_TARGET") or default_target("auth"),
-            transactions_target=get("PI_TRANSACTIONS_TARGET") or default_target("transactions"),
-            payments_target=get("PI_PAYMENTS_TARGET") or default_target("payments"),
-            revocation_poll_seconds=poll,
-            rate_limit_per_merchant=rate_limit,
-            log_level=log_level,
-            db_pool_size=db_pool_size,
-        )
+
+def _master_keys(env: Environment) -> Mapping[int, bytes]:
+    raw = env.required("PI_MASTER_KEYS", "e.g. 1=<base64 of 32 random bytes>,2=<...>")
+    keys: dict[int, bytes] = {}
+    if raw:
+        try:
+            keys = parse_master_keys(raw)
+        except ValueError as exc:
+            env.problem(f"PI_MASTER_KEYS: {exc}")
+    return MappingProxyType(keys)
+
+
+def _log_level(env: Environment) -> str:
+    level = env.text("PI_LOG_LEVEL", "INFO").upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in _LOG_LEVELS:
+        env.problem(f"PI_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}.")
+    return level
 
 
 def parse_master_keys(raw: str) -> dict[int, bytes]:
@@ -259,33 +317,3 @@ def _decode_key(version: int, encoded: str) -> bytes:
 
 def _scheme(url: str) -> str:
     return url.partition("://")[0].lower() if "://" in url else ""
-
-
-def _parse_int(
-    raw: str | None, name: str, default: int, low: int, high: int, problems: list[str]
-) -> int:
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        problems.append(f"{name} must be an integer (got {raw!r}).")
-        return default
-    if not low <= value <= high:
-        problems.append(f"{name} must be between {low} and {high} (got {value}).")
-        return default
-    return value
-
-
-def _parse_float(raw: str | None, name: str, default: float, problems: list[str]) -> float:
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        problems.append(f"{name} must be a number of seconds (got {raw!r}).")
-        return default
-    if not 0 < value <= 3600:
-        problems.append(f"{name} must be greater than 0 and at most 3600 (got {raw}).")
-        return default
-    return value

@@ -18,7 +18,6 @@ from pathlib import Path
 import grpc
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.config import Settings
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.clients import service_channel
@@ -34,8 +33,8 @@ from pi.transactions.app.ports import PaymentLedger
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.entrypoints.grpc import TransactionLedgerServicer, TransactionServicer
 from pi.transactions.entrypoints.workers import FactsPublisher, purge_idempotency_keys
+from pi.transactions.settings import TransactionsSettings
 
-SERVICE = "transactions"
 MIGRATIONS = Path(__file__).parent / "migrations"
 TRANSACTION_SERVICE = transactions_pb2.DESCRIPTOR.services_by_name["TransactionService"].full_name
 TRANSACTION_LEDGER_SERVICE = transactions_pb2.DESCRIPTOR.services_by_name[
@@ -49,7 +48,7 @@ HOUSEKEEPING_SECONDS = 3600.0
 class TransactionsApp:
     """The transaction service's object graph, ready to register on a gRPC server."""
 
-    settings: Settings
+    settings: TransactionsSettings
     database: Database
     units: PostgresUnits
     transactions: TransactionUseCases
@@ -87,7 +86,7 @@ class TransactionsApp:
 
 
 async def build(
-    settings: Settings,
+    settings: TransactionsSettings,
     *,
     key_source: KeySource | None = None,
     payment_ledger: PaymentLedger | None = None,
@@ -140,9 +139,9 @@ async def build(
 
 def run() -> None:
     """`python -m pi.transactions`: serve until SIGTERM/SIGINT."""
-    run_service(SERVICE, build, SERVICE_NAMES, MIGRATIONS)
+    run_service(TransactionsSettings, build, SERVICE_NAMES, MIGRATIONS)
 
 
 def migrate() -> None:
     """`python -m pi.transactions migrate`: apply the migrations and exit."""
-    migrate_service(SERVICE, MIGRATIONS)
+    migrate_service(TransactionsSettings, MIGRATIONS)

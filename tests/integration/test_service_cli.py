@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from tests.support.processes import run_cli, service_environ, unreachable
 
 
@@ -16,7 +16,7 @@ def service(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def environ(service: str, settings_factory: Callable[..., Settings]) -> dict[str, str]:
+def environ(service: str, settings_factory: Callable[..., ServiceSettings]) -> dict[str, str]:
     nobody = unreachable()  # no other service is running
     return service_environ(
         settings_factory(service),

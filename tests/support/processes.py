@@ -25,7 +25,7 @@ from typing import IO, Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def unreachable() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def service_environ(settings: Settings, **variables: str) -> dict[str, str]:
+def service_environ(settings: ServiceSettings, **variables: str) -> dict[str, str]:
     """This process's environment plus what runs a service as `settings` on a free port
     (PI_GRPC_PORT), logging warnings only; `variables` are added last."""
     master_keys = ",".join(

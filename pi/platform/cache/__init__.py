@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 
 
 class CacheError(Exception):
@@ -50,7 +50,7 @@ class Cache(Protocol):
     async def close(self) -> None: ...
 
 
-def create_cache(settings: Settings, *, prefix: str = "") -> Cache:
+def create_cache(settings: ServiceSettings, *, prefix: str = "") -> Cache:
     """`RedisCache` if `REDIS_URL` is set, else `MemoryCache`. Connects lazily."""
     if settings.redis_url:
         return RedisCache(settings.redis_url, prefix=prefix)

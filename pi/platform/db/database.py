@@ -48,7 +48,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pi.platform.config import DEFAULT_DB_POOL_SIZE, Settings
+from pi.platform.config import DEFAULT_DB_POOL_SIZE, ServiceSettings
 from pi.platform.db.engine import libpq_url, validate_schema
 from pi.platform.db.statements import Batch, Conn
 
@@ -103,7 +103,7 @@ class Database:
         await self._pool.close()
 
 
-async def open_database(settings: Settings) -> Database:
+async def open_database(settings: ServiceSettings) -> Database:
     """The service's database; call once in the composition root, inside the event loop,
     and `close()` it at exit."""
     return await open_database_for(

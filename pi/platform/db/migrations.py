@@ -44,7 +44,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, text
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.db.engine import sync_engine, validate_schema
 
 SCRIPT_TEMPLATE = '''\
@@ -78,7 +78,7 @@ _VERSION_TABLE = "alembic_version"
 
 
 def upgrade(
-    settings_or_url: Settings | str,
+    settings_or_url: ServiceSettings | str,
     schema: str | None,
     script_location: str | Path,
     revision: str = "head",
@@ -89,7 +89,7 @@ def upgrade(
 
 
 def downgrade(
-    settings_or_url: Settings | str,
+    settings_or_url: ServiceSettings | str,
     schema: str | None,
     script_location: str | Path,
     revision: str,
@@ -99,7 +99,7 @@ def downgrade(
 
 
 def current(
-    settings_or_url: Settings | str, schema: str | None, script_location: str | Path
+    settings_or_url: ServiceSettings | str, schema: str | None, script_location: str | Path
 ) -> str | None:
     """The revision the database is at, or None before the first migration."""
     from alembic.runtime.migration import MigrationContext
@@ -121,7 +121,7 @@ def head(script_location: str | Path) -> str | None:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def check_migrated(settings: Settings, script_location: str | Path) -> None:
+def check_migrated(settings: ServiceSettings, script_location: str | Path) -> None:
     """Refuse to start on a database that `migrate` has not brought to head.
 
     Raises SystemExit naming the command that fixes it (synchronous, like `upgrade`).
@@ -136,7 +136,7 @@ def check_migrated(settings: Settings, script_location: str | Path) -> None:
 
 
 def revision(
-    settings_or_url: Settings | str,
+    settings_or_url: ServiceSettings | str,
     schema: str | None,
     script_location: str | Path,
     message: str,
@@ -181,7 +181,7 @@ def run_env(target_metadata: MetaData) -> None:
 
 @contextmanager
 def _configured(
-    settings_or_url: Settings | str, schema: str | None, script_location: str | Path
+    settings_or_url: ServiceSettings | str, schema: str | None, script_location: str | Path
 ) -> Iterator[Config]:
     url, schema = _resolve(settings_or_url, schema)
     bootstrap = sync_engine(url)
@@ -210,8 +210,8 @@ def _configured(
         bootstrap.dispose()
 
 
-def _resolve(settings_or_url: Settings | str, schema: str | None) -> tuple[str, str]:
-    if isinstance(settings_or_url, Settings):
+def _resolve(settings_or_url: ServiceSettings | str, schema: str | None) -> tuple[str, str]:
+    if isinstance(settings_or_url, ServiceSettings):
         url = settings_or_url.database_url
         schema = schema or settings_or_url.db_schema
     else:

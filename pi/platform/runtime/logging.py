@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 
 REDACTED = "[REDACTED]"
 
@@ -94,7 +94,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure(settings: Settings, *, stream: Any = None) -> logging.Handler:
+def configure(settings: ServiceSettings, *, stream: Any = None) -> logging.Handler:
     """Route all logging to one JSON handler on stderr at `settings.log_level`."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(settings.service))

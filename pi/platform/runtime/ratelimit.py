@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 
 from pi.platform.cache import Cache, MemoryCache, RedisCache
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.kernel.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ class RateLimiter:
             )
 
 
-def create_rate_limiter(settings: Settings) -> RateLimiter | None:
+def create_rate_limiter(settings: ServiceSettings) -> RateLimiter | None:
     """The limiter `settings` ask for (None when PI_RATE_LIMIT_PER_MERCHANT is 0).
 
     With REDIS_URL its counters are in Redis, on a connection pool of its own whose short

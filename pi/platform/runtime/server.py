@@ -1,12 +1,12 @@
 """grpc.aio server bootstrap: health, reflection, background tasks and graceful drain.
 
-The services' `main.py` call `pi.platform.runtime.wiring.run_service`, which amounts to:
+The services' `bootstrap.py` call `pi.platform.runtime.wiring.run_service`, which amounts to:
 
     def run() -> None:
         server.run(_main)                      # installs uvloop, runs the coroutine
 
     async def _main() -> None:
-        settings = Settings.from_env("payments")
+        settings = PaymentsSettings.from_env()
         configure_logging(settings)
         database = await open_database(settings)
         ...build stores, use cases, servicer...
@@ -38,7 +38,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.runtime.interceptors import ErrorInterceptor
 
@@ -96,7 +96,7 @@ class HealthReporter:
 
 
 async def serve(
-    settings: Settings,
+    settings: ServiceSettings,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),

@@ -1,16 +1,16 @@
-"""What every service's composition root (`pi/<svc>/main.py`) wires the same way.
+"""What every service's composition root (`pi/<svc>/bootstrap.py`) wires the same way.
 
 - `authentication(settings, ...)`: how a service knows its callers. The admin and
   service credentials, and merchant access tokens verified against the auth service's
   keys with revocations kept current, as one `AuthInterceptor` plus the background tasks
   that keep it current; then the per-merchant rate limit (`RateLimitInterceptor`), so
   `Authentication.interceptors` is what a server installs.
-- `run_service(...)`: the process `python -m pi.<svc>` runs. Settings from the
-  environment, logging, refuse a database `migrate` has not brought to head, build the
-  object graph, serve until SIGTERM/SIGINT, close.
+- `run_service(...)`: the process `python -m pi.<svc>` runs. The service's settings
+  from the environment, logging, refuse a database `migrate` has not brought to head,
+  build the object graph, serve until SIGTERM/SIGINT, close.
 - `migrate_service(...)`: `python -m pi.<svc> migrate`.
 
-A service's `main.py` keeps what is its own: which stores, use cases and servicers,
+A service's `bootstrap.py` keeps what is its own: which stores, use cases and servicers,
 which service names, which periodic housekeeping.
 """
 
@@ -22,12 +22,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 
 from pi.platform.cache import Cache, create_cache
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
 from pi.platform.runtime import server
 from pi.platform.runtime.clients import service_channel
@@ -45,6 +45,8 @@ from pi.platform.security.tokens import (
 )
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Authentication:
 
 
 def authentication(
-    settings: Settings,
+    settings: ServiceSettings,
     *,
     keys: KeySource | None = None,
     cache: Cache | None = None,
@@ -138,7 +140,7 @@ def authentication(
 
 
 class ServiceApp(Protocol):
-    """A service's object graph as `run_service` serves it (each main.py's `...App`)."""
+    """A service's object graph as `run_service` serves it (each bootstrap.py's `...App`)."""
 
     @property
     def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
@@ -153,26 +155,27 @@ class ServiceApp(Protocol):
 
 
 def run_service(
-    service: str,
-    build: Callable[[Settings], Awaitable[ServiceApp]],
+    settings_type: type[S],
+    build: Callable[[S], Awaitable[ServiceApp]],
     service_names: Sequence[str],
     script_location: Path,
 ) -> None:
-    """`python -m pi.<service>`: serve what `build` wires until SIGTERM/SIGINT.
+    """`python -m pi.<service>`: serve what `build` wires, from `settings_type.from_env()`,
+    until SIGTERM/SIGINT.
 
     Refuses to start (SystemExit) on a database not migrated to the newest revision in
     `script_location`.
     """
-    server.run(lambda: _serve(service, build, service_names, script_location))
+    server.run(lambda: _serve(settings_type, build, service_names, script_location))
 
 
 async def _serve(
-    service: str,
-    build: Callable[[Settings], Awaitable[ServiceApp]],
+    settings_type: type[S],
+    build: Callable[[S], Awaitable[ServiceApp]],
     service_names: Sequence[str],
     script_location: Path,
 ) -> None:
-    settings = Settings.from_env(service)
+    settings = settings_type.from_env()
     configure_logging(settings)
     await asyncio.to_thread(migrations.check_migrated, settings, script_location)
     app = await build(settings)
@@ -188,9 +191,9 @@ async def _serve(
         await app.close()
 
 
-def migrate_service(service: str, script_location: Path) -> None:
+def migrate_service(settings_type: type[ServiceSettings], script_location: Path) -> None:
     """`python -m pi.<service> migrate`: apply the migrations in `script_location`."""
-    settings = Settings.from_env(service)
+    settings = settings_type.from_env()
     configure_logging(settings)
     migrations.upgrade(settings, settings.db_schema, script_location)
-    log.info("%s database migrated", service, extra={"schema": settings.db_schema})
+    log.info("%s database migrated", settings.service, extra={"schema": settings.db_schema})

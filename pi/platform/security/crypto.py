@@ -35,7 +35,7 @@ class DecryptionError(Exception):
 
 
 class MasterKeys:
-    """The versioned master keys; build once in the composition root from `Settings`."""
+    """The versioned master keys; build once in the composition root from its settings."""
 
     def __init__(self, keys: Mapping[int, bytes]) -> None:
         if not keys:

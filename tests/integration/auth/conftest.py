@@ -25,8 +25,8 @@ from pi.auth.adapters.memory import MemoryUnits
 from pi.auth.adapters.postgres.uow import PostgresUnits
 from pi.auth.app.ports import UnitsOfWork
 from pi.auth.bootstrap import MIGRATIONS, AuthApp, build
+from pi.auth.settings import AuthSettings
 from pi.platform.cache import RedisCache
-from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.db.database import open_database_for
 from pi.platform.runtime.server import create_server
@@ -95,19 +95,19 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def auth_settings(settings_factory: Callable[..., Settings], redis_url: str) -> Settings:
+def auth_settings(settings_factory: Callable[..., AuthSettings], redis_url: str) -> AuthSettings:
     return settings_factory("auth", redis_url=redis_url)
 
 
 @pytest.fixture
-async def migrated(auth_settings: Settings) -> Settings:
+async def migrated(auth_settings: AuthSettings) -> AuthSettings:
     await asyncio.to_thread(migrations.upgrade, auth_settings, auth_settings.db_schema, MIGRATIONS)
     return auth_settings
 
 
 @pytest.fixture
 async def auth_app(
-    migrated: Settings, clock: Clock, redis_url: str, redis_prefix: str
+    migrated: AuthSettings, clock: Clock, redis_url: str, redis_prefix: str
 ) -> AsyncIterator[AuthApp]:
     app = await build(migrated, clock=clock, cache=RedisCache(redis_url, prefix=redis_prefix))
     yield app
@@ -115,13 +115,13 @@ async def auth_app(
 
 
 @pytest.fixture
-def auth_engine(migrated: Settings, make_engine: Callable[..., AsyncEngine]) -> AsyncEngine:
+def auth_engine(migrated: AuthSettings, make_engine: Callable[..., AsyncEngine]) -> AsyncEngine:
     return make_engine(migrated.db_schema)
 
 
 @pytest.fixture(params=["memory", "postgres"])
 async def units(
-    request: pytest.FixtureRequest, clock: Clock, settings_factory: Callable[..., Settings]
+    request: pytest.FixtureRequest, clock: Clock, settings_factory: Callable[..., AuthSettings]
 ) -> AsyncIterator[UnitsOfWork]:
     """Units of work of one adapter, on an empty store."""
     if request.param == "memory":

@@ -34,7 +34,7 @@ from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Merchant, SecretHash
 from pi.auth.domain.signing_keys import SigningKeyStatus
 from pi.auth.domain.tokens import TokenGrant
-from pi.platform.config import Settings
+from pi.auth.settings import AuthSettings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database
 from pi.platform.db.engine import sync_engine
@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # the fixtures' types, defined in this directory's conftest
     from conftest import Clock
 
 
-def test_migrations_build_exactly_the_declared_tables(migrated: Settings) -> None:
+def test_migrations_build_exactly_the_declared_tables(migrated: AuthSettings) -> None:
     engine = sync_engine(migrated.database_url, migrated.db_schema)
     try:
         with engine.connect() as conn:
@@ -59,7 +59,7 @@ def test_migrations_build_exactly_the_declared_tables(migrated: Settings) -> Non
         engine.dispose()
 
 
-def test_migrations_downgrade_and_upgrade_again(migrated: Settings) -> None:
+def test_migrations_downgrade_and_upgrade_again(migrated: AuthSettings) -> None:
     migrations.downgrade(migrated, migrated.db_schema, MIGRATIONS, "base")
     assert migrations.current(migrated, migrated.db_schema, MIGRATIONS) is None
     migrations.upgrade(migrated, migrated.db_schema, MIGRATIONS)
@@ -113,7 +113,7 @@ async def test_the_database_refuses_a_second_current_signing_key(
 
 
 async def test_racing_first_starts_create_one_signing_key(
-    migrated: Settings,
+    migrated: AuthSettings,
     make_database: Callable[..., Awaitable[Database]],
     auth_engine: AsyncEngine,
 ) -> None:

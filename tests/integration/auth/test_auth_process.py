@@ -13,12 +13,12 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.config import Settings
+from pi.auth.settings import AuthSettings
 from tests.support.processes import run_cli, service_environ, start, wait_serving
 
 
 @pytest.fixture
-def env(settings_factory: Callable[..., Settings]) -> dict[str, str]:
+def env(settings_factory: Callable[..., AuthSettings]) -> dict[str, str]:
     return service_environ(settings_factory("auth"), PI_GRPC_HOST="127.0.0.1")
 
 

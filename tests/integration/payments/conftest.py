@@ -40,7 +40,8 @@ from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.payments import bootstrap as payments_bootstrap
 from pi.payments.adapters.postgres.tables import metadata as payments_metadata
 from pi.payments.bootstrap import PaymentsApp
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
+from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
@@ -49,6 +50,7 @@ from pi.transactions import bootstrap as transactions_main
 from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
 from pi.transactions.app.ports import ClosedTransaction, PaymentLedger, TransactionFacts
 from pi.transactions.bootstrap import TransactionsApp
+from pi.transactions.settings import TransactionsSettings
 
 APPROVE_CARD = "4242424242424242"
 DECLINE_CARD = "4000000000000002"
@@ -404,7 +406,7 @@ def txn_schema(_pg_admin: Callable[[str], None]) -> Iterator[str]:
 
 
 @pytest.fixture
-async def pay_settings(settings_factory: Callable[..., Settings]) -> Settings:
+async def pay_settings(settings_factory: Callable[..., ServiceSettings]) -> PaymentsSettings:
     settings = settings_factory("payments")
     await asyncio.to_thread(
         migrations.upgrade, settings, settings.db_schema, payments_bootstrap.MIGRATIONS
@@ -414,8 +416,10 @@ async def pay_settings(settings_factory: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def txn_settings(
-    settings_factory: Callable[..., Settings], pay_settings: Settings, txn_schema: str
-) -> Settings:
+    settings_factory: Callable[..., ServiceSettings],
+    pay_settings: PaymentsSettings,
+    txn_schema: str,
+) -> TransactionsSettings:
     settings = settings_factory(
         "transactions",
         db_schema=txn_schema,
@@ -430,8 +434,8 @@ async def txn_settings(
 
 @pytest.fixture
 async def mesh(
-    pay_settings: Settings,
-    txn_settings: Settings,
+    pay_settings: PaymentsSettings,
+    txn_settings: TransactionsSettings,
     make_engine: Callable[..., Any],
     es256_signer: Any,
     pg_url: str,
@@ -584,7 +588,7 @@ class _Row:
 
 @pytest.fixture
 def make_backend(
-    settings_factory: Callable[..., Settings],
+    settings_factory: Callable[..., ServiceSettings],
     make_engine: Callable[..., AsyncEngine],
     make_database: Callable[..., Any],
 ) -> Callable[[str], Any]:

@@ -25,7 +25,7 @@ from pi.payments.app.create_payment import CreatePaymentInput
 from pi.payments.app.ports import MovementOutcome, TransactionFacts
 from pi.payments.app.use_cases import payment_use_cases
 from pi.payments.domain import CardInput, PaymentMethodType, PaymentStatus
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
 from pi.platform.db import migrations
 from pi.platform.kernel.errors import NotFound
 from pi.platform.kernel.pages import PageToken
@@ -37,7 +37,7 @@ NOW = datetime.now(UTC)
 
 @pytest.fixture
 async def engine(
-    settings_factory: Callable[..., Settings], make_engine: Callable[..., AsyncEngine]
+    settings_factory: Callable[..., PaymentsSettings], make_engine: Callable[..., AsyncEngine]
 ) -> AsyncEngine:
     settings = settings_factory("payments")
     await asyncio.to_thread(

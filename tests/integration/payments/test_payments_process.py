@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.pi.payments.v1 import payments_pb2 as pb
 from generated.pi.payments.v1 import payments_pb2_grpc
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
 from pi.platform.runtime.status import error_from_rpc_error
 from tests.support.processes import (
     run_cli,
@@ -25,7 +25,7 @@ from tests.support.processes import (
 
 
 @pytest.fixture
-def environ(settings_factory: Callable[..., Settings]) -> dict[str, str]:
+def environ(settings_factory: Callable[..., PaymentsSettings]) -> dict[str, str]:
     nobody = unreachable()  # auth and transactions are not running
     return service_environ(
         settings_factory("payments"), PI_AUTH_TARGET=nobody, PI_TRANSACTIONS_TARGET=nobody

@@ -47,7 +47,8 @@ from pi.payments.app.ports import LedgerError, MovementOutcome, TransactionFacts
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.domain import CaptureMode, CardInput, PaymentMethodType, PaymentStatus
 from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
+from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database, open_database_for
 from pi.platform.kernel.errors import FailedPrecondition
@@ -60,6 +61,7 @@ from pi.transactions.adapters.postgres.uow import PostgresUnits as TransactionUn
 from pi.transactions.app.ports import ClosedTransaction
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import TransactionStatus
+from pi.transactions.settings import TransactionsSettings
 from tests.support.engines import create_engine_for
 
 T = TypeVar("T")
@@ -142,7 +144,7 @@ class _World:
         return self.loop.run_until_complete(coroutine)
 
 
-def _build_world(pay: Settings, txn: Settings) -> _World:
+def _build_world(pay: PaymentsSettings, txn: TransactionsSettings) -> _World:
     loop = asyncio.new_event_loop()
     pay_engine = create_engine_for(pay.database_url, pay.db_schema)
     pay_database = loop.run_until_complete(
@@ -326,7 +328,7 @@ class PaymentsMachine(RuleBasedStateMachine):
 
 
 def test_payment_sequences_keep_every_ledger_invariant(
-    settings_factory: Callable[..., Settings],
+    settings_factory: Callable[..., ServiceSettings],
     _pg_admin: Callable[[str], None],
 ) -> None:
     pay = settings_factory("payments")

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pi.platform.cache import Cache, CacheError, MemoryCache, RedisCache, create_cache
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 
 
 @pytest.fixture(params=["redis", "memory"])
@@ -94,7 +94,7 @@ async def test_redis_down_raises_cache_error() -> None:
 def test_create_cache_picks_redis_only_when_configured(
     settings_factory: Any, redis_url: str
 ) -> None:
-    settings: Settings = settings_factory(
+    settings: ServiceSettings = settings_factory(
         "payments", database_url="postgresql://unused@127.0.0.1:1/unused"
     )
     assert isinstance(create_cache(settings), MemoryCache)

@@ -8,7 +8,7 @@ import pytest
 from psycopg_pool import PoolClosed
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, func, select, text
 
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.db.database import Database, open_database, open_database_for
 from pi.platform.db.engine import libpq_url, sync_engine
 from pi.platform.db.errors import IntegrityError, OperationalError, sqlstate
@@ -217,7 +217,7 @@ async def test_a_cancelled_unit_leaves_no_connection_busy(database: Database) ->
 
 
 async def test_close_closes_the_pool_even_with_a_unit_open(
-    settings_factory: Callable[..., Settings], pg_url: str, pg_schema: str
+    settings_factory: Callable[..., ServiceSettings], pg_url: str, pg_schema: str
 ) -> None:
     create_tables(pg_url, pg_schema)
     database = await open_database(settings_factory("payments", db_schema=pg_schema))

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.config import Settings
+from pi.platform.config import ServiceSettings
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import serve
@@ -40,7 +40,7 @@ class _Slow(auth_pb2_grpc.AuthServiceServicer):
 
 
 async def test_serve_health_reflection_background_and_graceful_drain(
-    settings_factory: Callable[..., Settings],
+    settings_factory: Callable[..., ServiceSettings],
 ) -> None:
     settings = settings_factory("auth", database_url="postgresql://unused@127.0.0.1:1/unused")
     servicer = _Slow()  # type: ignore[abstract]  # implements only what the test calls
@@ -130,12 +130,12 @@ async def test_serve_health_reflection_background_and_graceful_drain(
 SERVE_SCRIPT = textwrap.dedent(
     """
     import sys
-    from pi.platform.config import Settings
+    from pi.auth.settings import AuthSettings
     from pi.platform.runtime.logging import configure
     from pi.platform.runtime.server import run, serve
 
     async def main():
-        settings = Settings.from_env("auth")
+        settings = AuthSettings.from_env()
         configure(settings)
         await serve(settings, lambda s: None, [], on_started=lambda p: print(p, flush=True))
 
@@ -145,7 +145,9 @@ SERVE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_sigterm_drains_and_exits_cleanly(settings_factory: Callable[..., Settings]) -> None:
+def test_sigterm_drains_and_exits_cleanly(
+    settings_factory: Callable[..., ServiceSettings],
+) -> None:
     unused = "postgresql://unused@127.0.0.1:1/unused"  # the server opens no database
     base = settings_factory("auth", database_url=unused)
     env = {

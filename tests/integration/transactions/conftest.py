@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from generated.pi.transactions.v1 import transactions_pb2_grpc
-from pi.platform.config import Settings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database
 from pi.platform.kernel.pages import PageToken
@@ -39,6 +38,7 @@ from pi.transactions.adapters.postgres.uow import PostgresUnits
 from pi.transactions.app.ports import PaymentLedger
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.bootstrap import MIGRATIONS, TransactionsApp, build
+from pi.transactions.settings import TransactionsSettings
 from tests.unit.transactions.fakes import Clock, FakePaymentLedger
 
 _TABLES = {
@@ -76,24 +76,24 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def txn_settings(settings_factory: Callable[..., Settings]) -> Settings:
+def txn_settings(settings_factory: Callable[..., TransactionsSettings]) -> TransactionsSettings:
     return settings_factory("transactions")
 
 
 @pytest.fixture
-async def migrated(txn_settings: Settings) -> Settings:
+async def migrated(txn_settings: TransactionsSettings) -> TransactionsSettings:
     await asyncio.to_thread(migrations.upgrade, txn_settings, txn_settings.db_schema, MIGRATIONS)
     return txn_settings
 
 
 @pytest.fixture
-def engine(make_engine: Callable[..., AsyncEngine], migrated: Settings) -> AsyncEngine:
+def engine(make_engine: Callable[..., AsyncEngine], migrated: TransactionsSettings) -> AsyncEngine:
     return make_engine(migrated.db_schema)
 
 
 @pytest.fixture
 async def database(
-    make_database: Callable[..., Awaitable[Database]], migrated: Settings
+    make_database: Callable[..., Awaitable[Database]], migrated: TransactionsSettings
 ) -> Database:
     return await make_database(migrated.db_schema)
 
@@ -132,7 +132,7 @@ def service(units: PostgresUnits, payments: FakePaymentLedger, clock: Clock) -> 
 
 @pytest.fixture
 async def serve_app(
-    migrated: Settings, es256_signer: Any
+    migrated: TransactionsSettings, es256_signer: Any
 ) -> AsyncIterator[Callable[..., Awaitable[TransactionsRpc]]]:
     """`await serve_app(payment_ledger, **wiring)`: the service built and served in-process;
     `wiring` goes to `build` (e.g. `facts_wait=`)."""

@@ -16,7 +16,6 @@ import pytest
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.config import Settings
 from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.principal import Principal
 from pi.platform.runtime.clients import service_channel
@@ -24,6 +23,7 @@ from pi.platform.runtime.server import create_server
 from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
 from pi.transactions.app.ports import ClosedTransaction, TransactionFacts
 from pi.transactions.entrypoints.workers import FactsPublisher
+from pi.transactions.settings import TransactionsSettings
 from tests.support.processes import unreachable
 
 M = "mer_facts"
@@ -137,7 +137,7 @@ async def test_creates_made_while_a_call_is_in_flight_go_in_the_next_call(
 
 
 async def test_creates_succeed_while_the_payment_service_is_down_and_the_publisher_backs_off(
-    migrated: Settings, serve_app: Callable[[Any], Awaitable[Any]]
+    migrated: TransactionsSettings, serve_app: Callable[[Any], Awaitable[Any]]
 ) -> None:
     channel = service_channel(unreachable(), service_token=migrated.service_token)
     try:
@@ -212,7 +212,7 @@ async def hanging() -> AsyncIterator[tuple[HangingPayments, str]]:
 
 
 async def test_a_hanging_payment_service_costs_a_deadline_and_never_blocks_a_create(
-    migrated: Settings,
+    migrated: TransactionsSettings,
     serve_app: Callable[[Any], Awaitable[Any]],
     hanging: tuple[HangingPayments, str],
 ) -> None:

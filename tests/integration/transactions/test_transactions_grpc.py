@@ -14,12 +14,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2 as pb
-from pi.platform.config import Settings
 from pi.platform.kernel.errors import DomainError, FailedPrecondition, InvalidArgument
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
 from pi.platform.runtime.status import error_from_rpc_error
 from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
+from pi.transactions.settings import TransactionsSettings
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,7 @@ async def payments_server() -> AsyncIterator[PaymentsServer]:
 
 @pytest.fixture
 async def wired(
-    migrated: Settings, serve_app: Any, payments_server: PaymentsServer
+    migrated: TransactionsSettings, serve_app: Any, payments_server: PaymentsServer
 ) -> AsyncIterator[Any]:
     """The service with its real gRPC payment ledger adapter, pointed at the fake server."""
     channel = service_channel(payments_server.target, service_token=migrated.service_token)

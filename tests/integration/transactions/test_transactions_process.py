@@ -13,8 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from generated.pi.transactions.v1 import transactions_pb2 as pb
 from generated.pi.transactions.v1 import transactions_pb2_grpc
-from pi.platform.config import Settings
 from pi.platform.runtime.status import error_from_rpc_error
+from pi.transactions.settings import TransactionsSettings
 from tests.support.processes import (
     run_cli,
     running,
@@ -25,7 +25,7 @@ from tests.support.processes import (
 
 
 @pytest.fixture
-def environ(settings_factory: Callable[..., Settings]) -> dict[str, str]:
+def environ(settings_factory: Callable[..., TransactionsSettings]) -> dict[str, str]:
     nobody = unreachable()  # auth and payments are not running
     return service_environ(
         settings_factory("transactions"), PI_AUTH_TARGET=nobody, PI_PAYMENTS_TARGET=nobody

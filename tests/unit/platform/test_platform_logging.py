@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from pi.platform.config import Settings
+from pi.payments.settings import PaymentsSettings
 from pi.platform.runtime.logging import configure, redact
 
 
@@ -36,7 +36,7 @@ def test_configure_writes_redacted_json_lines() -> None:
         "PI_SERVICE_TOKEN": "very-secret-service",
         "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
     }
-    settings = Settings.from_env("payments", env)
+    settings = PaymentsSettings.from_env(env)
     stream = io.StringIO()
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)

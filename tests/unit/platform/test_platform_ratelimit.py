@@ -12,10 +12,10 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from pi.platform.cache import CacheError, MemoryCache, RedisCache
-from pi.platform.config import Settings
 from pi.platform.kernel.errors import ResourceExhausted
 from pi.platform.runtime.ratelimit import RATE_LIMITED, RateLimiter, create_rate_limiter, lease_size
 from pi.platform.runtime.status import error_from_rpc_error, to_grpc_status, to_status_proto
+from pi.transactions.settings import TransactionsSettings
 
 START = 1_700_000_000.25  # a quarter into a one-second window
 
@@ -363,9 +363,8 @@ def test_retry_info_survives_the_round_trip_to_a_calling_service() -> None:
 # --- from settings -------------------------------------------------------------------------
 
 
-def settings(**overrides: Any) -> Settings:
-    base = Settings.from_env(
-        "transactions",
+def settings(**overrides: Any) -> TransactionsSettings:
+    base = TransactionsSettings.from_env(
         {
             "PI_ADMIN_TOKEN": "admin-token",
             "PI_SERVICE_TOKEN": "service-token",

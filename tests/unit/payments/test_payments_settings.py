@@ -1,0 +1,63 @@
+"""`PaymentsSettings`: the common variables plus PI_TRANSACTIONS_TARGET, and nothing of
+the other services' (auth's token lifetime, transactions' target for this service)."""
+
+import pytest
+
+from pi.payments.settings import PaymentsSettings
+from pi.platform.config import ConfigError
+from tests.support.settings import COMMON_VARIABLES, required_environ, variables_read
+
+
+def test_the_transaction_service_is_found_on_its_default_port() -> None:
+    settings = PaymentsSettings.from_env(required_environ())
+    assert settings.transactions_target == "127.0.0.1:50052"
+    assert (settings.grpc_port, settings.db_schema) == (50053, "payments")
+
+
+def test_the_transactions_target_is_read() -> None:
+    env = {**required_environ(), "PI_TRANSACTIONS_TARGET": "ipv4:10.0.0.1:50052,10.0.0.2:50052"}
+    settings = PaymentsSettings.from_env(env)
+    assert settings.transactions_target == "ipv4:10.0.0.1:50052,10.0.0.2:50052"
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    env = {
+        "PI_TRANSACTIONS_TARGET": "t:2",
+        "DATABASE_URL": "sqlite:///x.db",
+        "PI_ADMIN_TOKEN": "same",
+        "PI_SERVICE_TOKEN": "same",
+        "PI_MASTER_KEYS": "1=!!!!",
+        "PI_REVOCATION_POLL_SECONDS": "forever",
+    }
+    with pytest.raises(ConfigError) as info:
+        PaymentsSettings.from_env(env)
+    text = str(info.value)
+    for name in ("DATABASE_URL", "PI_MASTER_KEYS", "PI_REVOCATION_POLL_SECONDS", "must differ"):
+        assert name in text
+    assert len(info.value.problems) == 4
+
+
+def test_no_secret_in_repr() -> None:
+    env = {**required_environ(), "REDIS_URL": "rediss://:hunter2@cache:6380/0"}
+    text = repr(PaymentsSettings.from_env(env))
+    assert "transactions_target='127.0.0.1:50052'" in text
+    assert "hunter2" not in text
+    for secret in (env["PI_ADMIN_TOKEN"], env["PI_SERVICE_TOKEN"], env["PI_MASTER_KEYS"][2:]):
+        assert secret not in text
+
+
+def test_it_reads_its_own_variables_and_no_other_service_s() -> None:
+    assert variables_read(PaymentsSettings, required_environ()) == {
+        *COMMON_VARIABLES,
+        "PI_TRANSACTIONS_TARGET",
+    }
+
+
+def test_the_other_services_variables_are_ignored() -> None:
+    base = required_environ()
+    # Invalid for auth, which would refuse to start over it: no concern of this service.
+    env = {**base, "PI_TOKEN_TTL_SECONDS": "3600", "PI_PAYMENTS_TARGET": "elsewhere:3"}
+    settings = PaymentsSettings.from_env(env)
+    assert settings == PaymentsSettings.from_env(base)
+    assert not hasattr(settings, "token_ttl_seconds")
+    assert not hasattr(settings, "payments_target")

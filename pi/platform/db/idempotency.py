@@ -134,6 +134,15 @@ class Idempotency:
         self._purge = Statement(
             delete(t).where(t.c.create_time < bindparam("p_cutoff", type_=t.c.create_time.type))
         )
+        self._lock_response = Statement(select(t.c.response).where(same_key).with_for_update())
+        # The UPDATE locks the key's row, so of two requests finishing one key the second
+        # waits and then finds the old response gone.
+        self._replace = Statement(
+            t.update()
+            .where(same_key)
+            .values(response=bindparam("p_response", type_=t.c.response.type))
+            .where(t.c.response == bindparam("p_old", type_=t.c.response.type))
+        )
 
     @property
     def table(self) -> Table:
@@ -224,6 +233,33 @@ class Idempotency:
                 "p_operation": claim.operation,
                 "p_key": claim.key,
                 "p_response": response,
+            },
+        )
+
+    async def locked_response(
+        self, conn: Conn, scope: str, operation: str, key: str
+    ) -> bytes | None:
+        """The response stored under `key`, its row locked until the caller's transaction
+        ends; None if the key is not stored or holds no response."""
+        row = await self._lock_response.first(
+            conn, {"p_scope": scope, "p_operation": operation, "p_key": key}
+        )
+        return None if row is None or row.response is None else bytes(row.response)
+
+    def queue_replace(
+        self, batch: StatementQueue, scope: str, operation: str, key: str, old: bytes, new: bytes
+    ) -> Deferred[bool]:
+        """Queue in `batch` the replacement of the response stored under `key` by `new`,
+        made only if it still is `old` (a use case that decided without locking the key,
+        e.g. on the response it claimed the key with); whether it was."""
+        return batch.hit(
+            self._replace,
+            {
+                "p_scope": scope,
+                "p_operation": operation,
+                "p_key": key,
+                "p_old": old,
+                "p_response": new,
             },
         )
 

@@ -9,7 +9,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, func
 from pi.platform.db.database import Database
 from pi.platform.db.engine import sync_engine
 from pi.platform.db.idempotency import Claim, Idempotency, idempotency_table
-from pi.platform.db.statements import Statement
+from pi.platform.db.statements import Batch, Statement
 from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition
 
 metadata = MetaData()
@@ -251,3 +251,42 @@ async def test_claims_commit_and_roll_back_with_the_callers_connection(
         with pytest.raises(AlreadyExists):
             await idem.reject_reuse(conn, "mer_1", "CreateThing", "kept", "fp:b")
     assert [tuple(row) for row in stored] == [("kept", b"done")]
+
+
+async def test_a_response_is_replaced_only_if_it_is_still_the_one_read(database: Database) -> None:
+    async with database.transaction() as conn:
+        await idem.claim(conn, "mer_1", "Pay", "key-r", "fp", response=b"pending")
+    batch = Batch()
+    replaced = idem.queue_replace(batch, "mer_1", "Pay", "key-r", b"pending", b"final")
+    stale = idem.queue_replace(batch, "mer_1", "Pay", "key-r", b"pending", b"other")
+    async with database.transaction(batch):
+        pass
+    assert replaced.value is True
+    assert stale.value is False  # the first replacement changed what it expected
+    async with database.transaction() as conn:
+        assert await idem.locked_response(conn, "mer_1", "Pay", "key-r") == b"final"
+        assert await idem.locked_response(conn, "mer_1", "Pay", "key-none") is None
+
+
+async def test_a_locked_response_holds_the_key_until_the_transaction_ends(
+    database: Database,
+) -> None:
+    async with database.transaction() as conn:
+        await idem.claim(conn, "mer_1", "Pay", "key-l", "fp", response=b"pending")
+    order: list[str] = []
+
+    async def finish_later() -> None:
+        async with database.transaction() as conn:
+            await idem.locked_response(conn, "mer_1", "Pay", "key-l")
+            await asyncio.sleep(0.2)
+            order.append("locked")
+
+    async def replace() -> None:
+        await asyncio.sleep(0.05)
+        batch = Batch()
+        idem.queue_replace(batch, "mer_1", "Pay", "key-l", b"pending", b"final")
+        async with database.transaction(batch):
+            order.append("replaced")
+
+    await asyncio.gather(finish_later(), replace())
+    assert order == ["locked", "replaced"]

@@ -1,14 +1,12 @@
-"""Idempotency keys of the payment service on PostgreSQL, on the platform's `Idempotency`
-(claim, queued claim, complete, reject reuse), plus what CreatePayment's two units need
-beyond it: the key's response read under lock (T2's locked path), and replaced only if
-the key still holds the pending one (T2's optimistic path).
+"""Idempotency keys of the payment service on PostgreSQL, on the platform's `Idempotency`:
+claim (queued in an optimistic unit), complete and reject reuse, and for CreatePayment's
+settlement the key's response read under lock (T2's locked path) or replaced only if the
+key still holds the pending one (T2's optimistic path).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-import sqlalchemy as sa
 
 from pi.payments.adapters.postgres.responses import (
     decode_create,
@@ -18,7 +16,6 @@ from pi.payments.adapters.postgres.responses import (
     encode_payment,
     encode_refund_result,
 )
-from pi.payments.adapters.postgres.tables import idempotency_keys
 from pi.payments.app.requests import (
     CreateResponse,
     FinalPayment,
@@ -28,30 +25,13 @@ from pi.payments.app.requests import (
 )
 from pi.payments.domain import Payment
 from pi.platform.db.idempotency import Claim, Idempotency
-from pi.platform.db.statements import Conn, Statement
+from pi.platform.db.statements import Conn
 from pi.platform.kernel.units import Mode
 
 if TYPE_CHECKING:
     from pi.payments.adapters.postgres.uow import PostgresPaymentsUnit
 
 __all__ = ["PostgresIdempotencyKeys"]
-
-_KEY = sa.and_(
-    idempotency_keys.c.scope == sa.bindparam("p_scope"),
-    idempotency_keys.c.operation == sa.bindparam("p_operation"),
-    idempotency_keys.c.key == sa.bindparam("p_key"),
-)
-_LOCK_RESPONSE = Statement(sa.select(idempotency_keys.c.response).where(_KEY).with_for_update())
-# The UPDATE locks the key's row, so of two requests finishing one key the second waits
-# and then finds the pending response gone.
-_REPLACE_RESPONSE = Statement(
-    idempotency_keys.update()
-    .where(_KEY)
-    .values(response=sa.bindparam("p_response", type_=idempotency_keys.c.response.type))
-    .where(
-        idempotency_keys.c.response == sa.bindparam("p_old", type_=idempotency_keys.c.response.type)
-    )
-)
 
 
 def _claim(request: RequestKey) -> Claim:
@@ -99,8 +79,10 @@ class PostgresIdempotencyKeys:
             return None
         if not self._unit.locking:
             return seen
-        row = await self._unit.read(_LOCK_RESPONSE, _key_params(request))
-        return None if row is None or row.response is None else decode_create(bytes(row.response))
+        stored = await self._idempotency.locked_response(
+            await self._unit.connection(), request.scope, request.operation, request.key
+        )
+        return None if stored is None else decode_create(stored)
 
     async def finish_create(
         self, request: RequestKey, pending: PendingPayment, final: FinalPayment
@@ -113,12 +95,15 @@ class PostgresIdempotencyKeys:
                 await unit.connection(), _claim(request), encode_create(final)
             )
             return
-        params = {
-            **_key_params(request),
-            "p_old": encode_create(pending),
-            "p_response": encode_create(final),
-        }
-        unit.expect(unit.hit(_REPLACE_RESPONSE, params), "a duplicate request finished the key")
+        replaced = self._idempotency.queue_replace(
+            unit,
+            request.scope,
+            request.operation,
+            request.key,
+            encode_create(pending),
+            encode_create(final),
+        )
+        unit.expect(replaced, "a duplicate request finished the key")
 
     async def claim_payment(self, request: RequestKey) -> Payment | None:
         replay = await self._claim_locked(request)
@@ -164,7 +149,3 @@ class PostgresIdempotencyKeys:
         if not self._unit.locking:
             raise RuntimeError("this key is claimed and completed in a LOCKED unit")
         return await self._unit.connection()
-
-
-def _key_params(request: RequestKey) -> dict[str, str | None]:
-    return {"p_scope": request.scope, "p_operation": request.operation, "p_key": request.key}

@@ -15,8 +15,8 @@ from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.app.use_cases import AuthUseCases
 from pi.auth.domain.merchants import ApiKey, Merchant
 from pi.auth.domain.tokens import RevokedToken
-from pi.platform.db.idempotency import fingerprint, key_from
 from pi.platform.kernel.principal import principal_of
+from pi.platform.runtime.idempotency import fingerprint, key_from
 from pi.platform.runtime.protobuf import timestamp, to_datetime
 
 Context = grpc.aio.ServicerContext[Any, Any]

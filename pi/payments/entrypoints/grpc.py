@@ -16,8 +16,8 @@ from pi.payments.entrypoints.mapping import (
     payment_to_pb,
     refund_to_pb,
 )
-from pi.platform.db.idempotency import key_from
 from pi.platform.kernel.principal import principal_of
+from pi.platform.runtime.idempotency import key_from
 
 __all__ = ["PaymentLedgerServicer", "PaymentServicer"]
 

@@ -4,8 +4,8 @@ Each service adds `idempotency_table(metadata)` to its own tables and wraps a mu
 use case in ONE database transaction:
 
     idem = Idempotency(table)                     # built once, in the composition root
-    key = key_from(request.request_id, context)    # servicer: request_id or header
-    fp = fingerprint(request)                      # servicer: request minus request_id
+    key = key_from(request.request_id, context)    # servicer (pi.platform.runtime.idempotency)
+    fp = fingerprint(request)                      # servicer: the request minus request_id
 
     async with database.transaction() as conn:     # use case
         claim = await idem.claim(conn, merchant_id, "CreatePayment", key, fp)
@@ -41,12 +41,10 @@ first, so that a reused key is reported as such rather than as the other failure
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf.message import Message
 from sqlalchemy import (
     Column,
     DateTime,
@@ -63,11 +61,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from pi.platform.db.statements import Conn, Deferred, Record, Statement, StatementQueue
-from pi.platform.kernel.errors import InvalidArgument
-from pi.platform.kernel.idempotency import RETENTION, check_same_request, in_progress, replayed
-
-MAX_KEY_LENGTH = 255
-METADATA_KEY = "idempotency-key"
+from pi.platform.kernel.idempotency import (
+    MAX_KEY_LENGTH,
+    RETENTION,
+    check_same_request,
+    in_progress,
+    replayed,
+)
 
 
 def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
@@ -268,61 +268,6 @@ class Idempotency:
         if older_than < RETENTION:
             raise ValueError("idempotency keys are kept at least 24 hours")
         return await self._purge.execute(conn, {"p_cutoff": datetime.now(UTC) - older_than})
-
-
-def fingerprint(request: Message, *, exclude: tuple[str, ...] = ("request_id",)) -> str:
-    """sha256 hex of the request's deterministic serialization, `request_id` cleared.
-
-    The message's full name is included so two RPCs never share a fingerprint.
-    """
-    fields = request.DESCRIPTOR.fields_by_name
-    if any(name in fields for name in exclude):
-        request = _copy(request)
-        for name in exclude:
-            if name in fields:
-                request.ClearField(name)
-    digest = hashlib.sha256(request.DESCRIPTOR.full_name.encode() + b"\x00")
-    digest.update(request.SerializeToString(deterministic=True))
-    return digest.hexdigest()
-
-
-def validate_key(key: str, field: str = "request_id") -> str:
-    """A key must be 1..255 visible ASCII characters (0x21-0x7E)."""
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not all("!" <= c <= "~" for c in key):
-        raise InvalidArgument.field(
-            field,
-            f"must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (no spaces).",
-        )
-    return key
-
-
-def key_from(request_id: str, context: Any = None) -> str | None:
-    """The idempotency key of a call: `request_id`, or the `idempotency-key` header.
-
-    Both given and different → `InvalidArgument`. Neither → None (not idempotent).
-    `context` is a `grpc.aio.ServicerContext` (anything with `invocation_metadata()`).
-    """
-    header: str | None = None
-    if context is not None:
-        for name, value in context.invocation_metadata() or ():
-            if name == METADATA_KEY and isinstance(value, str):
-                header = value or None
-                break
-    if request_id and header is not None and header != request_id:
-        raise InvalidArgument.field(
-            "request_id", "differs from the Idempotency-Key header; send one or make them equal."
-        )
-    if request_id:
-        return validate_key(request_id, "request_id")
-    if header is not None:
-        return validate_key(header, "idempotency_key")
-    return None
-
-
-def _copy(request: Message) -> Any:
-    clone = type(request)()
-    clone.CopyFrom(request)
-    return clone
 
 
 def _claim_values(

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pi.platform.kernel.errors import Aborted, AlreadyExists
 
 __all__ = [
+    "MAX_KEY_LENGTH",
     "REASON_KEY_IN_USE",
     "REASON_KEY_REUSED",
     "RETENTION",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 RETENTION = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
 REASON_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 REASON_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
 

@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.platform.db.idempotency import fingerprint, key_from
 from pi.platform.kernel.errors import ValidationErrors
 from pi.platform.kernel.principal import principal_of
+from pi.platform.runtime.idempotency import fingerprint, key_from
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.entrypoints.mapping import (
     movement_from_pb,

@@ -3,8 +3,8 @@ from collections.abc import Sequence
 import pytest
 
 from generated.pi.auth.v1 import auth_pb2
-from pi.platform.db.idempotency import fingerprint, key_from
 from pi.platform.kernel.errors import InvalidArgument
+from pi.platform.runtime.idempotency import fingerprint, key_from
 
 
 class _Context:

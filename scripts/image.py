@@ -109,7 +109,8 @@ def local_base() -> str:
     tarball = cache_dir() / f"base-{tag.rsplit(':', 1)[1]}.tar"
     if not tarball.is_file():
         tarball.parent.mkdir(parents=True, exist_ok=True)
-        partial = tarball.with_suffix(".partial")
+        # mmdebstrap picks its output format by the name: keep the .tar ending.
+        partial = tarball.with_name(tarball.stem + ".partial.tar")
         print(f"[image] {base_recipe()} (once; cached in {tarball})", file=sys.stderr)
         subprocess.run(
             [

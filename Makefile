@@ -14,7 +14,7 @@ LINT_PATHS  := pi tests scripts bench
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test test-unit run bench clean
+.PHONY: help setup proto lint test test-unit run bench clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -60,3 +60,6 @@ clean: ## Remove caches and build output (keeps .venv, node_modules and generate
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -path ./.venv -prune -o -path ./node_modules -prune -o \
 	    -name __pycache__ -type d -exec rm -rf {} +
+
+image: setup ## Build the pi-platform image with podman (cached by content; scripts/image.py).
+	$(PY) scripts/image.py

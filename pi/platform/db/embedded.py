@@ -15,6 +15,10 @@ so that nothing needs to be installed on the machine:
   the data directory itself, which PostgreSQL keeps mode 0700: only the user running it
   (and root) can connect. The URL carries the socket directory as `host=`, which psycopg,
   psycopg_pool and SQLAlchemy (Alembic) all accept.
+- `tcp_port=N` also listens on 127.0.0.1:N (and names the socket .s.PGSQL.N), for
+  clients that cannot reach the socket: the container tests' containers, which run as
+  another user. Authentication stays `trust`, so use it only for throwaway data on a
+  machine you own (any local user can connect), as the tests do.
 - Durable by default (`fsync`, `synchronous_commit` and `full_page_writes` on);
   `durable=False` turns them off for throwaway data (the test suite).
 - A server already running on the data directory (another `make run` on the same var
@@ -89,6 +93,7 @@ class EmbeddedPostgres:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         durable: bool = True,
         log_path: Path | None = None,
+        tcp_port: int | None = None,
     ) -> None:
         """`log_path` receives the server's output (default: `<data_dir>.log` beside it)."""
         if not _DATABASE_RE.match(database):
@@ -97,12 +102,14 @@ class EmbeddedPostgres:
         self.database = database
         self.max_connections = max_connections
         self.durable = durable
+        self.tcp_port = tcp_port
+        self.port = PORT if tcp_port is None else tcp_port
         self.log_path = (
             log_path or self.data_dir.with_name(self.data_dir.name + ".log")
         ).absolute()
         self._process: subprocess.Popen[bytes] | None = None
         self._reused = False
-        socket_path = self.data_dir / f".s.PGSQL.{PORT}"
+        socket_path = self.data_dir / f".s.PGSQL.{self.port}"
         if len(os.fsencode(socket_path)) > _MAX_SOCKET_PATH:
             raise EmbeddedPostgresError(
                 f"the data directory's path is too long for a unix socket ({socket_path}): "
@@ -115,7 +122,14 @@ class EmbeddedPostgres:
     def url(self) -> str:
         """The database's `postgresql://` URL (on the socket in the data directory)."""
         host = quote(str(self.data_dir), safe="/")
-        return f"postgresql://{SUPERUSER}@/{self.database}?host={host}&port={PORT}"
+        return f"postgresql://{SUPERUSER}@/{self.database}?host={host}&port={self.port}"
+
+    @property
+    def tcp_url(self) -> str:
+        """The database's URL over TCP on 127.0.0.1 (needs `tcp_port`)."""
+        if self.tcp_port is None:
+            raise EmbeddedPostgresError("this server listens on no TCP port (tcp_port=None)")
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.tcp_port}/{self.database}"
 
     @property
     def started_here(self) -> bool:
@@ -223,9 +237,9 @@ class EmbeddedPostgres:
     def _launch(self, user: pwd.struct_passwd | None, timeout: float) -> subprocess.Popen[bytes]:
         on = "on" if self.durable else "off"
         settings = {
-            "listen_addresses": "",
+            "listen_addresses": "" if self.tcp_port is None else "127.0.0.1",
             "unix_socket_directories": str(self.data_dir),
-            "port": str(PORT),
+            "port": str(self.port),
             "max_connections": str(self.max_connections),
             "fsync": on,
             "synchronous_commit": on,

@@ -77,7 +77,10 @@ def _dockerfile() -> str:
 
 def test_the_image_installs_the_pinned_project_as_a_non_root_user() -> None:
     dockerfile = _dockerfile()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
+    # The official image by default; every stage builds FROM that one argument.
+    assert re.search(r"^ARG BASE=python:3\.11-slim$", dockerfile, re.M)
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert froms and set(froms) == {"${BASE}"}, froms
     assert "pip install -c constraints.txt ." in dockerfile
     (user,) = re.findall(r"^USER (\S+)", dockerfile, re.M)
     uid = user.split(":")[0]

@@ -1,8 +1,8 @@
 """The container tier: the image built with podman (`make image`), a PostgreSQL of the
 test's own, and the containers the manifests describe.
 
-Skipped where podman is not installed, unless PI_REQUIRE_CONTAINERS=1 (CI sets it, so a
-missing podman fails there instead of passing quietly).
+Skipped where podman is not installed, unless CI=true (as `.ci/run` runs) or
+PI_REQUIRE_CONTAINERS=1: there a missing podman fails instead of passing quietly.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def image() -> str:
     """`make image`: the reference of the image built from this tree (cached by content)."""
     if shutil.which("podman") is None:
-        if os.environ.get("PI_REQUIRE_CONTAINERS") == "1":
-            pytest.fail("podman is required (PI_REQUIRE_CONTAINERS=1)")
+        if os.environ.get("PI_REQUIRE_CONTAINERS") == "1" or os.environ.get("CI") == "true":
+            pytest.fail("podman is required (CI, or PI_REQUIRE_CONTAINERS=1)")
         pytest.skip("podman is not installed (apt-get install podman runc mmdebstrap)")
     done = subprocess.run(
         ["make", "--no-print-directory", "image"],

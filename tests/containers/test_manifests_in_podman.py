@@ -62,12 +62,27 @@ def render(overlay: str) -> list[Manifest]:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a server could listen on `port`. With SO_REUSEADDR, as servers bind: the
+    connections a stopped pod closed linger in TIME_WAIT for a minute and do not count,
+    a live listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError:
             return False
         return True
+
+
+def busy_ports(wait: float = 10.0) -> list[int]:
+    """The pod ports still taken after up to `wait` seconds (a removed container's
+    sockets close a moment after `podman rm` returns)."""
+    deadline = time.monotonic() + wait
+    while True:
+        busy = [port for port in POD_PORTS if not port_is_free(port)]
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.5)
 
 
 # --- probes, as the kubelet runs them -----------------------------------------------------
@@ -221,7 +236,7 @@ def test_the_overlay_runs_from_the_image(
     tmp_path: Path,
 ) -> None:
     objects = render(overlay)
-    busy = [port for port in POD_PORTS if not port_is_free(port)]
+    busy = busy_ports()
     assert not busy, f"ports the manifests use are taken on this machine: {busy}"
     tmp_path.chmod(0o755)  # the volumes' files are read by user 10001 in the containers
 

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from generated.pi.transactions.v1 import transactions_pb2 as pb
 from pi.platform.kernel.errors import (
     Aborted,
-    DomainError,
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
@@ -30,7 +29,6 @@ from pi.platform.kernel.principal import Principal
 from pi.transactions.adapters.postgres.tables import applied_movements
 from pi.transactions.adapters.postgres.uow import PostgresUnits
 from pi.transactions.app import apply_movements as apply_module
-from pi.transactions.app.apply_movements import MovementResult
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import (
     AppliedMovement,
@@ -42,60 +40,14 @@ from pi.transactions.domain import (
     new_transaction,
 )
 from pi.transactions.domain import batches as batches_module
+from tests.support.movements import ALICE, amounts, create, interleave, move, outcome
 
-ALICE = Principal.merchant("mer_alice")
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SERVICE = Principal.service()
 K = MovementKind
 S = TransactionStatus
 
 Count = Callable[..., Awaitable[int]]
-
-
-def move(
-    transaction: Transaction,
-    kind: MovementKind,
-    id: str,
-    a: int = 0,
-    c: int = 0,
-    r: int = 0,
-    *,
-    merchant_id: str | None = None,
-) -> Movement:
-    return Movement(
-        id=id,
-        merchant_id=transaction.merchant_id if merchant_id is None else merchant_id,
-        transaction_id=transaction.id,
-        payment_id="pay_1",
-        kind=kind,
-        authorized_delta=a,
-        captured_delta=c,
-        refunded_delta=r,
-        occur_time=datetime.now(UTC),
-    )
-
-
-async def create(service: TransactionUseCases, amount: int = 1000) -> Transaction:
-    return await service.create_transaction(
-        ALICE, amount=amount, currency="USD", description="", metadata={}
-    )
-
-
-def outcome(result: MovementResult) -> tuple[str, str | None]:
-    """(code, reason) of a result; ("OK", None) if applied."""
-    if result.error is None:
-        return ("OK", None)
-    assert isinstance(result.error, DomainError), result.error
-    return (result.error.code.value, result.error.reason)
-
-
-def amounts(transaction: Transaction) -> tuple[S, int, int, int]:
-    return (
-        transaction.status,
-        transaction.authorized_amount,
-        transaction.captured_amount,
-        transaction.refunded_amount,
-    )
 
 
 async def recorded_ids(engine: AsyncEngine) -> set[str]:
@@ -127,12 +79,6 @@ def statements() -> Iterator[list[str]]:
         patch.setattr(psycopg.AsyncCursor, "execute", counted_execute)
         patch.setattr(psycopg.AsyncCursor, "executemany", counted_executemany)
         yield sent
-
-
-def interleave(chains: Sequence[Sequence[Movement]]) -> list[Movement]:
-    """Round-robin over the chains: each keeps its order, transactions are mixed."""
-    longest = max(len(chain) for chain in chains)
-    return [chain[i] for i in range(longest) for chain in chains if i < len(chain)]
 
 
 def every_transition(made: Sequence[Transaction]) -> list[list[Movement]]:

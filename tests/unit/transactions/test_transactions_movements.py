@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 
 from pi.platform.kernel.errors import (
     Aborted,
     AlreadyExists,
-    DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -22,7 +21,6 @@ from pi.platform.kernel.errors import (
 from pi.platform.kernel.principal import Principal
 from pi.transactions.adapters.memory import MemoryUnits
 from pi.transactions.app import apply_movements as apply_module
-from pi.transactions.app.apply_movements import MovementResult
 from pi.transactions.app.use_cases import TransactionUseCases
 from pi.transactions.domain import (
     Movement,
@@ -33,59 +31,13 @@ from pi.transactions.domain import (
     apply_movement,
 )
 from pi.transactions.domain import batches as batches_module
+from tests.support.movements import ALICE, amounts, create, interleave, move, outcome
 
-ALICE = Principal.merchant("mer_alice")
 SERVICE = Principal.service()
 K = MovementKind
 S = TransactionStatus
 
 Rows = Callable[[str], int]
-
-
-def move(
-    transaction: Transaction,
-    kind: MovementKind,
-    id: str,
-    a: int = 0,
-    c: int = 0,
-    r: int = 0,
-    *,
-    merchant_id: str | None = None,
-) -> Movement:
-    return Movement(
-        id=id,
-        merchant_id=transaction.merchant_id if merchant_id is None else merchant_id,
-        transaction_id=transaction.id,
-        payment_id="pay_1",
-        kind=kind,
-        authorized_delta=a,
-        captured_delta=c,
-        refunded_delta=r,
-        occur_time=datetime.now(UTC),
-    )
-
-
-async def create(service: TransactionUseCases, amount: int = 1000) -> Transaction:
-    return await service.create_transaction(
-        ALICE, amount=amount, currency="USD", description="", metadata={}
-    )
-
-
-def outcome(result: MovementResult) -> tuple[str, str | None]:
-    """(code, reason) of a result; ("OK", None) if applied."""
-    if result.error is None:
-        return ("OK", None)
-    assert isinstance(result.error, DomainError), result.error
-    return (result.error.code.value, result.error.reason)
-
-
-def amounts(transaction: Transaction) -> tuple[S, int, int, int]:
-    return (
-        transaction.status,
-        transaction.authorized_amount,
-        transaction.captured_amount,
-        transaction.refunded_amount,
-    )
 
 
 def recorded(units: MemoryUnits) -> set[str]:
@@ -213,12 +165,6 @@ async def test_concurrent_movements_never_exceed_the_amount(
 
 
 # Batches ----------------------------------------------------------------------------------
-
-
-def interleave(chains: Sequence[Sequence[Movement]]) -> list[Movement]:
-    """Round-robin over the chains: each keeps its order, transactions are mixed."""
-    longest = max(len(chain) for chain in chains)
-    return [chain[i] for i in range(longest) for chain in chains if i < len(chain)]
 
 
 async def test_a_batch_walks_every_transition(

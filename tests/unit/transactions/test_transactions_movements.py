@@ -11,7 +11,6 @@ from datetime import datetime
 import pytest
 
 from pi.platform.kernel.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -31,6 +30,7 @@ from pi.transactions.domain import (
     apply_movement,
 )
 from pi.transactions.domain import batches as batches_module
+from tests.support import movements as scenarios
 from tests.support.movements import ALICE, amounts, create, interleave, move, outcome
 
 SERVICE = Principal.service()
@@ -42,6 +42,10 @@ Rows = Callable[[str], int]
 
 def recorded(units: MemoryUnits) -> set[str]:
     return set(units.state.movements)
+
+
+async def _recorded_async(units: MemoryUnits) -> set[str]:
+    return recorded(units)
 
 
 # One movement -----------------------------------------------------------------------------
@@ -220,70 +224,17 @@ async def test_a_batch_walks_every_transition(
 async def test_duplicates_apply_once_and_a_reused_id_is_already_exists(
     service: TransactionUseCases, units: MemoryUnits
 ) -> None:
-    t1, t2, t3 = [await create(service) for _ in range(3)]
-    auth = move(t1, K.AUTHORIZATION, "m_auth", a=600)
-    first = await service.apply_movements(SERVICE, [auth, auth])
-    assert [outcome(r) for r in first] == [("OK", None), ("OK", None)]
-    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 600
-
-    later = move(t1, K.AUTHORIZATION, "m_later", a=100)
-    again = await service.apply_movements(
-        SERVICE,
-        [
-            auth,  # applied by the earlier call, same contents: OK, no effect
-            dataclasses.replace(auth, authorized_delta=1),  # same id, other contents
-            later,  # after a refusal of its transaction: not attempted
-            move(t2, K.AUTHORIZATION, "m_other", a=50),  # another transaction goes on
-            move(t3, K.AUTHORIZATION, "m_twice", a=5),
-            move(t3, K.AUTHORIZATION, "m_twice", a=6),  # reused within the batch
-        ],
+    await scenarios.duplicates_apply_once_and_a_reused_id_is_refused(
+        service, recorded=lambda: _recorded_async(units)
     )
-    assert [outcome(r) for r in again] == [
-        ("OK", None),
-        ("ALREADY_EXISTS", "MOVEMENT_ID_REUSED"),
-        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
-        ("OK", None),
-        ("OK", None),
-        ("ALREADY_EXISTS", "MOVEMENT_ID_REUSED"),
-    ]
-    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 600
-    assert (await service.get_transaction(ALICE, t2.id)).authorized_amount == 50
-    assert (await service.get_transaction(ALICE, t3.id)).authorized_amount == 5
-    assert recorded(units) == {"m_auth", "m_other", "m_twice"}
-
-    retried = await service.apply_movements(SERVICE, [later])
-    assert retried[0].error is None
-    assert (await service.get_transaction(ALICE, t1.id)).authorized_amount == 700
 
 
 async def test_a_refused_movement_stops_its_transaction_only_and_is_not_recorded(
     service: TransactionUseCases, units: MemoryUnits
 ) -> None:
-    t1, t2 = [await create(service) for _ in range(2)]
-    batch = [
-        move(t1, K.AUTHORIZATION, "m1", a=1000),
-        move(t2, K.AUTHORIZATION, "m2", a=50),
-        move(t1, K.CAPTURE, "m3", c=2000),  # more than authorized
-        move(t1, K.REFUND, "m4", r=10),
-        move(t2, K.CAPTURE, "m5", c=50),
-        move(t1, K.VOID, "m6", a=-1000),
-    ]
-    results = await service.apply_movements(SERVICE, batch)
-    assert [outcome(r) for r in results] == [
-        ("OK", None),
-        ("OK", None),
-        ("FAILED_PRECONDITION", "LEDGER_INVARIANT_VIOLATED"),
-        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
-        ("OK", None),
-        ("ABORTED", "EARLIER_MOVEMENT_NOT_APPLIED"),
-    ]
-    assert isinstance(results[2].error, FailedPrecondition)
-    assert results[2].error.metadata["invariant"] == "captured <= authorized"
-    assert isinstance(results[3].error, Aborted)
-    assert results[3].error.metadata == {"transaction_id": t1.id}
-    assert amounts(await service.get_transaction(ALICE, t1.id)) == (S.AUTHORIZED, 1000, 0, 0)
-    assert amounts(await service.get_transaction(ALICE, t2.id)) == (S.COMPLETED, 50, 50, 0)
-    assert recorded(units) == {"m1", "m2", "m5"}
+    await scenarios.a_refused_movement_stops_its_transaction_only(
+        service, recorded=lambda: _recorded_async(units)
+    )
 
 
 async def test_unknown_foreign_malformed_and_unreadable_movements_are_reported_per_movement(
@@ -327,20 +278,10 @@ async def test_unknown_foreign_malformed_and_unreadable_movements_are_reported_p
 async def test_a_batch_must_hold_1_to_1000_movements_and_come_from_the_platform(
     service: TransactionUseCases, rows: Rows
 ) -> None:
-    t1 = await create(service)
-    with pytest.raises(InvalidArgument) as caught:
-        await service.apply_movements(SERVICE, [])
-    assert [v.field for v in caught.value.violations] == ["movements"]
-    too_many = [move(t1, K.FAILURE, f"m_{i}") for i in range(1001)]
-    with pytest.raises(InvalidArgument) as caught:
-        await service.apply_movements(SERVICE, too_many)
-    assert [v.field for v in caught.value.violations] == ["movements"]
-    for caller in (ALICE, Principal.admin()):
-        with pytest.raises(PermissionDenied):
-            await service.apply_movements(caller, too_many[:1])
-    assert rows("applied_movements") == 0
-    assert all(r.error is None for r in await service.apply_movements(SERVICE, too_many[:1000]))
-    assert rows("applied_movements") == 1000
+    async def count(table: str) -> int:
+        return rows(table)
+
+    await scenarios.a_batch_holds_1_to_1000_movements_from_the_platform(service, count)
 
 
 async def test_a_store_refusal_falls_back_to_one_movement_at_a_time(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,37 +21,13 @@ from pi.platform.kernel.principal import Principal
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.server import create_server
 from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
-from pi.transactions.app.ports import ClosedTransaction, TransactionFacts
+from pi.transactions.app.ports import TransactionFacts
 from pi.transactions.entrypoints.workers import FactsPublisher
 from pi.transactions.settings import TransactionsSettings
+from tests.support.ledgers import GatedLedger
 from tests.support.processes import unreachable
 
 M = "mer_facts"
-
-
-class GatedLedger:
-    """A payment ledger whose RegisterTransactions calls are recorded, batch by batch, then
-    fail with `error` if set, else wait for `gate` (open unless closed)."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.batches: list[list[TransactionFacts]] = []
-        self.error: Exception | None = None
-
-    async def close_transaction(self, **_: Any) -> ClosedTransaction:
-        raise AssertionError("not used")
-
-    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
-        self.batches.append(list(transactions))
-        if self.error is not None:
-            raise self.error
-        await self.gate.wait()
-        return len(transactions)
-
-    @property
-    def registered(self) -> list[str]:
-        return [facts.transaction_id for batch in self.batches for facts in batch]
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,37 +13,13 @@ import pytest
 from pi.platform.kernel.errors import Unavailable
 from pi.platform.kernel.units import Mode
 from pi.transactions.adapters.memory import MemoryUnits
-from pi.transactions.app.ports import ClosedTransaction, TransactionFacts
+from pi.transactions.app.ports import TransactionFacts
 from pi.transactions.domain import Transaction, new_transaction
 from pi.transactions.entrypoints.workers import FactsPublisher, purge_idempotency_keys
+from tests.support.ledgers import GatedLedger
 from tests.unit.transactions.fakes import Clock
 
 M = "mer_facts"
-
-
-class GatedLedger:
-    """A payment ledger whose RegisterTransactions calls are recorded, batch by batch, then
-    fail with `error` if set, else wait for `gate` (open unless closed)."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.batches: list[list[TransactionFacts]] = []
-        self.error: Exception | None = None
-
-    async def close_transaction(self, **_: object) -> ClosedTransaction:
-        raise AssertionError("not used")
-
-    async def register_transactions(self, transactions: Sequence[TransactionFacts]) -> int:
-        self.batches.append(list(transactions))
-        if self.error is not None:
-            raise self.error
-        await self.gate.wait()
-        return len(transactions)
-
-    @property
-    def registered(self) -> list[str]:
-        return [facts.transaction_id for batch in self.batches for facts in batch]
 
 
 def transactions(count: int) -> list[Transaction]:

@@ -59,7 +59,7 @@ What this models per flow, and where it departs from the services:
   Per flow whatever the batch: the two step UPDATEs and the rows the batched
   statements write.
 - Round trips. The services pipeline the write units of CreateTransaction, T1 and T2
-  (`pi.platform.db.statements.Batch`, `Database.transaction(batch)`): the BEGIN and every
+  (`pi.platform.db.batch.Batch`, `Database.transaction(batch)`): the BEGIN and every
   statement of the unit go in one round trip, the COMMIT in a second, so each of those
   units costs the services two round trips whatever its number of statements. This
   script sends them one by one (BEGIN, each statement, COMMIT: 4, 5 and 7 round trips

@@ -41,7 +41,7 @@ cancelled COMMIT) and replaces one that broke.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any
 
@@ -49,8 +49,10 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pi.platform.config import DEFAULT_DB_POOL_SIZE, ServiceSettings
+from pi.platform.db.batch import Batch
 from pi.platform.db.engine import libpq_url, validate_schema
-from pi.platform.db.statements import Batch, Conn
+from pi.platform.db.group_commit import GroupCommit
+from pi.platform.db.statements import Conn
 
 __all__ = ["Conn", "Database", "open_database", "open_database_for"]
 
@@ -78,6 +80,13 @@ class Database:
         """On `pool`'s connections, which must be autocommit with the service's
         `search_path`, and the pool opened already (as `open_database_for` does)."""
         self._pool = pool
+        self.group_commit = GroupCommit(pool)
+
+    async def commit_batch(self, batch: Batch, check: Callable[[], None]) -> None:
+        """`batch` in a transaction shared with the batches other units commit meanwhile
+        (`pi.platform.db.group_commit`): `check` is called on its results (raise to keep
+        nothing of it), and the call returns once the transaction committed."""
+        await self.group_commit.commit(batch, check)
 
     def transaction(self, batch: Batch | None = None) -> AbstractAsyncContextManager[Conn]:
         """A database transaction: committed when the block ends, rolled back if it raises.
@@ -99,7 +108,9 @@ class Database:
         return _unit(self._pool, transaction=True, rollback=True)
 
     async def close(self) -> None:
-        """Close the pool (connections out of it are closed when they come back)."""
+        """Close the pool (connections out of it are closed when they come back), once the
+        groups being committed are done."""
+        await self.group_commit.close()
         await self._pool.close()
 
 

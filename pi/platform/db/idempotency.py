@@ -60,7 +60,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from pi.platform.db.statements import Conn, Deferred, Record, Statement, StatementQueue
+from pi.platform.db.batch import Deferred, StatementQueue
+from pi.platform.db.statements import Conn, Record, Statement
 from pi.platform.kernel.idempotency import (
     MAX_KEY_LENGTH,
     RETENTION,

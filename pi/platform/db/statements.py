@@ -35,11 +35,12 @@ arrays instead, e.g. `col = ANY(:ids)` for `col IN (...)` (`for_any_of` builds i
 `INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row INSERT: one
 statement, prepared once whatever the number of rows.
 
-One round trip for a whole unit: a `Batch` queues statements whose parameters do not
-depend on each other's results, and `pi.platform.db.database.Database.transaction(batch)`
-runs them at the start of the transaction, in one pipeline with the BEGIN (one round trip;
-the COMMIT is one more). The block then reads each result from the `Deferred` the batch
-handed out, and decides: raise to roll back.
+One round trip for a whole unit: a `Batch` (`pi.platform.db.batch`) queues statements
+whose parameters do not depend on each other's results, and
+`pi.platform.db.database.Database.transaction(batch)` runs them at the start of the
+transaction, in one pipeline with the BEGIN (one round trip; the COMMIT is one more). The
+block then reads each result from the `Deferred` the batch handed out, and decides: raise
+to roll back.
 
     batch = Batch()
     claimed = batch.first(_CLAIM, claim_params)
@@ -51,7 +52,8 @@ handed out, and decides: raise to roll back.
 Every statement of a batch runs, whatever the earlier ones returned: a conditional
 statement that missed does not stop the ones after it, so those must be harmless in a
 transaction that will be rolled back. The first error aborts the rest and is raised, and
-the transaction rolls back.
+the transaction rolls back. Units of work commit their batches through the group commit
+(`pi.platform.db.group_commit`), which runs many batches in one transaction.
 
 Not for statements that need SQLAlchemy at execution time: client-side column defaults,
 expanding (`IN`) or literal-execute parameters; the constructor refuses them (use
@@ -63,7 +65,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeAlias, TypeVar, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import psycopg
 from psycopg.rows import RowMaker
@@ -79,7 +81,7 @@ from sqlalchemy.types import TypeEngine
 
 from pi.platform.db.errors import MultipleResultsFound, NoResultFound
 
-__all__ = ["Batch", "Conn", "Deferred", "Record", "Statement", "StatementQueue", "for_any_of"]
+__all__ = ["Conn", "Record", "Statement", "for_any_of"]
 
 #: The connection statements run on: a psycopg connection from a `Database` unit.
 Conn: TypeAlias = psycopg.AsyncConnection[Any]
@@ -92,11 +94,7 @@ _NO_PARAMS: Mapping[str, Any] = {}
 
 # The attribute of a psycopg connection that holds its reused cursors.
 _CURSORS = "_pi_statement_cursors"
-# The attribute of a psycopg connection that holds the cursor sending a batch's BEGIN and
-# COMMIT (reused, as the statements' cursors are).
-_COMMANDS = "_pi_commands_cursor"
 
-_T = TypeVar("_T")
 
 _Processor = Callable[[Any], Any]
 
@@ -211,18 +209,23 @@ class Statement:
             await cursor.execute(self.sql, values, prepare=True)
         return cursor
 
-    def _cursor(self, conn: Conn) -> psycopg.AsyncCursor[Record]:
-        # A cursor per statement and connection, reused: a new one builds its adapters
+    def _cursor(self, conn: Conn, run: int = 0) -> psycopg.AsyncCursor[Record]:
+        # Cursors per statement and connection, reused: a new one builds its adapters
         # map and transformer again (about a tenth of the statement's CPU). They are kept
         # on the psycopg connection itself, so they go when the pool closes or replaces it.
+        # `run`: a pipeline running the statement several times needs a cursor per run.
         attributes = conn.__dict__
-        cursors: dict[Statement, psycopg.AsyncCursor[Record]] | None = attributes.get(_CURSORS)
+        cursors: dict[Statement, list[psycopg.AsyncCursor[Record]]] | None = attributes.get(
+            _CURSORS
+        )
         if cursors is None:
             cursors = attributes[_CURSORS] = {}
-        cursor = cursors.get(self)
-        if cursor is None:
-            cursor = cursors[self] = _new_cursor(conn, self._row_factory)
-        return cursor
+        mine = cursors.get(self)
+        if mine is None:
+            mine = cursors[self] = []
+        while len(mine) <= run:
+            mine.append(_new_cursor(conn, self._row_factory))
+        return mine[run]
 
     def _bind(self, params: Mapping[str, Any]) -> Mapping[str, Any]:
         if not self._bind_processors and not self._defaults:
@@ -242,43 +245,6 @@ class Statement:
         return maker
 
 
-class Deferred(Generic[_T]):
-    """A result a `Batch` fills in when it runs: `value`, read after the run."""
-
-    __slots__ = ("_done", "_value")
-
-    def __init__(self) -> None:
-        self._done = False
-        self._value: _T | None = None
-
-    @property
-    def value(self) -> _T:
-        if not self._done:
-            raise RuntimeError("the batch has not run yet")
-        return cast(_T, self._value)
-
-    def _set(self, value: _T) -> None:
-        self._value = value
-        self._done = True
-
-
-# What a queued statement's `Deferred` holds: its first row, its row count, or whether
-# it affected (or returned) any row.
-_ROW, _COUNT, _HIT = range(3)
-
-
-class _Queued:
-    __slots__ = ("kind", "params", "result", "statement")
-
-    def __init__(
-        self, statement: Statement, params: Mapping[str, Any], kind: int, result: Any
-    ) -> None:
-        self.statement = statement
-        self.params = params
-        self.kind = kind
-        self.result = result
-
-
 def for_any_of(
     column: ColumnElement[Any],
     build: Callable[[ColumnElement[bool]], Executable],
@@ -293,85 +259,6 @@ def for_any_of(
     value and could match another row.
     """
     return Statement(build(column == any_(bindparam(name, type_=ARRAY(String())))))
-
-
-class Batch:
-    """Statements run together, in order, at the start of a transaction (see the module
-    docstring): `first`, `execute` and `hit` queue one and return the `Deferred` of its
-    result, as `Statement.first` and `Statement.execute` would give it. Run once."""
-
-    __slots__ = ("_queued",)
-
-    def __init__(self) -> None:
-        self._queued: list[_Queued] = []
-
-    def first(
-        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
-    ) -> Deferred[Record | None]:
-        """Queue `statement`; its first row, or None when there is none."""
-        result: Deferred[Record | None] = Deferred()
-        self._queued.append(_Queued(statement, params, _ROW, result))
-        return result
-
-    def execute(
-        self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS
-    ) -> Deferred[int]:
-        """Queue `statement`; the number of rows it affected (or returned)."""
-        result: Deferred[int] = Deferred()
-        self._queued.append(_Queued(statement, params, _COUNT, result))
-        return result
-
-    def hit(self, statement: Statement, params: Mapping[str, Any] = _NO_PARAMS) -> Deferred[bool]:
-        """Queue `statement`; whether it affected (or returned) any row: for a
-        conditional INSERT or UPDATE, whether its condition held."""
-        result: Deferred[bool] = Deferred()
-        self._queued.append(_Queued(statement, params, _HIT, result))
-        return result
-
-    async def begin_in_pipeline(self, conn: Conn, pipeline: psycopg.AsyncPipeline) -> None:
-        """For `Database`: BEGIN and the statements on `conn`, in `pipeline` (which it is
-        in), then one sync: one round trip. Raises the first error psycopg reports; the
-        transaction is then failed (the caller rolls back)."""
-        queued = self._queued
-        # Every value processed before anything is sent: a bad one (a naive datetime)
-        # fails the batch before the transaction began. (One psycopg cannot send, an int
-        # beyond int8, fails it while it is being queued, with OverflowError: the
-        # transaction is rolled back then.)
-        values = [item.statement._bind(item.params) for item in queued]
-        await _commands_cursor(conn).execute(b"BEGIN")
-        cursors: list[psycopg.AsyncCursor[Record]] = []
-        used: set[Statement] = set()
-        for item, bound in zip(queued, values, strict=True):
-            statement = item.statement
-            if statement in used:
-                # A statement's reused cursor holds one result: a second run of it in the
-                # same pipeline needs a cursor of its own.
-                cursor = _new_cursor(conn, statement._row_factory)
-            else:
-                used.add(statement)
-                cursor = statement._cursor(conn)
-            await cursor.execute(statement.sql, bound, prepare=True)
-            cursors.append(cursor)
-        await pipeline.sync()
-        for item, cursor in zip(queued, cursors, strict=True):
-            if item.kind == _ROW:
-                item.result._set(await cursor.fetchone())  # there already: no I/O
-            elif item.kind == _COUNT:
-                item.result._set(cursor.rowcount)
-            else:
-                item.result._set(cursor.rowcount > 0)
-
-    async def commit_in_pipeline(self, conn: Conn) -> None:
-        """For `Database`: queue the COMMIT (sent when the pipeline ends, as its last
-        round trip)."""
-        await _commands_cursor(conn).execute(b"COMMIT")
-
-
-def _commands_cursor(conn: Conn) -> psycopg.AsyncCursor[Any]:
-    cursor: psycopg.AsyncCursor[Any] | None = conn.__dict__.get(_COMMANDS)
-    if cursor is None:
-        cursor = conn.__dict__[_COMMANDS] = conn.cursor()
-    return cursor
 
 
 def _has_client_defaults(statement: Executable) -> bool:
@@ -425,16 +312,3 @@ def _new_cursor(
     cursor.adapters.register_dumper(int, Int8Dumper)
     cursor.adapters.register_dumper(int, Int8BinaryDumper)
     return cursor
-
-
-class StatementQueue(Protocol):
-    """Where writes are queued to run later in a transaction: a `Batch`, or a unit of work
-    (`pi.platform.db.unit_of_work`)."""
-
-    def first(
-        self, statement: Statement, params: Mapping[str, Any] = ...
-    ) -> Deferred[Record | None]: ...
-
-    def execute(self, statement: Statement, params: Mapping[str, Any] = ...) -> Deferred[int]: ...
-
-    def hit(self, statement: Statement, params: Mapping[str, Any] = ...) -> Deferred[bool]: ...

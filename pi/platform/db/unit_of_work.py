@@ -14,9 +14,11 @@ and builds its repositories on the unit, which runs their statements:
 One unit runs in one of three modes (`Mode`), which the use case never sees:
 
 - `OPTIMISTIC`: reads are snapshot reads, outside any transaction and without locks;
-  writes are queued. `commit()` sends BEGIN and every queued write in one round trip,
-  checks every `expect`ed result, and then COMMITs (a second round trip) or rolls back
-  and raises `Conflict`: a row changed since it was read. Writes are conditional on
+  writes are queued. `commit()` hands them to the process's group commit
+  (`pi.platform.db.group_commit`), which sends BEGIN and every queued write of the units
+  committing meanwhile in one round trip, checks each unit's `expect`ed results, and
+  COMMITs them together (a second round trip, one fsync); a unit whose check fails keeps
+  nothing and raises `Conflict`: a row changed since it was read. Writes are conditional on
   what was read (`UPDATE .. WHERE version = :read`, `INSERT .. ON CONFLICT DO NOTHING`),
   so a miss is seen, and nothing a missed write was meant to go with is kept.
 - `LOCKED`: the unit is a database transaction from its first statement; reads run in it
@@ -41,8 +43,9 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Self
 
+from pi.platform.db.batch import Batch, Deferred
 from pi.platform.db.database import Database
-from pi.platform.db.statements import Batch, Conn, Deferred, Record, Statement
+from pi.platform.db.statements import Conn, Record, Statement
 from pi.platform.kernel.units import Conflict, Mode
 
 __all__ = ["PostgresUnitOfWork"]
@@ -216,8 +219,9 @@ class PostgresUnitOfWork:
 
     async def _commit_batch(self) -> None:
         if self._batched:
-            async with self._database.transaction(self._batch):
-                self._check_expected()  # raising here rolls back
+            # Shared with the units other requests commit meanwhile (group commit); a
+            # failed check keeps nothing of this unit and raises here.
+            await self._database.commit_batch(self._batch, self._check_expected)
         self._committed = True
 
     def _check_expected(self) -> None:

@@ -7,10 +7,11 @@ import pytest
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, bindparam, func, select, text
 from sqlalchemy.dialects import postgresql
 
+from pi.platform.db.batch import Batch
 from pi.platform.db.database import Database
 from pi.platform.db.engine import sync_engine
 from pi.platform.db.errors import IntegrityError
-from pi.platform.db.statements import Batch, Statement
+from pi.platform.db.statements import Statement
 from tests.support.round_trips import count_round_trips
 
 metadata = MetaData()

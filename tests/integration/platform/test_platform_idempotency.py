@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, func, select
 
+from pi.platform.db.batch import Batch
 from pi.platform.db.database import Database
 from pi.platform.db.engine import sync_engine
 from pi.platform.db.idempotency import Claim, Idempotency, idempotency_table
-from pi.platform.db.statements import Batch, Statement
+from pi.platform.db.statements import Statement
 from pi.platform.kernel.errors import AlreadyExists, FailedPrecondition
 
 metadata = MetaData()

@@ -14,9 +14,9 @@ from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Credentials, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey, SigningKeyStatus, StoredKey
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
+from pi.platform.db.batch import Deferred
 from pi.platform.db.database import Database
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.db.statements import Deferred
 from pi.platform.db.unit_of_work import PostgresUnitOfWork
 from pi.platform.kernel.units import Mode
 

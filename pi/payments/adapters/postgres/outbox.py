@@ -16,9 +16,10 @@ from sqlalchemy.dialects import postgresql
 from pi.payments.adapters.movements import decode_movement, encode_movement
 from pi.payments.adapters.postgres.tables import outbox, transaction_refs, written
 from pi.payments.app.ports import QueuedMovement
+from pi.platform.db.batch import StatementQueue
 from pi.platform.db.database import Database
 from pi.platform.db.idempotency import Idempotency
-from pi.platform.db.statements import Statement, StatementQueue
+from pi.platform.db.statements import Statement
 from pi.platform.ledger import Movement
 
 __all__ = ["PostgresOutbox", "append", "append_if"]

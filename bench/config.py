@@ -36,6 +36,9 @@ class BenchConfig:
     grpc_processes: int = 2  # BENCH_GRPC_PROCESSES
     grpc_concurrency: int = 64  # BENCH_GRPC_CONCURRENCY (total coroutines)
     pgbench_clients: int = 16  # BENCH_PGBENCH_CLIENTS
+    # Flows per transaction in the grouped pgbench reference (the services' group commit
+    # shares each unit's transaction among the flows committing meanwhile).
+    pgbench_group: int = 4  # BENCH_PGBENCH_GROUP
     # many connections
     conn_count: int = 10_000  # BENCH_CONN_COUNT
     conn_duration: float = 60.0  # BENCH_CONN_DURATION
@@ -112,6 +115,7 @@ _ENV = {
     "grpc_processes": "BENCH_GRPC_PROCESSES",
     "grpc_concurrency": "BENCH_GRPC_CONCURRENCY",
     "pgbench_clients": "BENCH_PGBENCH_CLIENTS",
+    "pgbench_group": "BENCH_PGBENCH_GROUP",
     "conn_count": "BENCH_CONN_COUNT",
     "conn_duration": "BENCH_CONN_DURATION",
     "conn_interval": "BENCH_CONN_INTERVAL",

@@ -120,56 +120,55 @@ _REF_COLUMNS = (
     " refunded_amount, movement_count, create_time, update_time"
 )
 
-FLOW_SQL = f"""
-\\set amount 1999
-\\set release -1 * :amount
-\\set m random(1, 16)
-\\set k random(1, 9223372036854775806)
--- 1. CreateTransaction (TransactionService.create_transaction): the key is claimed
---    already holding the response (the services pipeline BEGIN + both, then COMMIT). (`txn` rides on the claim's RETURNING: the service
---    makes the id up front; pgbench needs a statement to get a time-ordered one.)
-BEGIN;
+# The flow's SQL per unit, for the flow of suffix `{s}` (its variables: :txn{s}, :k{s}).
+# `grouped_script(n)` puts n flows in each BEGIN .. COMMIT, as the services' group commit
+# does under load; n = 1 is the flow alone, unit by unit.
+_SETUP = """
+\\set k{s} random(1, 9223372036854775806)
+"""
+
+# 1. CreateTransaction (TransactionService.create_transaction): the key is claimed already
+#    holding the response (the services pipeline BEGIN + both, then COMMIT). (`txn` rides
+#    on the claim's RETURNING: the service makes the id up front; pgbench needs a statement
+#    to get a time-ordered one.)
+_CREATE_TRANSACTION = f"""
 INSERT INTO transactions.idempotency_keys (scope, operation, key, request_hash, response, create_time)
   VALUES ({_MERCHANT}, 'CreateTransaction', {_KEY}, {_HASH}, {_TXN_RESPONSE}, now())
-  ON CONFLICT DO NOTHING RETURNING key, 'txn_' || {_ID} AS txn \\gset
+  ON CONFLICT DO NOTHING RETURNING key AS key{{s}}, 'txn_' || {_ID} AS txn{{s}} \\gset
 INSERT INTO transactions.transactions ({_TXN_COLUMNS})
-  VALUES (:txn, {_MERCHANT}, :amount, 'USD', 'bench order', '{{}}'::jsonb,
+  VALUES (:txn{{s}}, {_MERCHANT}, :amount, 'USD', 'bench order', '{{}}'::jsonb,
     'PENDING', 0, 0, 0, false, false, now(), now());
-COMMIT;
--- 2. RegisterTransactions (the transaction service's FactsPublisher; batched across flows
---    under load, here a batch of this one transaction)
-BEGIN;
-INSERT INTO payments.transaction_refs ({_REF_COLUMNS})
-  SELECT r.transaction_id, r.merchant_id, r.amount, r.currency, false, 0, 0, 0, 0, now(), now()
-  FROM unnest(ARRAY[:txn]::varchar[], ARRAY[{_MERCHANT}]::varchar[], ARRAY[:amount]::bigint[], ARRAY['USD']::varchar[])
-    AS r(transaction_id, merchant_id, amount, currency)
-  ON CONFLICT DO NOTHING RETURNING transaction_id;
-COMMIT;
--- 3. CreatePayment (PaymentService.create_payment): the ref as committed (autocommit)
-SELECT {_REF_COLUMNS} FROM payments.transaction_refs WHERE transaction_id = :txn;
--- ... T1: the PROCESSING payment and its hold, committed before the processor is called
---    (PaymentService._record_at_once: the services pipeline BEGIN + all three, then COMMIT)
-BEGIN;
+"""
+
+# 3. CreatePayment (PaymentService.create_payment): the ref as committed (autocommit)
+_READ_REF = f"""
+SELECT {_REF_COLUMNS} FROM payments.transaction_refs WHERE transaction_id = :txn{{s}};
+"""
+
+# ... T1: the PROCESSING payment and its hold, committed before the processor is called
+#    (the services pipeline BEGIN + all three, then COMMIT)
+_T1 = f"""
 INSERT INTO payments.idempotency_keys (scope, operation, key, request_hash, response, create_time)
   VALUES ({_MERCHANT}, 'CreatePayment', {_KEY}, {_HASH}, {_PAY_PENDING}, now())
   ON CONFLICT DO NOTHING RETURNING key;
 UPDATE payments.transaction_refs SET closed = false, held_amount = held_amount + :amount,
     captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
     movement_count = movement_count + 0, update_time = now()
-  WHERE transaction_id = :txn AND held_amount = 0 AND captured_amount = 0 AND closed = false
+  WHERE transaction_id = :txn{{s}} AND held_amount = 0 AND captured_amount = 0 AND closed = false
   RETURNING movement_count;
 INSERT INTO payments.payments (id, merchant_id, transaction_id, amount, currency, method,
     capture_mode, status, failure_reason, captured_amount, refunded_amount, card_brand,
     card_last4, card_fingerprint, card_exp_month, card_exp_year, bank_account_holder_name,
     bank_account_last4, wallet_type, processor_reference, create_time, update_time)
-  VALUES ({_PAY_ID}, {_MERCHANT}, :txn, :amount, 'USD', 'CARD',
+  VALUES ({_PAY_ID}, {_MERCHANT}, :txn{{s}}, :amount, 'USD', 'CARD',
     'AUTOMATIC', 'PROCESSING', NULL, 0, 0, 'VISA', '4242', {_CARD_FINGERPRINT}, 12, 2035, NULL, NULL,
     NULL, NULL, now(), now());
-COMMIT;
--- 4. ... T2: settle the processor's answer (conditional writes, no SELECT .. FOR UPDATE
---    first; the services send BEGIN and these five in one round trip, the COMMIT in a
---    second: the movements take the ref's lock, then the ref UPDATE sees the same row)
-BEGIN;
+"""
+
+# 4. ... T2: settle the processor's answer (conditional writes, no SELECT .. FOR UPDATE
+#    first; the services send BEGIN and these five in one round trip, the COMMIT in a
+#    second: the movements take the ref's lock, then the ref UPDATE sees the same row)
+_T2 = f"""
 UPDATE payments.idempotency_keys SET response = {_PAY_RESPONSE}
   WHERE scope = {_MERCHANT} AND operation = 'CreatePayment' AND key = {_KEY}
     AND response = {_PAY_PENDING};
@@ -177,26 +176,91 @@ INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time
   SELECT {_MOV_A}, transaction_refs.transaction_id, transaction_refs.movement_count + 1,
     'AUTHORIZATION', {_MOVEMENT}, now(), 0, 'infinity'::timestamptz
   FROM payments.transaction_refs
-  WHERE transaction_refs.transaction_id = :txn AND transaction_refs.held_amount + :release >= 0
+  WHERE transaction_refs.transaction_id = :txn{{s}} AND transaction_refs.held_amount + :release >= 0
   FOR UPDATE;
 INSERT INTO payments.outbox (id, transaction_id, seq, kind, payload, create_time, attempts, next_attempt_time)
   SELECT {_MOV_C}, transaction_refs.transaction_id, transaction_refs.movement_count + 2,
     'CAPTURE', {_MOVEMENT}, now(), 0, 'infinity'::timestamptz
   FROM payments.transaction_refs
-  WHERE transaction_refs.transaction_id = :txn AND transaction_refs.held_amount + :release >= 0
+  WHERE transaction_refs.transaction_id = :txn{{s}} AND transaction_refs.held_amount + :release >= 0
   FOR UPDATE;
 UPDATE payments.transaction_refs SET closed = false, held_amount = held_amount + :release,
     captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
     movement_count = movement_count + 2, update_time = now()
-  WHERE transaction_id = :txn AND held_amount + :release >= 0
+  WHERE transaction_id = :txn{{s}} AND held_amount + :release >= 0
   RETURNING movement_count;
 UPDATE payments.payments SET status = 'SUCCEEDED', failure_reason = NULL, captured_amount = :amount,
-    refunded_amount = 0, processor_reference = 'sbx_' || substr(:txn::text, 5), update_time = now()
+    refunded_amount = 0, processor_reference = 'sbx_' || substr(:txn{{s}}::text, 5), update_time = now()
   WHERE id = {_PAY_ID} AND status = 'PROCESSING' AND refunded_amount = 0
     AND processor_reference IS NOT DISTINCT FROM NULL;
+"""
+
+# ... ApplyMovements' step UPDATEs (one per movement; psycopg's executemany pipelines them)
+_APPLY_STEPS = f"""
+UPDATE transactions.transactions SET status = 'AUTHORIZED', authorized_amount = authorized_amount + :amount,
+    captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
+    cancelled = false, last_payment_failed = false, update_time = now()
+  WHERE id = :txn{{s}} AND merchant_id = {_MERCHANT};
+UPDATE transactions.transactions SET status = 'COMPLETED', authorized_amount = authorized_amount + 0,
+    captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
+    cancelled = false, last_payment_failed = false, update_time = now()
+  WHERE id = :txn{{s}} AND merchant_id = {_MERCHANT};
+"""
+
+
+def _array(item: str, suffixes: list[str], cast: str) -> str:
+    return "ARRAY[" + ", ".join(item.replace("{s}", s) for s in suffixes) + f"]::{cast}[]"
+
+
+def grouped_script(flows: int) -> str:
+    """The SQL of `flows` payment flows, each unit of theirs in one transaction: what the
+    services send when that many flows commit each unit together (group commit), and
+    the batched calls (RegisterTransactions, the dispatcher's round) carry them all."""
+    if flows < 1:
+        raise ValueError("a script holds at least one flow")
+    sfx = [str(n) for n in range(1, flows + 1)]
+
+    def each(block: str) -> str:
+        # The ids made from a flow's transaction id (payment, movements) are its too.
+        block = block.replace(":txn::text", ":txn{s}::text")
+        return "".join(block.replace("{s}", s) for s in sfx)
+
+    txns = _array(":txn{s}", sfx, "varchar")
+    movements = ", ".join(m.replace(":txn", f":txn{s}") for s in sfx for m in (_MOV_A, _MOV_C))
+    pay_ids = ", ".join(_PAY_ID.replace(":txn", f":txn{s}") for s in sfx for _ in (1, 2))
+    pairs = ", ".join(f":txn{s}, :txn{s}" for s in sfx)
+    per_flow = lambda item: ", ".join([item] * flows)  # noqa: E731 (one line of SQL)
+    twice = lambda a, b: ", ".join(f"{a}, {b}" for _ in sfx)  # noqa: E731
+    key = _KEY.replace(":k", ":k{s}")
+    return f"""
+\\set amount 1999
+\\set release -1 * :amount
+\\set m random(1, 16)
+{each(_SETUP)}
+-- 1. CreateTransaction
+BEGIN;
+{each(_CREATE_TRANSACTION.replace(_KEY, key))}
 COMMIT;
--- 5. The outbox dispatcher's round (batched across flows under load; here this flow's):
---    the due movements (autocommit) ...
+-- 2. RegisterTransactions (the transaction service's FactsPublisher; one call carries
+--    the facts of every transaction created meanwhile)
+BEGIN;
+INSERT INTO payments.transaction_refs ({_REF_COLUMNS})
+  SELECT r.transaction_id, r.merchant_id, r.amount, r.currency, false, 0, 0, 0, 0, now(), now()
+  FROM unnest({txns}, ARRAY[{per_flow(_MERCHANT)}]::varchar[], ARRAY[{per_flow(":amount")}]::bigint[], ARRAY[{per_flow("'USD'")}]::varchar[])
+    AS r(transaction_id, merchant_id, amount, currency)
+  ON CONFLICT DO NOTHING RETURNING transaction_id;
+COMMIT;
+-- 3. CreatePayment: the refs as committed (autocommit)
+{each(_READ_REF)}
+-- ... T1
+BEGIN;
+{each(_T1.replace(_KEY, key))}
+COMMIT;
+-- 4. ... T2
+BEGIN;
+{each(_T2.replace(_KEY, key))}
+COMMIT;
+-- 5. The outbox dispatcher's round: the due movements (autocommit) ...
 SELECT outbox.id, outbox.transaction_id, outbox.seq, outbox.payload, outbox.attempts
   FROM payments.outbox
   WHERE outbox.delivered_time IS NULL AND outbox.next_attempt_time <= now()
@@ -207,36 +271,33 @@ SELECT outbox.id, outbox.transaction_id, outbox.seq, outbox.payload, outbox.atte
 -- ... ApplyMovements (TransactionService.apply_movements): lock, record, one UPDATE per step
 BEGIN;
 SELECT {_TXN_COLUMNS} FROM transactions.transactions
-  WHERE id = ANY(ARRAY[:txn]::varchar[]) ORDER BY id FOR UPDATE;
+  WHERE id = ANY({txns}) ORDER BY id FOR UPDATE;
 INSERT INTO transactions.applied_movements (id, transaction_id, payment_id, kind, authorized_delta,
     captured_delta, refunded_delta, occur_time, apply_time)
   SELECT m.id, m.transaction_id, m.payment_id, m.kind, m.authorized_delta, m.captured_delta,
     m.refunded_delta, m.occur_time, now() AS apply_time
-  FROM unnest(ARRAY[{_MOV_A}, {_MOV_C}]::varchar[], ARRAY[:txn, :txn]::varchar[],
-    ARRAY[{_PAY_ID}, {_PAY_ID}]::varchar[], ARRAY['AUTHORIZATION', 'CAPTURE']::varchar[],
-    ARRAY[:amount, 0]::bigint[], ARRAY[0, :amount]::bigint[], ARRAY[0, 0]::bigint[],
-    ARRAY[now(), now()]::timestamptz[])
+  FROM unnest(ARRAY[{movements}]::varchar[], ARRAY[{pairs}]::varchar[],
+    ARRAY[{pay_ids}]::varchar[], ARRAY[{twice("'AUTHORIZATION'", "'CAPTURE'")}]::varchar[],
+    ARRAY[{twice(":amount", "0")}]::bigint[], ARRAY[{twice("0", ":amount")}]::bigint[],
+    ARRAY[{twice("0", "0")}]::bigint[], ARRAY[{twice("now()", "now()")}]::timestamptz[])
     AS m(id, transaction_id, payment_id, kind, authorized_delta, captured_delta, refunded_delta, occur_time)
   ON CONFLICT (id) DO NOTHING RETURNING id;
 \\startpipeline
-UPDATE transactions.transactions SET status = 'AUTHORIZED', authorized_amount = authorized_amount + :amount,
-    captured_amount = captured_amount + 0, refunded_amount = refunded_amount + 0,
-    cancelled = false, last_payment_failed = false, update_time = now()
-  WHERE id = :txn AND merchant_id = {_MERCHANT};
-UPDATE transactions.transactions SET status = 'COMPLETED', authorized_amount = authorized_amount + 0,
-    captured_amount = captured_amount + :amount, refunded_amount = refunded_amount + 0,
-    cancelled = false, last_payment_failed = false, update_time = now()
-  WHERE id = :txn AND merchant_id = {_MERCHANT};
+{each(_APPLY_STEPS)}
 \\endpipeline
 COMMIT;
 -- ... mark them delivered (one statement, autocommit), then the idle wait's next due time
 UPDATE payments.outbox SET delivered_time = now()
-  WHERE id = ANY(ARRAY[{_MOV_A}, {_MOV_C}]::varchar[]) AND delivered_time IS NULL;
+  WHERE id = ANY(ARRAY[{movements}]::varchar[]) AND delivered_time IS NULL;
 SELECT min(next_attempt_time) AS due FROM payments.outbox WHERE delivered_time IS NULL;
 """
 
+
+FLOW_SQL = grouped_script(1)
+
 # BEGIN/COMMIT blocks (CreateTransaction, RegisterTransactions, T1, T2, ApplyMovements)
-# + the dispatcher's autocommit mark; the three autocommit reads write nothing.
+# + the dispatcher's autocommit mark; the three autocommit reads write nothing. Per
+# script, whatever the flows in it: divided by them per flow.
 COMMITS_PER_FLOW = 6
 
 
@@ -267,15 +328,23 @@ def _join_continuations(sql: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_script(path: Path) -> Path:
-    path.write_text(_join_continuations(FLOW_SQL))
+def write_script(path: Path, flows: int = 1) -> Path:
+    path.write_text(_join_continuations(grouped_script(flows)))
     return path
 
 
 def run(
-    pg: Postgres, *, clients: int, threads: int, duration: float, workdir: Path
+    pg: Postgres,
+    *,
+    clients: int,
+    threads: int,
+    duration: float,
+    workdir: Path,
+    flows_per_commit: int = 1,
 ) -> dict[str, Any]:
-    script = write_script(workdir / "pgbench_flow.sql")
+    """pgbench on the flow's SQL, `flows_per_commit` flows in each of its transactions;
+    `tps` is flows per second (pgbench's TPS times that)."""
+    script = write_script(workdir / f"pgbench_flow_{flows_per_commit}.sql", flows_per_commit)
     seconds = max(1, round(duration))
     args = [
         str(binary("pgbench")),
@@ -301,13 +370,15 @@ def run(
     tps = _number(r"tps = ([\d.]+) \(without initial connection time\)", text)
     if tps is None:
         tps = _number(r"tps = ([\d.]+)", text)
+    scripts = _integer(r"number of transactions actually processed: (\d+)", text)
     return {
         "clients": clients,
         "duration_s": seconds,
-        "flows": _integer(r"number of transactions actually processed: (\d+)", text),
+        "flows_per_commit": flows_per_commit,
+        "flows": None if scripts is None else scripts * flows_per_commit,
         "failed": _integer(r"number of failed transactions: (\d+)", text) or 0,
-        "tps": tps,
-        "commits_per_flow": COMMITS_PER_FLOW,
+        "tps": None if tps is None else round(tps * flows_per_commit, 1),
+        "commits_per_flow": round(COMMITS_PER_FLOW / flows_per_commit, 2),
         "latency_avg_ms": _number(r"latency average = ([\d.]+) ms", text),
         "loadgen": {
             "tool": "pgbench",

@@ -218,17 +218,23 @@ def _flow(lines: list[str], cfg: dict[str, Any], flow: dict[str, Any]) -> None:
 
 def _references(lines: list[str], refs: dict[str, Any]) -> None:
     lines += ["", "Reference points"]
-    pgb = refs.get("pgbench")
-    if pgb:
-        ratio = refs.get("flows_per_pgbench_tps")
+    for key in ("pgbench", "pgbench_grouped"):
+        pgb = refs.get(key)
+        if not pgb:
+            continue
         lines.append(
-            f"  pgbench, the SQL of one flow ({pgb['commits_per_flow']} durable commits, "
-            f"{pgb['clients']} clients): {pgb['tps']:.1f} flows/s; "
-            f"mesh flows/s / pgbench TPS = {ratio if ratio is not None else '-'}"
+            f"  pgbench, the SQL of the flow, {pgb.get('flows_per_commit', 1)} flow(s) per "
+            f"transaction ({pgb['commits_per_flow']} durable commits per flow, "
+            f"{pgb['clients']} clients): {pgb['tps']:.1f} flows/s"
         )
         res = pgb.get("resources", {}).get("groups", {}).get("postgres")
         if res:
             lines.append(f"    postgres used {res['cpu_seconds']} CPU s ({res['cpu_cores']} cores)")
+    if refs.get("pgbench"):
+        ratio = refs.get("flows_per_pgbench_tps")
+        lines.append(
+            f"  mesh flows/s / pgbench flows/s (grouped) = {ratio if ratio is not None else '-'}"
+        )
     for key, label in (
         ("grpc_direct", "native gRPC straight to the services"),
         ("grpc_envoy", "native gRPC through Envoy"),

@@ -83,3 +83,17 @@ def test_config_quick_env_and_flags() -> None:
 def test_config_refuses_a_database_it_should_not_drop() -> None:
     with pytest.raises(SystemExit):
         config.load([], environ={"BENCH_DB": "test"})
+
+
+def test_a_grouped_pgbench_script_commits_every_unit_of_its_flows_together(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = pgbench.write_script(tmp_path / "flow4.sql", flows=4).read_text()
+    lines = text.splitlines()
+    # As many transactions as one flow's, each holding the four flows' statements.
+    assert lines.count("COMMIT;") == pgbench.COMMITS_PER_FLOW - 1
+    assert lines.count("\\gset") == 4
+    for n in range(1, 5):
+        assert f":txn{n}" in text and f":k{n}" in text
+    assert ":txn " not in text and ":txn:" not in text and ":txn," not in text
+    alone = pgbench.write_script(tmp_path / "flow1.sql").read_text()
+    inserts = alone.count("INSERT INTO payments.payments")
+    assert text.count("INSERT INTO payments.payments") == 4 * inserts

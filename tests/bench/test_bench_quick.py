@@ -141,6 +141,8 @@ def test_reference_points(quick_report: tuple[dict[str, Any], str]) -> None:
     report, _ = quick_report
     refs = report["references"]
     assert refs["pgbench"]["tps"] > 0 and refs["pgbench"]["failed"] == 0
+    grouped = refs["pgbench_grouped"]
+    assert grouped["tps"] > 0 and grouped["failed"] == 0 and grouped["flows_per_commit"] == 4
     assert refs["flows_per_pgbench_tps"] > 0
     for key in ("grpc_direct", "grpc_envoy"):
         run = refs[key]

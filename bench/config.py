@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pi.platform.config import DEFAULT_DB_COMMIT_GROUPS
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -30,6 +32,8 @@ class BenchConfig:
     # PI_RATE_LIMIT_PER_MERCHANT: the limiter still runs (and costs what it costs), but a
     # single-merchant reference run (h2load) must not be throttled; 100 = production.
     merchant_rate_limit: int = 1_000_000  # BENCH_MERCHANT_RATE_LIMIT
+    # PI_DB_COMMIT_GROUPS of the services: group commits in flight; 0 = every unit alone
+    commit_groups: int = DEFAULT_DB_COMMIT_GROUPS  # BENCH_COMMIT_GROUPS
     port_base: int = 31000  # BENCH_PORT_BASE (below the ephemeral port range)
     # reference points
     ref_duration: float = 20.0  # BENCH_REF_DURATION: each gRPC run and pgbench
@@ -110,6 +114,7 @@ _ENV = {
     "edge_rate_limit_rps": "BENCH_EDGE_RPS",
     "log_level": "BENCH_LOG_LEVEL",
     "merchant_rate_limit": "BENCH_MERCHANT_RATE_LIMIT",
+    "commit_groups": "BENCH_COMMIT_GROUPS",
     "port_base": "BENCH_PORT_BASE",
     "ref_duration": "BENCH_REF_DURATION",
     "grpc_processes": "BENCH_GRPC_PROCESSES",

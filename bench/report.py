@@ -181,7 +181,8 @@ def _header(report: dict[str, Any]) -> list[str]:
         f"Mesh: {cfg['replicas']} process(es) per service, Envoy {cfg['envoy_concurrency']} "
         f"worker(s), log level {cfg['log_level']}, Redis {cfg['redis_url']}, "
         f"idempotency keys {'on' if cfg['idempotency'] else 'off'}, {cfg['merchants']} merchants "
-        f"(rate limit {cfg.get('merchant_rate_limit')}/s each)"
+        f"(rate limit {cfg.get('merchant_rate_limit')}/s each), "
+        f"group commits in flight {cfg.get('commit_groups')} (0 = off)"
     )
     return lines
 

@@ -173,6 +173,7 @@ class Bench:
                 "REDIS_URL": cfg.redis_url,
                 "PI_LOG_LEVEL": cfg.log_level,
                 "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
+                "PI_DB_COMMIT_GROUPS": str(cfg.commit_groups),
                 **secret,
             },
             envoy_concurrency=cfg.envoy_concurrency,

@@ -142,12 +142,14 @@ TEST_POOL_SIZE = 4
 
 @pytest.fixture
 async def make_database(pg_url: str) -> AsyncIterator[Callable[..., Awaitable[Database]]]:
-    """`await make_database(schema, url=pg_url)`: a `Database` with a pool of
-    `TEST_POOL_SIZE`; closed after the test."""
+    """`await make_database(schema, url=pg_url, **options)`: a `Database` with a pool of
+    `TEST_POOL_SIZE` (options: `open_database_for`'s); closed after the test."""
     databases: list[Database] = []
 
-    async def make(schema: str, url: str | None = None) -> Database:
-        database = await open_database_for(url or pg_url, schema, pool_size=TEST_POOL_SIZE)
+    async def make(schema: str, url: str | None = None, **options: int) -> Database:
+        database = await open_database_for(
+            url or pg_url, schema, pool_size=TEST_POOL_SIZE, **options
+        )
         databases.append(database)
         return database
 

@@ -47,6 +47,10 @@ MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
 # stay under a server's default max_connections of 100 (see the README for the worst case).
 DEFAULT_DB_POOL_SIZE = 20
 MAX_DB_POOL_SIZE = 100
+# Group commit (pi.platform.db.group_commit): groups in flight at once; 0 commits every
+# unit alone.
+DEFAULT_DB_COMMIT_GROUPS = 2
+MAX_DB_COMMIT_GROUPS = 16
 DEFAULT_REVOCATION_POLL_SECONDS = 2.0
 MASTER_KEY_BYTES = 32
 
@@ -151,6 +155,7 @@ class ServiceSettings:
     database_url: str = field(repr=False)
     db_schema: str
     db_pool_size: int = DEFAULT_DB_POOL_SIZE
+    db_commit_groups: int = DEFAULT_DB_COMMIT_GROUPS
     redis_url: str | None = field(default=None, repr=False)
     admin_token: str = field(repr=False)
     service_token: str = field(repr=False)
@@ -188,6 +193,9 @@ class ServiceSettings:
             "db_schema": _db_schema(env, default=cls.service),
             "db_pool_size": env.integer(
                 "PI_DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, 1, MAX_DB_POOL_SIZE
+            ),
+            "db_commit_groups": env.integer(
+                "PI_DB_COMMIT_GROUPS", DEFAULT_DB_COMMIT_GROUPS, 0, MAX_DB_COMMIT_GROUPS
             ),
             "redis_url": _redis_url(env),
             "admin_token": env.required("PI_ADMIN_TOKEN", "the admin bearer credential"),

@@ -10,12 +10,12 @@ is what repositories queue writes on: a `Batch`, or a unit of work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 import psycopg
 
-from pi.platform.db.statements import Conn, Record, Statement
+from pi.platform.db.statements import Conn, Record, Statement, merged_cursor
 
 __all__ = ["Batch", "Deferred", "StatementQueue"]
 
@@ -121,10 +121,12 @@ class Batch:
         batches: Iterable[Batch],
         *,
         setting: bytes | None = None,
-    ) -> None:
+    ) -> int:
         """BEGIN, `setting` (a `SET LOCAL` for the transaction) and the statements of every
         batch, in order, then one sync (one round trip); each batch's `Deferred`s then
-        hold its results. Raises as `begin_in_pipeline` does."""
+        hold its results. Raises as `begin_in_pipeline` does. Batches of the same shape go
+        position by position, merging the runs of a statement that has a set-based form
+        (`pi.platform.db.merging`); returns how many runs went merged."""
         batches = list(batches)
         # Every value processed before anything is sent: a bad one (a naive datetime)
         # fails the batch before the transaction began. (One psycopg cannot send, an int
@@ -136,27 +138,21 @@ class Batch:
         await commands.execute(b"BEGIN")
         if setting is not None:
             await commands.execute(setting)
-        # A statement's cursor holds one result: the n-th run of a statement in this
-        # pipeline takes the statement's n-th cursor on this connection (kept for reuse).
-        runs: dict[Statement, int] = {}
-        sent: list[tuple[_Queued, psycopg.AsyncCursor[Record]]] = []
-        for batch in batches:
-            assert batch._values is not None
-            for item, bound in zip(batch._queued, batch._values, strict=True):
-                statement = item.statement
-                run = runs.get(statement, 0)
-                runs[statement] = run + 1
-                cursor = statement._cursor(conn, run)
-                await cursor.execute(statement.sql, bound, prepare=True)
-                sent.append((item, cursor))
-        await pipeline.sync()
-        for item, cursor in sent:
-            if item.kind == _ROW:
-                item.result._set(await cursor.fetchone())  # there already: no I/O
-            elif item.kind == _COUNT:
-                item.result._set(cursor.rowcount)
+        sender = _Sender(conn)
+        for units in _same_shapes(batches):
+            if len(units) > 1 and any(item.statement.merged for item in units[0]._queued):
+                # Units of one shape go position by position, a statement with a merged
+                # form once for all of them (`pi.platform.db.merging`).
+                for position in range(len(units[0]._queued)):
+                    await sender.send_all([_run(unit, position) for unit in units])
             else:
-                item.result._set(cursor.rowcount > 0)
+                for unit in units:
+                    for position in range(len(unit._queued)):
+                        await sender.send(*_run(unit, position))
+        await pipeline.sync()
+        for collect in sender.collectors:
+            await collect()  # the results are there already: no I/O
+        return sender.merged
 
     async def commit_in_pipeline(self, conn: Conn) -> None:
         """For `Database`: queue the COMMIT (sent when the pipeline ends, as its last
@@ -167,6 +163,82 @@ class Batch:
     async def commit_in_pipeline_of(conn: Conn) -> None:
         """Queue the COMMIT of the transaction `begin_many_in_pipeline` began."""
         await _commands_cursor(conn).execute(b"COMMIT")
+
+
+_Run = tuple[_Queued, Mapping[str, Any]]
+
+
+def _run(batch: Batch, position: int) -> _Run:
+    assert batch._values is not None
+    return batch._queued[position], batch._values[position]
+
+
+def _same_shapes(batches: list[Batch]) -> list[list[Batch]]:
+    """The batches by their sequence of statements (the same step of the same use case),
+    in order of first appearance."""
+    shapes: dict[tuple[Statement, ...], list[Batch]] = {}
+    for batch in batches:
+        shapes.setdefault(tuple(item.statement for item in batch._queued), []).append(batch)
+    return list(shapes.values())
+
+
+class _Sender:
+    """Sends runs of statements into the pipeline and keeps how to read their results."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
+        # A cursor holds one result: the n-th run of a statement (or of a merged form) in
+        # this pipeline takes the n-th cursor kept for it on this connection.
+        self._runs: dict[object, int] = {}
+        self.collectors: list[Callable[[], Awaitable[None]]] = []
+        self.merged = 0  # runs sent as part of a merged statement
+
+    def _nth(self, what: object) -> int:
+        run = self._runs.get(what, 0)
+        self._runs[what] = run + 1
+        return run
+
+    async def send(self, item: _Queued, bound: Mapping[str, Any]) -> None:
+        statement = item.statement
+        cursor = statement._cursor(self._conn, self._nth(statement))
+        await cursor.execute(statement.sql, bound, prepare=True)
+
+        async def collect() -> None:
+            if item.kind == _ROW:
+                item.result._set(await cursor.fetchone())
+            elif item.kind == _COUNT:
+                item.result._set(cursor.rowcount)
+            else:
+                item.result._set(cursor.rowcount > 0)
+
+        self.collectors.append(collect)
+
+    async def send_all(self, runs: list[_Run]) -> None:
+        """Runs of one statement: as one merged statement when it has a form and they write
+        distinct rows, else one by one."""
+        statement = runs[0][0].statement
+        form = statement.merged
+        values = [bound for _, bound in runs]
+        if form is None or len({form.key_of(bound) for bound in values}) < len(values):
+            for item, bound in runs:
+                await self.send(item, bound)
+            return
+        cursor = merged_cursor(self._conn, form, self._nth(form))
+        await cursor.execute(form.sql, form.arrays(values), prepare=True)
+        self.merged += len(runs)
+
+        async def collect() -> None:
+            per_run = form.outcomes(await cursor.fetchall(), values)
+            for (item, _), rows in zip(runs, per_run, strict=True):
+                if item.kind == _ROW:
+                    first = rows[0] if rows and form.returning else None
+                    item.result._set(None if first is None else statement._record(first, cursor))
+                elif item.kind == _COUNT:
+                    item.result._set(len(rows))
+                else:
+                    item.result._set(bool(rows))
+
+        self.collectors.append(collect)
 
 
 def _commands_cursor(conn: Conn) -> psycopg.AsyncCursor[Any]:

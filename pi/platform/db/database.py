@@ -48,7 +48,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pi.platform.config import DEFAULT_DB_POOL_SIZE, ServiceSettings
+from pi.platform.config import DEFAULT_DB_COMMIT_GROUPS, DEFAULT_DB_POOL_SIZE, ServiceSettings
 from pi.platform.db.batch import Batch
 from pi.platform.db.engine import libpq_url, validate_schema
 from pi.platform.db.group_commit import GroupCommit
@@ -76,17 +76,22 @@ class Database:
     closes the pool.
     """
 
-    def __init__(self, pool: _Pool) -> None:
+    def __init__(self, pool: _Pool, *, commit_groups: int = DEFAULT_DB_COMMIT_GROUPS) -> None:
         """On `pool`'s connections, which must be autocommit with the service's
-        `search_path`, and the pool opened already (as `open_database_for` does)."""
+        `search_path`, and the pool opened already (as `open_database_for` does).
+        `commit_groups`: group commits in flight at once (0: every unit commits alone)."""
         self._pool = pool
-        self.group_commit = GroupCommit(pool)
+        self.group_commit = GroupCommit(pool, max_groups=commit_groups) if commit_groups else None
 
     async def commit_batch(self, batch: Batch, check: Callable[[], None]) -> None:
         """`batch` in a transaction shared with the batches other units commit meanwhile
         (`pi.platform.db.group_commit`): `check` is called on its results (raise to keep
         nothing of it), and the call returns once the transaction committed."""
-        await self.group_commit.commit(batch, check)
+        if self.group_commit is None:
+            async with self.transaction(batch):
+                check()  # raising here rolls back
+        else:
+            await self.group_commit.commit(batch, check)
 
     def transaction(self, batch: Batch | None = None) -> AbstractAsyncContextManager[Conn]:
         """A database transaction: committed when the block ends, rolled back if it raises.
@@ -110,7 +115,8 @@ class Database:
     async def close(self) -> None:
         """Close the pool (connections out of it are closed when they come back), once the
         groups being committed are done."""
-        await self.group_commit.close()
+        if self.group_commit is not None:
+            await self.group_commit.close()
         await self._pool.close()
 
 
@@ -118,12 +124,19 @@ async def open_database(settings: ServiceSettings) -> Database:
     """The service's database; call once in the composition root, inside the event loop,
     and `close()` it at exit."""
     return await open_database_for(
-        settings.database_url, settings.db_schema, pool_size=settings.db_pool_size
+        settings.database_url,
+        settings.db_schema,
+        pool_size=settings.db_pool_size,
+        commit_groups=settings.db_commit_groups,
     )
 
 
 async def open_database_for(
-    url: str, schema: str, *, pool_size: int = DEFAULT_DB_POOL_SIZE
+    url: str,
+    schema: str,
+    *,
+    pool_size: int = DEFAULT_DB_POOL_SIZE,
+    commit_groups: int = DEFAULT_DB_COMMIT_GROUPS,
 ) -> Database:
     """`open_database` from a `postgresql://` URL and schema (tests use this with a unique
     schema)."""
@@ -147,7 +160,7 @@ async def open_database_for(
     # Not waiting for the connections: they are opened in the background, and the first
     # unit waits for one if it comes first.
     await pool.open()
-    return Database(pool)
+    return Database(pool, commit_groups=commit_groups)
 
 
 @asynccontextmanager

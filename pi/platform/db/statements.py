@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, cast
 
 import psycopg
-from psycopg.rows import RowMaker
+from psycopg.rows import RowMaker, tuple_row
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 from sqlalchemy import Column, Insert, String, Update, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -80,8 +80,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
 from pi.platform.db.errors import MultipleResultsFound, NoResultFound
+from pi.platform.db.merging import MergedForm
 
-__all__ = ["Conn", "Record", "Statement", "for_any_of"]
+__all__ = ["Conn", "Record", "Statement", "for_any_of", "merged_cursor"]
 
 #: The connection statements run on: a psycopg connection from a `Database` unit.
 Conn: TypeAlias = psycopg.AsyncConnection[Any]
@@ -92,8 +93,9 @@ _PSYCOPG: Dialect = PGDialectAsync_psycopg(dbapi=PGDialectAsync_psycopg.import_d
 
 _NO_PARAMS: Mapping[str, Any] = {}
 
-# The attribute of a psycopg connection that holds its reused cursors.
+# The attributes of a psycopg connection that hold its reused cursors.
 _CURSORS = "_pi_statement_cursors"
+_MERGED_CURSORS = "_pi_merged_cursors"
 
 
 _Processor = Callable[[Any], Any]
@@ -118,7 +120,15 @@ class Statement:
     one such mapping per run.
     """
 
-    __slots__ = ("_bind_processors", "_defaults", "_result_types", "_row_maker", "sql")
+    __slots__ = (
+        "_bind_processors",
+        "_defaults",
+        "_merged_row_maker",
+        "_result_types",
+        "_row_maker",
+        "merged",
+        "sql",
+    )
 
     def __init__(self, statement: Executable) -> None:
         if not isinstance(statement, ClauseElement):
@@ -147,6 +157,9 @@ class Statement:
             column.type for column in getattr(statement, "exported_columns", ())
         )
         self._row_maker: RowMaker[Record] | None = None
+        self._merged_row_maker: RowMaker[Record] | None = None
+        #: Its set-based form, for many runs at once (`pi.platform.db.merging`), if any.
+        self.merged: MergedForm | None = MergedForm.of(statement, compiled, _PSYCOPG)
 
     def __repr__(self) -> str:
         return f"Statement({self.sql!r})"
@@ -236,6 +249,14 @@ class Statement:
                 values[name] = process(values[name])
         return values
 
+    def _record(self, values: Sequence[Any], cursor: psycopg.AsyncCursor[Any]) -> Record:
+        """A row of this statement from the first columns of a merged form's row."""
+        maker = self._merged_row_maker
+        if maker is None:
+            description = (cursor.description or ())[: len(values)]
+            maker = self._merged_row_maker = _row_maker(description, self._result_types)
+        return maker(values)
+
     def _row_factory(self, cursor: psycopg.AsyncCursor[Any]) -> RowMaker[Record]:
         # psycopg asks for a row maker per result; the columns of a statement never
         # change, so the first result's description serves for every later one.
@@ -299,6 +320,18 @@ def _row_maker(
         return cast(Record, new(row_type, processed))
 
     return process_and_make if processors else make
+
+
+def merged_cursor(conn: Conn, form: MergedForm, run: int = 0) -> psycopg.AsyncCursor[Any]:
+    """The `run`-th cursor of a merged form on `conn` (rows as plain tuples), kept for reuse
+    as statements' cursors are."""
+    cursors: dict[MergedForm, list[psycopg.AsyncCursor[Any]]] = conn.__dict__.setdefault(
+        _MERGED_CURSORS, {}
+    )
+    mine = cursors.setdefault(form, [])
+    while len(mine) <= run:
+        mine.append(_new_cursor(conn, tuple_row))  # type: ignore[arg-type]
+    return mine[run]
 
 
 def _new_cursor(

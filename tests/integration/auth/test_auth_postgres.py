@@ -195,20 +195,35 @@ async def test_a_key_revoked_while_tokens_are_issued_leaves_no_live_token(
     merchant = Principal.merchant(created.merchant.id)
     key = created.api_key.id
 
-    async def issue_soon(delay: float) -> str | None:
+    first_issued, revoking, revoked_key = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def issue(after: asyncio.Event | None, delay: float) -> str | None:
+        if after is not None:
+            await after.wait()
         await asyncio.sleep(delay)
         try:
-            return (await uc.issue_token(key, created.secret)).grant.token_id
+            token_id = (await uc.issue_token(key, created.secret)).grant.token_id
         except Unauthenticated:
             return None
+        first_issued.set()
+        return token_id
 
-    async def revoke_soon() -> None:
-        await asyncio.sleep(0.02)
+    async def revoke() -> None:
+        # Once a token is out (not after a fixed delay: a busy machine may take longer),
+        # while more are being issued.
+        await first_issued.wait()
+        revoking.set()
         await uc.revoke_api_key(merchant, key)
+        revoked_key.set()
 
-    results = await asyncio.gather(*(issue_soon(i * 0.005) for i in range(20)), revoke_soon())
+    results = await asyncio.gather(
+        *(issue(None, i * 0.005) for i in range(8)),
+        *(issue(revoking, i * 0.002) for i in range(10)),  # racing the revocation
+        issue(revoked_key, 0),  # after it: refused for sure
+        revoke(),
+    )
     issued = {jti for jti in results[:-1] if jti is not None}
-    assert issued and None in results[:-1]  # the revocation landed in the middle
+    assert issued and results[-2] is None
     revoked = {r.token_id for r in await uc.list_revoked_tokens.since(None)}
     assert issued <= revoked
 

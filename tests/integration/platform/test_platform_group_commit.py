@@ -88,6 +88,7 @@ async def test_a_single_unit_at_idle_commits_without_waiting_for_company(
     database: Database,
 ) -> None:
     committer = database.group_commit
+    assert committer is not None
     await commit(database, lambda unit: unit.add("b"))
     assert await stored(database) == {"a": 0, "b": 1}
     assert (committer.stats.groups, committer.stats.units, committer.stats.largest) == (1, 1, 1)
@@ -230,3 +231,77 @@ async def test_batches_run_alone_through_a_transaction_as_before(database: Datab
     found = batch.first(GET, {"p_id": "a"})
     async with database.transaction(batch):
         assert found.value is not None and found.value.value == 0
+
+
+ADD_RETURNING = Statement(
+    rows.update()
+    .where(rows.c.id == bindparam("p_id"), rows.c.value == bindparam("p_old", type_=BigInteger()))
+    .values(value=rows.c.value + bindparam("p_delta", type_=BigInteger()))
+    .returning(rows.c.value)
+)
+
+
+async def test_units_of_one_shape_send_each_statement_once_for_all_and_keep_their_outcomes(
+    database: Database,
+) -> None:
+    committer = single_lane(database)
+    async with database.transaction() as conn:
+        for n in range(8):
+            await conn.execute(f"INSERT INTO rows VALUES ('c{n}', {n}, NULL)".encode())
+    seen: dict[int, object] = {}
+
+    async def step(n: int) -> None:
+        async with Unit(database, Mode.OPTIMISTIC) as unit:
+            unit.add(f"new{n}", n)
+            old = 99 if n == 5 else n  # unit 5 read a value that is not there: it misses
+            result = unit.first(ADD_RETURNING, {"p_id": f"c{n}", "p_old": old, "p_delta": 10})
+            unit.expect(unit.hit(SET_IF, {"p_id": f"c{n}", "p_old": n + 10, "p_new": n + 100}))
+            await unit.commit()
+            seen[n] = result.value
+
+    blocker = asyncio.create_task(commit(database, lambda unit: unit.add("first")))
+    results = await outcomes(*(step(n) for n in range(8)))
+    await blocker
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 5 + ["Conflict"] + ["NoneType"] * 2
+    after = await stored(database)
+    for n in range(8):
+        if n == 5:
+            assert after["c5"] == 5 and "new5" not in after  # nothing of it was kept
+        else:
+            assert after[f"c{n}"] == n + 100 and after[f"new{n}"] == n
+            # Its own row of the merged UPDATE .. RETURNING, as the run alone would give it.
+            assert seen[n] is not None and seen[n].value == n + 10  # type: ignore[attr-defined]
+    assert committer.stats.merged > 0
+
+
+async def test_two_units_writing_one_row_are_not_merged_and_only_one_wins(
+    database: Database,
+) -> None:
+    committer = single_lane(database)
+    blocker = asyncio.create_task(commit(database, lambda unit: unit.add("first")))
+    results = await outcomes(
+        commit(database, lambda unit: unit.add("same", 1)),
+        commit(database, lambda unit: unit.add("same", 2)),
+        commit(database, lambda unit: unit.add("other", 3)),
+    )
+    await blocker
+    assert sorted(type(r).__name__ for r in results) == ["Conflict", "NoneType", "NoneType"]
+    after = await stored(database)
+    assert after["same"] in (1, 2) and after["other"] == 3
+    assert committer.stats.units == 3
+
+
+async def test_without_group_commit_each_unit_commits_alone(
+    make_database: Callable[..., Awaitable[Database]], pg_schema: str
+) -> None:
+    database = await make_database(pg_schema, commit_groups=0)
+    assert database.group_commit is None
+    async with database.transaction() as conn:
+        await conn.execute(
+            b"CREATE TABLE rows (id varchar(40) PRIMARY KEY, value bigint, at timestamptz)"
+        )
+    results = await outcomes(
+        commit(database, lambda unit: unit.add("x")), commit(database, lambda unit: unit.add("x"))
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Conflict", "NoneType"]
+    assert await stored(database) == {"x": 1}

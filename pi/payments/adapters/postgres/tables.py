@@ -182,8 +182,16 @@ outbox = sa.Table(
 idempotency_keys = idempotency_table(metadata)
 
 
-def written(table: sa.Table) -> sa.TableClause:
-    """`table` as INSERTs and UPDATEs that run as `Statement`s write it: the same name and
-    column types without the client-side defaults `Statement` refuses. The repositories
-    pass every value themselves, so the defaults would never apply anyway."""
-    return sa.table(table.name, *(sa.column(column.name, column.type) for column in table.c))
+def written(table: sa.Table) -> sa.Table:
+    """`table` as INSERTs and UPDATEs that run as `Statement`s write it: the same name,
+    column types and primary key (which the group commit's set-based statements go by)
+    without the client-side defaults `Statement` refuses. The repositories pass every
+    value themselves, so the defaults would never apply anyway."""
+    return sa.Table(
+        table.name,
+        sa.MetaData(),
+        *(
+            sa.Column(column.name, column.type, primary_key=column.primary_key)
+            for column in table.c
+        ),
+    )

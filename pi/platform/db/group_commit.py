@@ -13,11 +13,12 @@ waiting as one database transaction:
 and answers each unit after that COMMIT. Units of the same step (the same statements in
 the same order) go position by position, and a statement they all run goes once for all
 of them as a set-based statement where it has one (`pi.platform.db.merging`): sixteen
-idempotency claims are one INSERT .. SELECT FROM unnest(..). What makes it adapt to load without a timer: a
-unit that finds fewer than `max_groups` groups in flight starts one at once (at idle a
-single request commits without waiting, as before), and a unit that finds them all busy
-waits for the next, which takes every unit that arrived meanwhile (up to `max_units`).
-The busier the process, the larger the groups.
+idempotency claims are one INSERT .. SELECT FROM unnest(..).
+
+What makes it adapt to load without a timer: a unit that finds fewer than `max_groups`
+groups in flight starts one at once (at idle a single request commits without waiting, as
+before), and a unit that finds them all busy waits for the next, which takes every unit
+that arrived meanwhile (up to `max_units`). The busier the process, the larger the groups.
 
 One unit's failure does not fail the others:
 

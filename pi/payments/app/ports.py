@@ -29,8 +29,10 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from pi.payments.app.requests import (
+    ChangeResponse,
     CreateResponse,
     FinalPayment,
+    PendingChange,
     PendingPayment,
     RefundResult,
     RequestKey,
@@ -107,16 +109,24 @@ class IdempotencyKeys(Protocol):
         """Store `final` over `pending` (unless LOCKED, only if the key still holds it)."""
         ...
 
-    async def claim_payment(self, request: RequestKey) -> Payment | None:
-        """Claim the key (LOCKED unit), or the payment it holds for a replay."""
+    async def claim_change(
+        self, request: RequestKey, pending: PendingChange
+    ) -> ChangeResponse | None:
+        """Claim a capture's, cancel's or refund's key holding `pending` (None), or what
+        the key already holds (LOCKED unit)."""
         ...
 
-    async def claim_refund(self, request: RequestKey) -> RefundResult | None:
-        """Claim the key (LOCKED unit), or the refund it holds for a replay."""
+    async def change_response(self, request: RequestKey) -> ChangeResponse | None:
+        """What a claimed change key holds now, locked (LOCKED unit)."""
         ...
 
     async def complete(self, request: RequestKey, response: Payment | RefundResult) -> None:
-        """Store the response of a key claimed with `claim_payment` / `claim_refund`."""
+        """Store the final response of a key claimed with `claim_change`."""
+        ...
+
+    async def release(self, request: RequestKey) -> None:
+        """Forget a key claimed with `claim_change` (the processor declined the change:
+        a retry with the key asks again, as one whose claim had rolled back)."""
         ...
 
     async def reject_reuse(self, request: RequestKey) -> None:
@@ -202,11 +212,12 @@ class Payments(Protocol):
         (create time, id)."""
         ...
 
-    async def processing(
+    async def waiting(
         self, updated_before: datetime, limit: int, *, after: tuple[datetime, str] | None
     ) -> list[Payment]:
-        """PROCESSING payments not touched since `updated_before`, in (update time, id)
-        order, strictly after the cursor."""
+        """Payments waiting for the processor's answer (PROCESSING, CAPTURING,
+        CANCELLING) not touched since `updated_before`, in (update time, id) order,
+        strictly after the cursor."""
         ...
 
     async def add(self, payment: Payment) -> None: ...
@@ -218,6 +229,22 @@ class Payments(Protocol):
 
 class Refunds(Protocol):
     async def add(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None: ...
+
+    async def get(self, refund_id: str) -> Refund | None:
+        """The refund (locked when LOCKED)."""
+        ...
+
+    async def update(self, old: Refund, new: Refund) -> None:
+        """Settle a PENDING refund: write `new` if the row is still `old` (else the unit
+        conflicts)."""
+        ...
+
+    async def pending(
+        self, created_before: datetime, limit: int, *, after: tuple[datetime, str] | None
+    ) -> list[Refund]:
+        """PENDING refunds created before `created_before`, in (create time, id) order,
+        strictly after the cursor."""
+        ...
 
 
 class PaymentsUnit(Unit, Protocol):

@@ -6,76 +6,21 @@ that declines (the intent is undone; a declined refund is kept FAILED)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
 
 from pi.payments.adapters.memory import MemoryOutbox, MemoryUnits
 from pi.payments.adapters.processor import SandboxConnector
 from pi.payments.app.use_cases import payment_use_cases
 from pi.payments.domain import (
-    CaptureRequest,
-    ConnectorResult,
     FailureReason,
     PaymentStatus,
-    RefundRequest,
     RefundStatus,
-    VoidRequest,
 )
 from pi.payments.entrypoints.workers import Reconciler
 from pi.platform.kernel.errors import FailedPrecondition, Unavailable
 from pi.platform.kernel.pages import PageToken
+from tests.support.processors import Crash, Faulty
 from tests.unit.payments.conftest import Clock, FakeLedger, World
-
-
-class Crash(BaseException):
-    """The process dies: nothing after it runs (not an exception a use case handles)."""
-
-
-@dataclass
-class Faulty:
-    """The sandbox behind a switchboard: per operation ("capture", "void", "refund"),
-    `crash` (the processor does it, then the service dies), `silent` (no answer) or
-    `decline` (a decline without asking the sandbox). `calls` records (operation, key)."""
-
-    sandbox: SandboxConnector
-    crash: set[str] = field(default_factory=set)
-    silent: set[str] = field(default_factory=set)
-    decline: set[str] = field(default_factory=set)
-    calls: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return "faulty"
-
-    async def authorize(self, request: Any) -> ConnectorResult:
-        return await self.sandbox.authorize(request)
-
-    async def status(self, payment_id: str) -> ConnectorResult:
-        return await self.sandbox.status(payment_id)
-
-    async def capture(self, request: CaptureRequest) -> ConnectorResult:
-        return await self._call("capture", request.idempotency_key, self.sandbox.capture(request))
-
-    async def void(self, request: VoidRequest) -> ConnectorResult:
-        return await self._call("void", request.idempotency_key, self.sandbox.void(request))
-
-    async def refund(self, request: RefundRequest) -> ConnectorResult:
-        return await self._call("refund", request.idempotency_key, self.sandbox.refund(request))
-
-    async def _call(self, operation: str, key: str, call: Any) -> ConnectorResult:
-        self.calls.append((operation, key))
-        if operation in self.silent:
-            call.close()
-            raise TimeoutError("no answer")
-        if operation in self.decline:
-            call.close()
-            return ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
-        result: ConnectorResult = await call
-        if operation in self.crash:
-            raise Crash
-        return result
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
@@ -63,6 +64,7 @@ class PaymentsApp:
     use_cases: PaymentUseCases
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
+    dead_letters: DeadLetters
     authentication: Authentication
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -85,7 +87,7 @@ class PaymentsApp:
             PaymentServicer(self.use_cases), grpc_server
         )
         payments_pb2_grpc.add_PaymentLedgerServiceServicer_to_server(
-            PaymentLedgerServicer(self.use_cases), grpc_server
+            PaymentLedgerServicer(self.use_cases, self.dead_letters), grpc_server
         )
 
     async def close(self) -> None:
@@ -93,6 +95,10 @@ class PaymentsApp:
             await channel.close()
         await self.authentication.close()
         await self.database.close()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
@@ -140,6 +146,12 @@ async def build(
         notify=dispatcher.nudge,
     )
     reconciler = Reconciler(use_cases.reconcile_payment)
+    dead_letters = DeadLetters(
+        outbox,
+        PageToken(master_keys.derive_key("dead-letter-page-token")),
+        clock=_utc_now,
+        notify=dispatcher.nudge,
+    )
     callers = authentication(settings, keys=key_source)
     app = PaymentsApp(
         settings=settings,
@@ -151,6 +163,7 @@ async def build(
         use_cases=use_cases,
         dispatcher=dispatcher,
         reconciler=reconciler,
+        dead_letters=dead_letters,
         authentication=callers,
         channels=channels,
     )

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from pi.payments.app.outbox_ports import DeadLetter, Outbox, QueuedMovement
 from pi.payments.app.requests import (
     ChangeResponse,
     CreateResponse,
@@ -56,6 +57,7 @@ __all__ = [
     "REASON_TRANSACTION_NOT_FOUND",
     "Clock",
     "Connector",
+    "DeadLetter",
     "IdempotencyKeys",
     "LedgerError",
     "MovementOutcome",
@@ -272,50 +274,6 @@ class PaymentsUnit(Unit, Protocol):
 class UnitsOfWork(Protocol):
     def __call__(self, mode: Mode = Mode.LOCKED) -> PaymentsUnit:
         """A new unit (one per business step; never shared between requests)."""
-        ...
-
-
-# -- the outbox, as its dispatcher sees it -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedMovement:
-    """An undelivered movement: `movement` None (with `problem`) if it cannot be read."""
-
-    id: str
-    transaction_id: str
-    seq: int
-    attempts: int
-    movement: Movement | None
-    problem: Exception | None = None
-
-
-class Outbox(Protocol):
-    """Movements committed with their money changes, waiting for delivery."""
-
-    async def due(self, now: datetime, limit: int) -> list[QueuedMovement]:
-        """Undelivered movements due by `now`, in creation order; of each transaction only
-        its first ones, so that none overtakes an earlier one that waits for a retry."""
-        ...
-
-    async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None: ...
-
-    async def postpone(
-        self, transaction_id: str, head_id: str, retry_at: datetime, error: str
-    ) -> None:
-        """Count an attempt on `head_id` and hold back every undelivered movement of its
-        transaction until `retry_at`, keeping their order."""
-        ...
-
-    async def next_due(self) -> datetime | None:
-        """When the earliest undelivered movement is due (None: all delivered)."""
-        ...
-
-    async def undelivered_count(self) -> int: ...
-
-    async def purge(self, *, delivered_before: datetime) -> int:
-        """Forget movements delivered before then, and idempotency keys past their
-        retention; how many rows went."""
         ...
 
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from pi.payments.app.deliver_movements import DeliverMovements
+from pi.payments.app.deliver_movements import DEAD_LETTER_ATTEMPTS, DeliverMovements
 from pi.payments.app.ports import MAX_MOVEMENTS_PER_CALL, Clock, Outbox, TransactionLedger
 from pi.payments.app.reconcile import ReconcilePayment
 
@@ -36,6 +36,7 @@ class OutboxDispatcher:
         idle_poll: float = 1.0,
         base_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        max_attempts: int = DEAD_LETTER_ATTEMPTS,
         clock: Clock = _utc_now,
     ) -> None:
         self._outbox = outbox
@@ -47,6 +48,7 @@ class OutboxDispatcher:
             movements_per_call=movements_per_call,
             base_backoff=base_backoff,
             max_backoff=max_backoff,
+            max_attempts=max_attempts,
         )
         self._idle_poll = idle_poll
         self._clock = clock

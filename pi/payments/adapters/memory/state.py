@@ -70,6 +70,8 @@ class MemoryState:
     refunds: dict[str, Refund] = field(default_factory=dict)
     outbox: dict[str, OutboxRow] = field(default_factory=dict)
     keys: dict[tuple[str, str, str], StoredKey] = field(default_factory=dict)
+    dead_letters: dict[str, tuple[OutboxRow, datetime]] = field(default_factory=dict)
+    """Dead outbox rows by movement id, with when they died."""
 
     def ref_of(self, transaction_id: str, currency: str, constraint: str) -> StoredRef:
         """The ref a row with this (transaction, currency) references (a foreign key)."""

@@ -1,7 +1,7 @@
 """The composition root of the payment service: settings → database → units of work →
-use cases → servicers → server, with the background workers (outbox dispatcher,
-reconciler, housekeeping) and the platform's authentication tasks (JWKS refresh,
-revocation polling).
+use cases → servicers → server, with the background workers (outbox dispatcher and
+reconciler, on the replica holding the workers' lease; housekeeping) and the platform's
+authentication tasks (JWKS refresh, revocation polling).
 
 Nothing is built at import time. `run()` serves (`python -m pi.payments`), `migrate()`
 applies the Alembic migrations (`python -m pi.payments migrate`). Tests build the same
@@ -18,6 +18,7 @@ import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
+from pi.payments.adapters.postgres.lease import PostgresLease
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
@@ -25,6 +26,7 @@ from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
+from pi.payments.entrypoints.leader import Leadership
 from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.payments.settings import PaymentsSettings
 from pi.platform.db.database import Database, open_database
@@ -65,6 +67,7 @@ class PaymentsApp:
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
     dead_letters: DeadLetters
+    leadership: Leadership
     authentication: Authentication
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -164,12 +167,16 @@ async def build(
         dispatcher=dispatcher,
         reconciler=reconciler,
         dead_letters=dead_letters,
+        leadership=Leadership(
+            PostgresLease(database, f"{settings.db_schema}.workers"),
+            [dispatcher.run, reconciler.run],
+        ),
         authentication=callers,
         channels=channels,
     )
     app.background = [
-        dispatcher.run,
-        reconciler.run,
+        # One replica at a time runs the dispatcher and the reconciler.
+        app.leadership.run,
         *callers.background,
         periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="payments housekeeping"),
     ]

@@ -40,8 +40,10 @@ from pi.payments.domain import (
     ConnectorResult,
     Payment,
     PaymentStatus,
+    ProcessorOutcome,
     Refund,
     RefundRequest,
+    RefundStatus,
     TransactionRef,
     VoidRequest,
     start_cancel,
@@ -68,6 +70,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_SETTLED = ConnectorResult(ProcessorOutcome.DECLINED)
+"""What a retry passes on for an intent the key is pending on but someone (the
+reconciler) settled meanwhile: the processor is not asked again, and the settlement
+returns the intent as settled (a declined capture or void is reported as declined)."""
 
 OP_CAPTURE = "CapturePayment"
 OP_CANCEL = "CancelPayment"
@@ -215,7 +222,9 @@ class CapturePayment(_PaymentChange):
         payment, final = await locked(self._units, partial(self._record, key, payment_id, intent))
         if final:
             return payment
-        result = await ask(self._connector.capture(capture_request(payment)), "capture")
+        result = _SETTLED
+        if payment.status is PaymentStatus.CAPTURING:
+            result = await ask(self._connector.capture(capture_request(payment)), "capture")
         return await self._settle.capture(payment, result, key)
 
 
@@ -232,7 +241,9 @@ class CancelPayment(_PaymentChange):
         payment, final = await locked(self._units, partial(self._record, key, payment_id, intent))
         if final:
             return payment
-        result = await ask(self._connector.void(void_request(payment)), "void")
+        result = _SETTLED
+        if payment.status is PaymentStatus.CANCELLING:
+            result = await ask(self._connector.void(void_request(payment)), "void")
         return await self._settle.void(payment, result, key)
 
 
@@ -266,7 +277,9 @@ class RefundPayment(_PaymentChange):
         if isinstance(recorded, RefundResult):
             return recorded
         payment, refund = recorded
-        result = await ask(self._connector.refund(refund_request(payment, refund)), "refund")
+        result = _SETTLED
+        if refund.status is RefundStatus.PENDING:
+            result = await ask(self._connector.refund(refund_request(payment, refund)), "refund")
         return await self._settle.refund(payment, refund, result, key)
 
     async def _record_refund(

@@ -207,7 +207,8 @@ async def test_a_pending_refund_holds_its_amount_until_the_reconciler_settles_it
     )
     assert retried.refund.id == pending.id
     assert retried.refund.status is RefundStatus.SUCCEEDED
-    assert [key for op, key in faulty.calls if op == "refund"] == [pending.id] * 3
+    # Asked by the first attempt and by the reconciler; the retry found it settled.
+    assert [key for op, key in faulty.calls if op == "refund"] == [pending.id] * 2
 
 
 async def test_an_unanswered_refund_is_resumed_with_the_same_processor_key(
@@ -263,3 +264,25 @@ async def test_a_transaction_with_a_capture_in_flight_cannot_be_closed(
             currency="USD",
         )
     assert refused.value.reason == "PAYMENT_PROCESSING"
+
+
+async def test_a_retry_after_the_reconciler_settled_does_not_ask_the_processor_again(
+    faulty_world: tuple[World, Faulty],
+) -> None:
+    world, faulty = faulty_world
+    held = await world.pay(amount=400, manual=True)
+    faulty.crash.add("capture")
+    with pytest.raises(Crash):
+        await world.use.capture_payment(world.MERCHANT, held.id, idempotency_key="cap")
+    faulty.crash.clear()
+    faulty.decline.add("capture")
+    assert await reconcile(world) == 1
+    assert world.state.payments[held.id].status is PaymentStatus.REQUIRES_CAPTURE
+    asked = len(faulty.calls)
+    with pytest.raises(FailedPrecondition) as declined:
+        await world.use.capture_payment(world.MERCHANT, held.id, idempotency_key="cap")
+    assert declined.value.reason == "PROCESSOR_DECLINED"
+    assert len(faulty.calls) == asked
+    faulty.decline.clear()  # the key was given back: the retry captures
+    captured = await world.use.capture_payment(world.MERCHANT, held.id, idempotency_key="cap")
+    assert captured.status is PaymentStatus.SUCCEEDED

@@ -1,7 +1,7 @@
 """The composition root of the payment service: settings → database → units of work →
-use cases → servicers → server, with the background workers (outbox dispatcher,
-reconciler, housekeeping) and the platform's authentication tasks (JWKS refresh,
-revocation polling).
+use cases → servicers → server, with the background workers (outbox dispatcher and
+reconciler, on the replica holding the workers' lease; housekeeping) and the platform's
+authentication tasks (JWKS refresh, revocation polling).
 
 Nothing is built at import time. `run()` serves (`python -m pi.payments`), `migrate()`
 applies the Alembic migrations (`python -m pi.payments migrate`). Tests build the same
@@ -18,12 +18,15 @@ import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
+from pi.payments.adapters.postgres.lease import PostgresLease
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
+from pi.payments.entrypoints.leader import Leadership
 from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.payments.settings import PaymentsSettings
 from pi.platform.db.database import Database, open_database
@@ -63,6 +66,8 @@ class PaymentsApp:
     use_cases: PaymentUseCases
     dispatcher: OutboxDispatcher
     reconciler: Reconciler
+    dead_letters: DeadLetters
+    leadership: Leadership
     authentication: Authentication
     background: list[BackgroundTask] = field(default_factory=list)
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -85,7 +90,7 @@ class PaymentsApp:
             PaymentServicer(self.use_cases), grpc_server
         )
         payments_pb2_grpc.add_PaymentLedgerServiceServicer_to_server(
-            PaymentLedgerServicer(self.use_cases), grpc_server
+            PaymentLedgerServicer(self.use_cases, self.dead_letters), grpc_server
         )
 
     async def close(self) -> None:
@@ -93,6 +98,10 @@ class PaymentsApp:
             await channel.close()
         await self.authentication.close()
         await self.database.close()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
@@ -140,6 +149,12 @@ async def build(
         notify=dispatcher.nudge,
     )
     reconciler = Reconciler(use_cases.reconcile_payment)
+    dead_letters = DeadLetters(
+        outbox,
+        PageToken(master_keys.derive_key("dead-letter-page-token")),
+        clock=_utc_now,
+        notify=dispatcher.nudge,
+    )
     callers = authentication(settings, keys=key_source)
     app = PaymentsApp(
         settings=settings,
@@ -151,12 +166,17 @@ async def build(
         use_cases=use_cases,
         dispatcher=dispatcher,
         reconciler=reconciler,
+        dead_letters=dead_letters,
+        leadership=Leadership(
+            PostgresLease(database, f"{settings.db_schema}.workers"),
+            [dispatcher.run, reconciler.run],
+        ),
         authentication=callers,
         channels=channels,
     )
     app.background = [
-        dispatcher.run,
-        reconciler.run,
+        # One replica at a time runs the dispatcher and the reconciler.
+        app.leadership.run,
         *callers.background,
         periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="payments housekeeping"),
     ]

@@ -1,13 +1,27 @@
-"""CapturePayment, CancelPayment and RefundPayment: one locked unit each.
+"""CapturePayment, CancelPayment and RefundPayment, split around the processor call as
+CreatePayment is, so that no lock or transaction is held while the processor answers
+and a crash can never leave a processor change the ledger does not know:
 
-Each claims its idempotency key, locks the payment's ref then the payment, applies the
-domain rule, asks the processor, and only if it agreed writes the change (payment, ref,
-movements, refund) and the response for replays. The processor is called inside the
-unit, holding the locks, so that the change it agreed to is the one written.
+1. T1, one LOCKED unit: claim the idempotency key holding "pending <payment or refund
+   id>", lock the payment's ref then the payment, let the domain decide, and record the
+   intent: the payment CAPTURING or CANCELLING, or a PENDING refund holding its amount.
+   Commit;
+2. call the processor, keyed by the intent (`capture_<payment id>`, `void_<payment
+   id>`, the refund id): the same key on every attempt, so it changes money once;
+3. T2 (`settle_change.py`): apply the answer, write the movements and store the final
+   response under the key.
+
+A retry with the same key that finds "pending" resumes at step 2 with the same intent;
+so does a capture or cancel without a key of a payment already CAPTURING or CANCELLING
+(the same request again). An intent whose answer never came (timeout, crash) is settled
+by the reconciler, which asks the processor again with the same key.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
@@ -15,25 +29,28 @@ from pi.payments.app.common import (
     RequestFingerprints,
     locked,
     payment_not_found,
-    processor_refused,
 )
-from pi.payments.app.ports import Clock, Connector, Notify, PaymentsUnit, UnitsOfWork
-from pi.payments.app.requests import RefundResult, RequestKey
+from pi.payments.app.ports import Clock, Connector, PaymentsUnit, UnitsOfWork
+from pi.payments.app.requests import PendingChange, RefundResult, RequestKey
+from pi.payments.app.settle_change import SettleChange
 from pi.payments.domain import (
     MAX_REFUND_REASON_LENGTH,
+    REASON_PAYMENT_NOT_CAPTURABLE,
     CaptureRequest,
+    ConnectorResult,
     Payment,
-    PaymentChange,
+    PaymentStatus,
     ProcessorOutcome,
+    Refund,
     RefundRequest,
+    RefundStatus,
     TransactionRef,
     VoidRequest,
-    cancel,
-    capture,
-    movements_from_deltas,
-    refund,
+    start_cancel,
+    start_capture,
+    start_refund,
 )
-from pi.platform.kernel.errors import InvalidArgument, ValidationErrors
+from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
 from pi.platform.kernel.ids import new_id
 from pi.platform.kernel.money import amount_problem
 from pi.platform.kernel.principal import Principal, require_merchant
@@ -46,9 +63,18 @@ __all__ = [
     "CancelPayment",
     "CapturePayment",
     "RefundPayment",
+    "capture_request",
     "lock_payment",
-    "record_change",
+    "refund_request",
+    "void_request",
 ]
+
+log = logging.getLogger(__name__)
+
+_SETTLED = ConnectorResult(ProcessorOutcome.DECLINED)
+"""What a retry passes on for an intent the key is pending on but someone (the
+reconciler) settled meanwhile: the processor is not asked again, and the settlement
+returns the intent as settled (a declined capture or void is reported as declined)."""
 
 OP_CAPTURE = "CapturePayment"
 OP_CANCEL = "CancelPayment"
@@ -69,41 +95,109 @@ async def lock_payment(
     return payment, ref
 
 
-async def record_change(
-    unit: PaymentsUnit, old: Payment, ref: TransactionRef, change: PaymentChange, now: datetime
-) -> bool:
-    """Write a change decided on locked rows; whether it made movements."""
-    if change.payment != old:
-        await unit.payments.update(old, change.payment)
-    movements = movements_from_deltas(
-        change.movements, merchant_id=old.merchant_id, transaction_id=old.transaction_id, now=now
+def capture_request(payment: Payment) -> CaptureRequest:
+    """What the processor is asked for a CAPTURING payment, on every attempt."""
+    return CaptureRequest(
+        payment_id=payment.id,
+        reference=payment.processor_reference,
+        amount=payment.capturing_amount,
+        currency=payment.currency,
+        idempotency_key=f"capture_{payment.id}",
     )
-    if change.ref != ref or movements:
-        await unit.refs.update(ref, change.ref, movements, now=now)
-    if change.refund is not None:
-        await unit.refunds.add(
-            change.refund, merchant_id=old.merchant_id, transaction_id=old.transaction_id
-        )
-    return bool(movements)
+
+
+def void_request(payment: Payment) -> VoidRequest:
+    """What the processor is asked for a CANCELLING payment, on every attempt."""
+    return VoidRequest(
+        payment_id=payment.id,
+        reference=payment.processor_reference,
+        idempotency_key=f"void_{payment.id}",
+    )
+
+
+def refund_request(payment: Payment, refund: Refund) -> RefundRequest:
+    """What the processor is asked for a PENDING refund, keyed by the refund's id."""
+    return RefundRequest(
+        payment_id=payment.id,
+        reference=payment.processor_reference,
+        amount=refund.amount,
+        currency=refund.currency,
+        idempotency_key=refund.id,
+    )
+
+
+async def ask(call: Awaitable[ConnectorResult], intent: str) -> ConnectorResult:
+    """The processor's answer; no answer at all (an exception) is a TIMEOUT: the intent
+    stays pending for a retry or the reconciler."""
+    try:
+        return await call
+    except Exception:
+        log.exception("processor call failed", extra={"intent": intent})
+        return ConnectorResult.timeout()
 
 
 class _PaymentChange:
-    """What the three share: units, the processor, fingerprints, clock and the nudge."""
+    """What the three share: units, the processor, the settlement, fingerprints, clock."""
 
     def __init__(
         self,
         units: UnitsOfWork,
         connector: Connector,
+        settle: SettleChange,
         *,
         fingerprints: RequestFingerprints,
         clock: Clock,
-        notify: Notify,
     ) -> None:
         self._units = units
         self._connector = connector
+        self._settle = settle
         self._fingerprints = fingerprints
         self._clock = clock
-        self._notify = notify
+
+    async def _record(
+        self,
+        key: RequestKey,
+        payment_id: str,
+        intent: _Intent,
+        unit: PaymentsUnit,
+    ) -> tuple[Payment, bool]:
+        """T1 of a capture or cancel: the payment as recorded, and whether it is the
+        final response already (a replay)."""
+        async with unit:
+            replay = await unit.idempotency.claim_change(key, PendingChange(payment_id))
+            if isinstance(replay, Payment):
+                return replay, True
+            payment, ref = await lock_payment(unit, key.scope, payment_id)
+            if replay is None and payment.status is intent.status:
+                intent.check_resume(payment)
+            elif replay is None:
+                recorded = intent.start(ref, payment, self._clock())
+                await unit.payments.update(payment, recorded)
+                payment = recorded
+            await unit.commit()
+        return payment, False
+
+
+@dataclass(frozen=True, slots=True)
+class _Intent:
+    """What T1 records for a capture (CAPTURING) or a cancel (CANCELLING), and what a
+    request without a replayed key must match to resume one recorded already."""
+
+    status: PaymentStatus
+    amount: int = 0
+
+    def start(self, ref: TransactionRef, payment: Payment, now: datetime) -> Payment:
+        if self.status is PaymentStatus.CAPTURING:
+            return start_capture(ref, payment, self.amount or None, now=now).payment
+        return start_cancel(ref, payment, now=now).payment
+
+    def check_resume(self, payment: Payment) -> None:
+        if self.amount and self.amount != payment.capturing_amount:
+            raise FailedPrecondition(
+                f"Payment {payment.id} is being captured for another amount.",
+                reason=REASON_PAYMENT_NOT_CAPTURABLE,
+                metadata={"status": payment.status.value},
+            )
 
 
 class CapturePayment(_PaymentChange):
@@ -124,35 +218,14 @@ class CapturePayment(_PaymentChange):
         errors.raise_if_any("The capture has invalid fields.")
         fingerprint = self._fingerprints(OP_CAPTURE, {"id": payment_id, "amount": amount})
         key = RequestKey(merchant_id, OP_CAPTURE, idempotency_key, fingerprint)
-        captured = await locked(self._units, partial(self._capture, key, payment_id, amount))
-        self._notify()
-        return captured
-
-    async def _capture(
-        self, key: RequestKey, payment_id: str, amount: int, unit: PaymentsUnit
-    ) -> Payment:
-        async with unit:
-            replay = await unit.idempotency.claim_payment(key)
-            if replay is not None:
-                return replay
-            payment, ref = await lock_payment(unit, key.scope, payment_id)
-            now = self._clock()
-            change = capture(ref, payment, amount or None, now=now)
-            result = await self._connector.capture(
-                CaptureRequest(
-                    payment_id=payment.id,
-                    reference=payment.processor_reference,
-                    amount=change.payment.captured_amount,
-                    currency=payment.currency,
-                    idempotency_key=f"capture_{payment.id}",
-                )
-            )
-            if result.outcome is not ProcessorOutcome.APPROVED:
-                raise processor_refused("capture", result)
-            await record_change(unit, payment, ref, change, now)
-            await unit.idempotency.complete(key, change.payment)
-            await unit.commit()
-        return change.payment
+        intent = _Intent(PaymentStatus.CAPTURING, amount)
+        payment, final = await locked(self._units, partial(self._record, key, payment_id, intent))
+        if final:
+            return payment
+        result = _SETTLED
+        if payment.status is PaymentStatus.CAPTURING:
+            result = await ask(self._connector.capture(capture_request(payment)), "capture")
+        return await self._settle.capture(payment, result, key)
 
 
 class CancelPayment(_PaymentChange):
@@ -164,31 +237,14 @@ class CancelPayment(_PaymentChange):
             raise InvalidArgument.field("id", "is required")
         fingerprint = self._fingerprints(OP_CANCEL, {"id": payment_id})
         key = RequestKey(merchant_id, OP_CANCEL, idempotency_key, fingerprint)
-        cancelled = await locked(self._units, partial(self._cancel, key, payment_id))
-        self._notify()
-        return cancelled
-
-    async def _cancel(self, key: RequestKey, payment_id: str, unit: PaymentsUnit) -> Payment:
-        async with unit:
-            replay = await unit.idempotency.claim_payment(key)
-            if replay is not None:
-                return replay
-            payment, ref = await lock_payment(unit, key.scope, payment_id)
-            now = self._clock()
-            change = cancel(ref, payment, now=now)
-            result = await self._connector.void(
-                VoidRequest(
-                    payment_id=payment.id,
-                    reference=payment.processor_reference,
-                    idempotency_key=f"void_{payment.id}",
-                )
-            )
-            if result.outcome is not ProcessorOutcome.APPROVED:
-                raise processor_refused("void", result)
-            await record_change(unit, payment, ref, change, now)
-            await unit.idempotency.complete(key, change.payment)
-            await unit.commit()
-        return change.payment
+        intent = _Intent(PaymentStatus.CANCELLING)
+        payment, final = await locked(self._units, partial(self._record, key, payment_id, intent))
+        if final:
+            return payment
+        result = _SETTLED
+        if payment.status is PaymentStatus.CANCELLING:
+            result = await ask(self._connector.void(void_request(payment)), "void")
+        return await self._settle.void(payment, result, key)
 
 
 class RefundPayment(_PaymentChange):
@@ -215,45 +271,44 @@ class RefundPayment(_PaymentChange):
         key = RequestKey(
             merchant_id, OP_REFUND, idempotency_key, self._fingerprints(OP_REFUND, fields)
         )
-        result = await locked(self._units, partial(self._refund, key, payment_id, amount, reason))
-        self._notify()
-        return result
+        recorded = await locked(
+            self._units, partial(self._record_refund, key, payment_id, amount, reason)
+        )
+        if isinstance(recorded, RefundResult):
+            return recorded
+        payment, refund = recorded
+        result = _SETTLED
+        if refund.status is RefundStatus.PENDING:
+            result = await ask(self._connector.refund(refund_request(payment, refund)), "refund")
+        return await self._settle.refund(payment, refund, result, key)
 
-    async def _refund(
+    async def _record_refund(
         self, key: RequestKey, payment_id: str, amount: int, reason: str, unit: PaymentsUnit
-    ) -> RefundResult:
+    ) -> RefundResult | tuple[Payment, Refund]:
+        """T1: the PENDING refund (a new one, or the one the key is pending on) and its
+        payment; or the key's final response."""
+        refund_id = new_id("ref")
         async with unit:
-            replay = await unit.idempotency.claim_refund(key)
-            if replay is not None:
+            replay = await unit.idempotency.claim_change(key, PendingChange(refund_id))
+            if isinstance(replay, RefundResult):
                 return replay
             payment, ref = await lock_payment(unit, key.scope, payment_id)
-            now = self._clock()
-            refund_id = new_id("ref")
-            change = refund(
-                ref, payment, amount or None, refund_id=refund_id, reason=reason, now=now
+            if isinstance(replay, PendingChange):
+                pending = await unit.refunds.get(replay.target_id)
+                if pending is None:  # pragma: no cover - written with the key
+                    raise payment_not_found()
+                await unit.commit()
+                return payment, pending
+            change = start_refund(
+                ref, payment, amount or None, refund_id=refund_id, reason=reason, now=self._clock()
             )
-            if change.refund is None:  # pragma: no cover - refund() always sets it
-                raise AssertionError("domain.refund returned no refund")
-            # A retried request (same key) reuses the processor key even if the first
-            # attempt's unit was lost, so the processor refunds once.
-            processor_key = (
-                "refund_" + self._fingerprints("refund-key", {"m": key.scope, "k": key.key})
-                if key.key
-                else refund_id
+            if change.refund is None:  # pragma: no cover - start_refund always sets it
+                raise AssertionError("start_refund made no refund")
+            await unit.payments.update(payment, change.payment)
+            await unit.refunds.add(
+                change.refund,
+                merchant_id=payment.merchant_id,
+                transaction_id=payment.transaction_id,
             )
-            result = await self._connector.refund(
-                RefundRequest(
-                    payment_id=payment.id,
-                    reference=payment.processor_reference,
-                    amount=change.refund.amount,
-                    currency=payment.currency,
-                    idempotency_key=processor_key,
-                )
-            )
-            if result.outcome is not ProcessorOutcome.APPROVED:
-                raise processor_refused("refund", result)
-            await record_change(unit, payment, ref, change, now)
-            done = RefundResult(refund=change.refund, payment=change.payment)
-            await unit.idempotency.complete(key, done)
             await unit.commit()
-        return done
+        return change.payment, change.refund

@@ -13,7 +13,11 @@ than one call takes), then marks the applied ones delivered:
   retry, so none overtakes another; the other transactions' are delivered meanwhile;
 - with exponential backoff per transaction (capped at `max_backoff`) while movements
   are refused or the transaction service is down (then every transaction of the round
-  waits).
+  waits);
+- to the dead letters once a movement was refused `max_attempts` times (the transaction
+  service answered, and said no; being down does not count), with every later
+  undelivered movement of its transaction, logged at error level: it stops costing a
+  call per round, and waits for an operator (`ListDeadLetters`, `RetryDeadLetters`).
 
 The loop that runs rounds (woken after each commit) is
 `pi.payments.entrypoints.workers.OutboxDispatcher`.
@@ -36,7 +40,11 @@ from pi.payments.app.ports import (
 from pi.platform.kernel.errors import DomainError
 from pi.platform.ledger import Movement
 
-__all__ = ["DeliverMovements"]
+__all__ = ["DEAD_LETTER_ATTEMPTS", "DeliverMovements"]
+
+DEAD_LETTER_ATTEMPTS = 50
+"""Refused deliveries before a movement goes to the dead letters: with the default
+backoff, about a minute and a half of refusals."""
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ class DeliverMovements:
         movements_per_call: int = MAX_MOVEMENTS_PER_CALL,
         base_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        max_attempts: int = DEAD_LETTER_ATTEMPTS,
     ) -> None:
         self._outbox = outbox
         self._ledger = ledger
@@ -72,6 +81,7 @@ class DeliverMovements:
         self._movements_per_call = min(movements_per_call, MAX_MOVEMENTS_PER_CALL)
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
+        self._max_attempts = max_attempts
 
     async def __call__(self) -> tuple[int, bool]:
         """One round over due movements: (delivered, whether a full batch was read)."""
@@ -83,9 +93,10 @@ class DeliverMovements:
             streams.setdefault(row.transaction_id, []).append(row)
         queue = [row for stream in streams.values() for row in sorted(stream, key=_seq)]
         delivered: list[str] = []
-        # Per transaction, its first movement that was not delivered and why: the one to
+        # Per transaction, its first movement that was not delivered, why, and whether the
+        # transaction service refused it (rather than not answering): the one to
         # postpone. Nothing later of that transaction is sent in this round.
-        held: dict[str, tuple[QueuedMovement, Exception]] = {}
+        held: dict[str, tuple[QueuedMovement, Exception, bool]] = {}
         for start in range(0, len(queue), self._movements_per_call):
             sent: list[QueuedMovement] = []
             movements: list[Movement] = []
@@ -93,7 +104,8 @@ class DeliverMovements:
                 if row.transaction_id in held:
                     continue
                 if row.movement is None:
-                    held[row.transaction_id] = (row, row.problem or ValueError("unreadable"))
+                    problem = row.problem or ValueError("unreadable")
+                    held[row.transaction_id] = (row, problem, True)
                     continue
                 movements.append(row.movement)
                 sent.append(row)
@@ -104,7 +116,7 @@ class DeliverMovements:
             except Exception as error:
                 # Down or refusing every call: every transaction not done waits.
                 for row in [*sent, *queue[start + self._movements_per_call :]]:
-                    held.setdefault(row.transaction_id, (row, error))
+                    held.setdefault(row.transaction_id, (row, error, False))
                 break
             for row, outcome in zip(sent, outcomes, strict=True):
                 if row.transaction_id in held:
@@ -112,11 +124,28 @@ class DeliverMovements:
                 if outcome.error is None:
                     delivered.append(row.id)
                 else:
-                    held[row.transaction_id] = (row, outcome.error)
+                    held[row.transaction_id] = (row, outcome.error, True)
         await self._outbox.mark_delivered(delivered, self._clock())
-        for row, why in held.values():
-            await self._postpone(row, why)
+        for row, why, refused in held.values():
+            if refused and row.attempts + 1 >= self._max_attempts:
+                await self._dead_letter(row, why)
+            else:
+                await self._postpone(row, why)
         return len(delivered), len(rows) >= self._batch_size
+
+    async def _dead_letter(self, row: QueuedMovement, error: Exception) -> None:
+        text = _describe(error)
+        moved = await self._outbox.dead_letter(row.transaction_id, row.id, text, self._clock())
+        log.error(
+            "movement refused too often; moved to the dead letters",
+            extra={
+                "movement_id": row.id,
+                "transaction_id": row.transaction_id,
+                "attempts": row.attempts + 1,
+                "moved": moved,
+                "error": text,
+            },
+        )
 
     async def _postpone(self, row: QueuedMovement, error: Exception) -> None:
         attempts = row.attempts + 1

@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
-from pi.payments.app.common import id_problem, locked, processor_refused, transaction_not_found
+from pi.payments.app.change_payment import ask, void_request
+from pi.payments.app.common import id_problem, locked, transaction_not_found
 from pi.payments.app.ports import Clock, Connector, Notify, PaymentsUnit, UnitsOfWork
+from pi.payments.app.settle_change import SettleChange
 from pi.payments.domain import (
-    ProcessorOutcome,
+    Payment,
+    PaymentStatus,
     TransactionRef,
-    VoidRequest,
     cancellation_movement_id,
-    close_transaction,
     movements_from_deltas,
+    start_close,
 )
-from pi.platform.kernel.errors import FailedPrecondition, ValidationErrors
+from pi.platform.kernel.errors import DomainError, FailedPrecondition, ValidationErrors
 from pi.platform.kernel.money import amount_problem, currency_problem
 from pi.platform.kernel.principal import Principal, require_service
 from pi.platform.kernel.units import Mode
@@ -67,11 +69,24 @@ class RegisterResult:
 
 
 class CloseTransaction:
+    """Closes in two units around the processor, as CancelPayment does: T1 closes the ref
+    (with the CANCELLATION movement) and records each authorization's void (CANCELLING);
+    then each void is asked of the processor and settled (VOID movement, hold released).
+    A void without an answer stays CANCELLING for the reconciler; closing again resumes
+    the voids still pending."""
+
     def __init__(
-        self, units: UnitsOfWork, connector: Connector, *, clock: Clock, notify: Notify
+        self,
+        units: UnitsOfWork,
+        connector: Connector,
+        settle: SettleChange,
+        *,
+        clock: Clock,
+        notify: Notify,
     ) -> None:
         self._units = units
         self._connector = connector
+        self._settle = settle
         self._clock = clock
         self._notify = notify
 
@@ -97,21 +112,31 @@ class CloseTransaction:
             errors.add("currency", problem)
         errors.raise_if_any("The request has invalid fields.")
         facts = TransactionRef(transaction_id, merchant_id, amount, currency)
-        voided = await locked(self._units, partial(self._close, facts, self._clock()))
-        if voided is None:
-            voided = ()
-        else:
+        closed, voiding = await locked(self._units, partial(self._close, facts, self._clock()))
+        if closed:
             self._notify()
             log.info(
                 "transaction closed",
-                extra={"transaction_id": transaction_id, "voided": len(voided)},
+                extra={"transaction_id": transaction_id, "voiding": len(voiding)},
             )
-        return CloseResult(cancellation_movement_id(transaction_id), voided)
+        for payment in voiding:
+            result = await ask(self._connector.void(void_request(payment)), payment.id)
+            try:
+                await self._settle.void(payment, result)
+            except DomainError:
+                # Declined (logged by the settlement) or no answer: the reconciler asks
+                # again for a void left CANCELLING.
+                log.warning(
+                    "void of a closed transaction's payment not settled",
+                    extra={"payment_id": payment.id, "outcome": result.outcome.value},
+                )
+        return CloseResult(cancellation_movement_id(transaction_id), tuple(p.id for p in voiding))
 
     async def _close(
         self, facts: TransactionRef, now: datetime, unit: PaymentsUnit
-    ) -> tuple[str, ...] | None:
-        """The ids of the payments voided; None if it was closed already."""
+    ) -> tuple[bool, list[Payment]]:
+        """Whether this unit closed the ref, and the payments whose voids are pending
+        (recorded now, or still pending from an earlier close)."""
         transaction_id = facts.transaction_id
         async with unit:
             ref = await unit.refs.get(transaction_id)
@@ -126,20 +151,10 @@ class CloseTransaction:
                     reason=REASON_TRANSACTION_MISMATCH,
                 )
             existing = await unit.payments.of_transaction(transaction_id)
-            change = close_transaction(ref, existing, now=now)
+            change = start_close(ref, existing, now=now)
             if change.already_closed:
                 await unit.commit()
-                return None
-            for voided in change.voided:
-                result = await self._connector.void(
-                    VoidRequest(
-                        payment_id=voided.id,
-                        reference=voided.processor_reference,
-                        idempotency_key=f"void_{voided.id}",
-                    )
-                )
-                if result.outcome is not ProcessorOutcome.APPROVED:
-                    raise processor_refused("void", result)
+                return False, [p for p in existing if p.status is PaymentStatus.CANCELLING]
             originals = {payment.id: payment for payment in existing}
             for voided in change.voided:
                 await unit.payments.update(originals[voided.id], voided)
@@ -151,7 +166,7 @@ class CloseTransaction:
             )
             await unit.refs.update(ref, change.ref, movements, now=now)
             await unit.commit()
-        return tuple(voided.id for voided in change.voided)
+        return True, list(change.voided)
 
 
 class RegisterTransactions:

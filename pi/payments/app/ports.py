@@ -28,9 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from pi.payments.app.outbox_ports import DeadLetter, Outbox, QueuedMovement
 from pi.payments.app.requests import (
+    ChangeResponse,
     CreateResponse,
     FinalPayment,
+    PendingChange,
     PendingPayment,
     RefundResult,
     RequestKey,
@@ -54,6 +57,7 @@ __all__ = [
     "REASON_TRANSACTION_NOT_FOUND",
     "Clock",
     "Connector",
+    "DeadLetter",
     "IdempotencyKeys",
     "LedgerError",
     "MovementOutcome",
@@ -107,16 +111,24 @@ class IdempotencyKeys(Protocol):
         """Store `final` over `pending` (unless LOCKED, only if the key still holds it)."""
         ...
 
-    async def claim_payment(self, request: RequestKey) -> Payment | None:
-        """Claim the key (LOCKED unit), or the payment it holds for a replay."""
+    async def claim_change(
+        self, request: RequestKey, pending: PendingChange
+    ) -> ChangeResponse | None:
+        """Claim a capture's, cancel's or refund's key holding `pending` (None), or what
+        the key already holds (LOCKED unit)."""
         ...
 
-    async def claim_refund(self, request: RequestKey) -> RefundResult | None:
-        """Claim the key (LOCKED unit), or the refund it holds for a replay."""
+    async def change_response(self, request: RequestKey) -> ChangeResponse | None:
+        """What a claimed change key holds now, locked (LOCKED unit)."""
         ...
 
     async def complete(self, request: RequestKey, response: Payment | RefundResult) -> None:
-        """Store the response of a key claimed with `claim_payment` / `claim_refund`."""
+        """Store the final response of a key claimed with `claim_change`."""
+        ...
+
+    async def release(self, request: RequestKey) -> None:
+        """Forget a key claimed with `claim_change` (the processor declined the change:
+        a retry with the key asks again, as one whose claim had rolled back)."""
         ...
 
     async def reject_reuse(self, request: RequestKey) -> None:
@@ -202,11 +214,12 @@ class Payments(Protocol):
         (create time, id)."""
         ...
 
-    async def processing(
+    async def waiting(
         self, updated_before: datetime, limit: int, *, after: tuple[datetime, str] | None
     ) -> list[Payment]:
-        """PROCESSING payments not touched since `updated_before`, in (update time, id)
-        order, strictly after the cursor."""
+        """Payments waiting for the processor's answer (PROCESSING, CAPTURING,
+        CANCELLING) not touched since `updated_before`, in (update time, id) order,
+        strictly after the cursor."""
         ...
 
     async def add(self, payment: Payment) -> None: ...
@@ -218,6 +231,22 @@ class Payments(Protocol):
 
 class Refunds(Protocol):
     async def add(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None: ...
+
+    async def get(self, refund_id: str) -> Refund | None:
+        """The refund (locked when LOCKED)."""
+        ...
+
+    async def update(self, old: Refund, new: Refund) -> None:
+        """Settle a PENDING refund: write `new` if the row is still `old` (else the unit
+        conflicts)."""
+        ...
+
+    async def pending(
+        self, created_before: datetime, limit: int, *, after: tuple[datetime, str] | None
+    ) -> list[Refund]:
+        """PENDING refunds created before `created_before`, in (create time, id) order,
+        strictly after the cursor."""
+        ...
 
 
 class PaymentsUnit(Unit, Protocol):
@@ -245,50 +274,6 @@ class PaymentsUnit(Unit, Protocol):
 class UnitsOfWork(Protocol):
     def __call__(self, mode: Mode = Mode.LOCKED) -> PaymentsUnit:
         """A new unit (one per business step; never shared between requests)."""
-        ...
-
-
-# -- the outbox, as its dispatcher sees it -------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedMovement:
-    """An undelivered movement: `movement` None (with `problem`) if it cannot be read."""
-
-    id: str
-    transaction_id: str
-    seq: int
-    attempts: int
-    movement: Movement | None
-    problem: Exception | None = None
-
-
-class Outbox(Protocol):
-    """Movements committed with their money changes, waiting for delivery."""
-
-    async def due(self, now: datetime, limit: int) -> list[QueuedMovement]:
-        """Undelivered movements due by `now`, in creation order; of each transaction only
-        its first ones, so that none overtakes an earlier one that waits for a retry."""
-        ...
-
-    async def mark_delivered(self, movement_ids: Sequence[str], now: datetime) -> None: ...
-
-    async def postpone(
-        self, transaction_id: str, head_id: str, retry_at: datetime, error: str
-    ) -> None:
-        """Count an attempt on `head_id` and hold back every undelivered movement of its
-        transaction until `retry_at`, keeping their order."""
-        ...
-
-    async def next_due(self) -> datetime | None:
-        """When the earliest undelivered movement is due (None: all delivered)."""
-        ...
-
-    async def undelivered_count(self) -> int: ...
-
-    async def purge(self, *, delivered_before: datetime) -> int:
-        """Forget movements delivered before then, and idempotency keys past their
-        retention; how many rows went."""
         ...
 
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from pi.payments.domain import Payment, Refund
 
-__all__ = ["CreateResponse", "FinalPayment", "PendingPayment", "RefundResult", "RequestKey"]
+__all__ = [
+    "ChangeResponse",
+    "CreateResponse",
+    "FinalPayment",
+    "PendingChange",
+    "PendingPayment",
+    "RefundResult",
+    "RequestKey",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +52,17 @@ CreateResponse = PendingPayment | FinalPayment
 class RefundResult:
     refund: Refund
     payment: Payment
+
+
+@dataclass(frozen=True, slots=True)
+class PendingChange:
+    """What a capture's, cancel's or refund's key holds once its intent is recorded and
+    until the processor's answer is: the payment's id (capture, cancel) or the refund's.
+    A retry with the key resumes that intent, so the processor is asked again with the
+    same idempotency key, never for a second change."""
+
+    target_id: str
+
+
+ChangeResponse = PendingChange | Payment | RefundResult
+"""What a capture's, cancel's or refund's key holds: pending, or the final response."""

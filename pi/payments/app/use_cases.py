@@ -14,6 +14,7 @@ from pi.payments.app.ports import Clock, Connector, Notify, TransactionLedger, U
 from pi.payments.app.queries import GetPayment, ListPayments
 from pi.payments.app.reconcile import ReconcilePayment
 from pi.payments.app.settle import SettlePayment
+from pi.payments.app.settle_change import SettleChange
 from pi.platform.kernel.pages import PageToken
 
 __all__ = ["PaymentUseCases", "payment_use_cases"]
@@ -56,6 +57,7 @@ def payment_use_cases(
     hash). `notify` wakes the outbox dispatcher after a commit that wrote movements."""
     fingerprints = RequestFingerprints(request_key)
     settle = SettlePayment(units, clock=clock, notify=notify)
+    settle_change = SettleChange(units, clock=clock, notify=notify)
     return PaymentUseCases(
         create_payment=CreatePayment(
             units,
@@ -69,15 +71,17 @@ def payment_use_cases(
         get_payment=GetPayment(units),
         list_payments=ListPayments(units, page_tokens),
         capture_payment=CapturePayment(
-            units, connector, fingerprints=fingerprints, clock=clock, notify=notify
+            units, connector, settle_change, fingerprints=fingerprints, clock=clock
         ),
         cancel_payment=CancelPayment(
-            units, connector, fingerprints=fingerprints, clock=clock, notify=notify
+            units, connector, settle_change, fingerprints=fingerprints, clock=clock
         ),
         refund_payment=RefundPayment(
-            units, connector, fingerprints=fingerprints, clock=clock, notify=notify
+            units, connector, settle_change, fingerprints=fingerprints, clock=clock
         ),
-        close_transaction=CloseTransaction(units, connector, clock=clock, notify=notify),
+        close_transaction=CloseTransaction(
+            units, connector, settle_change, clock=clock, notify=notify
+        ),
         register_transactions=RegisterTransactions(units, clock=clock),
-        reconcile_payment=ReconcilePayment(units, connector, settle, clock=clock),
+        reconcile_payment=ReconcilePayment(units, connector, settle, settle_change, clock=clock),
     )

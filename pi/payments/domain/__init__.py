@@ -4,8 +4,9 @@
 - `model`: enums, payments, refunds, the transaction's ledger row, changes, invariants and
   the state machine;
 - `cards`, `methods`: payment method input and its validation, the CreatePayment request;
-- `rules`: what each operation does (start, authorize outcome, capture, cancel, refund,
-  close a transaction);
+- `rules`: a new payment and its authorization's outcome;
+- `operations`: capture, cancel, refund and close, each recorded first and settled on
+  the processor's answer;
 - `processor`: requests to and answers from a processor, and the reconciler's rule;
 - `movements`: movements made from an operation's deltas.
 
@@ -56,6 +57,19 @@ from pi.payments.domain.model import (
     check_transition,
 )
 from pi.payments.domain.movements import cancellation_movement_id, movements_from_deltas
+from pi.payments.domain.operations import (
+    cancel,
+    cancel_outcome,
+    capture,
+    capture_outcome,
+    close_transaction,
+    refund,
+    refund_outcome,
+    start_cancel,
+    start_capture,
+    start_close,
+    start_refund,
+)
 from pi.payments.domain.processor import (
     AuthorizeRequest,
     CaptureRequest,
@@ -86,15 +100,7 @@ from pi.payments.domain.reasons import (
     REASON_TRANSACTION_CLOSED,
     UNKNOWN_OUTCOME_TIMEOUT,
 )
-from pi.payments.domain.rules import (
-    authorize_outcome,
-    cancel,
-    capture,
-    check_budget,
-    close_transaction,
-    refund,
-    start_payment,
-)
+from pi.payments.domain.rules import authorize_outcome, check_budget, start_payment
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -149,8 +155,10 @@ __all__ = [
     "WalletType",
     "authorize_outcome",
     "cancel",
+    "cancel_outcome",
     "cancellation_movement_id",
     "capture",
+    "capture_outcome",
     "card_brand",
     "card_fingerprint",
     "check_budget",
@@ -164,7 +172,12 @@ __all__ = [
     "normalize_card_number",
     "reconcile_action",
     "refund",
+    "refund_outcome",
+    "start_cancel",
+    "start_capture",
+    "start_close",
     "start_payment",
+    "start_refund",
     "validate_bank_transfer",
     "validate_card",
     "validate_payment_request",

@@ -4,7 +4,8 @@ invariants and state machine every change must keep.
 
 Ref invariants (also CHECK constraints on `transaction_refs`):
     held >= 0, captured >= 0, 0 <= refunded <= captured, held + captured <= amount
-where `held` is the sum of the amounts of PROCESSING and REQUIRES_CAPTURE payments.
+where `held` is the sum of the amounts of PROCESSING, REQUIRES_CAPTURE, CAPTURING and
+CANCELLING payments.
 Refunds do not give budget back: a transaction collects at most its amount once.
 """
 
@@ -55,6 +56,10 @@ class PaymentStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    CAPTURING = "CAPTURING"
+    """A capture is recorded and sent to the processor, its answer not yet recorded."""
+    CANCELLING = "CANCELLING"
+    """A void is recorded and sent to the processor, its answer not yet recorded."""
 
 
 class FailureReason(enum.StrEnum):
@@ -91,6 +96,10 @@ class WalletType(enum.StrEnum):
 
 class RefundStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"
+    PENDING = "PENDING"
+    """Recorded and sent to the processor, its answer not yet recorded."""
+    FAILED = "FAILED"
+    """The processor declined it (`failure_reason` says why); nothing was returned."""
 
 
 # --- what is kept of a payment method --------------------------------------------------
@@ -149,18 +158,22 @@ class Payment:
     processor_reference: str | None
     create_time: datetime
     update_time: datetime
+    capturing_amount: int = 0
+    """What a CAPTURING payment asked the processor to capture (0 in any other status)."""
+    refunding_amount: int = 0
+    """What PENDING refunds of the payment hold of its refundable amount."""
 
     @property
     def held_amount(self) -> int:
         """What the payment holds of its transaction's budget before capture."""
-        if self.status in (PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_CAPTURE):
+        if self.status in _HOLDING:
             return self.amount
         return 0
 
     @property
     def authorized_amount(self) -> int:
         """What the payment adds to its transaction's `authorized_amount`."""
-        if self.status is PaymentStatus.REQUIRES_CAPTURE:
+        if self.status in _AUTHORIZED:
             return self.amount
         if self.status is PaymentStatus.SUCCEEDED:
             return self.captured_amount
@@ -168,15 +181,23 @@ class Payment:
 
     @property
     def refundable_amount(self) -> int:
+        """What a new refund may still take: captured - refunded - pending refunds."""
         if self.status is PaymentStatus.SUCCEEDED:
-            return self.captured_amount - self.refunded_amount
+            return self.captured_amount - self.refunded_amount - self.refunding_amount
         return 0
+
+
+_AUTHORIZED = frozenset(
+    {PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.CAPTURING, PaymentStatus.CANCELLING}
+)
+_HOLDING = _AUTHORIZED | {PaymentStatus.PROCESSING}
 
 
 @dataclass(frozen=True, slots=True)
 class Refund:
-    """Money returned from a captured payment; the caller sets `processor_reference` after
-    the connector approved the refund (`dataclasses.replace`)."""
+    """Money returned from a captured payment: PENDING from the moment it is recorded
+    until the processor's answer makes it SUCCEEDED or FAILED. Its id is the processor's
+    idempotency key for it."""
 
     id: str
     payment_id: str
@@ -186,6 +207,8 @@ class Refund:
     status: RefundStatus
     create_time: datetime
     processor_reference: str | None = None
+    failure_reason: FailureReason | None = None
+    """Why the processor declined it, when FAILED."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,14 +266,22 @@ ALLOWED_TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = MappingP
             {PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.SUCCEEDED, PaymentStatus.FAILED}
         ),
         PaymentStatus.REQUIRES_CAPTURE: frozenset(
-            {PaymentStatus.SUCCEEDED, PaymentStatus.CANCELLED}
+            {PaymentStatus.CAPTURING, PaymentStatus.CANCELLING}
+        ),
+        # Back to REQUIRES_CAPTURE: the processor declined the capture or the void.
+        PaymentStatus.CAPTURING: frozenset(
+            {PaymentStatus.SUCCEEDED, PaymentStatus.REQUIRES_CAPTURE}
+        ),
+        PaymentStatus.CANCELLING: frozenset(
+            {PaymentStatus.CANCELLED, PaymentStatus.REQUIRES_CAPTURE}
         ),
         PaymentStatus.SUCCEEDED: frozenset({PaymentStatus.SUCCEEDED}),  # refunds
         PaymentStatus.FAILED: frozenset(),
         PaymentStatus.CANCELLED: frozenset(),
     }
 )
-"""Status changes a payment can make. SUCCEEDED -> SUCCEEDED is a refund; no other self-loop."""
+"""Status changes a payment can make. SUCCEEDED -> SUCCEEDED is a refund (recorded,
+then settled); no other self-loop."""
 
 
 def check_transition(old: PaymentStatus, new: PaymentStatus) -> None:
@@ -283,11 +314,18 @@ def check_ref_invariants(ref: TransactionRef) -> None:
 
 
 def check_payment_invariants(payment: Payment) -> None:
-    """Raise FailedPrecondition(LEDGER_INVARIANT_VIOLATED) unless 0 <= refunded <= captured
-    <= amount and captured > 0 exactly when SUCCEEDED."""
+    """Raise FailedPrecondition(LEDGER_INVARIANT_VIOLATED) unless 0 <= refunded +
+    refunding <= captured <= amount, captured > 0 exactly when SUCCEEDED and 0 <
+    capturing <= amount exactly when CAPTURING."""
     captured, refunded = payment.captured_amount, payment.refunded_amount
-    ok = 0 <= refunded <= captured <= payment.amount and (
-        (captured > 0) == (payment.status is PaymentStatus.SUCCEEDED)
+    capturing, refunding = payment.capturing_amount, payment.refunding_amount
+    ok = (
+        refunded >= 0
+        and refunding >= 0
+        and refunded + refunding <= captured <= payment.amount
+        and (captured > 0) == (payment.status is PaymentStatus.SUCCEEDED)
+        and (0 < capturing <= payment.amount) == (payment.status is PaymentStatus.CAPTURING)
+        and (capturing == 0 or payment.status is PaymentStatus.CAPTURING)
     )
     if not ok:
         raise FailedPrecondition(

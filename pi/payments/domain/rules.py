@@ -1,4 +1,5 @@
-"""Payment rules: what each operation does to a payment and its transaction's ledger row.
+"""Payment rules: a new payment and its authorization's outcome (capture, cancel, refund
+and close are in `operations`).
 
 Every operation is a pure function from the transaction's ledger row (`TransactionRef`,
 locked by the caller) and the payment to a `PaymentChange`: the new payment, the new
@@ -10,84 +11,39 @@ to record what the processor said (authorization). See docs/state-machines.md.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from datetime import datetime
 
 from pi.payments.domain.cards import CardDetails
+from pi.payments.domain.changes import change, requested_amount, transition
 from pi.payments.domain.methods import PaymentRequest
 from pi.payments.domain.model import (
     BankTransferFacts,
     CaptureMode,
     CardFacts,
-    CloseChange,
     FailureReason,
     MethodFacts,
     Payment,
     PaymentChange,
     PaymentStatus,
-    Refund,
-    RefundStatus,
     TransactionRef,
     WalletFacts,
-    check_payment_invariants,
-    check_ref_invariants,
-    check_transition,
 )
 from pi.payments.domain.processor import ProcessorOutcome
 from pi.payments.domain.reasons import (
-    MAX_REFUND_REASON_LENGTH,
-    REASON_AMOUNT_EXCEEDS_AUTHORIZED,
-    REASON_AMOUNT_EXCEEDS_REFUNDABLE,
     REASON_AMOUNT_EXCEEDS_REMAINING,
-    REASON_PAYMENT_NOT_CANCELLABLE,
-    REASON_PAYMENT_NOT_CAPTURABLE,
     REASON_PAYMENT_NOT_PROCESSING,
-    REASON_PAYMENT_NOT_REFUNDABLE,
-    REASON_PAYMENT_PROCESSING,
-    REASON_TRANSACTION_CAPTURED,
     REASON_TRANSACTION_CLOSED,
 )
-from pi.platform.kernel.errors import FailedPrecondition, InvalidArgument, ValidationErrors
-from pi.platform.kernel.money import amount_problem, format_amount
-from pi.platform.kernel.text import text_problem
+from pi.platform.kernel.errors import FailedPrecondition
+from pi.platform.kernel.money import format_amount
 from pi.platform.ledger import MovementDelta, MovementKind
 
-__all__ = [
-    "authorize_outcome",
-    "cancel",
-    "capture",
-    "check_budget",
-    "close_transaction",
-    "refund",
-    "start_payment",
-]
+__all__ = ["authorize_outcome", "check_budget", "start_payment"]
 
 
-def _transition(payment: Payment, now: datetime, **changes: object) -> Payment:
-    new = dataclasses.replace(payment, update_time=now, **changes)  # type: ignore[arg-type]  # typed by callers
-    check_transition(payment.status, new.status)
-    check_payment_invariants(new)
-    return new
-
-
-def _change(
-    payment: Payment,
-    ref: TransactionRef,
-    movements: tuple[MovementDelta, ...] = (),
-    refund_: Refund | None = None,
-) -> PaymentChange:
-    check_ref_invariants(ref)
-    return PaymentChange(payment=payment, ref=ref, movements=movements, refund=refund_)
-
-
-def _requested_amount(amount: int | None, field: str) -> int | None:
-    """None for "all"; 0 also means all (proto3 default); else 1..MAX_AMOUNT."""
-    if amount is None or amount == 0:
-        return None
-    problem = amount_problem(amount)
-    if problem is not None:
-        raise InvalidArgument.field(field, problem)
-    return amount
+_transition = transition
+_change = change
+_requested_amount = requested_amount
 
 
 # --- operations ----------------------------------------------------------------------------
@@ -217,174 +173,3 @@ def authorize_outcome(
     capture_movement = MovementDelta(MovementKind.CAPTURE, payment.id, captured_delta=amount)
     new_ref = dataclasses.replace(released, captured_amount=ref.captured_amount + amount)
     return _change(captured, new_ref, (authorization, capture_movement))
-
-
-def capture(
-    ref: TransactionRef, payment: Payment, amount: int | None, *, now: datetime
-) -> PaymentChange:
-    """Capture all (`amount` None or 0) or part of a REQUIRES_CAPTURE payment.
-
-    The payment becomes SUCCEEDED with `captured_amount`; the rest of the authorization is
-    released. Movement CAPTURE(captured +c, authorized -(amount - c)).
-    Raises InvalidArgument on `amount` for a negative or too large value, and
-    FailedPrecondition PAYMENT_NOT_CAPTURABLE, AMOUNT_EXCEEDS_AUTHORIZED,
-    TRANSACTION_CLOSED.
-    """
-    wanted = _requested_amount(amount, "amount")
-    if payment.status is not PaymentStatus.REQUIRES_CAPTURE:
-        raise FailedPrecondition(
-            f"Payment {payment.id} is {payment.status}; "
-            "only a REQUIRES_CAPTURE payment can be captured.",
-            reason=REASON_PAYMENT_NOT_CAPTURABLE,
-            metadata={"status": payment.status.value},
-        )
-    if ref.closed:
-        raise FailedPrecondition(
-            "The transaction is cancelled: nothing can be captured on it.",
-            reason=REASON_TRANSACTION_CLOSED,
-        )
-    authorized = payment.amount
-    captured_amount = authorized if wanted is None else wanted
-    if captured_amount > authorized:
-        raise FailedPrecondition(
-            f"At most {format_amount(authorized, payment.currency)} can be captured.",
-            reason=REASON_AMOUNT_EXCEEDS_AUTHORIZED,
-            metadata={"authorized": str(authorized)},
-        )
-    captured = _transition(
-        payment, now, status=PaymentStatus.SUCCEEDED, captured_amount=captured_amount
-    )
-    new_ref = dataclasses.replace(
-        ref,
-        held_amount=ref.held_amount - authorized,
-        captured_amount=ref.captured_amount + captured_amount,
-    )
-    movement = MovementDelta(
-        MovementKind.CAPTURE,
-        payment.id,
-        authorized_delta=captured_amount - authorized,
-        captured_delta=captured_amount,
-    )
-    return _change(captured, new_ref, (movement,))
-
-
-def cancel(ref: TransactionRef, payment: Payment, *, now: datetime) -> PaymentChange:
-    """Void a REQUIRES_CAPTURE payment: CANCELLED, the hold released, movement VOID(-amount).
-
-    Raises FailedPrecondition PAYMENT_NOT_CANCELLABLE for any other status (a PROCESSING
-    payment waits for its outcome; a captured one is refunded instead).
-    """
-    if payment.status is not PaymentStatus.REQUIRES_CAPTURE:
-        raise FailedPrecondition(
-            f"Payment {payment.id} is {payment.status}; "
-            "only a REQUIRES_CAPTURE payment can be cancelled.",
-            reason=REASON_PAYMENT_NOT_CANCELLABLE,
-            metadata={"status": payment.status.value},
-        )
-    cancelled = _transition(payment, now, status=PaymentStatus.CANCELLED)
-    new_ref = dataclasses.replace(ref, held_amount=ref.held_amount - payment.amount)
-    movement = MovementDelta(MovementKind.VOID, payment.id, authorized_delta=-payment.amount)
-    return _change(cancelled, new_ref, (movement,))
-
-
-def refund(
-    ref: TransactionRef,
-    payment: Payment,
-    amount: int | None,
-    *,
-    refund_id: str,
-    reason: str = "",
-    now: datetime,
-) -> PaymentChange:
-    """Refund all that is left (`amount` None or 0) or part of a SUCCEEDED payment.
-
-    Refunds may repeat until captured - refunded is zero. Movement REFUND(refunded +r).
-    Raises InvalidArgument on `amount` (negative, too large) or `reason` (over 500
-    characters, control characters), and FailedPrecondition PAYMENT_NOT_REFUNDABLE (not
-    SUCCEEDED, or nothing left) or AMOUNT_EXCEEDS_REFUNDABLE (metadata `refundable`).
-    """
-    errors = ValidationErrors()
-    wanted: int | None = None
-    try:
-        wanted = _requested_amount(amount, "amount")
-    except InvalidArgument as error:
-        for violation in error.violations:
-            errors.add(violation.field, violation.description)
-    problem = text_problem(reason, max_length=MAX_REFUND_REASON_LENGTH, multiline=True)
-    if problem is not None:
-        errors.add("reason", problem)
-    errors.raise_if_any("The refund has invalid fields.")
-    refundable = payment.refundable_amount
-    if payment.status is not PaymentStatus.SUCCEEDED or refundable <= 0:
-        message = (
-            f"Payment {payment.id} is already fully refunded."
-            if payment.status is PaymentStatus.SUCCEEDED
-            else f"Payment {payment.id} is {payment.status}; "
-            "only a SUCCEEDED payment can be refunded."
-        )
-        raise FailedPrecondition(
-            message, reason=REASON_PAYMENT_NOT_REFUNDABLE, metadata={"status": payment.status.value}
-        )
-    refunded_amount = refundable if wanted is None else wanted
-    if refunded_amount > refundable:
-        raise FailedPrecondition(
-            f"At most {format_amount(refundable, payment.currency)} can be refunded.",
-            reason=REASON_AMOUNT_EXCEEDS_REFUNDABLE,
-            metadata={"refundable": str(refundable)},
-        )
-    refunded = _transition(payment, now, refunded_amount=payment.refunded_amount + refunded_amount)
-    new_ref = dataclasses.replace(ref, refunded_amount=ref.refunded_amount + refunded_amount)
-    movement = MovementDelta(MovementKind.REFUND, payment.id, refunded_delta=refunded_amount)
-    record = Refund(
-        id=refund_id,
-        payment_id=payment.id,
-        amount=refunded_amount,
-        currency=payment.currency,
-        reason=reason,
-        status=RefundStatus.SUCCEEDED,
-        create_time=now,
-    )
-    return _change(refunded, new_ref, (movement,), record)
-
-
-def close_transaction(
-    ref: TransactionRef, payments: Iterable[Payment], *, now: datetime
-) -> CloseChange:
-    """Close a transaction to new payments and void its outstanding authorizations.
-
-    `payments` are all payments of the transaction. Raises FailedPrecondition
-    TRANSACTION_CAPTURED if anything was captured, PAYMENT_PROCESSING if a payment still
-    waits for the processor (its outcome could capture money after the close). Closing a
-    closed ref changes nothing (`already_closed`).
-    """
-    if ref.closed:
-        return CloseChange(ref=ref, voided=(), movements=(), already_closed=True)
-    if ref.captured_amount > 0:
-        raise FailedPrecondition(
-            "Money was captured on the transaction: refund it instead of cancelling.",
-            reason=REASON_TRANSACTION_CAPTURED,
-            metadata={"captured": str(ref.captured_amount)},
-        )
-    payments = list(payments)
-    processing = [p.id for p in payments if p.status is PaymentStatus.PROCESSING]
-    if processing:
-        raise FailedPrecondition(
-            "A payment of the transaction is waiting for the processor; retry when it has settled.",
-            reason=REASON_PAYMENT_PROCESSING,
-            metadata={"payment_id": processing[0]},
-        )
-    voided: list[Payment] = []
-    movements: list[MovementDelta] = []
-    new_ref = ref
-    for payment in payments:
-        if payment.status is PaymentStatus.REQUIRES_CAPTURE:
-            change = cancel(new_ref, payment, now=now)
-            new_ref = change.ref
-            voided.append(change.payment)
-            movements.extend(change.movements)
-    movements.append(MovementDelta(MovementKind.CANCELLATION, None))
-    new_ref = dataclasses.replace(new_ref, closed=True)
-    check_ref_invariants(new_ref)
-    return CloseChange(
-        ref=new_ref, voided=tuple(voided), movements=tuple(movements), already_closed=False
-    )

@@ -9,9 +9,11 @@ from typing import Any
 import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
+from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.use_cases import PaymentUseCases
 from pi.payments.entrypoints.mapping import (
     create_input,
+    dead_letter_to_pb,
     facts_inputs,
     payment_to_pb,
     refund_to_pb,
@@ -95,8 +97,9 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
 
 
 class PaymentLedgerServicer(payments_pb2_grpc.PaymentLedgerServiceServicer):
-    def __init__(self, use_cases: PaymentUseCases) -> None:
+    def __init__(self, use_cases: PaymentUseCases, dead_letters: DeadLetters) -> None:
         self._use = use_cases
+        self._dead_letters = dead_letters
 
     async def CloseTransaction(
         self, request: payments_pb2.CloseTransactionRequest, context: Context
@@ -121,3 +124,22 @@ class PaymentLedgerServicer(payments_pb2_grpc.PaymentLedgerServiceServicer):
             registered_count=result.registered_count,
             conflicting_transaction_ids=list(result.conflicting_transaction_ids),
         )
+
+    async def ListDeadLetters(
+        self, request: payments_pb2.ListDeadLettersRequest, context: Context
+    ) -> payments_pb2.ListDeadLettersResponse:
+        page = await self._dead_letters.list(
+            principal_of(context), page_size=request.page_size, page_token=request.page_token
+        )
+        return payments_pb2.ListDeadLettersResponse(
+            dead_letters=[dead_letter_to_pb(d) for d in page.dead_letters],
+            next_page_token=page.next_page_token,
+        )
+
+    async def RetryDeadLetters(
+        self, request: payments_pb2.RetryDeadLettersRequest, context: Context
+    ) -> payments_pb2.RetryDeadLettersResponse:
+        retried = await self._dead_letters.retry(
+            principal_of(context), list(request.transaction_ids)
+        )
+        return payments_pb2.RetryDeadLettersResponse(retried_count=retried)

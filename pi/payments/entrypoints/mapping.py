@@ -9,6 +9,7 @@ from __future__ import annotations
 from generated.pi.payments.v1 import payments_pb2
 from pi.payments.app.create_payment import CreatePaymentInput
 from pi.payments.app.payment_ledger import TransactionFactsInput
+from pi.payments.app.ports import DeadLetter
 from pi.payments.domain import (
     BankTransferInput,
     CaptureMode,
@@ -21,7 +22,7 @@ from pi.payments.domain import (
 )
 from pi.platform.runtime.protobuf import timestamp
 
-__all__ = ["create_input", "facts_inputs", "payment_to_pb", "refund_to_pb"]
+__all__ = ["create_input", "dead_letter_to_pb", "facts_inputs", "payment_to_pb", "refund_to_pb"]
 
 _METHODS = {
     payments_pb2.PAYMENT_METHOD_TYPE_CARD: PaymentMethodType.CARD,
@@ -86,7 +87,7 @@ def payment_to_pb(payment: Payment) -> payments_pb2.Payment:
 
 
 def refund_to_pb(refund: Refund) -> payments_pb2.Refund:
-    return payments_pb2.Refund(
+    message = payments_pb2.Refund(
         id=refund.id,
         payment_id=refund.payment_id,
         amount=refund.amount,
@@ -94,6 +95,24 @@ def refund_to_pb(refund: Refund) -> payments_pb2.Refund:
         reason=refund.reason,
         status=payments_pb2.RefundStatus.Value(f"REFUND_STATUS_{refund.status.value}"),
         create_time=timestamp(refund.create_time),
+    )
+    if refund.failure_reason is not None:
+        message.failure_reason = payments_pb2.PaymentFailureReason.Value(
+            f"PAYMENT_FAILURE_REASON_{refund.failure_reason.value}"
+        )
+    return message
+
+
+def dead_letter_to_pb(dead: DeadLetter) -> payments_pb2.DeadLetter:
+    return payments_pb2.DeadLetter(
+        movement_id=dead.movement_id,
+        transaction_id=dead.transaction_id,
+        seq=dead.seq,
+        kind=dead.kind,
+        attempts=dead.attempts,
+        last_error=dead.last_error or "",
+        create_time=timestamp(dead.create_time),
+        dead_time=timestamp(dead.dead_time),
     )
 
 

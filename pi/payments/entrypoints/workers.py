@@ -7,7 +7,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 
-from pi.payments.app.deliver_movements import DeliverMovements
+from pi.payments.app.deliver_movements import DEAD_LETTER_ATTEMPTS, DeliverMovements
 from pi.payments.app.ports import MAX_MOVEMENTS_PER_CALL, Clock, Outbox, TransactionLedger
 from pi.payments.app.reconcile import ReconcilePayment
 
@@ -36,6 +36,7 @@ class OutboxDispatcher:
         idle_poll: float = 1.0,
         base_backoff: float = 0.05,
         max_backoff: float = 2.0,
+        max_attempts: int = DEAD_LETTER_ATTEMPTS,
         clock: Clock = _utc_now,
     ) -> None:
         self._outbox = outbox
@@ -47,6 +48,7 @@ class OutboxDispatcher:
             movements_per_call=movements_per_call,
             base_backoff=base_backoff,
             max_backoff=max_backoff,
+            max_attempts=max_attempts,
         )
         self._idle_poll = idle_poll
         self._clock = clock
@@ -100,8 +102,9 @@ class OutboxDispatcher:
 
 
 class Reconciler:
-    """Every `interval` seconds, reconciles the PROCESSING payments untouched for `grace`
-    (so it does not race a request about to settle its own payment); see
+    """Every `interval` seconds, reconciles the payments waiting for the processor
+    (PROCESSING, CAPTURING, CANCELLING) and the PENDING refunds untouched for `grace` (so
+    it does not race a request about to settle its own intent); see
     `pi.payments.app.reconcile`. `run` loops forever, `run_once` is one round."""
 
     def __init__(
@@ -119,6 +122,7 @@ class Reconciler:
         self._batch_size = batch_size
         self._clock = clock
         self._cursor: tuple[datetime, str] | None = None
+        self._refund_cursor: tuple[datetime, str] | None = None
 
     async def run(self) -> None:
         log.info("reconciler started")
@@ -130,13 +134,36 @@ class Reconciler:
             await asyncio.sleep(self._interval)
 
     async def run_once(self, *, grace: timedelta | None = None) -> int:
-        """Reconcile one batch of due PROCESSING payments; returns how many were settled.
+        """Reconcile one batch of due payments and one of due refunds; returns how many
+        were settled.
 
         Batches continue where the previous round stopped (a cursor over update time and
         id), so payments that stay PROCESSING for long (slow transfers) cannot starve
         the ones behind them.
         """
         cutoff = self._clock() - (self._grace if grace is None else grace)
+        return await self._payments(cutoff) + await self._refunds(cutoff)
+
+    async def _refunds(self, cutoff: datetime) -> int:
+        due = await self._reconcile.due_refunds(cutoff, self._batch_size, after=self._refund_cursor)
+        full = len(due) >= self._batch_size
+        self._refund_cursor = (due[-1].create_time, due[-1].id) if full else None
+        settled = 0
+        for refund in due:
+            try:
+                result = await self._reconcile.refund(refund)
+            except Exception:
+                log.exception("cannot reconcile refund", extra={"refund_id": refund.id})
+                continue
+            if result.status is not refund.status:
+                settled += 1
+                log.info(
+                    "refund reconciled",
+                    extra={"refund_id": refund.id, "status": result.status.value},
+                )
+        return settled
+
+    async def _payments(self, cutoff: datetime) -> int:
         due = await self._reconcile.due(cutoff, self._batch_size, after=self._cursor)
         if len(due) < self._batch_size:
             self._cursor = None

@@ -114,6 +114,10 @@ async def test_a_payments_currency_must_be_its_transactions(engine: AsyncEngine)
         {"status": "PAID"},
         {"method": "CASH"},
         {"status": "CANCELLED"},
+        {"status": "CAPTURING", "capturing_amount": 100},
+        {"status": "REQUIRES_CAPTURE", "capturing_amount": 100},
+        {"status": "SUCCEEDED", "captured_amount": 100, "refunding_amount": 101},
+        {"status": "SUCCEEDED", "captured_amount": 100, "refunding_amount": -1},
     ],
 )
 async def test_payment_rows_that_break_a_rule_are_refused(
@@ -141,6 +145,13 @@ async def test_payment_rows_that_break_a_rule_are_refused(
             {"amount": 900},
         ),
         ({"status": "REQUIRES_CAPTURE"}, {"merchant_id": "mer_2"}),
+        # A capture or void is recorded before it is settled: never in one step.
+        ({"status": "REQUIRES_CAPTURE"}, {"status": "SUCCEEDED", "captured_amount": 500}),
+        ({"status": "REQUIRES_CAPTURE"}, {"status": "CANCELLED"}),
+        (
+            {"status": "REQUIRES_CAPTURE"},
+            {"status": "CAPTURING", "capturing_amount": 501},
+        ),
     ],
 )
 async def test_status_and_identity_changes_outside_the_state_machine_are_refused(
@@ -156,8 +167,10 @@ async def test_refunds_never_shrink_and_allowed_transitions_pass(engine: AsyncEn
         await conn.execute(payments.insert().values(**_payment(status="PROCESSING")))
         for change in (
             {"status": "REQUIRES_CAPTURE"},
-            {"status": "SUCCEEDED", "captured_amount": 300},
-            {"refunded_amount": 100},
+            {"status": "CAPTURING", "capturing_amount": 300},
+            {"status": "SUCCEEDED", "captured_amount": 300, "capturing_amount": 0},
+            {"refunding_amount": 100},
+            {"refunded_amount": 100, "refunding_amount": 0},
             {"refunded_amount": 300},
         ):
             await conn.execute(payments.update().where(payments.c.id == "pay_1").values(**change))

@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from pi.payments.app.requests import FinalPayment, PendingPayment, RefundResult, RequestKey
+from pi.payments.app.requests import (
+    FinalPayment,
+    PendingChange,
+    PendingPayment,
+    RefundResult,
+    RequestKey,
+)
 from pi.payments.domain import (
     CaptureMode,
     CardBrand,
@@ -23,7 +29,7 @@ from pi.payments.domain import (
     RefundStatus,
     TransactionRef,
 )
-from pi.platform.kernel.errors import Aborted, AlreadyExists
+from pi.platform.kernel.errors import AlreadyExists
 from pi.platform.kernel.units import Conflict, Mode
 from pi.platform.ledger import Movement, MovementKind
 
@@ -258,10 +264,10 @@ async def test_payments_are_found_only_by_their_merchant_and_listed_newest_first
         )
         oldest_first = await unit.payments.of_transaction("txn_1")
         assert [p.id for p in oldest_first] == [f"pay_{i}" for i in range(6)]
-        due = await unit.payments.processing(T0 + timedelta(seconds=2), 3, after=None)
+        due = await unit.payments.waiting(T0 + timedelta(seconds=2), 3, after=None)
         assert [p.id for p in due] == ["pay_0", "pay_1", "pay_2"]
         after = (due[-1].update_time, due[-1].id)
-        more = await unit.payments.processing(T0 + timedelta(seconds=2), 3, after=after)
+        more = await unit.payments.waiting(T0 + timedelta(seconds=2), 3, after=after)
         assert [p.id for p in more] == ["pay_3"]
 
 
@@ -339,7 +345,9 @@ async def test_finishing_a_key_a_duplicate_finished_first_conflicts(backend: Any
         assert await unit.idempotency.claim_create(KEY, pending) == FinalPayment(payment())
 
 
-async def test_keys_of_the_other_operations_replay_their_response(backend: Any) -> None:
+async def test_keys_of_the_other_operations_hold_pending_then_replay_their_response(
+    backend: Any,
+) -> None:
     await with_ref(backend)
     capture = RequestKey(M, "CapturePayment", "k1", "c" * 64)
     refund = RequestKey(M, "RefundPayment", "k1", "d" * 64)
@@ -347,33 +355,88 @@ async def test_keys_of_the_other_operations_replay_their_response(backend: Any) 
         Refund("ref_1", "pay_1", 100, "USD", "why", RefundStatus.SUCCEEDED, T0), payment()
     )
     async with backend.units() as unit:
-        assert await unit.idempotency.claim_payment(capture) is None
-        assert await unit.idempotency.claim_refund(refund) is None
+        assert await unit.idempotency.claim_change(capture, PendingChange("pay_1")) is None
+        assert await unit.idempotency.claim_change(refund, PendingChange("ref_1")) is None
+        await unit.commit()
+    # A retry finds the intent it resumes.
+    async with backend.units() as unit:
+        assert await unit.idempotency.claim_change(capture, PendingChange("pay_x")) == (
+            PendingChange("pay_1")
+        )
+        assert await unit.idempotency.change_response(refund) == PendingChange("ref_1")
         await unit.idempotency.complete(capture, payment())
         await unit.idempotency.complete(refund, result)
         await unit.commit()
     async with backend.units() as unit:
-        assert await unit.idempotency.claim_payment(capture) == payment()
-        assert await unit.idempotency.claim_refund(refund) == result
-    # A claim that went with its rollback leaves the key free; one committed without a
-    # response is in progress.
+        assert await unit.idempotency.claim_change(capture, PendingChange("pay_1")) == payment()
+        assert await unit.idempotency.claim_change(refund, PendingChange("ref_2")) == result
+        assert await unit.idempotency.change_response(refund) == result
+    # A claim that went with its rollback leaves the key free; a released one too.
     cancel = RequestKey(M, "CancelPayment", "k1", "e" * 64)
     async with backend.units() as unit:
-        await unit.idempotency.claim_payment(cancel)
+        await unit.idempotency.claim_change(cancel, PendingChange("pay_1"))
     async with backend.units() as unit:
-        assert await unit.idempotency.claim_payment(cancel) is None
+        assert await unit.idempotency.claim_change(cancel, PendingChange("pay_1")) is None
         await unit.commit()
-    with pytest.raises(Aborted) as in_progress:
+    async with backend.units() as unit:
+        await unit.idempotency.change_response(cancel)
+        await unit.idempotency.release(cancel)
+        await unit.commit()
+    async with backend.units() as unit:
+        assert await unit.idempotency.change_response(cancel) is None
+        assert await unit.idempotency.claim_change(cancel, PendingChange("pay_2")) is None
+        await unit.commit()
+    with pytest.raises(AlreadyExists):
         async with backend.units() as unit:
-            await unit.idempotency.claim_payment(cancel)
-    assert in_progress.value.reason == "IDEMPOTENCY_KEY_IN_USE"
+            await unit.idempotency.claim_change(
+                dataclasses.replace(cancel, fingerprint="f" * 64), PendingChange("pay_1")
+            )
     # No key: nothing claimed, stored or replayed.
     anonymous = RequestKey(M, "CapturePayment", None, "c" * 64)
     async with backend.units() as unit:
-        assert await unit.idempotency.claim_payment(anonymous) is None
+        assert await unit.idempotency.claim_change(anonymous, PendingChange("pay_1")) is None
         await unit.idempotency.complete(anonymous, payment())
+        await unit.idempotency.release(anonymous)
         await unit.commit()
     assert await backend.count("idempotency_keys") == 3
+
+
+async def test_a_pending_refund_is_settled_once_and_listed_until_then(backend: Any) -> None:
+    await with_ref(backend)
+    pending = Refund("ref_1", "pay_1", 100, "USD", "", RefundStatus.PENDING, T0)
+    later = Refund("ref_2", "pay_1", 50, "USD", "", RefundStatus.PENDING, T0 + timedelta(1))
+    async with backend.units() as unit:
+        await unit.payments.add(payment(status=PaymentStatus.SUCCEEDED, captured_amount=400))
+        await unit.refunds.add(pending, merchant_id=M, transaction_id="txn_1")
+        await unit.refunds.add(later, merchant_id=M, transaction_id="txn_1")
+        await unit.commit()
+    async with backend.units(Mode.READ) as unit:
+        due = await unit.refunds.pending(T0 + timedelta(2), 1, after=None)
+        assert due == [pending]
+        more = await unit.refunds.pending(T0 + timedelta(2), 1, after=(T0, "ref_1"))
+        assert more == [later]
+        assert await unit.refunds.pending(T0, 5, after=None) == []
+    failed = dataclasses.replace(
+        pending, status=RefundStatus.FAILED, failure_reason=FailureReason.PROCESSOR_DECLINED
+    )
+    async with backend.units() as unit:
+        assert await unit.refunds.get("ref_1") == pending
+        await unit.refunds.update(pending, failed)
+        await unit.commit()
+    with pytest.raises(Conflict):
+        async with backend.units(Mode.OPTIMISTIC) as unit:
+            await unit.refunds.update(pending, dataclasses.replace(failed, failure_reason=None))
+            await unit.commit()
+    # The database keeps a FAILED refund's reason, and only a FAILED one has a reason.
+    with pytest.raises(backend.violation):
+        async with backend.units() as unit:
+            await unit.refunds.update(
+                later, dataclasses.replace(later, failure_reason=None, status=RefundStatus.FAILED)
+            )
+            await unit.commit()
+    async with backend.units(Mode.READ) as unit:
+        assert await unit.refunds.get("ref_1") == failed
+        assert await unit.refunds.pending(T0 + timedelta(2), 5, after=None) == [later]
 
 
 async def test_the_outbox_queue_delivers_in_order_and_holds_back_behind_a_retry(

@@ -21,17 +21,22 @@ from pi.payments.domain import (
     PaymentRequest,
     PaymentStatus,
     ProcessorOutcome,
+    Refund,
+    RefundStatus,
     TransactionRef,
     authorize_outcome,
-    cancel,
-    capture,
+    cancel_outcome,
+    capture_outcome,
     card_brand,
     check_ref_invariants,
-    close_transaction,
     luhn_check_digit,
     luhn_valid,
-    refund,
+    refund_outcome,
+    start_cancel,
+    start_capture,
+    start_close,
     start_payment,
+    start_refund,
     validate_card,
     validate_payment_request,
 )
@@ -79,8 +84,10 @@ OUTCOMES: list[tuple[ProcessorOutcome, FailureReason | None]] = [
 @dataclass(frozen=True)
 class Op:
     """One step: `create` (start + processor answer), `settle` (a later answer),
-    `give_up` (reconciler VOID_AND_FAIL), `capture`, `cancel`, `refund`, `close`.
-    `index` picks a payment (modulo how many exist)."""
+    `give_up` (reconciler VOID_AND_FAIL), `capture`, `cancel`, `refund`, `close` (each
+    recorded, then answered by `outcome`: APPROVED or DECLINED settle it, PENDING and
+    TIMEOUT leave it pending), `resolve` (a later answer to a pending capture, void or
+    refund). `index` picks a payment (modulo how many exist)."""
 
     name: str
     index: int = 0
@@ -95,6 +102,7 @@ class World:
     ref: TransactionRef
     txn: Transaction
     payments: dict[str, Payment] = field(default_factory=dict)
+    pending_refunds: dict[str, Refund] = field(default_factory=dict)
     transitions: list[tuple[TransactionStatus, TransactionStatus]] = field(default_factory=list)
     clock: datetime = T0
     counter: int = 0
@@ -128,6 +136,11 @@ class World:
 
     def apply_change(self, change: PaymentChange) -> None:
         self.apply(change.ref, [change.payment], change.movements)
+        if change.refund is not None:
+            if change.refund.status is RefundStatus.PENDING:
+                self.pending_refunds[change.refund.id] = change.refund
+            else:
+                del self.pending_refunds[change.refund.id]
 
 
 def card_payment_request(amount: int, mode: CaptureMode) -> PaymentRequest:
@@ -161,8 +174,11 @@ def run(world: World, op: Op) -> None:
         world.apply_change(answered)
         return
     if op.name == "close":
-        closed = close_transaction(world.ref, world.payments.values(), now=now)
+        closed = start_close(world.ref, world.payments.values(), now=now)
         world.apply(closed.ref, list(closed.voided), closed.movements)
+        if op.outcome is ProcessorOutcome.APPROVED:
+            for voided in closed.voided:
+                world.apply_change(cancel_outcome(world.ref, voided, approved=True, now=now))
         return
     payment = world.pick(op.index)
     if payment is None:
@@ -179,14 +195,41 @@ def run(world: World, op: Op) -> None:
             failure_reason=FailureReason.PROCESSOR_UNAVAILABLE,
             now=now,
         )
+    elif op.name == "resolve":
+        resolve(world, payment, op, now)
+        return
     elif op.name == "capture":
-        change = capture(world.ref, payment, op.amount, now=now)
+        change = start_capture(world.ref, payment, op.amount, now=now)
     elif op.name == "cancel":
-        change = cancel(world.ref, payment, now=now)
+        change = start_cancel(world.ref, payment, now=now)
     else:
         assert op.name == "refund"
-        change = refund(world.ref, payment, op.amount, refund_id=f"ref_{world.counter}", now=now)
+        change = start_refund(
+            world.ref, payment, op.amount, refund_id=f"ref_{world.counter}", now=now
+        )
     world.apply_change(change)
+    if op.name in ("capture", "cancel", "refund"):
+        resolve(world, world.payments[payment.id], op, now)
+
+
+def resolve(world: World, payment: Payment, op: Op, now: datetime) -> None:
+    """The processor's answer (`op.outcome`) to what `payment` waits for, if final."""
+    if op.outcome not in (ProcessorOutcome.APPROVED, ProcessorOutcome.DECLINED):
+        return
+    approved = op.outcome is ProcessorOutcome.APPROVED
+    if payment.status is PaymentStatus.CAPTURING:
+        world.apply_change(capture_outcome(world.ref, payment, approved=approved, now=now))
+    elif payment.status is PaymentStatus.CANCELLING:
+        # A closed transaction's voids are approved: its authorizations are not captured.
+        approved = approved or world.ref.closed
+        world.apply_change(cancel_outcome(world.ref, payment, approved=approved, now=now))
+    else:
+        pending = [r for r in world.pending_refunds.values() if r.payment_id == payment.id]
+        if pending:
+            change = refund_outcome(
+                world.ref, payment, pending[0], approved=approved, failure_reason=op.reason, now=now
+            )
+            world.apply_change(change)
 
 
 def check_world(world: World) -> None:
@@ -207,6 +250,10 @@ def check_world(world: World) -> None:
         assert 0 <= p.refunded_amount <= p.captured_amount <= p.amount
         assert (p.captured_amount > 0) == (p.status is PaymentStatus.SUCCEEDED)
         assert (p.failure_reason is not None) == (p.status is PaymentStatus.FAILED)
+        assert p.refunding_amount == sum(
+            r.amount for r in world.pending_refunds.values() if r.payment_id == p.id
+        )
+        assert p.refunded_amount + p.refunding_amount <= p.captured_amount
         if ref.closed:
             assert p.status is not PaymentStatus.REQUIRES_CAPTURE
             assert p.status is not PaymentStatus.PROCESSING
@@ -254,18 +301,18 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[Op]]:
         create,
         answered("settle", st.just(0)),
         on_payment("give_up"),
-        on_payment("capture"),
-        on_payment("capture"),
-        on_payment("cancel"),
-        on_payment("refund"),
-        on_payment("refund"),
-        on_payment("refund"),
+        answered("capture", maybe_amount),
+        answered("capture", maybe_amount),
+        answered("cancel", st.just(0)),
+        answered("refund", maybe_amount),
+        answered("refund", maybe_amount),
+        answered("resolve", st.just(0)),
     )
     ops = [draw(create), *draw(st.lists(op, min_size=2, max_size=40))]
     # Closing ends most activity, so it happens at most once, anywhere in the sequence.
     close_at = draw(st.one_of(st.none(), st.integers(min_value=0, max_value=len(ops))))
     if close_at is not None:
-        ops.insert(close_at, Op("close"))
+        ops.insert(close_at, Op("close", outcome=draw(outcome)[0]))
     return amount, ops
 
 

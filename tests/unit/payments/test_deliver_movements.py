@@ -106,3 +106,61 @@ async def test_while_the_transaction_service_is_down_every_transaction_waits(
     assert await deliver(world, ledger)() == (0, False)  # not due before the retry
     world.clock.advance(seconds=5)
     assert await deliver(world, ledger)() == (4, False)
+
+
+async def test_a_movement_refused_too_often_goes_to_the_dead_letters_until_retried(
+    world: Any, caplog: Any
+) -> None:
+    world.ledger.add("txn_2", 1000)
+    await world.pay(amount=100)  # txn_1: AUTHORIZATION, CAPTURE
+    await world.pay("txn_2", amount=100)
+    ledger = Refusing(world.ledger.applied, "txn_1", 10**6)
+    dispatch = DeliverMovements(
+        world.outbox, ledger, clock=world.clock, base_backoff=1.0, max_attempts=3
+    )
+    for _ in range(3):
+        await dispatch()
+        world.clock.advance(minutes=1)
+    assert [r.movement.kind.value for r, _ in world.state.dead_letters.values()] == [
+        "AUTHORIZATION",
+        "CAPTURE",
+    ]
+    (dead_log,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert dead_log.getMessage() == "movement refused too often; moved to the dead letters"
+    assert (dead_log.transaction_id, dead_log.attempts, dead_log.moved) == ("txn_1", 3, 2)
+    calls = ledger.calls
+    await world.pay(amount=100)  # waits behind the dead letters, in order
+    assert await dispatch() == (0, False)
+    assert ledger.calls == calls  # nothing of txn_1 is sent any more
+    assert await world.outbox.next_due() is None
+    listed = await world.outbox.dead_letters(10, after=None)
+    listed.sort(key=lambda d: d.seq)
+    assert [(d.transaction_id, d.seq, d.attempts) for d in listed] == [
+        ("txn_1", 1, 3),
+        ("txn_1", 2, 0),
+    ]
+    assert listed[0].last_error == "FAILED_PRECONDITION LEDGER_INVARIANT_VIOLATED: no"
+
+    ledger.refusals = 0
+    assert await world.outbox.retry_dead_letters(["txn_1"], world.clock()) == 2
+    assert world.state.dead_letters == {}
+    assert await dispatch() == (4, False)
+    kinds = [m.kind.value for m in world.ledger.applied if m.transaction_id == "txn_1"]
+    assert kinds == ["AUTHORIZATION", "CAPTURE", "AUTHORIZATION", "CAPTURE"]
+
+
+async def test_an_unanswering_ledger_never_sends_movements_to_the_dead_letters(
+    world: Any,
+) -> None:
+    await world.pay(amount=100)
+    ledger = Refusing(world.ledger.applied, "none", 0)
+    ledger.down = True
+    dispatch = DeliverMovements(
+        world.outbox, ledger, clock=world.clock, base_backoff=1.0, max_attempts=2
+    )
+    for _ in range(5):
+        await dispatch()
+        world.clock.advance(minutes=1)
+    assert world.state.dead_letters == {}
+    ledger.down = False
+    assert await dispatch() == (2, False)

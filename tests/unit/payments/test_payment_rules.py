@@ -845,8 +845,12 @@ def test_payment_transition_table(old: PaymentStatus, new: PaymentStatus) -> Non
         (P.PROCESSING, P.REQUIRES_CAPTURE),
         (P.PROCESSING, P.SUCCEEDED),
         (P.PROCESSING, P.FAILED),
-        (P.REQUIRES_CAPTURE, P.SUCCEEDED),
-        (P.REQUIRES_CAPTURE, P.CANCELLED),
+        (P.REQUIRES_CAPTURE, P.CAPTURING),
+        (P.REQUIRES_CAPTURE, P.CANCELLING),
+        (P.CAPTURING, P.SUCCEEDED),
+        (P.CAPTURING, P.REQUIRES_CAPTURE),
+        (P.CANCELLING, P.CANCELLED),
+        (P.CANCELLING, P.REQUIRES_CAPTURE),
         (P.SUCCEEDED, P.SUCCEEDED),
     }
     assert ((old, new) in allowed) == (new in ALLOWED_TRANSITIONS[old])

@@ -90,6 +90,14 @@ class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payment
     """The processor declined the payment; `failure_reason` says why."""
     PAYMENT_STATUS_CANCELLED: _PaymentStatus.ValueType  # 5
     """The authorization was voided before capture."""
+    PAYMENT_STATUS_CAPTURING: _PaymentStatus.ValueType  # 6
+    """A capture was accepted and sent to the processor; its answer is not recorded yet.
+    It becomes SUCCEEDED, or REQUIRES_CAPTURE again if the processor declines.
+    """
+    PAYMENT_STATUS_CANCELLING: _PaymentStatus.ValueType  # 7
+    """A cancellation was accepted and sent to the processor; its answer is not recorded
+    yet. It becomes CANCELLED, or REQUIRES_CAPTURE again if the processor declines.
+    """
 
 class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper):
     """Where a payment is in its lifecycle; see docs/state-machines.md."""
@@ -106,6 +114,14 @@ PAYMENT_STATUS_FAILED: PaymentStatus.ValueType  # 4
 """The processor declined the payment; `failure_reason` says why."""
 PAYMENT_STATUS_CANCELLED: PaymentStatus.ValueType  # 5
 """The authorization was voided before capture."""
+PAYMENT_STATUS_CAPTURING: PaymentStatus.ValueType  # 6
+"""A capture was accepted and sent to the processor; its answer is not recorded yet.
+It becomes SUCCEEDED, or REQUIRES_CAPTURE again if the processor declines.
+"""
+PAYMENT_STATUS_CANCELLING: PaymentStatus.ValueType  # 7
+"""A cancellation was accepted and sent to the processor; its answer is not recorded
+yet. It becomes CANCELLED, or REQUIRES_CAPTURE again if the processor declines.
+"""
 Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 class _PaymentFailureReason:
@@ -214,6 +230,12 @@ class _RefundStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RefundSt
     """Default value. This value is unused."""
     REFUND_STATUS_SUCCEEDED: _RefundStatus.ValueType  # 1
     """The money is on its way back to the payer."""
+    REFUND_STATUS_PENDING: _RefundStatus.ValueType  # 2
+    """The refund was accepted and sent to the processor; its answer is not recorded yet."""
+    REFUND_STATUS_FAILED: _RefundStatus.ValueType  # 3
+    """The processor declined the refund: no money was returned, and the amount can be
+    refunded again. `failure_reason` says why.
+    """
 
 class RefundStatus(_RefundStatus, metaclass=_RefundStatusEnumTypeWrapper):
     """Where a refund is in its lifecycle."""
@@ -222,6 +244,12 @@ REFUND_STATUS_UNSPECIFIED: RefundStatus.ValueType  # 0
 """Default value. This value is unused."""
 REFUND_STATUS_SUCCEEDED: RefundStatus.ValueType  # 1
 """The money is on its way back to the payer."""
+REFUND_STATUS_PENDING: RefundStatus.ValueType  # 2
+"""The refund was accepted and sent to the processor; its answer is not recorded yet."""
+REFUND_STATUS_FAILED: RefundStatus.ValueType  # 3
+"""The processor declined the refund: no money was returned, and the amount can be
+refunded again. `failure_reason` says why.
+"""
 Global___RefundStatus: _TypeAlias = RefundStatus  # noqa: Y015
 
 @_typing.final
@@ -437,6 +465,7 @@ class Refund(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Identifier of the refund, e.g. "ref_01J..."."""
     payment_id: _builtins.str
@@ -449,6 +478,8 @@ class Refund(_message.Message):
     """Output only. The reason the merchant gave."""
     status: Global___RefundStatus.ValueType
     """Output only. Where the refund is in its lifecycle."""
+    failure_reason: Global___PaymentFailureReason.ValueType
+    """Output only. Why the processor declined the refund, when its status is FAILED."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the refund was created."""
@@ -463,10 +494,11 @@ class Refund(_message.Message):
         reason: _builtins.str = ...,
         status: Global___RefundStatus.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        failure_reason: Global___PaymentFailureReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "currency", b"currency", "id", b"id", "payment_id", b"payment_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "create_time", b"create_time", "currency", b"currency", "failure_reason", b"failure_reason", "id", b"id", "payment_id", b"payment_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -782,7 +814,7 @@ class RefundPaymentResponse(_message.Message):
     PAYMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def refund(self) -> Global___Refund:
-        """The refund that was made."""
+        """The refund: SUCCEEDED, or FAILED if the processor declined it."""
 
     @_builtins.property
     def payment(self) -> Global___Payment:
@@ -955,3 +987,157 @@ class RegisterTransactionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterTransactionsResponse: _TypeAlias = RegisterTransactionsResponse  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """A movement the transaction service kept refusing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MOVEMENT_ID_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DEAD_TIME_FIELD_NUMBER: _builtins.int
+    movement_id: _builtins.str
+    """Identifier of the movement, e.g. "mov_01J..."."""
+    transaction_id: _builtins.str
+    """Identifier of the movement's transaction."""
+    seq: _builtins.int
+    """Position of the movement among its transaction's movements, from 1."""
+    kind: _builtins.str
+    """The movement's kind, e.g. "CAPTURE"."""
+    attempts: _builtins.int
+    """How many deliveries were attempted."""
+    last_error: _builtins.str
+    """What the transaction service answered last, without request data."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the movement was made."""
+
+    @_builtins.property
+    def dead_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was moved to the dead letters."""
+
+    def __init__(
+        self,
+        *,
+        movement_id: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        dead_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "dead_time", b"dead_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "dead_time", b"dead_time", "kind", b"kind", "last_error", b"last_error", "movement_id", b"movement_id", "seq", b"seq", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersRequest(_message.Message):
+    """Request message for PaymentLedgerService.ListDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Optional. At most this many dead letters (default 50, at most 1000)."""
+    page_token: _builtins.str
+    """Optional. The `next_page_token` of the previous page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersRequest: _TypeAlias = ListDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class ListDeadLettersResponse(_message.Message):
+    """Response message for PaymentLedgerService.ListDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """A token for the next page; empty on the last one."""
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]:
+        """The dead letters, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letters", b"dead_letters", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeadLettersResponse: _TypeAlias = ListDeadLettersResponse  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersRequest(_message.Message):
+    """Request message for PaymentLedgerService.RetryDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transaction_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required. The transactions whose dead letters go back to the outbox, 1 to 1000."""
+
+    def __init__(
+        self,
+        *,
+        transaction_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transaction_ids", b"transaction_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersRequest: _TypeAlias = RetryDeadLettersRequest  # noqa: Y015
+
+@_typing.final
+class RetryDeadLettersResponse(_message.Message):
+    """Response message for PaymentLedgerService.RetryDeadLetters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETRIED_COUNT_FIELD_NUMBER: _builtins.int
+    retried_count: _builtins.int
+    """How many movements went back to the outbox."""
+    def __init__(
+        self,
+        *,
+        retried_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retried_count", b"retried_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryDeadLettersResponse: _TypeAlias = RetryDeadLettersResponse  # noqa: Y015

@@ -97,7 +97,9 @@ class PaymentServiceServicer:
 
     def CapturePayment(self, request, context):
         """Captures all or part of an authorized payment. The uncaptured rest of the
-        authorization is released.
+        authorization is released. If the processor does not answer, the call fails with
+        UNAVAILABLE and the payment stays CAPTURING: retry with the same idempotency key (or
+        wait: the platform settles it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +114,9 @@ class PaymentServiceServicer:
 
     def RefundPayment(self, request, context):
         """Refunds all or part of the captured amount. Refunds may repeat until everything
-        captured is refunded, never more.
+        captured is refunded, never more. A refund the processor declines is returned with
+        status FAILED and its reason (nothing was refunded). If the processor does not
+        answer, the call fails with UNAVAILABLE: retry with the same idempotency key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -328,7 +332,8 @@ class PaymentService:
 
 
 class PaymentLedgerServiceStub:
-    """Calls that only the platform's own services make. The edge does not route them.
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
     """
 
     def __init__(self, channel):
@@ -347,10 +352,21 @@ class PaymentLedgerServiceStub:
                 request_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.SerializeToString,
                 response_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/pi.payments.v1.PaymentLedgerService/ListDeadLetters',
+                request_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/pi.payments.v1.PaymentLedgerService/RetryDeadLetters',
+                request_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentLedgerServiceServicer:
-    """Calls that only the platform's own services make. The edge does not route them.
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
     """
 
     def CloseTransaction(self, request, context):
@@ -375,6 +391,25 @@ class PaymentLedgerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Lists the movements the transaction service kept refusing, oldest first. After a
+        number of refused attempts a movement leaves the outbox for the dead letters, with
+        every later undelivered movement of its transaction (their order matters), and the
+        transaction's new movements wait behind them. Requires the service credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Puts the dead letters of the given transactions back in the outbox, in their order,
+        for delivery now (once whatever refused them is fixed). Requires the service
+        credential.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentLedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -388,6 +423,16 @@ def add_PaymentLedgerServiceServicer_to_server(servicer, server):
                     request_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.FromString,
                     response_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.SerializeToString,
             ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'pi.payments.v1.PaymentLedgerService', rpc_method_handlers)
@@ -397,7 +442,8 @@ def add_PaymentLedgerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PaymentLedgerService:
-    """Calls that only the platform's own services make. The edge does not route them.
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
     """
 
     @staticmethod
@@ -444,6 +490,60 @@ class PaymentLedgerService:
             '/pi.payments.v1.PaymentLedgerService/RegisterTransactions',
             pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsRequest.SerializeToString,
             pi_dot_payments_dot_v1_dot_payments__pb2.RegisterTransactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pi.payments.v1.PaymentLedgerService/ListDeadLetters',
+            pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersRequest.SerializeToString,
+            pi_dot_payments_dot_v1_dot_payments__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pi.payments.v1.PaymentLedgerService/RetryDeadLetters',
+            pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersRequest.SerializeToString,
+            pi_dot_payments_dot_v1_dot_payments__pb2.RetryDeadLettersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,13 +45,17 @@ class PaymentServiceStub:
     """Lists the calling merchant's payments, newest first, optionally of one transaction."""
     CapturePayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CapturePaymentRequest, _payments_pb2.CapturePaymentResponse]
     """Captures all or part of an authorized payment. The uncaptured rest of the
-    authorization is released.
+    authorization is released. If the processor does not answer, the call fails with
+    UNAVAILABLE and the payment stays CAPTURING: retry with the same idempotency key (or
+    wait: the platform settles it).
     """
     CancelPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.CancelPaymentRequest, _payments_pb2.CancelPaymentResponse]
     """Voids an authorized payment that has not been captured."""
     RefundPayment: _grpc.UnaryUnaryMultiCallable[_payments_pb2.RefundPaymentRequest, _payments_pb2.RefundPaymentResponse]
     """Refunds all or part of the captured amount. Refunds may repeat until everything
-    captured is refunded, never more.
+    captured is refunded, never more. A refund the processor declines is returned with
+    status FAILED and its reason (nothing was refunded). If the processor does not
+    answer, the call fails with UNAVAILABLE: retry with the same idempotency key.
     """
 
 @_typing.type_check_only
@@ -71,13 +75,17 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     """Lists the calling merchant's payments, newest first, optionally of one transaction."""
     CapturePayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.CapturePaymentRequest, _payments_pb2.CapturePaymentResponse]  # type: ignore[assignment]
     """Captures all or part of an authorized payment. The uncaptured rest of the
-    authorization is released.
+    authorization is released. If the processor does not answer, the call fails with
+    UNAVAILABLE and the payment stays CAPTURING: retry with the same idempotency key (or
+    wait: the platform settles it).
     """
     CancelPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.CancelPaymentRequest, _payments_pb2.CancelPaymentResponse]  # type: ignore[assignment]
     """Voids an authorized payment that has not been captured."""
     RefundPayment: _aio.UnaryUnaryMultiCallable[_payments_pb2.RefundPaymentRequest, _payments_pb2.RefundPaymentResponse]  # type: ignore[assignment]
     """Refunds all or part of the captured amount. Refunds may repeat until everything
-    captured is refunded, never more.
+    captured is refunded, never more. A refund the processor declines is returned with
+    status FAILED and its reason (nothing was refunded). If the processor does not
+    answer, the call fails with UNAVAILABLE: retry with the same idempotency key.
     """
 
 class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -118,7 +126,9 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.CapturePaymentResponse, _abc.Awaitable[_payments_pb2.CapturePaymentResponse]]:
         """Captures all or part of an authorized payment. The uncaptured rest of the
-        authorization is released.
+        authorization is released. If the processor does not answer, the call fails with
+        UNAVAILABLE and the payment stays CAPTURING: retry with the same idempotency key (or
+        wait: the platform settles it).
         """
 
     @_abc_1.abstractmethod
@@ -136,13 +146,17 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_payments_pb2.RefundPaymentResponse, _abc.Awaitable[_payments_pb2.RefundPaymentResponse]]:
         """Refunds all or part of the captured amount. Refunds may repeat until everything
-        captured is refunded, never more.
+        captured is refunded, never more. A refund the processor declines is returned with
+        status FAILED and its reason (nothing was refunded). If the processor does not
+        answer, the call fails with UNAVAILABLE: retry with the same idempotency key.
         """
 
 def add_PaymentServiceServicer_to_server(servicer: PaymentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PaymentLedgerServiceStub:
-    """Calls that only the platform's own services make. The edge does not route them."""
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -162,10 +176,23 @@ class PaymentLedgerServiceStub:
     overwritten (the facts of a transaction never change). Requires the service
     credential.
     """
+    ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_payments_pb2.ListDeadLettersRequest, _payments_pb2.ListDeadLettersResponse]
+    """Lists the movements the transaction service kept refusing, oldest first. After a
+    number of refused attempts a movement leaves the outbox for the dead letters, with
+    every later undelivered movement of its transaction (their order matters), and the
+    transaction's new movements wait behind them. Requires the service credential.
+    """
+    RetryDeadLetters: _grpc.UnaryUnaryMultiCallable[_payments_pb2.RetryDeadLettersRequest, _payments_pb2.RetryDeadLettersResponse]
+    """Puts the dead letters of the given transactions back in the outbox, in their order,
+    for delivery now (once whatever refused them is fixed). Requires the service
+    credential.
+    """
 
 @_typing.type_check_only
 class PaymentLedgerServiceAsyncStub(PaymentLedgerServiceStub):
-    """Calls that only the platform's own services make. The edge does not route them."""
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CloseTransaction: _aio.UnaryUnaryMultiCallable[_payments_pb2.CloseTransactionRequest, _payments_pb2.CloseTransactionResponse]  # type: ignore[assignment]
@@ -182,9 +209,22 @@ class PaymentLedgerServiceAsyncStub(PaymentLedgerServiceStub):
     overwritten (the facts of a transaction never change). Requires the service
     credential.
     """
+    ListDeadLetters: _aio.UnaryUnaryMultiCallable[_payments_pb2.ListDeadLettersRequest, _payments_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
+    """Lists the movements the transaction service kept refusing, oldest first. After a
+    number of refused attempts a movement leaves the outbox for the dead letters, with
+    every later undelivered movement of its transaction (their order matters), and the
+    transaction's new movements wait behind them. Requires the service credential.
+    """
+    RetryDeadLetters: _aio.UnaryUnaryMultiCallable[_payments_pb2.RetryDeadLettersRequest, _payments_pb2.RetryDeadLettersResponse]  # type: ignore[assignment]
+    """Puts the dead letters of the given transactions back in the outbox, in their order,
+    for delivery now (once whatever refused them is fixed). Requires the service
+    credential.
+    """
 
 class PaymentLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Calls that only the platform's own services make. The edge does not route them."""
+    """Calls that only the platform's own services and its operators make, with the service
+    credential. The edge does not route them.
+    """
 
     @_abc_1.abstractmethod
     def CloseTransaction(
@@ -209,6 +249,29 @@ class PaymentLedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         about. Idempotent: a transaction the payment service knows already is left exactly
         as it is, and one it knows with other facts is reported in the response, never
         overwritten (the facts of a transaction never change). Requires the service
+        credential.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDeadLetters(
+        self,
+        request: _payments_pb2.ListDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.ListDeadLettersResponse, _abc.Awaitable[_payments_pb2.ListDeadLettersResponse]]:
+        """Lists the movements the transaction service kept refusing, oldest first. After a
+        number of refused attempts a movement leaves the outbox for the dead letters, with
+        every later undelivered movement of its transaction (their order matters), and the
+        transaction's new movements wait behind them. Requires the service credential.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryDeadLetters(
+        self,
+        request: _payments_pb2.RetryDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_payments_pb2.RetryDeadLettersResponse, _abc.Awaitable[_payments_pb2.RetryDeadLettersResponse]]:
+        """Puts the dead letters of the given transactions back in the outbox, in their order,
+        for delivery now (once whatever refused them is fixed). Requires the service
         credential.
         """
 

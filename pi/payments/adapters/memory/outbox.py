@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from pi.payments.adapters.memory.state import MemoryState, OutboxRow
-from pi.payments.app.ports import QueuedMovement
+from pi.payments.app.ports import DeadLetter, QueuedMovement
 from pi.platform.kernel.idempotency import RETENTION
 
 __all__ = ["MemoryOutbox"]
@@ -21,7 +21,7 @@ class MemoryOutbox:
 
     async def due(self, now: datetime, limit: int) -> list[QueuedMovement]:
         async with self._lock:
-            waiting = self._undelivered()
+            waiting = self._deliverable()
             due = [
                 row
                 for row in waiting
@@ -61,7 +61,58 @@ class MemoryOutbox:
 
     async def next_due(self) -> datetime | None:
         async with self._lock:
-            return min((row.next_attempt_time for row in self._undelivered()), default=None)
+            return min((row.next_attempt_time for row in self._deliverable()), default=None)
+
+    async def dead_letter(
+        self, transaction_id: str, head_id: str, error: str, now: datetime
+    ) -> int:
+        async with self._lock:
+            head = self._state.outbox[head_id]
+            head.attempts += 1
+            head.last_error = error[:500]
+            moving = [r for r in self._undelivered() if r.transaction_id == transaction_id]
+            for row in moving:
+                del self._state.outbox[row.id]
+                self._state.dead_letters[row.id] = (row, now)
+            return len(moving)
+
+    async def dead_letters(
+        self, limit: int, *, after: tuple[datetime, str] | None
+    ) -> list[DeadLetter]:
+        async with self._lock:
+            dead = sorted(
+                (
+                    (died, row)
+                    for row, died in self._state.dead_letters.values()
+                    if after is None or (died, row.id) > after
+                ),
+                key=lambda pair: (pair[0], pair[1].id),
+            )
+            return [
+                DeadLetter(
+                    row.id,
+                    row.transaction_id,
+                    row.seq,
+                    row.movement.kind.value,
+                    row.attempts,
+                    row.last_error,
+                    row.create_time,
+                    died,
+                )
+                for died, row in dead[:limit]
+            ]
+
+    async def retry_dead_letters(self, transaction_ids: Sequence[str], now: datetime) -> int:
+        async with self._lock:
+            wanted = set(transaction_ids)
+            back = [
+                row for row, _ in self._state.dead_letters.values() if row.transaction_id in wanted
+            ]
+            for row in sorted(back, key=lambda r: r.seq):
+                del self._state.dead_letters[row.id]
+                row.attempts, row.next_attempt_time = 0, now
+                self._state.outbox[row.id] = row
+            return len(back)
 
     async def undelivered_count(self) -> int:
         async with self._lock:
@@ -85,3 +136,8 @@ class MemoryOutbox:
 
     def _undelivered(self) -> list[OutboxRow]:
         return [row for row in self._state.outbox.values() if row.delivered_time is None]
+
+    def _deliverable(self) -> list[OutboxRow]:
+        """Undelivered rows of transactions with no dead letter (those wait behind it)."""
+        dead = {row.transaction_id for row, _ in self._state.dead_letters.values()}
+        return [row for row in self._undelivered() if row.transaction_id not in dead]

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pi.payments.app.requests import CreateResponse, RefundResult
+from pi.payments.app.requests import ChangeResponse, CreateResponse
 from pi.payments.domain import Payment, PaymentStatus, Refund, TransactionRef
 from pi.platform.ledger import Movement
 
@@ -57,7 +57,7 @@ class OutboxRow:
 @dataclass
 class StoredKey:
     request_hash: str
-    response: CreateResponse | Payment | RefundResult | None
+    response: CreateResponse | ChangeResponse | None
     create_time: datetime
 
 
@@ -70,6 +70,8 @@ class MemoryState:
     refunds: dict[str, Refund] = field(default_factory=dict)
     outbox: dict[str, OutboxRow] = field(default_factory=dict)
     keys: dict[tuple[str, str, str], StoredKey] = field(default_factory=dict)
+    dead_letters: dict[str, tuple[OutboxRow, datetime]] = field(default_factory=dict)
+    """Dead outbox rows by movement id, with when they died."""
 
     def ref_of(self, transaction_id: str, currency: str, constraint: str) -> StoredRef:
         """The ref a row with this (transaction, currency) references (a foreign key)."""
@@ -98,6 +100,14 @@ def _check_payment_row(payment: Payment) -> None:
         raise IntegrityViolation("payments_amount_positive")
     if not 0 <= payment.refunded_amount <= payment.captured_amount <= payment.amount:
         raise IntegrityViolation("payments_amounts_ordered")
+    refunding = payment.refunding_amount
+    if not 0 <= refunding <= payment.captured_amount - payment.refunded_amount:
+        raise IntegrityViolation("payments_refunding_within_captured")
+    capturing = payment.capturing_amount > 0
+    if capturing != (payment.status is PaymentStatus.CAPTURING) or (
+        payment.capturing_amount > payment.amount or payment.capturing_amount < 0
+    ):
+        raise IntegrityViolation("payments_capturing_iff_capturing")
     if (payment.status is PaymentStatus.FAILED) != (payment.failure_reason is not None):
         raise IntegrityViolation("payments_failure_reason_iff_failed")
     if (payment.status is PaymentStatus.SUCCEEDED) != (payment.captured_amount > 0):
@@ -124,8 +134,12 @@ _STATUS_CHANGES = {
     (PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_CAPTURE),
     (PaymentStatus.PROCESSING, PaymentStatus.SUCCEEDED),
     (PaymentStatus.PROCESSING, PaymentStatus.FAILED),
-    (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.SUCCEEDED),
-    (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.CANCELLED),
+    (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.CAPTURING),
+    (PaymentStatus.REQUIRES_CAPTURE, PaymentStatus.CANCELLING),
+    (PaymentStatus.CAPTURING, PaymentStatus.SUCCEEDED),
+    (PaymentStatus.CAPTURING, PaymentStatus.REQUIRES_CAPTURE),
+    (PaymentStatus.CANCELLING, PaymentStatus.CANCELLED),
+    (PaymentStatus.CANCELLING, PaymentStatus.REQUIRES_CAPTURE),
 }
 
 

@@ -14,28 +14,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
+from pi.payments.adapters.memory.keys import MemoryKeys
 from pi.payments.adapters.memory.state import (
     IntegrityViolation,
     MemoryState,
     OutboxRow,
-    StoredKey,
     StoredRef,
     check_payment_insert,
     check_payment_update,
     check_ref,
     with_amounts,
 )
-from pi.payments.app.requests import (
-    CreateResponse,
-    FinalPayment,
-    PendingPayment,
-    RefundResult,
-    RequestKey,
-)
-from pi.payments.domain import Payment, PaymentStatus, Refund, TransactionRef
-from pi.platform.kernel.idempotency import check_same_request, in_progress
+from pi.payments.domain import Payment, PaymentStatus, Refund, RefundStatus, TransactionRef
 from pi.platform.kernel.units import Conflict, MemoryUnitOfWork, Mode
 from pi.platform.ledger import Movement
 
@@ -48,7 +40,7 @@ class MemoryPaymentsUnit(MemoryUnitOfWork[MemoryState]):
         self.refs = _Refs(self)
         self.payments = _Payments(self)
         self.refunds = _Refunds(self)
-        self.idempotency = _Keys(self)
+        self.idempotency = MemoryKeys(self)
 
     @property
     def optimistic(self) -> bool:
@@ -73,6 +65,9 @@ class MemoryUnits:
 
     def __call__(self, mode: Mode = Mode.LOCKED) -> MemoryPaymentsUnit:
         return MemoryPaymentsUnit(self.state, self.lock, mode)
+
+
+_WAITING = (PaymentStatus.PROCESSING, PaymentStatus.CAPTURING, PaymentStatus.CANCELLING)
 
 
 class _Refs:
@@ -219,13 +214,13 @@ class _Payments:
         ]
         return sorted(found, key=lambda p: (p.create_time, p.id), reverse=True)[:limit]
 
-    async def processing(
+    async def waiting(
         self, updated_before: datetime, limit: int, *, after: tuple[datetime, str] | None
     ) -> list[Payment]:
         found = [
             p
             for p in self._unit.state.payments.values()
-            if p.status is PaymentStatus.PROCESSING
+            if p.status in _WAITING
             and p.update_time < updated_before
             and (after is None or (p.update_time, p.id) > after)
         ]
@@ -245,8 +240,9 @@ class _Payments:
         if current is None or (
             current.status,
             current.refunded_amount,
+            current.refunding_amount,
             current.processor_reference,
-        ) != (old.status, old.refunded_amount, old.processor_reference):
+        ) != (old.status, old.refunded_amount, old.refunding_amount, old.processor_reference):
             raise Conflict(f"payment {old.id} changed")
         written = dataclasses.replace(
             current,
@@ -254,6 +250,8 @@ class _Payments:
             failure_reason=new.failure_reason,
             captured_amount=new.captured_amount,
             refunded_amount=new.refunded_amount,
+            capturing_amount=new.capturing_amount,
+            refunding_amount=new.refunding_amount,
             processor_reference=new.processor_reference,
             update_time=new.update_time,
         )
@@ -274,96 +272,38 @@ class _Refunds:
         state.ref_of(transaction_id, refund.currency, "refunds_transaction_currency_fkey")
         if refund.amount <= 0:
             raise IntegrityViolation("refunds_amount_positive")
+        _check_refund(refund)
         state.refunds[refund.id] = refund
 
+    async def get(self, refund_id: str) -> Refund | None:
+        return self._unit.state.refunds.get(refund_id)
 
-class _Keys:
-    """Idempotency keys holding typed responses (PostgreSQL holds their encodings)."""
+    async def update(self, old: Refund, new: Refund) -> None:
+        state = self._unit.writable()
+        current = state.refunds.get(old.id)
+        if current is None or current.status is not RefundStatus.PENDING:
+            raise Conflict(f"refund {old.id} changed")
+        _check_refund(new)
+        state.refunds[old.id] = dataclasses.replace(
+            current,
+            status=new.status,
+            failure_reason=new.failure_reason,
+            processor_reference=new.processor_reference,
+        )
 
-    def __init__(self, unit: MemoryPaymentsUnit) -> None:
-        self._unit = unit
+    async def pending(
+        self, created_before: datetime, limit: int, *, after: tuple[datetime, str] | None
+    ) -> list[Refund]:
+        found = [
+            r
+            for r in self._unit.state.refunds.values()
+            if r.status is RefundStatus.PENDING
+            and r.create_time < created_before
+            and (after is None or (r.create_time, r.id) > after)
+        ]
+        return sorted(found, key=lambda r: (r.create_time, r.id))[:limit]
 
-    async def claim_create(
-        self, request: RequestKey, pending: PendingPayment
-    ) -> CreateResponse | None:
-        stored = self._claim(request, pending)
-        if stored is None:
-            return None
-        assert isinstance(stored, PendingPayment | FinalPayment)
-        return stored
 
-    async def create_response(
-        self, request: RequestKey, *, seen: PendingPayment
-    ) -> CreateResponse | None:
-        if request.key is None:
-            return None
-        if self._unit.optimistic:
-            return seen
-        stored = self._stored(request)
-        if stored is None or stored.response is None:
-            return None
-        assert isinstance(stored.response, PendingPayment | FinalPayment)
-        return stored.response
-
-    async def finish_create(
-        self, request: RequestKey, pending: PendingPayment, final: FinalPayment
-    ) -> None:
-        stored = self._stored(request)
-        if stored is None:
-            return
-        self._unit.writable()
-        if self._unit.optimistic and stored.response != pending:
-            raise Conflict("a duplicate request finished the key")
-        stored.response = final
-
-    async def claim_payment(self, request: RequestKey) -> Payment | None:
-        replay = self._claim(request, None, locked=True)
-        assert replay is None or isinstance(replay, Payment)
-        return replay
-
-    async def claim_refund(self, request: RequestKey) -> RefundResult | None:
-        replay = self._claim(request, None, locked=True)
-        assert replay is None or isinstance(replay, RefundResult)
-        return replay
-
-    async def complete(self, request: RequestKey, response: Payment | RefundResult) -> None:
-        stored = self._stored(request)
-        if stored is not None:
-            self._unit.writable()
-            stored.response = response
-
-    async def reject_reuse(self, request: RequestKey) -> None:
-        stored = self._stored(request)
-        if stored is not None:
-            check_same_request(stored.request_hash, request.fingerprint, request.key)
-
-    def _stored(self, request: RequestKey) -> StoredKey | None:
-        if request.key is None:
-            return None
-        return self._unit.state.keys.get((request.scope, request.operation, request.key))
-
-    def _claim(
-        self,
-        request: RequestKey,
-        response: PendingPayment | None,
-        *,
-        locked: bool = False,
-    ) -> CreateResponse | Payment | RefundResult | None:
-        if request.key is None:
-            return None
-        if locked and self._unit.mode is not Mode.LOCKED:
-            raise RuntimeError("this key is claimed and completed in a LOCKED unit")
-        keys = self._unit.writable().keys
-        stored = keys.get((request.scope, request.operation, request.key))
-        if stored is None:
-            now = datetime.now(UTC)
-            keys[(request.scope, request.operation, request.key)] = StoredKey(
-                request.fingerprint, response, now
-            )
-            return None
-        if self._unit.optimistic:  # PostgreSQL would find out at the commit
-            raise Conflict("the idempotency key is taken")
-        check_same_request(stored.request_hash, request.fingerprint, request.key)
-        if stored.response is None:
-            raise in_progress()
-        return stored.response
+def _check_refund(refund: Refund) -> None:
+    if (refund.status is RefundStatus.FAILED) != (refund.failure_reason is not None):
+        raise IntegrityViolation("refunds_failure_reason_iff_failed")

@@ -8,30 +8,44 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import sqlalchemy as sa
+
 from pi.payments.adapters.postgres.responses import (
+    decode_change,
     decode_create,
-    decode_payment,
-    decode_refund_result,
+    encode_change,
     encode_create,
-    encode_payment,
-    encode_refund_result,
 )
+from pi.payments.adapters.postgres.tables import idempotency_keys
 from pi.payments.app.requests import (
+    ChangeResponse,
     CreateResponse,
     FinalPayment,
+    PendingChange,
     PendingPayment,
     RefundResult,
     RequestKey,
 )
 from pi.payments.domain import Payment
 from pi.platform.db.idempotency import Claim, Idempotency
-from pi.platform.db.statements import Conn
+from pi.platform.db.statements import Conn, Statement
 from pi.platform.kernel.units import Mode
 
 if TYPE_CHECKING:
     from pi.payments.adapters.postgres.uow import PostgresPaymentsUnit
 
 __all__ = ["PostgresIdempotencyKeys"]
+
+
+_k = idempotency_keys
+# A declined capture or void gives its key back, as a claim rolled back would.
+_RELEASE = Statement(
+    sa.delete(_k).where(
+        _k.c.scope == sa.bindparam("p_scope"),
+        _k.c.operation == sa.bindparam("p_operation"),
+        _k.c.key == sa.bindparam("p_key"),
+    )
+)
 
 
 def _claim(request: RequestKey) -> Claim:
@@ -105,23 +119,43 @@ class PostgresIdempotencyKeys:
         )
         unit.expect(replaced, "a duplicate request finished the key")
 
-    async def claim_payment(self, request: RequestKey) -> Payment | None:
-        replay = await self._claim_locked(request)
-        return None if replay is None else decode_payment(replay)
+    async def claim_change(
+        self, request: RequestKey, pending: PendingChange
+    ) -> ChangeResponse | None:
+        if request.key is None:
+            return None
+        claim = await self._idempotency.claim(
+            await self._locked_connection(),
+            request.scope,
+            request.operation,
+            request.key,
+            request.fingerprint,
+            response=encode_change(pending),
+        )
+        return None if claim.replay is None else decode_change(claim.replay)
 
-    async def claim_refund(self, request: RequestKey) -> RefundResult | None:
-        replay = await self._claim_locked(request)
-        return None if replay is None else decode_refund_result(replay)
+    async def change_response(self, request: RequestKey) -> ChangeResponse | None:
+        if request.key is None:
+            return None
+        stored = await self._idempotency.locked_response(
+            await self._locked_connection(), request.scope, request.operation, request.key
+        )
+        return None if stored is None else decode_change(stored)
 
     async def complete(self, request: RequestKey, response: Payment | RefundResult) -> None:
         if request.key is None:
             return
-        encoded = (
-            encode_refund_result(response)
-            if isinstance(response, RefundResult)
-            else encode_payment(response)
-        )
+        encoded = encode_change(response)
         await self._idempotency.complete(await self._locked_connection(), _claim(request), encoded)
+
+    async def release(self, request: RequestKey) -> None:
+        if request.key is None:
+            return
+        await self._locked_connection()
+        self._unit.execute(
+            _RELEASE,
+            {"p_scope": request.scope, "p_operation": request.operation, "p_key": request.key},
+        )
 
     async def reject_reuse(self, request: RequestKey) -> None:
         if request.key is None:
@@ -132,18 +166,6 @@ class PostgresIdempotencyKeys:
             return
         async with self._unit.reading() as conn:
             await self._idempotency.reject_reuse(conn, *args)
-
-    async def _claim_locked(self, request: RequestKey) -> bytes | None:
-        if request.key is None:
-            return None
-        claim = await self._idempotency.claim(
-            await self._locked_connection(),
-            request.scope,
-            request.operation,
-            request.key,
-            request.fingerprint,
-        )
-        return claim.replay
 
     async def _locked_connection(self) -> Conn:
         if not self._unit.locking:

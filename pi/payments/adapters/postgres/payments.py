@@ -19,10 +19,11 @@ from pi.payments.adapters.postgres.rows import (
     MUTABLE_PAYMENT_COLUMNS,
     payment_from_row,
     payment_values,
+    refund_from_row,
     refund_values,
 )
 from pi.payments.adapters.postgres.tables import payments, refunds, written
-from pi.payments.domain import Payment, PaymentStatus, Refund
+from pi.payments.domain import Payment, PaymentStatus, Refund, RefundStatus
 from pi.platform.db.statements import Statement
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ _UPDATE_PAYMENT = Statement(
         _payments.c.id == sa.bindparam("p_id"),
         _payments.c.status == sa.bindparam("p_old_status"),
         _payments.c.refunded_amount == sa.bindparam("p_old_refunded_amount"),
+        _payments.c.refunding_amount == sa.bindparam("p_old_refunding_amount"),
         _payments.c.processor_reference.is_not_distinct_from(
             sa.bindparam("p_old_processor_reference", type_=payments.c.processor_reference.type)
         ),
@@ -62,7 +64,50 @@ _UPDATE_PAYMENT = Statement(
         }
     )
 )
-_INSERT_REFUND = Statement(written(refunds).insert())
+_refunds = written(refunds)
+_INSERT_REFUND = Statement(_refunds.insert())
+_REFUND_ID = refunds.c.id == sa.bindparam("p_id")
+_GET_REFUND = Statement(sa.select(refunds).where(_REFUND_ID))
+_LOCK_REFUND = Statement(sa.select(refunds).where(_REFUND_ID).with_for_update())
+_SETTLE_REFUND = Statement(
+    _refunds.update()
+    .where(_refunds.c.id == sa.bindparam("p_id"), _refunds.c.status == RefundStatus.PENDING.value)
+    .values(
+        status=sa.bindparam("p_status", type_=refunds.c.status.type),
+        failure_reason=sa.bindparam("p_failure_reason", type_=refunds.c.failure_reason.type),
+        processor_reference=sa.bindparam(
+            "p_processor_reference", type_=refunds.c.processor_reference.type
+        ),
+    )
+)
+# Literal values, as in the partial index's predicate, so the planner can use the index.
+_WAITING_CONDITION = sa.text(
+    "payments.status IN ("
+    + ", ".join(
+        f"'{status.value}'"
+        for status in (PaymentStatus.PROCESSING, PaymentStatus.CAPTURING, PaymentStatus.CANCELLING)
+    )
+    + ")"
+)
+
+
+@cache
+def _pending_refunds(*, after: bool) -> Statement:
+    """PENDING refunds, from the start or after a cursor."""
+    r = refunds
+    query = sa.select(r).where(
+        r.c.status == RefundStatus.PENDING.value,
+        r.c.create_time < sa.bindparam("p_created_before", type_=r.c.create_time.type),
+    )
+    if after:
+        time = sa.bindparam("p_after_time", type_=r.c.create_time.type)
+        last_id = sa.bindparam("p_after_id", type_=r.c.id.type)
+        query = query.where(
+            sa.or_(r.c.create_time > time, sa.and_(r.c.create_time == time, r.c.id > last_id))
+        )
+    return Statement(
+        query.order_by(r.c.create_time, r.c.id).limit(sa.bindparam("p_limit", type_=sa.Integer()))
+    )
 
 
 @cache
@@ -86,11 +131,12 @@ def _of_merchant(*, of_transaction: bool, after: bool) -> Statement:
 
 
 @cache
-def _processing(*, after: bool) -> Statement:
-    """PROCESSING payments, from the start or after a cursor."""
+def _waiting(*, after: bool) -> Statement:
+    """Payments waiting for the processor, from the start or after a cursor (the partial
+    index `payments_waiting_idx` has exactly this condition)."""
     p = payments
     query = sa.select(p).where(
-        p.c.status == PaymentStatus.PROCESSING.value,
+        _WAITING_CONDITION,
         p.c.update_time < sa.bindparam("p_updated_before", type_=p.c.update_time.type),
     )
     if after:
@@ -110,6 +156,7 @@ def _update_params(old: Payment, new: Payment) -> dict[str, Any]:
     params["p_id"] = old.id
     params["p_old_status"] = old.status.value
     params["p_old_refunded_amount"] = old.refunded_amount
+    params["p_old_refunding_amount"] = old.refunding_amount
     params["p_old_processor_reference"] = old.processor_reference
     return params
 
@@ -155,7 +202,7 @@ class PostgresPayments:
         }
         return [payment_from_row(row) for row in await self._unit.read_all(statement, params)]
 
-    async def processing(
+    async def waiting(
         self, updated_before: datetime, limit: int, *, after: tuple[datetime, str] | None
     ) -> list[Payment]:
         after_time, after_id = after or (None, None)
@@ -165,7 +212,7 @@ class PostgresPayments:
             "p_after_id": after_id,
             "p_limit": limit,
         }
-        rows = await self._unit.read_all(_processing(after=after is not None), params)
+        rows = await self._unit.read_all(_waiting(after=after is not None), params)
         return [payment_from_row(row) for row in rows]
 
     async def add(self, payment: Payment) -> None:
@@ -183,3 +230,30 @@ class PostgresRefunds:
     async def add(self, refund: Refund, *, merchant_id: str, transaction_id: str) -> None:
         values = refund_values(refund, merchant_id=merchant_id, transaction_id=transaction_id)
         self._unit.execute(_INSERT_REFUND, values)
+
+    async def get(self, refund_id: str) -> Refund | None:
+        unit = self._unit
+        row = await unit.read(_LOCK_REFUND if unit.locking else _GET_REFUND, {"p_id": refund_id})
+        return None if row is None else refund_from_row(row)
+
+    async def update(self, old: Refund, new: Refund) -> None:
+        params = {
+            "p_id": old.id,
+            "p_status": new.status.value,
+            "p_failure_reason": new.failure_reason.value if new.failure_reason else None,
+            "p_processor_reference": new.processor_reference,
+        }
+        self._unit.expect(self._unit.hit(_SETTLE_REFUND, params), f"refund {old.id} changed")
+
+    async def pending(
+        self, created_before: datetime, limit: int, *, after: tuple[datetime, str] | None
+    ) -> list[Refund]:
+        after_time, after_id = after or (None, None)
+        params = {
+            "p_created_before": created_before,
+            "p_after_time": after_time,
+            "p_after_id": after_id,
+            "p_limit": limit,
+        }
+        rows = await self._unit.read_all(_pending_refunds(after=after is not None), params)
+        return [refund_from_row(row) for row in rows]

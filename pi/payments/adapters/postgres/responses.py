@@ -5,7 +5,9 @@ response is stored as a snapshot. Only what the API returns is kept: brand, last
 fingerprint of a card, never its number or CVC (the domain objects do not have them).
 
 CreatePayment's key holds "P" + the payment id while the processor's answer is pending
-(`PendingPayment`), then "R" + the payment's snapshot (`FinalPayment`).
+(`PendingPayment`), then "R" + the payment's snapshot (`FinalPayment`). A capture's,
+cancel's or refund's key holds "P" + the payment's or refund's id while pending
+(`PendingChange`), then the payment's or the refund result's JSON.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import json
 from datetime import datetime
 from typing import Any
 
-from pi.payments.app.requests import CreateResponse, FinalPayment, PendingPayment, RefundResult
+from pi.payments.app.requests import (
+    ChangeResponse,
+    CreateResponse,
+    FinalPayment,
+    PendingChange,
+    PendingPayment,
+    RefundResult,
+)
 from pi.payments.domain import (
     BankTransferFacts,
     CaptureMode,
@@ -31,9 +40,11 @@ from pi.payments.domain import (
 )
 
 __all__ = [
+    "decode_change",
     "decode_create",
     "decode_payment",
     "decode_refund_result",
+    "encode_change",
     "encode_create",
     "encode_payment",
     "encode_refund_result",
@@ -73,6 +84,8 @@ def _payment_to_dict(payment: Payment) -> dict[str, Any]:
         "processor_reference": payment.processor_reference,
         "create_time": payment.create_time.isoformat(),
         "update_time": payment.update_time.isoformat(),
+        "capturing_amount": payment.capturing_amount,
+        "refunding_amount": payment.refunding_amount,
     }
 
 
@@ -111,6 +124,9 @@ def _payment_from_dict(data: dict[str, Any]) -> Payment:
         processor_reference=data["processor_reference"],
         create_time=datetime.fromisoformat(data["create_time"]),
         update_time=datetime.fromisoformat(data["update_time"]),
+        # Responses stored before these amounts existed have none.
+        capturing_amount=data.get("capturing_amount", 0),
+        refunding_amount=data.get("refunding_amount", 0),
     )
 
 
@@ -123,6 +139,8 @@ def _refund_to_dict(refund: Refund) -> dict[str, Any]:
         "reason": refund.reason,
         "status": refund.status.value,
         "create_time": refund.create_time.isoformat(),
+        "failure_reason": refund.failure_reason.value if refund.failure_reason else None,
+        "processor_reference": refund.processor_reference,
     }
 
 
@@ -135,6 +153,10 @@ def _refund_from_dict(data: dict[str, Any]) -> Refund:
         reason=data["reason"],
         status=RefundStatus(data["status"]),
         create_time=datetime.fromisoformat(data["create_time"]),
+        processor_reference=data.get("processor_reference"),
+        failure_reason=FailureReason(data["failure_reason"])
+        if data.get("failure_reason")
+        else None,
     )
 
 
@@ -171,3 +193,22 @@ def decode_create(data: bytes) -> CreateResponse:
     if data.startswith(_FINAL):
         return FinalPayment(decode_payment(data[len(_FINAL) :]))
     return PendingPayment(data[len(_PENDING) :].decode())
+
+
+def encode_change(response: ChangeResponse) -> bytes:
+    if isinstance(response, PendingChange):
+        return _PENDING + response.target_id.encode()
+    if isinstance(response, RefundResult):
+        return encode_refund_result(response)
+    return encode_payment(response)
+
+
+def decode_change(data: bytes) -> ChangeResponse:
+    if data.startswith(_PENDING):
+        return PendingChange(data[len(_PENDING) :].decode())
+    value = json.loads(data)
+    if "refund" in value:
+        return RefundResult(
+            _refund_from_dict(value["refund"]), _payment_from_dict(value["payment"])
+        )
+    return _payment_from_dict(value)

@@ -15,6 +15,7 @@ from pi.payments.domain import (
     PaymentMethodType,
     PaymentStatus,
     Refund,
+    RefundStatus,
     TransactionRef,
     WalletFacts,
     WalletType,
@@ -27,6 +28,7 @@ __all__ = [
     "payment_values",
     "ref_from_row",
     "ref_values",
+    "refund_from_row",
     "refund_values",
 ]
 
@@ -39,6 +41,8 @@ MUTABLE_PAYMENT_COLUMNS = (
     "refunded_amount",
     "processor_reference",
     "update_time",
+    "capturing_amount",
+    "refunding_amount",
 )
 
 
@@ -110,6 +114,8 @@ def payment_from_row(row: Record) -> Payment:
         processor_reference=row.processor_reference,
         create_time=row.create_time,
         update_time=row.update_time,
+        capturing_amount=row.capturing_amount,
+        refunding_amount=row.refunding_amount,
     )
 
 
@@ -138,6 +144,8 @@ def payment_values(payment: Payment) -> dict[str, Any]:
         "processor_reference": payment.processor_reference,
         "create_time": payment.create_time,
         "update_time": payment.update_time,
+        "capturing_amount": payment.capturing_amount,
+        "refunding_amount": payment.refunding_amount,
     }
 
 
@@ -152,4 +160,20 @@ def refund_values(refund: Refund, *, merchant_id: str, transaction_id: str) -> d
         "reason": refund.reason,
         "status": refund.status.value,
         "create_time": refund.create_time,
+        "failure_reason": refund.failure_reason.value if refund.failure_reason else None,
+        "processor_reference": refund.processor_reference,
     }
+
+
+def refund_from_row(row: Record) -> Refund:
+    return Refund(
+        id=row.id,
+        payment_id=row.payment_id,
+        amount=row.amount,
+        currency=row.currency,
+        reason=row.reason,
+        status=RefundStatus(row.status),
+        create_time=row.create_time,
+        processor_reference=row.processor_reference,
+        failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
+    )

@@ -8,7 +8,10 @@ migration 0001 (plus a PostgreSQL trigger for the payment state machine):
   `failure_reason` set exactly when FAILED, `captured_amount > 0` exactly when SUCCEEDED,
   and (transaction_id, currency) references the ref's (transaction_id, currency) so a
   payment's currency is its transaction's.
-- `refunds`: amount > 0, belongs to a payment (and its currency).
+- `payments` (migration 0003): `capturing_amount` set exactly when CAPTURING, pending
+  refunds within what is captured and not refunded.
+- `refunds`: amount > 0, belongs to a payment (and its currency), `failure_reason` set
+  exactly when FAILED.
 - `outbox`: one row per money movement, unique per (transaction_id, seq) so delivery
   order per transaction is the order the movements were made in.
 """
@@ -22,7 +25,16 @@ from pi.platform.db.idempotency import idempotency_table
 
 metadata = sa.MetaData()
 
-PAYMENT_STATUSES = ("PROCESSING", "REQUIRES_CAPTURE", "SUCCEEDED", "FAILED", "CANCELLED")
+PAYMENT_STATUSES = (
+    "PROCESSING",
+    "REQUIRES_CAPTURE",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "CAPTURING",
+    "CANCELLING",
+)
+REFUND_STATUSES = ("SUCCEEDED", "PENDING", "FAILED")
 FAILURE_REASONS = (
     "CARD_DECLINED",
     "INSUFFICIENT_FUNDS",
@@ -91,6 +103,8 @@ payments = sa.Table(
     sa.Column("processor_reference", sa.String(128), nullable=True),
     sa.Column("create_time", UtcDateTime(), nullable=False),
     sa.Column("update_time", UtcDateTime(), nullable=False),
+    sa.Column("capturing_amount", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("refunding_amount", sa.BigInteger, nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["transaction_id", "currency"],
         ["transaction_refs.transaction_id", "transaction_refs.currency"],
@@ -121,11 +135,21 @@ payments = sa.Table(
         sa.text("create_time DESC"),
         sa.text("id DESC"),
     ),
+    sa.CheckConstraint(
+        "(status = 'CAPTURING' AND capturing_amount > 0 AND capturing_amount <= amount) "
+        "OR (status <> 'CAPTURING' AND capturing_amount = 0)",
+        name="payments_capturing_iff_capturing",
+    ),
+    sa.CheckConstraint(
+        "refunding_amount >= 0 AND refunded_amount + refunding_amount <= captured_amount",
+        name="payments_refunding_within_captured",
+    ),
     sa.Index("payments_transaction_idx", "transaction_id"),
+    # The reconciler's scan of what waits for the processor (migration 0003).
     sa.Index(
-        "payments_processing_idx",
+        "payments_waiting_idx",
         "update_time",
-        postgresql_where=sa.text("status = 'PROCESSING'"),
+        postgresql_where=sa.text("status IN ('PROCESSING', 'CAPTURING', 'CANCELLING')"),
     ),
 )
 
@@ -141,14 +165,23 @@ refunds = sa.Table(
     sa.Column("reason", sa.String(500), nullable=False, default=""),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("failure_reason", sa.String(32), nullable=True),
+    sa.Column("processor_reference", sa.String(128), nullable=True),
     sa.CheckConstraint("amount > 0", name="refunds_amount_positive"),
-    sa.CheckConstraint("status IN ('SUCCEEDED')", name="refunds_status_known"),
+    sa.CheckConstraint(_in("status", REFUND_STATUSES), name="refunds_status_known"),
+    sa.CheckConstraint(
+        "(status = 'FAILED' AND failure_reason IS NOT NULL AND "
+        + _in("failure_reason", FAILURE_REASONS)
+        + ") OR (status <> 'FAILED' AND failure_reason IS NULL)",
+        name="refunds_failure_reason_iff_failed",
+    ),
     sa.ForeignKeyConstraint(
         ["transaction_id", "currency"],
         ["transaction_refs.transaction_id", "transaction_refs.currency"],
         name="refunds_transaction_currency_fkey",
     ),
     sa.Index("refunds_payment_idx", "payment_id"),
+    sa.Index("refunds_pending_idx", "create_time", postgresql_where=sa.text("status = 'PENDING'")),
 )
 
 outbox = sa.Table(
@@ -177,6 +210,23 @@ outbox = sa.Table(
         "seq",
         postgresql_where=sa.text("delivered_time IS NULL"),
     ),
+)
+
+# Movements the transaction service kept refusing, moved out of the outbox with every
+# later undelivered movement of their transaction (migration 0003), until retried.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("transaction_id", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.LargeBinary, nullable=False),
+    sa.Column("create_time", UtcDateTime(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_error", sa.String(500), nullable=True),
+    sa.Column("dead_time", UtcDateTime(), nullable=False),
+    sa.Index("dead_letters_transaction_idx", "transaction_id", "seq"),
 )
 
 idempotency_keys = idempotency_table(metadata)

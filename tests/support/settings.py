@@ -30,6 +30,7 @@ COMMON_VARIABLES = frozenset(
         "DATABASE_URL",
         "PI_DB_SCHEMA",
         "PI_DB_POOL_SIZE",
+        "PI_DB_COMMIT_GROUPS",
         "REDIS_URL",
         "PI_ADMIN_TOKEN",
         "PI_SERVICE_TOKEN",

@@ -63,6 +63,7 @@ def test_every_common_variable_is_read(settings_type: type[ServiceSettings]) -> 
         "DATABASE_URL": "postgresql://root@127.0.0.1:5432/test",
         "PI_DB_SCHEMA": "t_abc",
         "PI_DB_POOL_SIZE": "7",
+        "PI_DB_COMMIT_GROUPS": "0",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "PI_JWT_ISSUER": "iss",
         "PI_JWT_AUDIENCE": "aud",
@@ -74,7 +75,7 @@ def test_every_common_variable_is_read(settings_type: type[ServiceSettings]) -> 
     s = settings_type.from_env(env)
     assert (s.grpc_host, s.grpc_port, s.listen_address) == ("0.0.0.0", 6000, "0.0.0.0:6000")
     assert s.database_url == "postgresql://root@127.0.0.1:5432/test"
-    assert (s.db_schema, s.db_pool_size) == ("t_abc", 7)
+    assert (s.db_schema, s.db_pool_size, s.db_commit_groups) == ("t_abc", 7, 0)
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert (s.jwt_issuer, s.jwt_audience) == ("iss", "aud")
     assert s.auth_target == "a:1"
@@ -141,6 +142,7 @@ def test_invalid_common_values_are_all_reported(settings_type: type[ServiceSetti
         "DATABASE_URL": "mysql://x/y",
         "PI_DB_SCHEMA": "Robert'); DROP",
         "PI_DB_POOL_SIZE": "0",
+        "PI_DB_COMMIT_GROUPS": "-1",
         "REDIS_URL": "http://x",
         "PI_REVOCATION_POLL_SECONDS": "-1",
         "PI_RATE_LIMIT_PER_MERCHANT": "lots",
@@ -154,6 +156,7 @@ def test_invalid_common_values_are_all_reported(settings_type: type[ServiceSetti
         "DATABASE_URL",
         "PI_DB_SCHEMA",
         "PI_DB_POOL_SIZE",
+        "PI_DB_COMMIT_GROUPS",
         "REDIS_URL",
         "PI_REVOCATION_POLL_SECONDS",
         "PI_RATE_LIMIT_PER_MERCHANT",

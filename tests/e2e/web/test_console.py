@@ -31,7 +31,9 @@ def test_try_it_lists_transactions_with_the_sessions_token(
     expect(operation).to_be_visible(timeout=20_000)
     operation.locator(".opblock-summary").first.click()
     with page.expect_response(
-        lambda r: r.url.startswith(f"{mesh.http_base}/v1/transactions") and r.request.method == "GET"
+        lambda r: (
+            r.url.startswith(f"{mesh.http_base}/v1/transactions") and r.request.method == "GET"
+        )
     ) as answered:
         operation.get_by_role("button", name="Execute").click()
     response = answered.value

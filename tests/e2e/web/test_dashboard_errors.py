@@ -52,9 +52,7 @@ def test_an_over_refund_shows_the_api_error_next_to_the_amount_field(
 ) -> None:
     sign_in(page, merchant)
     transaction_id = _open_new_transaction(mesh, merchant, page, "2500")
-    page.get_by_role("form", name="Pay by card (sandbox)").get_by_role(
-        "button", name="Pay"
-    ).click()
+    page.get_by_role("form", name="Pay by card (sandbox)").get_by_role("button", name="Pay").click()
     payment = page.locator("article.payment")
     expect(payment.locator(".status")).to_have_text("succeeded")
     payment_id = payment.get_attribute("data-payment-id")

@@ -128,3 +128,30 @@ def test_envoy_accepts_a_config_serving_the_site(
     write_bootstrap(bootstrap, target)
     result = validate(target)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cli_renders_the_site_from_where_it_is_served(
+    dist: Path, descriptor_path: str, tmp_path: Path
+) -> None:
+    from pi.edge.__main__ import main
+
+    out = tmp_path / "envoy.json"
+    code = main(
+        [
+            "render",
+            "--profile",
+            "kubernetes",
+            "--descriptor",
+            descriptor_path,
+            "--out",
+            str(out),
+            "--web",
+            str(dist),
+            "--web-served-from",
+            "/etc/pi/edge/web",
+        ]
+    )
+    assert code == 0
+    text = out.read_text()
+    assert '"filename": "/etc/pi/edge/web/index.html"' in text
+    assert str(dist) not in text

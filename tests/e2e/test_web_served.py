@@ -13,6 +13,11 @@ from tests.e2e.conftest import WEB_DIST, Merchant, Mesh
 pytestmark = pytest.mark.e2e
 
 
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    assert (WEB_DIST / "index.html").is_file(), f"{WEB_DIST} is not built: run `make web`"
+
+
 def test_the_dashboard_carries_the_security_headers(mesh: Mesh) -> None:
     for path in ("/", "/index.html"):
         page = mesh.request("GET", path, headers={"accept": "text/html"})

@@ -89,3 +89,32 @@ def test_a_document_of_another_kind_is_refused(node: str, tmp_path: Path) -> Non
     result = _generate(node, "--in", str(source), "--out", str(tmp_path / "x.ts"))
     assert result.returncode != 0
     assert "neither Swagger 2.0 nor OpenAPI 3" in result.stderr
+
+
+def test_without_in_an_openapi_3_document_wins_over_a_swagger_2_copy(
+    node: str, tmp_path: Path
+) -> None:
+    """While the served document moves from Swagger 2.0 to OpenAPI 3.1, both may be there."""
+    repo = tmp_path / "repo"
+    (repo / "generated" / "openapi").mkdir(parents=True)
+    shutil.copytree(WEB / "scripts", repo / "web" / "scripts")
+    (repo / "web" / "node_modules").symlink_to(WEB / "node_modules")
+    (repo / "web" / "src" / "api").mkdir(parents=True)
+    openapi = repo / "generated" / "openapi"
+    (openapi / "pi.swagger.json").write_text(
+        json.dumps(_document({"swagger": "2.0"}, {"type": "string"}))
+    )
+    doc = _document({"openapi": "3.1.0"}, {"schema": {"type": "string"}})
+    doc["paths"] = {"/v1/openapi3/{id}": doc["paths"]["/v1/things/{id}"]}  # type: ignore[index]
+    (openapi / "pi.openapi.json").write_text(json.dumps(doc))
+    result = subprocess.run(
+        [node, str(repo / "web" / "scripts" / "gen-client.mjs")],
+        cwd=repo / "web",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    text = (repo / "web" / "src" / "api" / "schema.gen.ts").read_text()
+    assert '"/v1/openapi3/{id}"' in text
+    assert "from generated/openapi/pi.openapi.json" in text

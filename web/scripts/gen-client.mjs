@@ -20,13 +20,21 @@ function option(name) {
   return at === -1 ? undefined : process.argv[at + 1];
 }
 
+// The document the edge serves: an OpenAPI 3 one if generated/openapi/ holds one (while
+// a Swagger 2.0 copy may still sit next to it), else the Swagger 2.0 one.
 function defaultDocument() {
   const dir = join(repo, "generated", "openapi");
-  const documents = readdirSync(dir).filter((name) => name.endsWith(".json")).sort();
-  if (documents.length !== 1) {
-    throw new Error(`expected one OpenAPI document in ${dir}, found ${documents.join(", ") || "none"}: pass --in`);
+  const documents = readdirSync(dir)
+    .filter((name) => name.endsWith(".json"))
+    .sort()
+    .map((name) => ({ path: join(dir, name), doc: JSON.parse(readFileSync(join(dir, name), "utf8")) }));
+  const v3 = documents.filter(({ doc }) => String(doc.openapi ?? "").startsWith("3."));
+  const candidates = v3.length ? v3 : documents.filter(({ doc }) => doc.swagger === "2.0");
+  if (candidates.length !== 1) {
+    const names = candidates.map(({ path }) => relative(repo, path)).join(", ") || "none";
+    throw new Error(`expected one OpenAPI document in ${relative(repo, dir)}, found ${names}: pass --in`);
   }
-  return join(dir, documents[0]);
+  return candidates[0].path;
 }
 
 async function openapi3(document) {

@@ -56,8 +56,11 @@ function toApiError(status: number, body: unknown): ApiError {
   return new ApiError(status, rpc.message || `HTTP ${status}`, reason, violations);
 }
 
-/** Partial: the request types may mark output-only fields required; we never send those. */
-function body<P extends keyof paths, M extends keyof paths[P]>(value: Partial<Body<P, M>>): Body<P, M> {
+type DeepPartial<T> = T extends (infer U)[] ? DeepPartial<U>[] : T extends object ? { [K in keyof T]?: DeepPartial<T[K]> } : T;
+
+/** Deeply partial: a document may mark output-only fields (a card's brand, an id) required
+ * in the shared message types; requests never send those. Names and types are still checked. */
+function body<P extends keyof paths, M extends keyof paths[P]>(value: DeepPartial<Body<P, M>>): Body<P, M> {
   return value as Body<P, M>;
 }
 

@@ -35,7 +35,10 @@ def test_create_shows_the_secret_once_and_revoke_makes_the_key_unusable(
     region = page.get_by_role("region", name="New API key secret")
     new_key_id = region.locator("code").first.inner_text()
     assert new_key_id.startswith("key_") and new_key_id != merchant.api_key_id
-    expect(region.get_by_role("button", name="Copy secret")).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    region.get_by_role("button", name="Copy secret").click()
+    expect(region.get_by_text("Copied to the clipboard.")).to_be_visible()
+    assert page.evaluate("() => navigator.clipboard.readText()") == secret
     row = page.locator(f"tr[data-key-id='{new_key_id}']")
     expect(row).to_contain_text("Checkout server")
     page.screenshot(path=Path(output_path) / "dashboard-api-keys.png", full_page=True)

@@ -141,3 +141,29 @@ def test_sign_out_revokes_the_token_and_a_revoked_session_asks_to_sign_in_again(
     page.get_by_role("link", name="API keys").click()
     expect(page.get_by_text("Your session has ended")).to_be_visible()
     expect(page.get_by_label("API key id")).to_be_visible()
+
+
+def test_an_authorization_is_cancelled_after_a_confirmation(
+    page: Page, mesh: Mesh, merchant: Merchant
+) -> None:
+    sign_in(page, merchant)
+    page.goto("/#/transactions/new")
+    page.get_by_label("Amount (USD)").fill("20")
+    page.get_by_role("button", name="Create transaction").click()
+    pay = page.get_by_role("form", name="Pay by card (sandbox)")
+    pay.get_by_label("Manual: authorize now, capture later").check()
+    pay.get_by_role("button", name="Pay").click()
+    payment = page.locator("article.payment")
+    expect(payment.locator(".status")).to_have_text("requires capture")
+
+    payment.get_by_role("button", name="Cancel payment").click()
+    confirm = payment.get_by_role("group", name="Confirm cancellation")
+    confirm.get_by_role("button", name="Keep it").click()
+    expect(payment.locator(".status")).to_have_text("requires capture")
+    payment.get_by_role("button", name="Cancel payment").click()
+    confirm.get_by_role("button", name="Yes, cancel payment").click()
+    expect(payment.locator(".status")).to_have_text("cancelled")
+    expect(page.locator("[data-amount=authorized]")).to_have_text("$0.00")
+    payment_id = payment.get_attribute("data-payment-id")
+    stored = mesh.request("GET", f"/v1/payments/{payment_id}", token=merchant.token)
+    assert stored.json()["payment"]["status"] == "PAYMENT_STATUS_CANCELLED"

@@ -10,16 +10,22 @@ BUF         := node_modules/.bin/buf
 PY_STAMP    := $(VENV)/.setup-stamp
 NODE_STAMP  := node_modules/.setup-stamp
 LINT_PATHS  := pi tests scripts bench
+# The web front end (web/): its own package.json and lockfile; built into web/dist, which
+# the edge serves (not committed: `make setup` and `make run` build it).
+WEB_STAMP   := web/node_modules/.setup-stamp
+WEB_DIST    := web/dist/index.html
+WEB_SOURCES := $(shell find web/src web/scripts -type f 2>/dev/null) web/index.html \
+               web/vite.config.ts web/tsconfig.json $(wildcard generated/openapi/*.json)
 # v1 is published: proto changes must not break it. Compared with the main branch, so a
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test test-unit run bench clean image
+.PHONY: help setup proto web lint test test-unit run bench clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-setup: $(PY_STAMP) $(NODE_STAMP) ## Create .venv (pinned deps) and node_modules (buf). Idempotent.
+setup: $(PY_STAMP) $(NODE_STAMP) $(WEB_DIST) ## Create .venv (pinned deps), node_modules (buf) and the web build. Idempotent.
 
 $(PY_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
@@ -30,8 +36,19 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-proto: $(PY_STAMP) ## Regenerate generated/ from protos/ (Python stubs, descriptor set, OpenAPI).
+proto: $(PY_STAMP) $(WEB_STAMP) ## Regenerate generated/ from protos/ (stubs, descriptors, OpenAPI) and the web's typed client.
 	$(PY) scripts/gen_protos.py
+	cd web && node scripts/gen-client.mjs
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(WEB_DIST): $(WEB_STAMP) $(WEB_SOURCES)
+	cd web && node scripts/gen-client.mjs && npm run --silent build
+
+web: $(WEB_STAMP) ## Regenerate the web's typed client from the OpenAPI document and build web/dist.
+	cd web && node scripts/gen-client.mjs && npm run --silent build
 
 lint: setup ## ruff, ruff format --check, mypy, buf lint, buf breaking (runs all, fails if any fails).
 	@status=0; \
@@ -57,7 +74,7 @@ bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see
 	$(PY) -m bench $(BENCH_ARGS)
 
 clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache web/dist
 	find . -path ./.venv -prune -o -path ./node_modules -prune -o \
 	    -name __pycache__ -type d -exec rm -rf {} +
 

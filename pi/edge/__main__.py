@@ -1,6 +1,6 @@
 """`python -m pi.edge`: render the Envoy bootstrap, create the dev certificate, validate.
 
-    python -m pi.edge render --out var/envoy.json --replicas 3 --dev-cert var/certs
+    python -m pi.edge render --out var/envoy.json --replicas 3 --dev-cert var/certs --web web/dist
     python -m pi.edge render --profile kubernetes --out envoy.json \\
         --upstream auth=auth.pi.svc.cluster.local:50051
     python -m pi.edge dev-cert --dir var/certs
@@ -28,6 +28,7 @@ from pi.edge.config import (
 from pi.edge.envoy import validate
 from pi.edge.files import write_bootstrap
 from pi.edge.profiles import kubernetes_config, local_config
+from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
 DEFAULT_DESCRIPTOR = "generated/descriptors.binpb"
@@ -79,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"document served at GET /openapi.json (local default {DEFAULT_OPENAPI})",
     )
     render.add_argument("--no-openapi", action="store_true", help="do not serve /openapi.json")
+    render.add_argument(
+        "--web", metavar="DIR", help="serve the built web front end in DIR (e.g. web/dist)"
+    )
+    render.add_argument(
+        "--web-served-from",
+        metavar="DIR",
+        help="where Envoy finds --web's files at run time (default: DIR itself)",
+    )
     render.add_argument(
         "--replicas", type=int, default=1, help="local profile: processes per service"
     )
@@ -158,6 +167,9 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             overrides["openapi_path"] = _absolute(DEFAULT_OPENAPI)
         else:
             print(f"note: no {DEFAULT_OPENAPI}; /openapi.json is not served", file=sys.stderr)
+
+    if args.web:
+        overrides["web"] = StaticSite.scan(args.web, served_from=args.web_served_from)
 
     if args.descriptor:
         overrides["descriptor_path"] = _absolute(args.descriptor)

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
 PUBLIC_GRPC_SERVICES: Mapping[str, str] = {
@@ -112,6 +113,8 @@ class EdgeConfig:
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
     openapi_path: str | None = None
+    # The web front end (web/dist), served by `pi.edge.static`; None serves none.
+    web: StaticSite | None = None
     rate_limit: RateLimit = field(default_factory=RateLimit)
     timeouts: Timeouts = field(default_factory=Timeouts)
     health_check: HealthCheck = field(default_factory=HealthCheck)

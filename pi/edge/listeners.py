@@ -12,6 +12,7 @@ from pi.edge._values import KIB, MIB, duration, socket_address, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
 from pi.edge.local_replies import local_reply_config
 from pi.edge.routes import route_config
+from pi.edge.static import compressor_filter
 
 _TLS = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -144,6 +145,7 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
                 "max_request_bytes": config.max_request_body_bytes,
             },
         },
+        *([compressor_filter()] if config.web is not None else []),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": _transcoder(config),

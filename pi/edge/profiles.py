@@ -17,6 +17,7 @@ from pi.edge.config import (
     RateLimit,
     local_upstreams,
 )
+from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
 # Where the Kubernetes manifests mount things into the Envoy pod.
@@ -57,6 +58,7 @@ def e2e_config(
     tls_cert_path: str | None = None,
     tls_key_path: str | None = None,
     requests_per_second: int = 5,
+    web: StaticSite | None = None,
 ) -> EdgeConfig:
     """End-to-end tests: free ports, fast health checks, a rate limit a test can exceed."""
     return EdgeConfig(
@@ -70,6 +72,7 @@ def e2e_config(
         tls_key_path=tls_key_path,
         rate_limit=RateLimit(requests_per_second, requests_per_second),
         health_check=HealthCheck(interval=1.0, timeout=1.0),
+        web=web,
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pi.edge._values import MIB, duration, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.static import static_routes
 
 # RPC name prefixes that only read (AIP-131/132): safe to retry after a partial failure.
 _READ_METHOD_PREFIXES = ("Get", "List")
@@ -23,6 +24,8 @@ def route_config(config: EdgeConfig) -> dict[str, Any]:
     routes: list[dict[str, Any]] = []
     if config.openapi_path is not None:
         routes.append(_openapi_route(config.openapi_path))
+    if config.web is not None:
+        routes.extend(static_routes(config.web))
     for name, grpc_service in PUBLIC_GRPC_SERVICES.items():
         for prefix in _READ_METHOD_PREFIXES:
             routes.append(_grpc_route(f"/{grpc_service}/{prefix}", name, config, read=True))

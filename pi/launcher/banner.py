@@ -64,6 +64,11 @@ def print_banner(
     ca = options.var / "certs" / "ca.pem"
     out.say()
     out.say(f"Pi Platform is running. Ctrl-C stops everything; the data stays in {store}.")
+    if options.serves_web:
+        out.say(f"  Dashboard    {http_base}/")
+        out.say(f"  API console  {http_base}/#/console   (sign in first: Try it uses your token)")
+    else:
+        out.say(f"  Dashboard    not built ({options.web_dist} is missing): run `make web`")
     out.say(f"  HTTP/JSON    {http_base}   (OpenAPI: {http_base}/openapi.json)")
     out.say(f"  HTTPS        https://localhost:{options.https_port}   (TLS 1.3; CA: {ca})")
     out.say(
@@ -77,6 +82,8 @@ def print_banner(
         )
         out.say(f"  API key id      {merchant.api_key_id}")
         out.say(f"  API key secret  {merchant.api_key_secret}")
+        if options.serves_web:
+            out.say(f"  Sign in to the dashboard at {http_base}/ with this key id and secret.")
         out.say()
         out.say("Try it:")
         for line in demo.curl_example(http_base, merchant).splitlines():

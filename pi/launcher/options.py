@@ -20,6 +20,11 @@ def generated_dir() -> Path:
     return Path(str(importlib.resources.files("generated")))
 
 
+def web_dist_dir() -> Path:
+    """`web/dist` of the checkout `pi` runs from (`make web` builds it)."""
+    return Path(__file__).resolve().parents[2] / "web" / "dist"
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     """What to start and where; `root` is the working directory of every child."""
@@ -35,6 +40,12 @@ class LaunchOptions:
     grace: float = 15.0
     python: str = sys.executable
     generated: Path = field(default_factory=generated_dir)
+    web_dist: Path = field(default_factory=web_dist_dir)
+
+    @property
+    def serves_web(self) -> bool:
+        """Whether the dashboard is built, so that Envoy serves it."""
+        return (self.web_dist / "index.html").is_file()
 
     @property
     def var(self) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from pi.edge import ensure_dev_cert, render_bootstrap, write_bootstrap
 from pi.edge.profiles import local_config
+from pi.edge.static import StaticSite
 from pi.launcher.console import Console
 from pi.launcher.options import SERVICES, LaunchOptions
 from pi.launcher.secrets import ensure_dev_secrets
@@ -56,6 +57,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
         http_port=options.http_port,
         https_port=options.https_port,
         admin_port=options.admin_port,
+        web=StaticSite.scan(options.web_dist) if options.serves_web else None,
     )
     config = replace(config, upstreams=options.upstreams())
     write_bootstrap(render_bootstrap(config), options.var / "envoy.json")

@@ -46,12 +46,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pi.edge import Endpoint, ensure_dev_cert, envoy_command, render_bootstrap, write_bootstrap
 from pi.edge.profiles import e2e_config
+from pi.edge.static import StaticSite
 from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
 OPENAPI = REPO / "generated" / "openapi" / "pi.swagger.json"
+WEB_DIST = REPO / "web" / "dist"  # built by `make setup` / `make web`; tests/e2e/web needs it
 SERVICES = ("auth", "transactions", "payments")
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
@@ -362,6 +364,7 @@ def _start_envoy(
         tls_cert_path=None if cert is None else str(cert.cert_path),
         tls_key_path=None if cert is None else str(cert.key_path),
         requests_per_second=requests_per_second,
+        web=StaticSite.scan(WEB_DIST) if (WEB_DIST / "index.html").is_file() else None,
     )
     config_path = workdir / f"{name}.json"
     write_bootstrap(render_bootstrap(config), config_path)

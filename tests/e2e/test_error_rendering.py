@@ -269,7 +269,9 @@ def test_other_merchants_objects_are_404(mesh: Any, merchant: Any) -> None:
 def test_unknown_path_is_404(mesh: Any, merchant: Any) -> None:
     for method, path in (
         ("GET", "/v1/nothing-here"),
-        ("GET", "/"),
+        # `/` is the dashboard (tests/e2e/test_web_served.py); a path beside it is not.
+        ("GET", "/dashboard"),
+        ("POST", "/"),
         ("POST", "/v2/transactions"),
         ("DELETE", "/v1/transactions"),
     ):

@@ -23,6 +23,7 @@ from pi.edge.config import (
     Endpoint,
     HealthCheck,
     RateLimit,
+    UpstreamTls,
     render_bootstrap,
 )
 from pi.edge.envoy import validate
@@ -96,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--cert", help="certificate chain (PEM) for the TLS listener; needs --key")
     tls.add_argument("--no-tls", action="store_true", help="no TLS listener")
     render.add_argument("--key", help="private key (PEM) for the TLS listener")
+    render.add_argument(
+        "--mesh-identity",
+        metavar="CA,CERT,KEY",
+        help="the edge's mesh identity (PEM files): call the services over mutual TLS "
+        "(kubernetes default: /etc/pi/mesh/{ca.crt,tls.crt,tls.key})",
+    )
+    render.add_argument("--no-mesh-tls", action="store_true", help="call the services in plaintext")
     render.add_argument("--rate-limit-rps", type=int)
     render.add_argument("--rate-limit-burst", type=int, help="bucket size (default: the rps)")
     render.add_argument("--health-check-interval", type=float)
@@ -148,6 +156,14 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         overrides["tls_key_path"] = _absolute(args.key)
     elif args.no_tls:
         overrides["tls_cert_path"] = overrides["tls_key_path"] = None
+
+    if args.mesh_identity:
+        paths = [_absolute(p) for p in args.mesh_identity.split(",")]
+        if len(paths) != 3:
+            parser.error("--mesh-identity takes CA,CERT,KEY")
+        overrides["upstream_tls"] = UpstreamTls(*paths)
+    elif args.no_mesh_tls:
+        overrides["upstream_tls"] = None
 
     if args.no_openapi:
         overrides["openapi_path"] = None

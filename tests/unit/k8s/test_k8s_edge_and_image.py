@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from pi.edge import EnvoyNotFound, ensure_dev_cert, find_envoy, validate
+from pi.edge.identities import ensure_identities
 from tests.support.settings import SETTINGS_TYPES
 
 REPO = Path(__file__).resolve().parents[3]
@@ -52,7 +53,11 @@ def test_rendered_edge_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     except EnvoyNotFound as missing:
         pytest.skip(str(missing))
     cert = ensure_dev_cert(tmp_path / "certs")
+    edge = ensure_identities(tmp_path / "certs", ["edge"])["edge"]
     in_pod = {
+        "/etc/pi/mesh/ca.crt": edge.ca_path,
+        "/etc/pi/mesh/tls.crt": edge.cert_path,
+        "/etc/pi/mesh/tls.key": edge.key_path,
         "/etc/pi/edge/descriptors.binpb": REPO / "generated" / "descriptors.binpb",
         "/etc/pi/edge/openapi.json": REPO / "generated" / "openapi" / "pi.swagger.json",
         "/etc/pi/tls/tls.crt": cert.cert_path,

@@ -165,6 +165,10 @@ class ServiceSettings:
     # A plaintext port serving only grpc.health.v1, for probes that cannot do mTLS
     # (the kubelet's gRPC probes); unset: none.
     health_port: int | None = None
+    # `migrate` only: the role the service connects as, created and granted its schema
+    # (pi.platform.db.roles); unset: none is made (tests, one role for everything).
+    db_service_role: str | None = None
+    db_service_role_password: str | None = field(default=None, repr=False)
     # A read-only mapping: not hashable, so left out of eq/hash (the key material decides
     # nothing a comparison of settings is for).
     master_keys: Mapping[int, bytes] = field(repr=False, compare=False, hash=False)
@@ -209,6 +213,8 @@ class ServiceSettings:
             "service_token": _service_token(env),
             "mesh_tls": _mesh_tls(env),
             "health_port": _health_port(env),
+            "db_service_role": _db_service_role(env),
+            "db_service_role_password": env.get("PI_DB_SERVICE_ROLE_PASSWORD"),
             "master_keys": _master_keys(env),
             "jwt_issuer": env.text("PI_JWT_ISSUER", "pi-platform"),
             "jwt_audience": env.text("PI_JWT_AUDIENCE", "pi-api"),
@@ -284,6 +290,13 @@ def _service_token(env: Environment) -> str:
     return env.required(
         "PI_SERVICE_TOKEN", "the service-to-service bearer credential, unless PI_TLS_* are set"
     )
+
+
+def _db_service_role(env: Environment) -> str | None:
+    role = env.get("PI_DB_SERVICE_ROLE")
+    if role is not None and not _SCHEMA_RE.match(role):
+        env.problem("PI_DB_SERVICE_ROLE must be a lowercase SQL identifier.")
+    return role
 
 
 def _health_port(env: Environment) -> int | None:

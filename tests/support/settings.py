@@ -38,6 +38,8 @@ COMMON_VARIABLES = frozenset(
         "PI_TLS_CERT",
         "PI_TLS_KEY",
         "PI_HEALTH_PORT",
+        "PI_DB_SERVICE_ROLE",
+        "PI_DB_SERVICE_ROLE_PASSWORD",
         "PI_JWT_ISSUER",
         "PI_JWT_AUDIENCE",
         "PI_AUTH_TARGET",

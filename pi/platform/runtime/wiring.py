@@ -29,6 +29,7 @@ import grpc
 from pi.platform.cache import Cache, create_cache
 from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
+from pi.platform.db.roles import grant_service_role
 from pi.platform.runtime import server
 from pi.platform.runtime.callers import CallerInterceptor
 from pi.platform.runtime.clients import service_channel
@@ -218,4 +219,12 @@ def migrate_service(settings_type: type[ServiceSettings], script_location: Path)
     settings = settings_type.from_env()
     configure_logging(settings)
     migrations.upgrade(settings, settings.db_schema, script_location)
+    if settings.db_service_role:
+        grant_service_role(
+            settings.database_url,
+            settings.db_schema,
+            settings.db_service_role,
+            settings.db_service_role_password,
+        )
+        log.info("%s may use only its schema", settings.db_service_role, extra={"role": "granted"})
     log.info("%s database migrated", settings.service, extra={"schema": settings.db_schema})

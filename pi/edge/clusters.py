@@ -120,7 +120,10 @@ def _mesh_tls(service: str, tls: UpstreamTls) -> dict[str, Any]:
             "@type": type_url(_UPSTREAM_TLS),
             "sni": service,
             "common_tls_context": {
-                "tls_params": {"tls_minimum_protocol_version": "TLSv1_3"},
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
                 # gRPC servers refuse a TLS connection that did not negotiate h2.
                 "alpn_protocols": ["h2"],
                 "tls_certificates": [

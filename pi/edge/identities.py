@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pi.edge.certs import DevCert, _write_atomic, _write_private, ensure_dev_cert
-from pi.platform.security.mesh import spiffe_id
+from pi.platform.security.mesh import MeshTls, spiffe_id
 
 RENEW_BEFORE = dt.timedelta(days=1)
 _IP_ADDRESSES = ("127.0.0.1", "::1")
@@ -46,6 +46,9 @@ class Identity:
     cert_path: Path
     key_path: Path
 
+    def mesh_tls(self) -> MeshTls:
+        return MeshTls(str(self.ca_path), str(self.cert_path), str(self.key_path))
+
     def env(self) -> dict[str, str]:
         """The settings a service reads its mesh identity from (`pi.platform.config`)."""
         return {
@@ -53,6 +56,13 @@ class Identity:
             "PI_TLS_CERT": str(self.cert_path),
             "PI_TLS_KEY": str(self.key_path),
         }
+
+
+def identity_paths(certs_dir: str | Path, name: str) -> Identity:
+    """Where `ensure_identities` keeps identity `name` (whether issued yet or not)."""
+    folder = Path(certs_dir)
+    mesh = folder / "mesh"
+    return Identity(name, folder / "ca.pem", mesh / f"{name}.pem", mesh / f"{name}-key.pem")
 
 
 def ensure_identities(
@@ -68,13 +78,10 @@ def ensure_identities(
     ca_key = serialization.load_pem_private_key(ca_files.ca_key_path.read_bytes(), None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{ca_files.ca_key_path} is not an EC private key")
-    folder = Path(certs_dir) / "mesh"
-    folder.mkdir(parents=True, exist_ok=True)
+    (Path(certs_dir) / "mesh").mkdir(parents=True, exist_ok=True)
     identities = {}
     for name in names:
-        identity = Identity(
-            name, ca_files.ca_path, folder / f"{name}.pem", folder / f"{name}-key.pem"
-        )
+        identity = identity_paths(certs_dir, name)
         if not _is_reusable(identity, ca, moment):
             _issue(identity, ca, ca_key, ca_files)
         identities[name] = identity

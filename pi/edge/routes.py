@@ -58,7 +58,7 @@ def _not_routed(method: str) -> dict[str, Any]:
     return {
         "name": f"not-routed:{method}",
         "match": {"path": method},
-        "direct_response": {"status": 404},
+        "direct_response": {"status": 404, "body": {"inline_string": "No such method."}},
     }
 
 

@@ -4,6 +4,7 @@
     python -m pi.edge render --profile kubernetes --out envoy.json \\
         --upstream auth=auth.pi.svc.cluster.local:50051
     python -m pi.edge dev-cert --dir var/certs
+    python -m pi.edge mesh-certs --dir var/certs          # auth ... edge admin
     python -m pi.edge validate var/envoy.json
 """
 
@@ -28,6 +29,7 @@ from pi.edge.config import (
 )
 from pi.edge.envoy import validate
 from pi.edge.files import write_bootstrap
+from pi.edge.identities import MESH_IDENTITIES, ensure_identities
 from pi.edge.profiles import kubernetes_config, local_config
 from pi.platform.config import SERVICE_PORTS
 
@@ -45,6 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cert = ensure_dev_cert(args.dir)
         state = "created" if cert.created else "reused"
         print(f"{state} {cert.cert_path} and {cert.key_path}; clients trust {cert.ca_path}")
+        return 0
+    if args.command == "mesh-certs":
+        issued = ensure_identities(args.dir, args.names)
+        for identity in issued.values():
+            print(f"{identity.name}: {identity.cert_path} and {identity.key_path}")
         return 0
     result = validate(args.config)
     sys.stderr.write(result.stdout + result.stderr if result.returncode else "")
@@ -117,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cert = commands.add_parser("dev-cert", help="create (or reuse) the development certificate")
     cert.add_argument("--dir", default="var/certs")
+
+    mesh = commands.add_parser(
+        "mesh-certs",
+        help="issue (or reuse) mesh identities from the development CA in DIR "
+        "(DIR/mesh/<name>.pem and <name>-key.pem)",
+    )
+    mesh.add_argument("--dir", default="var/certs")
+    mesh.add_argument("names", nargs="*", default=list(MESH_IDENTITIES), help="identities to issue")
 
     check = commands.add_parser("validate", help="run envoy --mode validate on a rendered file")
     check.add_argument("config")

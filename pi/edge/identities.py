@@ -34,6 +34,8 @@ from pi.edge.certs import DevCert, _write_atomic, _write_private, ensure_dev_cer
 from pi.platform.security.mesh import MeshTls, spiffe_id
 
 RENEW_BEFORE = dt.timedelta(days=1)
+MESH_IDENTITIES = ("auth", "transactions", "payments", "edge", "admin")
+"""The identities of a deployment: the services, Envoy, and the operator (admin API)."""
 _IP_ADDRESSES = ("127.0.0.1", "::1")
 
 

@@ -19,11 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import quote
 
-from pi.edge.identities import Identity, ensure_identities, identity_paths
-from pi.launcher.options import SERVICES, LaunchOptions
+from pi.edge.identities import MESH_IDENTITIES, Identity, ensure_identities, identity_paths
+from pi.launcher.options import LaunchOptions
 from pi.platform.db.roles import role_url
 
-MESH_NAMES = (*SERVICES, "edge", "admin")
+MESH_NAMES = MESH_IDENTITIES
 """Every identity `make run` issues: the services, Envoy, and the operator."""
 
 _SECRET_PREFIXES = ("PI_MASTER_KEYS", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_TLS_")

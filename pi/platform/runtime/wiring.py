@@ -226,5 +226,9 @@ def migrate_service(settings_type: type[ServiceSettings], script_location: Path)
             settings.db_service_role,
             settings.db_service_role_password,
         )
-        log.info("%s may use only its schema", settings.db_service_role, extra={"role": "granted"})
+        log.info(
+            "role %s may use the %s schema and nothing else",
+            settings.db_service_role,
+            settings.db_schema,
+        )
     log.info("%s database migrated", settings.service, extra={"schema": settings.db_schema})

@@ -45,7 +45,9 @@ CLUSTER_HOSTS = {
     for service in ("auth", "transactions", "payments")
 }
 # Ports the pods listen on; with host networking they must be free on this machine.
-POD_PORTS = (50051, 50052, 50053, 50061, 50062, 50063, 8080, 8443, 9901)
+# The health-only ports sit below the ephemeral range (32768-60999): a busy machine's
+# outbound connections never hold them.
+POD_PORTS = (50051, 50052, 50053, 9051, 9052, 9053, 8080, 8443, 9901)
 JOB_TIMEOUT = 90.0
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2034, "cvc": "123"}
 

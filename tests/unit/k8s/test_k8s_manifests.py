@@ -30,8 +30,9 @@ SECRET_ENV = {
     "PI_MASTER_KEYS",
     "PI_DB_SERVICE_ROLE_PASSWORD",
 }
-# Each service's plaintext health-only port, for the kubelet's probes (no client cert).
-HEALTH_PORTS = {service: port + 10 for service, port in SERVICE_PORTS.items()}
+# Each service's plaintext health-only port, for the kubelet's probes (no client cert);
+# below Linux's ephemeral range, so no outbound connection on a node ever holds one.
+HEALTH_PORTS = {"auth": 9051, "transactions": 9052, "payments": 9053}
 MESH_SECRETS = {
     "auth": "pi-auth-tls",
     "transactions": "pi-transactions-tls",

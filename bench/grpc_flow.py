@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -79,15 +80,30 @@ class PaymentTemplate:
         return b"\x0a" + _varint(len(payment)) + payment
 
 
+def _channel(
+    target: str, service: str, identity: str | None, options: list[tuple[str, Any]]
+) -> grpc.aio.Channel:
+    """Plaintext (Envoy's h2c port), or straight to a service over mutual TLS as the mesh
+    identity whose CA,CERT,KEY files `identity` names (the services accept nothing else)."""
+    if not identity:
+        return grpc.aio.insecure_channel(target, options=options)
+    ca, cert, key = (Path(p).read_bytes() for p in identity.split(","))
+    return grpc.aio.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(ca, key, cert),
+        options=[*options, ("grpc.ssl_target_name_override", service)],
+    )
+
+
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     with open(args.tokens_file) as f:
         tokens = [t for t in f.read().split() if t]
     options = [("grpc.enable_retries", 0)]
-    txn_channel = grpc.aio.insecure_channel(args.transactions, options=options)
+    txn_channel = _channel(args.transactions, "transactions", args.mesh_identity, options)
     pay_channel = (
         txn_channel
         if args.payments == args.transactions
-        else grpc.aio.insecure_channel(args.payments, options=options)
+        else _channel(args.payments, "payments", args.mesh_identity, options)
     )
     # No serializers: bytes in, bytes out.
     create_txn: Any = txn_channel.unary_unary(CREATE_TRANSACTION)
@@ -173,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--exp-year", type=int, default=2035)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--mesh-identity", metavar="CA,CERT,KEY", help="mTLS to the services")
     args = parser.parse_args(argv)
 
     import uvloop

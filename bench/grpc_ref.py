@@ -27,6 +27,7 @@ def run(
     idempotency: bool,
     exp_year: int,
     workdir: Path,
+    mesh_identity: str | None = None,
 ) -> dict[str, Any]:
     tokens_file = workdir / f"grpc-tokens-{nonce}.txt"
     tokens_file.write_text("\n".join(tokens) + "\n")
@@ -64,6 +65,8 @@ def run(
         ]
         if idempotency:
             args.append("--idempotency")
+        if mesh_identity:
+            args += ["--mesh-identity", mesh_identity]
         try:
             done[i] = run_measured(args, timeout=duration + 60, cwd=str(repo))
         except BaseException as exc:  # reported below

@@ -116,7 +116,19 @@ class Mesh:
             for k, v in os.environ.items()
             if not k.startswith(("PI_", "BENCH_")) and k != "GRPC_ENABLE_FORK_SUPPORT"
         }
-        env.update(self.base_env)
+        env.update(
+            {
+                k: v
+                for k, v in self.base_env.items()
+                if not k.startswith(("PI_MASTER_KEYS", "PI_ADMIN_TOKEN"))
+            }
+        )
+        # As `make run` does: each service its own master keys and mesh identity; only
+        # auth the admin token.
+        env["PI_MASTER_KEYS"] = self.base_env[f"PI_MASTER_KEYS_{name.upper()}"]
+        if name == "auth":
+            env["PI_ADMIN_TOKEN"] = self.base_env["PI_ADMIN_TOKEN"]
+        env.update(self.identity(name).env())
         env.update(
             {
                 "PI_GRPC_HOST": "127.0.0.1",
@@ -131,6 +143,12 @@ class Mesh:
             }
         )
         return env
+
+    def identity(self, name: str) -> Any:
+        """Mesh identity `name` (a service, "edge" or "admin"), issued in the workdir."""
+        from pi.edge.identities import MESH_IDENTITIES, ensure_identities
+
+        return ensure_identities(self.workdir / "certs", MESH_IDENTITIES)[name]
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -196,9 +214,13 @@ class Mesh:
     def _grpc_probe(self, port: int) -> Any:
         from pi.launcher.probes import GrpcHealthProbe
 
-        probe = GrpcHealthProbe(f"127.0.0.1:{port}")
+        name = next(n for n in SERVICES if port in self._ports_of(n))
+        probe = GrpcHealthProbe(f"127.0.0.1:{port}", self.identity("admin"), name)
         self._probes.append(probe)
         return probe
+
+    def _ports_of(self, name: str) -> list[int]:
+        return [self.ports.service(name, i) for i in range(self.replicas)]
 
     def _supervise(
         self, name: str, argv: list[str], env: Mapping[str, str], probe: Any, address: str
@@ -238,7 +260,7 @@ class Mesh:
             )
 
     def render_envoy(self) -> Path:
-        from pi.edge import EdgeConfig, Endpoint, HealthCheck, RateLimit
+        from pi.edge import EdgeConfig, Endpoint, HealthCheck, RateLimit, UpstreamTls
         from pi.edge.config import render_bootstrap
         from pi.edge.files import write_bootstrap
 
@@ -249,6 +271,7 @@ class Mesh:
             for name in SERVICES
         }
         options: dict[str, Any] = {}
+        edge = self.identity("edge")
         if self.edge_rate_limit_rps:
             options["rate_limit"] = RateLimit(self.edge_rate_limit_rps, self.edge_rate_limit_rps)
         config = EdgeConfig(
@@ -258,6 +281,7 @@ class Mesh:
             admin_port=self.ports.envoy_admin,
             health_check=HealthCheck(interval=1.0),
             access_log=self.envoy_access_log,
+            upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
             **options,
         )
         path = self.workdir / "envoy.json"

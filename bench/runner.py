@@ -193,7 +193,13 @@ class Bench:
             mesh.start()
             self.client = EdgeClient("127.0.0.1", self.ports.envoy_http)
             _log(f"seeding {cfg.merchants} merchants and their tokens through the edge")
-            self.merchants = create_merchants(self.client, secret["PI_ADMIN_TOKEN"], cfg.merchants)
+            self.merchants = create_merchants(
+                self.client,
+                secret["PI_ADMIN_TOKEN"],
+                cfg.merchants,
+                f"127.0.0.1:{self.ports.service('auth', 0)}",
+                mesh.identity("admin"),
+            )
             rep["seed"] = {"merchants": len(self.merchants)}
 
             self.flow()
@@ -313,6 +319,11 @@ class Bench:
             f"127.0.0.1:{ports.service('payments')}",
         )
         edge = (f"127.0.0.1:{ports.envoy_http}",) * 2
+        # Straight to the services, the load generator is one more mesh peer (the edge's
+        # identity: the services answer nothing without a client certificate).
+        assert self.mesh is not None
+        identity = self.mesh.identity("edge")
+        mesh_identity = f"{identity.ca_path},{identity.cert_path},{identity.key_path}"
         for key, (txn_target, pay_target) in (("grpc_direct", direct), ("grpc_envoy", edge)):
             _log(f"{key}: {cfg.grpc_concurrency} concurrent flows for {cfg.ref_duration:g} s")
             sampler = self._sampler()
@@ -329,6 +340,7 @@ class Bench:
                     idempotency=cfg.idempotency,
                     exp_year=self.exp_year,
                     workdir=self.workdir,
+                    mesh_identity=mesh_identity if key == "grpc_direct" else None,
                 )
             finally:
                 resources = sampler.stop()
@@ -346,10 +358,9 @@ class Bench:
         cfg, ports, refs = self.cfg, self.ports, self.rep["references"]
         self._fresh_tokens()
         connections = min(4, cfg.grpc_concurrency)
-        for key, target in (
-            ("rpc_direct", f"127.0.0.1:{ports.service('transactions')}"),
-            ("rpc_envoy", f"127.0.0.1:{ports.envoy_http}"),
-        ):
+        # Only through Envoy: the services serve mutual TLS only, and h2load presents no
+        # client certificate (grpc_direct measures the services straight, over mTLS).
+        for key, target in (("rpc_envoy", f"127.0.0.1:{ports.envoy_http}"),):
             _log(
                 f"{key}: h2load CreateTransaction, {cfg.grpc_concurrency} streams "
                 f"for {cfg.ref_duration:g} s"

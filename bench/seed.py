@@ -1,5 +1,6 @@
-"""Seeding through the edge, the way a merchant would: admin token → CreateMerchant →
-IssueToken with the returned API key; then transactions for the read-only runs.
+"""Seeding as an operator and merchants would: CreateMerchant inside the mesh (the admin
+certificate and token), then IssueToken through the edge with the returned API key; then
+transactions for the read-only runs.
 """
 
 from __future__ import annotations
@@ -8,7 +9,11 @@ import http.client
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pi.edge.identities import Identity
 
 
 class SeedError(RuntimeError):
@@ -79,25 +84,42 @@ class EdgeClient:
         return data
 
 
-def create_merchants(client: EdgeClient, admin_token: str, count: int) -> list[Merchant]:
+def create_merchants(
+    client: EdgeClient, admin_token: str, count: int, auth_target: str, admin: Identity
+) -> list[Merchant]:
+    """CreateMerchant as the operator, inside the mesh (the edge never routes the admin
+    API): straight to auth at `auth_target` with the `admin` identity's certificate."""
+    import grpc
+
+    from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
+
+    tls = admin.mesh_tls()
+    credentials = grpc.ssl_channel_credentials(
+        Path(tls.ca_path).read_bytes(),
+        Path(tls.key_path).read_bytes(),
+        Path(tls.cert_path).read_bytes(),
+    )
     merchants = []
-    for i in range(count):
-        data = client.ok(
-            "POST",
-            "/v1/merchants",
-            {"displayName": f"Bench merchant {i + 1}"},
-            token=admin_token,
-            idempotency_key=f"bench-merchant-{secrets.token_hex(8)}",
-        )
-        merchant = _field(data, "merchant")
-        key = _field(data, "apiKey", "api_key")
-        merchants.append(
-            Merchant(
-                id=_field(merchant, "id"),
-                api_key_id=_field(key, "id"),
-                api_key_secret=_field(data, "apiKeySecret", "api_key_secret"),
+    with grpc.secure_channel(
+        auth_target, credentials, options=[("grpc.ssl_target_name_override", "auth")]
+    ) as channel:
+        stub = auth_pb2_grpc.AuthServiceStub(channel)
+        for i in range(count):
+            created = stub.CreateMerchant(
+                auth_pb2.CreateMerchantRequest(
+                    display_name=f"Bench merchant {i + 1}",
+                    request_id=f"bench-merchant-{secrets.token_hex(8)}",
+                ),
+                metadata=(("authorization", f"Bearer {admin_token}"),),
+                timeout=15,
             )
-        )
+            merchants.append(
+                Merchant(
+                    id=created.merchant.id,
+                    api_key_id=created.api_key.id,
+                    api_key_secret=created.api_key_secret,
+                )
+            )
     issue_tokens(client, merchants)
     return merchants
 

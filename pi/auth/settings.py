@@ -22,6 +22,7 @@ class AuthSettings(ServiceSettings):
     """The auth service's environment; `token_ttl_seconds` is PI_TOKEN_TTL_SECONDS."""
 
     service: ClassVar[str] = "auth"
+    serves_admin: ClassVar[bool] = True
 
     token_ttl_seconds: int = MAX_TOKEN_TTL_SECONDS
 

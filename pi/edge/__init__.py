@@ -3,6 +3,7 @@
 from pi.edge.certs import DevCert, ensure_dev_cert
 from pi.edge.config import (
     ADMIN_HOST,
+    ADMIN_METHODS,
     INTERNAL_GRPC_SERVICES,
     PUBLIC_GRPC_SERVICES,
     REPLICA_PORT_STEP,
@@ -11,6 +12,7 @@ from pi.edge.config import (
     HealthCheck,
     RateLimit,
     Timeouts,
+    UpstreamTls,
     local_upstreams,
     render_bootstrap,
 )
@@ -19,6 +21,7 @@ from pi.edge.files import write_bootstrap
 
 __all__ = [
     "ADMIN_HOST",
+    "ADMIN_METHODS",
     "INTERNAL_GRPC_SERVICES",
     "PUBLIC_GRPC_SERVICES",
     "REPLICA_PORT_STEP",
@@ -29,6 +32,7 @@ __all__ = [
     "HealthCheck",
     "RateLimit",
     "Timeouts",
+    "UpstreamTls",
     "ensure_dev_cert",
     "envoy_command",
     "find_envoy",

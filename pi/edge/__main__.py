@@ -4,6 +4,7 @@
     python -m pi.edge render --profile kubernetes --out envoy.json \\
         --upstream auth=auth.pi.svc.cluster.local:50051
     python -m pi.edge dev-cert --dir var/certs
+    python -m pi.edge mesh-certs --dir var/certs          # auth ... edge admin
     python -m pi.edge validate var/envoy.json
 """
 
@@ -23,10 +24,12 @@ from pi.edge.config import (
     Endpoint,
     HealthCheck,
     RateLimit,
+    UpstreamTls,
     render_bootstrap,
 )
 from pi.edge.envoy import validate
 from pi.edge.files import write_bootstrap
+from pi.edge.identities import MESH_IDENTITIES, ensure_identities
 from pi.edge.profiles import kubernetes_config, local_config
 from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
@@ -45,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cert = ensure_dev_cert(args.dir)
         state = "created" if cert.created else "reused"
         print(f"{state} {cert.cert_path} and {cert.key_path}; clients trust {cert.ca_path}")
+        return 0
+    if args.command == "mesh-certs":
+        issued = ensure_identities(args.dir, args.names)
+        for identity in issued.values():
+            print(f"{identity.name}: {identity.cert_path} and {identity.key_path}")
         return 0
     result = validate(args.config)
     sys.stderr.write(result.stdout + result.stderr if result.returncode else "")
@@ -105,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--cert", help="certificate chain (PEM) for the TLS listener; needs --key")
     tls.add_argument("--no-tls", action="store_true", help="no TLS listener")
     render.add_argument("--key", help="private key (PEM) for the TLS listener")
+    render.add_argument(
+        "--mesh-identity",
+        metavar="CA,CERT,KEY",
+        help="the edge's mesh identity (PEM files): call the services over mutual TLS "
+        "(kubernetes default: /etc/pi/mesh/{ca.crt,tls.crt,tls.key})",
+    )
+    render.add_argument("--no-mesh-tls", action="store_true", help="call the services in plaintext")
     render.add_argument("--rate-limit-rps", type=int)
     render.add_argument("--rate-limit-burst", type=int, help="bucket size (default: the rps)")
     render.add_argument("--health-check-interval", type=float)
@@ -118,6 +133,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cert = commands.add_parser("dev-cert", help="create (or reuse) the development certificate")
     cert.add_argument("--dir", default="var/certs")
+
+    mesh = commands.add_parser(
+        "mesh-certs",
+        help="issue (or reuse) mesh identities from the development CA in DIR "
+        "(DIR/mesh/<name>.pem and <name>-key.pem)",
+    )
+    mesh.add_argument("--dir", default="var/certs")
+    mesh.add_argument("names", nargs="*", default=list(MESH_IDENTITIES), help="identities to issue")
 
     check = commands.add_parser("validate", help="run envoy --mode validate on a rendered file")
     check.add_argument("config")
@@ -157,6 +180,14 @@ def _render(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         overrides["tls_key_path"] = _absolute(args.key)
     elif args.no_tls:
         overrides["tls_cert_path"] = overrides["tls_key_path"] = None
+
+    if args.mesh_identity:
+        paths = [_absolute(p) for p in args.mesh_identity.split(",")]
+        if len(paths) != 3:
+            parser.error("--mesh-identity takes CA,CERT,KEY")
+        overrides["upstream_tls"] = UpstreamTls(*paths)
+    elif args.no_mesh_tls:
+        overrides["upstream_tls"] = None
 
     if args.no_openapi:
         overrides["openapi_path"] = None

@@ -3,9 +3,11 @@
 Two certificates, like mkcert: a throwaway CA (`ca.pem`, the file clients trust with
 `curl --cacert` or `grpc.ssl_channel_credentials(root_certificates=...)`) and a server
 certificate for localhost / 127.0.0.1 / ::1 signed by it (`cert.pem` + `key.pem`, given to
-Envoy). A separate CA works with every TLS stack (OpenSSL, BoringSSL, Go, rustls), some of
-which refuse a self-signed leaf or a CA certificate used as a server certificate. Both use
-ECDSA P-256 and are valid for 30 days. Generation is idempotent: valid files are reused.
+Envoy). The CA's key (`ca-key.pem`, mode 0600) is kept next to them: the same CA issues
+each service's mesh identity (`pi.edge.identities`). A separate CA works with every TLS
+stack (OpenSSL, BoringSSL, Go, rustls), some of which refuse a self-signed leaf or a CA
+certificate used as a server certificate. Both use ECDSA P-256 and are valid for 30 days.
+Generation is idempotent: valid files are reused.
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ class DevCert:
     key_path: Path
     created: bool
 
+    @property
+    def ca_key_path(self) -> Path:
+        """The CA's private key: only the development machine's issuer reads it."""
+        return self.ca_path.with_name("ca-key.pem")
+
 
 def ensure_dev_cert(
     directory: str | os.PathLike[str], *, now: dt.datetime | None = None
@@ -55,11 +62,12 @@ def ensure_dev_cert(
 def _is_reusable(paths: DevCert, now: dt.datetime) -> bool:
     try:
         ca = x509.load_pem_x509_certificate(paths.ca_path.read_bytes())
+        ca_key = serialization.load_pem_private_key(paths.ca_key_path.read_bytes(), None)
         leaf = x509.load_pem_x509_certificates(paths.cert_path.read_bytes())[0]
         key = serialization.load_pem_private_key(paths.key_path.read_bytes(), password=None)
     except (OSError, ValueError, IndexError):
         return False
-    if leaf.public_key() != key.public_key():
+    if leaf.public_key() != key.public_key() or ca.public_key() != ca_key.public_key():
         return False
     try:
         leaf.verify_directly_issued_by(ca)
@@ -162,8 +170,11 @@ def _write_new(paths: DevCert, now: dt.datetime) -> None:
         .sign(ca_key, hashes.SHA256())
     )
 
-    # The CA key is not kept: nothing else is ever signed with it.
     pem = serialization.Encoding.PEM
+    _write_private(
+        paths.ca_key_path,
+        ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     _write_private(
         paths.key_path,
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),

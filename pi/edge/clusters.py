@@ -6,9 +6,11 @@ import ipaddress
 from typing import Any
 
 from pi.edge._values import KIB, MIB, duration, socket_address, type_url
-from pi.edge.config import EdgeConfig, Endpoint
+from pi.edge.config import EdgeConfig, Endpoint, UpstreamTls
+from pi.platform.security.mesh import spiffe_id
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 def service_cluster(
@@ -92,6 +94,8 @@ def service_cluster(
             ]
         },
     }
+    if config.upstream_tls is not None:
+        cluster["transport_socket"] = _mesh_tls(name, config.upstream_tls)
     if uses_dns:
         cluster["dns_lookup_family"] = "V4_PREFERRED"
         cluster["dns_refresh_rate"] = "5s"
@@ -105,3 +109,38 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _mesh_tls(service: str, tls: UpstreamTls) -> dict[str, Any]:
+    """Mutual TLS to `service` (health checks included): the edge's certificate, and the
+    server must prove it is `service` (its SPIFFE ID), not merely someone the CA signed."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": type_url(_UPSTREAM_TLS),
+            "sni": service,
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
+                # gRPC servers refuse a TLS connection that did not negotiate h2.
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert_path},
+                        "private_key": {"filename": tls.key_path},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca_path},
+                    "match_typed_subject_alt_names": [
+                        {
+                            "san_type": "URI",
+                            "matcher": {"exact": spiffe_id(service)},
+                        }
+                    ],
+                },
+            },
+        },
+    }

@@ -45,6 +45,10 @@ INTERNAL_GRPC_SERVICES: tuple[str, ...] = (
 )
 """Service-to-service APIs that the edge must never route."""
 
+ADMIN_METHODS: tuple[str, ...] = ("/pi.auth.v1.AuthService/CreateMerchant",)
+"""Admin RPCs of the public services that the edge never routes: the admin API is called
+inside the mesh only, with an admin certificate (pi.platform.runtime.callers)."""
+
 REPLICA_PORT_STEP = 100
 """Replica i of a service listens on its default port (`SERVICE_PORTS`) + i * REPLICA_PORT_STEP."""
 
@@ -101,6 +105,17 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """The edge's mesh identity: Envoy calls the services over mutual TLS with this
+    certificate and accepts only a server whose certificate, from the CA in `ca_path`,
+    carries the service's SPIFFE ID (`pi.platform.security.mesh`)."""
+
+    ca_path: str
+    cert_path: str
+    key_path: str
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """Everything that differs between deployments of the edge; the rest is policy."""
 
@@ -112,6 +127,7 @@ class EdgeConfig:
     admin_port: int = 9901
     tls_cert_path: str | None = None
     tls_key_path: str | None = None
+    upstream_tls: UpstreamTls | None = None
     openapi_path: str | None = None
     # The web front end (web/dist), served by `pi.edge.static`; None serves none.
     web: StaticSite | None = None

@@ -15,6 +15,7 @@ from pi.edge.config import (
     Endpoint,
     HealthCheck,
     RateLimit,
+    UpstreamTls,
     local_upstreams,
 )
 from pi.edge.static import StaticSite
@@ -25,6 +26,12 @@ K8S_DESCRIPTOR_PATH = "/etc/pi/edge/descriptors.binpb"
 K8S_OPENAPI_PATH = "/etc/pi/edge/openapi.json"
 K8S_TLS_CERT_PATH = "/etc/pi/tls/tls.crt"
 K8S_TLS_KEY_PATH = "/etc/pi/tls/tls.key"
+# The edge's mesh identity (the cert-manager Secret pi-edge-mesh-tls), to call the services.
+K8S_UPSTREAM_TLS = UpstreamTls(
+    ca_path="/etc/pi/mesh/ca.crt",
+    cert_path="/etc/pi/mesh/tls.crt",
+    key_path="/etc/pi/mesh/tls.key",
+)
 
 
 def local_config(
@@ -57,6 +64,7 @@ def e2e_config(
     openapi_path: str | None = None,
     tls_cert_path: str | None = None,
     tls_key_path: str | None = None,
+    upstream_tls: UpstreamTls | None = None,
     requests_per_second: int = 5,
     web: StaticSite | None = None,
 ) -> EdgeConfig:
@@ -70,6 +78,7 @@ def e2e_config(
         openapi_path=openapi_path,
         tls_cert_path=tls_cert_path,
         tls_key_path=tls_key_path,
+        upstream_tls=upstream_tls,
         rate_limit=RateLimit(requests_per_second, requests_per_second),
         health_check=HealthCheck(interval=1.0, timeout=1.0),
         web=web,
@@ -83,9 +92,11 @@ def kubernetes_config(
     openapi_path: str | None = K8S_OPENAPI_PATH,
     tls_cert_path: str | None = K8S_TLS_CERT_PATH,
     tls_key_path: str | None = K8S_TLS_KEY_PATH,
+    upstream_tls: UpstreamTls | None = K8S_UPSTREAM_TLS,
     **overrides: Any,
 ) -> EdgeConfig:
-    """A Kubernetes pod: listens on all interfaces, services found by DNS.
+    """A Kubernetes pod: listens on all interfaces, services found by DNS, called over
+    mutual TLS.
 
     Use headless Services (clusterIP: None) so DNS returns every pod and Envoy balances
     requests across them; a ClusterIP VIP would pin each HTTP/2 connection to one pod.
@@ -98,5 +109,6 @@ def kubernetes_config(
         openapi_path=openapi_path,
         tls_cert_path=tls_cert_path,
         tls_key_path=tls_key_path,
+        upstream_tls=upstream_tls,
     )
     return replace(config, **overrides) if overrides else config

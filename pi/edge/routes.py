@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pi.edge._values import MIB, duration, type_url
-from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.config import ADMIN_METHODS, PUBLIC_GRPC_SERVICES, EdgeConfig
 from pi.edge.static import static_routes
 
 # RPC name prefixes that only read (AIP-131/132): safe to retry after a partial failure.
@@ -24,6 +24,7 @@ def route_config(config: EdgeConfig) -> dict[str, Any]:
     routes: list[dict[str, Any]] = []
     if config.openapi_path is not None:
         routes.append(_openapi_route(config.openapi_path))
+    routes.extend(_not_routed(method) for method in ADMIN_METHODS)
     if config.web is not None:
         routes.extend(static_routes(config.web))
     for name, grpc_service in PUBLIC_GRPC_SERVICES.items():
@@ -51,6 +52,16 @@ def route_config(config: EdgeConfig) -> dict[str, Any]:
                 ],
             }
         ],
+    }
+
+
+def _not_routed(method: str) -> dict[str, Any]:
+    """The admin API stays inside the mesh: answered here as if the route did not exist
+    (HTTP/JSON clients reach it as the transcoded gRPC path too)."""
+    return {
+        "name": f"not-routed:{method}",
+        "match": {"path": method},
+        "direct_response": {"status": 404, "body": {"inline_string": "No such method."}},
     }
 
 

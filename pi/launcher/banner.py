@@ -10,6 +10,7 @@ import asyncio
 
 from pi.launcher import demo
 from pi.launcher.console import Console
+from pi.launcher.identities import identity
 from pi.launcher.options import LaunchOptions
 
 
@@ -29,7 +30,11 @@ async def demo_merchant(
             return merchant
         out.say(f"the demo merchant in {path} is unknown to this database: creating a new one")
     try:
-        merchant = await demo.create(f"127.0.0.1:{options.port('auth', 0)}", env["PI_ADMIN_TOKEN"])
+        merchant = await demo.create(
+            f"127.0.0.1:{options.port('auth', 0)}",
+            env["PI_ADMIN_TOKEN"],
+            identity(options, "admin"),
+        )
     except Exception as error:  # the platform still runs; only the demo is missing
         out.say(f"!! could not create the demo merchant: {error}")
         return None

@@ -11,9 +11,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import grpc
-
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
+from pi.edge.identities import Identity
+from pi.launcher.probes import mesh_channel
 
 DISPLAY_NAME = "Demo Merchant"
 
@@ -44,9 +44,10 @@ def save(path: Path, merchant: DemoMerchant) -> None:
     os.replace(tmp, path)
 
 
-async def create(auth_target: str, admin_token: str) -> DemoMerchant:
-    """AuthService.CreateMerchant with the admin credential, straight to the auth service."""
-    async with grpc.aio.insecure_channel(auth_target) as channel:
+async def create(auth_target: str, admin_token: str, admin: Identity | None = None) -> DemoMerchant:
+    """AuthService.CreateMerchant with the admin credential, straight to the auth service
+    (the edge never routes it), with the operator's mesh identity `admin`."""
+    async with mesh_channel(auth_target, admin, "auth") as channel:
         response = await auth_pb2_grpc.AuthServiceStub(channel).CreateMerchant(
             auth_pb2.CreateMerchantRequest(
                 display_name=DISPLAY_NAME, request_id=f"make-run-demo-{secrets.token_hex(8)}"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from pi.launcher.console import Console
+from pi.launcher.identities import service_env
 from pi.launcher.options import SERVICES, LaunchOptions
 from pi.launcher.preflight import LaunchError
 from pi.launcher.supervisor import tail
@@ -31,7 +32,7 @@ async def migrate(options: LaunchOptions, env: dict[str, str], out: Console) -> 
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                env=env,
+                env=service_env(options, env, service, migrate=True),
                 cwd=str(options.root),
             )
             try:

@@ -11,10 +11,11 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from pi.edge import ensure_dev_cert, render_bootstrap, write_bootstrap
+from pi.edge import UpstreamTls, ensure_dev_cert, render_bootstrap, write_bootstrap
 from pi.edge.profiles import local_config
 from pi.edge.static import StaticSite
 from pi.launcher.console import Console
+from pi.launcher.identities import ensure_mesh
 from pi.launcher.options import SERVICES, LaunchOptions
 from pi.launcher.secrets import ensure_dev_secrets
 
@@ -47,6 +48,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     secrets_file = options.var / "dev-secrets.env"
     dev_secrets = ensure_dev_secrets(secrets_file)
     cert = ensure_dev_cert(options.var / "certs")
+    edge = ensure_mesh(options)["edge"]
     openapi = options.generated / "openapi" / "pi.swagger.json"
     config = local_config(
         str(descriptor),
@@ -54,6 +56,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
         openapi_path=str(openapi) if openapi.is_file() else None,
         tls_cert_path=str(cert.cert_path.resolve()),
         tls_key_path=str(cert.key_path.resolve()),
+        upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
         http_port=options.http_port,
         https_port=options.https_port,
         admin_port=options.admin_port,
@@ -62,7 +65,9 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     config = replace(config, upstreams=options.upstreams())
     write_bootstrap(render_bootstrap(config), options.var / "envoy.json")
 
-    env = {**dev_secrets, **os.environ}  # what the caller exported wins
+    # What the caller exported wins; each process gets only its own share of the secrets
+    # (pi.launcher.identities.service_env).
+    env = {**dev_secrets, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)

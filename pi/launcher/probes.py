@@ -7,19 +7,34 @@ import asyncio
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from pi.edge.identities import Identity
 from pi.launcher.supervisor import Probe
+
+
+def mesh_channel(target: str, identity: Identity | None, server: str) -> grpc.aio.Channel:
+    """A channel to a service of the mesh, as `identity` (plaintext without one)."""
+    if identity is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(
+        target,
+        identity.mesh_tls().channel_credentials(),
+        options=[("grpc.ssl_target_name_override", server)],
+    )
 
 
 class GrpcHealthProbe:
     """grpc.health.v1 Check(service="") on one replica, over one reused channel."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, identity: Identity | None = None, server: str = "") -> None:
+        """With `identity`, over mutual TLS to a server that proves it is `server`."""
         self._target = target
+        self._identity = identity
+        self._server = server
         self._channel: grpc.aio.Channel | None = None
 
     async def __call__(self) -> bool:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._target)
+            self._channel = mesh_channel(self._target, self._identity, self._server)
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.5)

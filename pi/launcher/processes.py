@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pi.edge import envoy_command
+from pi.launcher.identities import identity, service_env
 from pi.launcher.options import SERVICES, LaunchOptions
 from pi.launcher.probes import GrpcHealthProbe, envoy_ready_probe
 from pi.launcher.supervisor import ProcessSpec
@@ -18,12 +19,12 @@ def service_specs(
     for service in SERVICES:
         for replica in range(options.replicas):
             port = options.port(service, replica)
-            probe = GrpcHealthProbe(f"127.0.0.1:{port}")
+            probe = GrpcHealthProbe(f"127.0.0.1:{port}", identity(options, "admin"), service)
             spec = ProcessSpec(
                 name=f"{service}-{replica}",
                 argv=[options.python, "-m", f"pi.{service}"],
                 env={
-                    **env,
+                    **service_env(options, env, service),
                     "PI_GRPC_HOST": "127.0.0.1",
                     "PI_GRPC_PORT": str(port),
                 },

@@ -19,19 +19,35 @@ _HEADER = (
     "# Deleting it makes data encrypted with the old PI_MASTER_KEYS unreadable.\n"
 )
 
+
+def _master_key() -> str:
+    return "1=" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+# Each service its own master keys (pi.launcher.identities hands each only its own); no
+# service token: inside the mesh a service is known by its certificate.
 _GENERATORS: Mapping[str, Callable[[], str]] = {
     "PI_ADMIN_TOKEN": lambda: "adm_" + secrets.token_urlsafe(32),
-    "PI_SERVICE_TOKEN": lambda: "svc_" + secrets.token_urlsafe(32),
-    "PI_MASTER_KEYS": lambda: "1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    "PI_MASTER_KEYS_AUTH": _master_key,
+    "PI_MASTER_KEYS_TRANSACTIONS": _master_key,
+    "PI_MASTER_KEYS_PAYMENTS": _master_key,
 }
 REQUIRED = tuple(_GENERATORS)
+# A var dir from before the split: its one PI_MASTER_KEYS stays every service's, or the
+# data it encrypted would become unreadable.
+_LEGACY_MASTER_KEYS = "PI_MASTER_KEYS"
 
 
 def ensure_dev_secrets(path: str | os.PathLike[str]) -> dict[str, str]:
     """The secrets in `path`, generating (and saving) any that are missing."""
     target = Path(path)
     values = read_env_file(target) if target.exists() else {}
-    missing = [name for name in REQUIRED if not values.get(name)]
+    legacy = bool(values.get(_LEGACY_MASTER_KEYS))
+    missing = [
+        name
+        for name in REQUIRED
+        if not values.get(name) and not (legacy and name.startswith(_LEGACY_MASTER_KEYS))
+    ]
     if missing:
         for name in missing:
             values[name] = _GENERATORS[name]()

@@ -31,10 +31,15 @@ from pi.payments.entrypoints.workers import OutboxDispatcher, Reconciler
 from pi.payments.settings import PaymentsSettings
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
-from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import BackgroundTask, periodic
-from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.runtime.wiring import (
+    Authentication,
+    authentication,
+    migrate_service,
+    peer_channel,
+    run_service,
+)
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import KeySource
 
@@ -132,9 +137,7 @@ async def build(
     connector = connector or SandboxConnector()
     channels: list[grpc.aio.Channel] = []
     if ledger is None:
-        transactions_channel = service_channel(
-            settings.transactions_target, service_token=settings.service_token
-        )
+        transactions_channel = peer_channel(settings, "transactions", settings.transactions_target)
         channels.append(transactions_channel)
         ledger = GrpcTransactionLedger(transactions_channel)
     dispatcher = OutboxDispatcher(outbox, ledger)

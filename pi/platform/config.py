@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
+from pi.platform.security.mesh import MeshTls
+
 SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
     {"auth": 50051, "transactions": 50052, "payments": 50053}
 )
@@ -149,6 +151,8 @@ class ServiceSettings:
     """
 
     service: ClassVar[str]
+    # Only a service with admin RPCs (auth's CreateMerchant) is given the admin token.
+    serves_admin: ClassVar[bool] = False
 
     grpc_host: str = DEFAULT_HOST
     grpc_port: int
@@ -159,6 +163,17 @@ class ServiceSettings:
     redis_url: str | None = field(default=None, repr=False)
     admin_token: str = field(repr=False)
     service_token: str = field(repr=False)
+    # This process's mesh identity (PI_TLS_CA/CERT/KEY): with it the service serves mutual
+    # TLS only and calls the others with its certificate; without it, plaintext on
+    # loopback (tests of a single service).
+    mesh_tls: MeshTls | None = None
+    # A plaintext port serving only grpc.health.v1, for probes that cannot do mTLS
+    # (the kubelet's gRPC probes); unset: none.
+    health_port: int | None = None
+    # `migrate` only: the role the service connects as, created and granted its schema
+    # (pi.platform.db.roles); unset: none is made (tests, one role for everything).
+    db_service_role: str | None = None
+    db_service_role_password: str | None = field(default=None, repr=False)
     # A read-only mapping: not hashable, so left out of eq/hash (the key material decides
     # nothing a comparison of settings is for).
     master_keys: Mapping[int, bytes] = field(repr=False, compare=False, hash=False)
@@ -198,10 +213,16 @@ class ServiceSettings:
                 "PI_DB_COMMIT_GROUPS", DEFAULT_DB_COMMIT_GROUPS, 0, MAX_DB_COMMIT_GROUPS
             ),
             "redis_url": _redis_url(env),
-            "admin_token": env.required("PI_ADMIN_TOKEN", "the admin bearer credential"),
-            "service_token": env.required(
-                "PI_SERVICE_TOKEN", "the service-to-service bearer credential"
+            "admin_token": (
+                env.required("PI_ADMIN_TOKEN", "the admin bearer credential")
+                if cls.serves_admin
+                else env.get("PI_ADMIN_TOKEN") or ""
             ),
+            "service_token": _service_token(env),
+            "mesh_tls": _mesh_tls(env),
+            "health_port": _health_port(env),
+            "db_service_role": _db_service_role(env),
+            "db_service_role_password": env.get("PI_DB_SERVICE_ROLE_PASSWORD"),
             "master_keys": _master_keys(env),
             "jwt_issuer": env.text("PI_JWT_ISSUER", "pi-platform"),
             "jwt_audience": env.text("PI_JWT_AUDIENCE", "pi-api"),
@@ -250,6 +271,46 @@ def _redis_url(env: Environment) -> str | None:
     if url is not None and _scheme(url) not in _REDIS_SCHEMES:
         env.problem("REDIS_URL must be a redis://, rediss:// or unix:// URL.")
     return url
+
+
+def _mesh_tls(env: Environment) -> MeshTls | None:
+    names = ("PI_TLS_CA", "PI_TLS_CERT", "PI_TLS_KEY")
+    paths = [env.get(name) for name in names]
+    if not any(paths):
+        return None
+    missing = [name for name, path in zip(names, paths, strict=True) if not path]
+    if missing:
+        env.problem(f"{', '.join(names)} are given together or not at all: {missing} missing.")
+        return None
+    unreadable = [
+        name for name, path in zip(names, paths, strict=True) if not os.access(path or "", os.R_OK)
+    ]
+    if unreadable:
+        env.problem(f"{', '.join(unreadable)}: no readable file at the path given.")
+    return MeshTls(ca_path=paths[0] or "", cert_path=paths[1] or "", key_path=paths[2] or "")
+
+
+def _service_token(env: Environment) -> str:
+    """Only a plaintext mesh needs the shared service credential: with mutual TLS a
+    service is known by its certificate."""
+    if env.get("PI_TLS_CERT"):
+        return env.get("PI_SERVICE_TOKEN") or ""
+    return env.required(
+        "PI_SERVICE_TOKEN", "the service-to-service bearer credential, unless PI_TLS_* are set"
+    )
+
+
+def _db_service_role(env: Environment) -> str | None:
+    role = env.get("PI_DB_SERVICE_ROLE")
+    if role is not None and not _SCHEMA_RE.match(role):
+        env.problem("PI_DB_SERVICE_ROLE must be a lowercase SQL identifier.")
+    return role
+
+
+def _health_port(env: Environment) -> int | None:
+    if env.get("PI_HEALTH_PORT") is None:
+        return None
+    return env.integer("PI_HEALTH_PORT", 0, 1, 65535)
 
 
 def _check_tokens(env: Environment, admin: str, service: str) -> None:

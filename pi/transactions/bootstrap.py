@@ -20,10 +20,15 @@ import grpc
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
-from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import BackgroundTask, periodic
-from pi.platform.runtime.wiring import Authentication, authentication, migrate_service, run_service
+from pi.platform.runtime.wiring import (
+    Authentication,
+    authentication,
+    migrate_service,
+    peer_channel,
+    run_service,
+)
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import KeySource
 from pi.transactions.adapters.payments_grpc import GrpcPaymentLedger
@@ -105,9 +110,7 @@ async def build(
     callers = authentication(settings, keys=key_source)
     channels: list[grpc.aio.Channel] = []
     if payment_ledger is None:
-        payments_channel = service_channel(
-            settings.payments_target, service_token=settings.service_token
-        )
+        payments_channel = peer_channel(settings, "payments", settings.payments_target)
         channels.append(payments_channel)
         payment_ledger = GrpcPaymentLedger(payments_channel)
 

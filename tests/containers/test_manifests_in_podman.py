@@ -31,8 +31,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.edge.certs import ensure_dev_cert
+from pi.edge.identities import MESH_IDENTITIES, Identity, ensure_identities
 from pi.platform.db.embedded import EmbeddedPostgres
+from pi.platform.db.roles import role_url
 from tests.containers.podman import Manifest, container_argv, podman
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +45,9 @@ CLUSTER_HOSTS = {
     for service in ("auth", "transactions", "payments")
 }
 # Ports the pods listen on; with host networking they must be free on this machine.
-POD_PORTS = (50051, 50052, 50053, 8080, 8443, 9901)
+# The health-only ports sit below the ephemeral range (32768-60999): a busy machine's
+# outbound connections never hold them.
+POD_PORTS = (50051, 50052, 50053, 9051, 9052, 9053, 8080, 8443, 9901)
 JOB_TIMEOUT = 90.0
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2034, "cvc": "123"}
 
@@ -170,12 +175,36 @@ def call(method: str, path: str, body: Any = None, token: str | None = None) -> 
     return json.loads(data)
 
 
-def merchant_journey(admin_token: str) -> None:
-    created = call("POST", "/v1/merchants", {"displayName": "Container journey"}, admin_token)
+def create_merchant(admin_token: str, admin: Identity) -> auth_pb2.CreateMerchantResponse:
+    """As the operator: straight to the auth pod's mTLS port with the admin certificate
+    (the edge never routes the admin API)."""
+    tls = admin.mesh_tls()
+    credentials = grpc.ssl_channel_credentials(
+        Path(tls.ca_path).read_bytes(),
+        Path(tls.key_path).read_bytes(),
+        Path(tls.cert_path).read_bytes(),
+    )
+    with grpc.secure_channel(
+        "127.0.0.1:50051", credentials, options=[("grpc.ssl_target_name_override", "auth")]
+    ) as channel:
+        created: auth_pb2.CreateMerchantResponse = auth_pb2_grpc.AuthServiceStub(
+            channel
+        ).CreateMerchant(
+            auth_pb2.CreateMerchantRequest(
+                display_name="Container journey", request_id=str(uuid.uuid4())
+            ),
+            metadata=(("authorization", f"Bearer {admin_token}"),),
+            timeout=15,
+        )
+    return created
+
+
+def merchant_journey(admin_token: str, admin: Identity) -> None:
+    created = create_merchant(admin_token, admin)
     issued = call(
         "POST",
         "/v1/auth/token",
-        {"apiKeyId": created["apiKey"]["id"], "apiKeySecret": created["apiKeySecret"]},
+        {"apiKeyId": created.api_key.id, "apiKeySecret": created.api_key_secret},
     )
     token = issued["accessToken"]
     txn = call("POST", "/v1/transactions", {"amount": "5000", "currency": "USD"}, token)
@@ -242,19 +271,31 @@ def test_the_overlay_runs_from_the_image(
 
     admin_token = secrets.token_urlsafe(24)
     cert = ensure_dev_cert(tmp_path / "certs")
-    test_secrets = {
-        "pi-secrets": {
-            "DATABASE_URL": fresh_database(container_pg, f"k8s_{uuid.uuid4().hex[:8]}"),
-            "PI_ADMIN_TOKEN": admin_token,
-            "PI_SERVICE_TOKEN": secrets.token_urlsafe(24),
-            "PI_MASTER_KEYS": "1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
-            # No REDIS_URL: the manifests mark it optional; the services run without Redis.
-        },
+    identities = ensure_identities(tmp_path / "certs", MESH_IDENTITIES)
+    owner_url = fresh_database(container_pg, f"k8s_{uuid.uuid4().hex[:8]}")
+    test_secrets: dict[str, dict[str, str]] = {
+        "pi-migrations": {"DATABASE_URL": owner_url},
         "pi-edge-tls": {
             "tls.crt": cert.cert_path.read_text(),
             "tls.key": cert.key_path.read_text(),
         },
     }
+    for service in ("auth", "transactions", "payments"):
+        password = secrets.token_urlsafe(16)
+        test_secrets[f"pi-{service}"] = {
+            "DATABASE_URL": role_url(owner_url, f"pi_{service}", password),
+            "PI_DB_SERVICE_ROLE_PASSWORD": password,
+            "PI_MASTER_KEYS": "1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            # No REDIS_URL: the manifests mark it optional; the services run without Redis.
+        }
+    test_secrets["pi-auth"]["PI_ADMIN_TOKEN"] = admin_token
+    for name, identity in identities.items():
+        secret_name = "pi-edge-mesh-tls" if name == "edge" else f"pi-{name}-tls"
+        test_secrets[secret_name] = {
+            "tls.crt": identity.cert_path.read_text(),
+            "tls.key": identity.key_path.read_text(),
+            "ca.crt": identity.ca_path.read_text(),
+        }
     config_maps = {
         o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"
     }
@@ -310,7 +351,7 @@ def test_the_overlay_runs_from_the_image(
     deadline = time.monotonic() + 20
     while True:
         try:
-            merchant_journey(admin_token)
+            merchant_journey(admin_token, identities["admin"])
             break
         except AssertionError as exc:
             if "503" not in str(exc) or time.monotonic() > deadline:

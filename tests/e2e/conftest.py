@@ -44,7 +44,16 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from pi.edge import Endpoint, ensure_dev_cert, envoy_command, render_bootstrap, write_bootstrap
+from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
+from pi.edge import (
+    Endpoint,
+    UpstreamTls,
+    ensure_dev_cert,
+    envoy_command,
+    render_bootstrap,
+    write_bootstrap,
+)
+from pi.edge.identities import Identity, ensure_identities
 from pi.edge.profiles import e2e_config
 from pi.edge.static import StaticSite
 from pi.launcher.secrets import ensure_dev_secrets
@@ -55,6 +64,9 @@ DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
 OPENAPI = REPO / "generated" / "openapi" / "pi.swagger.json"
 WEB_DIST = REPO / "web" / "dist"  # built by `make setup` / `make web`; tests/e2e/web needs it
 SERVICES = ("auth", "transactions", "payments")
+# The services, Envoy, the operator (CreateMerchant), and an identity the CA issued that no
+# allow-list names (a valid certificate is not a licence to call internal RPCs).
+MESH_NAMES = (*SERVICES, "edge", "admin", "stranger")
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 # The shared mesh: generous, so that no ordinary test is ever throttled.
@@ -144,8 +156,24 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def wait_grpc_serving(child: Child, target: str, deadline: float) -> None:
-    with grpc.insecure_channel(target) as channel:
+def mesh_channel(target: str, identity: Identity, server: str) -> grpc.Channel:
+    """A channel to service `server` at `target`, presenting `identity`'s certificate."""
+    tls = identity.mesh_tls()
+    return grpc.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(
+            Path(tls.ca_path).read_bytes(),
+            Path(tls.key_path).read_bytes(),
+            Path(tls.cert_path).read_bytes(),
+        ),
+        options=[("grpc.ssl_target_name_override", server)],
+    )
+
+
+def wait_grpc_serving(
+    child: Child, target: str, deadline: float, identity: Identity, server: str
+) -> None:
+    with mesh_channel(target, identity, server) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
@@ -274,12 +302,13 @@ class Mesh:
     admin_port: int
     ca_file: str
     admin_token: str
-    service_token: str
+    identities: Mapping[str, Identity]  # every mesh identity, by name (MESH_NAMES)
     database_url: str
     redis_url: str
     schemas: Mapping[str, str]
     service_targets: Mapping[str, str]  # straight to each service, bypassing Envoy
-    env: Mapping[str, str]  # the services' environment (secrets included)
+    env: Mapping[str, str]  # what every service's environment has in common (no secrets)
+    service_envs: Mapping[str, Mapping[str, str]]  # each one's, with its secrets and identity
     processes: Processes
     workdir: Path
     _ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
@@ -315,26 +344,36 @@ class Mesh:
             return http_request(self.https_base, method, path, body, **kwargs)
         return http_request(self.http_base, method, path, body, **kwargs)
 
+    def channel(self, service: str, identity: str) -> grpc.Channel:
+        """Straight to `service` (bypassing Envoy) over mTLS, as mesh identity `identity`."""
+        return self.channel_to(self.service_targets[service], service, identity)
+
+    def channel_to(self, target: str, service: str, identity: str) -> grpc.Channel:
+        """To a process of `service` at `target` over mTLS, as mesh identity `identity`."""
+        return mesh_channel(target, self.identities[identity], service)
+
     def create_merchant(self, display_name: str | None = None) -> Merchant:
-        """POST /v1/merchants (admin) then POST /v1/auth/token, through the edge."""
-        created = self.request(
-            "POST",
-            "/v1/merchants",
-            {"displayName": display_name or f"E2E {uuid.uuid4().hex[:8]}"},
-            token=self.admin_token,
-        )
-        assert created.status == 200, created
-        data = created.json()
+        """CreateMerchant inside the mesh (the admin certificate and token: the edge never
+        routes it), then POST /v1/auth/token through the edge."""
+        with self.channel("auth", "admin") as channel:
+            created = auth_pb2_grpc.AuthServiceStub(channel).CreateMerchant(
+                auth_pb2.CreateMerchantRequest(
+                    display_name=display_name or f"E2E {uuid.uuid4().hex[:8]}",
+                    request_id=str(uuid.uuid4()),
+                ),
+                metadata=(("authorization", f"Bearer {self.admin_token}"),),
+                timeout=15,
+            )
         issued = self.request(
             "POST",
             "/v1/auth/token",
-            {"apiKeyId": data["apiKey"]["id"], "apiKeySecret": data["apiKeySecret"]},
+            {"apiKeyId": created.api_key.id, "apiKeySecret": created.api_key_secret},
         )
         assert issued.status == 200, issued
         return Merchant(
-            merchant_id=data["merchant"]["id"],
-            api_key_id=data["apiKey"]["id"],
-            api_key_secret=data["apiKeySecret"],
+            merchant_id=created.merchant.id,
+            api_key_id=created.api_key.id,
+            api_key_secret=created.api_key_secret,
             token=issued.json()["accessToken"],
         )
 
@@ -352,6 +391,7 @@ def _start_envoy(
     ports: Mapping[str, int],
     requests_per_second: int,
     cert: Any | None,
+    edge: Identity,
 ) -> tuple[int, int, int]:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     config = e2e_config(
@@ -363,6 +403,7 @@ def _start_envoy(
         openapi_path=str(OPENAPI) if OPENAPI.is_file() else None,
         tls_cert_path=None if cert is None else str(cert.cert_path),
         tls_key_path=None if cert is None else str(cert.key_path),
+        upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
         requests_per_second=requests_per_second,
         web=StaticSite.scan(WEB_DIST) if (WEB_DIST / "index.html").is_file() else None,
     )
@@ -383,14 +424,15 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
     schemas = {svc: f"e2e_{suffix}_{svc}" for svc in SERVICES}
     ports = {svc: free_port() for svc in SERVICES}
     secrets_env = ensure_dev_secrets(workdir / "secrets.env")
+    identities = ensure_identities(workdir / "certs", MESH_NAMES)
     base_env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith("PI_") and key not in ("DATABASE_URL", "REDIS_URL")
     }
+    # Each service only its own secrets and identity, as `make run` and Kubernetes do.
     common = {
         **base_env,
-        **secrets_env,
         "DATABASE_URL": pg_url,
         "REDIS_URL": redis_url,
         "PI_GRPC_HOST": "127.0.0.1",
@@ -402,7 +444,14 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         "PYTHONUNBUFFERED": "1",
     }
     envs = {
-        svc: {**common, "PI_DB_SCHEMA": schemas[svc], "PI_GRPC_PORT": str(ports[svc])}
+        svc: {
+            **common,
+            **identities[svc].env(),
+            "PI_MASTER_KEYS": secrets_env[f"PI_MASTER_KEYS_{svc.upper()}"],
+            **({"PI_ADMIN_TOKEN": secrets_env["PI_ADMIN_TOKEN"]} if svc == "auth" else {}),
+            "PI_DB_SCHEMA": schemas[svc],
+            "PI_GRPC_PORT": str(ports[svc]),
+        }
         for svc in SERVICES
     }
     started = False
@@ -422,13 +471,17 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         for svc in SERVICES:
             children[svc] = processes.start(svc, [sys.executable, "-m", f"pi.{svc}"], envs[svc])
             if svc == "auth":
-                wait_grpc_serving(children[svc], f"127.0.0.1:{ports[svc]}", deadline)
+                wait_grpc_serving(
+                    children[svc], f"127.0.0.1:{ports[svc]}", deadline, identities["admin"], svc
+                )
         for svc in SERVICES[1:]:
-            wait_grpc_serving(children[svc], f"127.0.0.1:{ports[svc]}", deadline)
+            wait_grpc_serving(
+                children[svc], f"127.0.0.1:{ports[svc]}", deadline, identities["admin"], svc
+            )
 
         cert = ensure_dev_cert(workdir / "certs")
         http_port, https_port, admin_port = _start_envoy(
-            processes, "envoy", workdir, ports, MESH_REQUESTS_PER_SECOND, cert
+            processes, "envoy", workdir, ports, MESH_REQUESTS_PER_SECOND, cert, identities["edge"]
         )
         started = True
         yield Mesh(
@@ -437,12 +490,13 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             admin_port=admin_port,
             ca_file=str(cert.ca_path),
             admin_token=secrets_env["PI_ADMIN_TOKEN"],
-            service_token=secrets_env["PI_SERVICE_TOKEN"],
+            identities=identities,
             database_url=pg_url,
             redis_url=redis_url,
             schemas=schemas,
             service_targets={svc: f"127.0.0.1:{port}" for svc, port in ports.items()},
             env=common,
+            service_envs=envs,
             processes=processes,
             workdir=workdir,
         )
@@ -508,6 +562,7 @@ def throttled_edge(mesh: Mesh) -> Iterator[ThrottledEdge]:
             ports,
             THROTTLED_REQUESTS_PER_SECOND,
             None,
+            mesh.identities["edge"],
         )
         yield ThrottledEdge(http_port, admin_port, THROTTLED_REQUESTS_PER_SECOND)
     except BaseException:

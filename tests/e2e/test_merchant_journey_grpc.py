@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
+from pi.platform.runtime.callers import ALLOWED_CALLERS
 
 pytestmark = pytest.mark.e2e
 
@@ -85,11 +86,15 @@ def test_merchant_journey_over_grpc(mesh: Any, channel: grpc.Channel) -> None:
     transactions = transactions_pb2_grpc.TransactionServiceStub(channel)
     payments = payments_pb2_grpc.PaymentServiceStub(channel)
 
-    created = auth.CreateMerchant(
-        auth_pb2.CreateMerchantRequest(display_name="gRPC journey", request_id=str(uuid.uuid4())),
-        metadata=bearer(mesh.admin_token),
-        timeout=TIMEOUT,
-    )
+    # The admin API is inside the mesh only: the operator's certificate, straight to auth.
+    with mesh.channel("auth", "admin") as admin:
+        created = auth_pb2_grpc.AuthServiceStub(admin).CreateMerchant(
+            auth_pb2.CreateMerchantRequest(
+                display_name="gRPC journey", request_id=str(uuid.uuid4())
+            ),
+            metadata=bearer(mesh.admin_token),
+            timeout=TIMEOUT,
+        )
     assert created.merchant.id.startswith("mer_"), created.merchant
     assert created.api_key.state == auth_pb2.API_KEY_STATE_ACTIVE
     issued = auth.IssueToken(
@@ -305,10 +310,15 @@ def test_internal_services_are_not_routed_by_the_edge(
     request_message: protobuf_message.Message,
     service: str,
 ) -> None:
-    metadata = bearer(mesh.service_token)
-    # Straight to the service, the service token is accepted (whatever the answer is, it
+    metadata: tuple[tuple[str, str], ...] = ()
+    # Straight to the service, an allowed caller gets through (whatever the answer is, it
     # is not an authentication or routing failure): so the edge is what stops it below.
-    with grpc.insecure_channel(mesh.service_targets[service]) as direct:
+    full_name = stub_class.__name__.removesuffix("Stub")
+    package = {"auth": "pi.auth.v1", "transactions": "pi.transactions.v1"}.get(
+        service, "pi.payments.v1"
+    )
+    caller = sorted(ALLOWED_CALLERS[f"/{package}.{full_name}/{method}"])[0]
+    with mesh.channel(service, caller) as direct:
         try:
             getattr(stub_class(direct), method)(request_message, metadata=metadata, timeout=5)
         except grpc.RpcError as error:
@@ -326,9 +336,5 @@ def test_internal_services_are_not_routed_by_the_edge(
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED, raised.value
 
     # And over HTTP, the gRPC path of the method is an unknown route.
-    full_name = stub_class.__name__.removesuffix("Stub")
-    package = {"auth": "pi.auth.v1", "transactions": "pi.transactions.v1"}.get(
-        service, "pi.payments.v1"
-    )
-    reply = mesh.request("POST", f"/{package}.{full_name}/{method}", {}, token=mesh.service_token)
+    reply = mesh.request("POST", f"/{package}.{full_name}/{method}", {})
     assert reply.status == 404, reply

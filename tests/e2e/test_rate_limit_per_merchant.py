@@ -27,7 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
-from pi.edge import Endpoint, envoy_command, render_bootstrap, write_bootstrap
+from pi.edge import Endpoint, UpstreamTls, envoy_command, render_bootstrap, write_bootstrap
+from pi.edge.identities import Identity
 from pi.edge.profiles import e2e_config
 from tests.support.processes import REPO, free_port, running
 
@@ -69,18 +70,18 @@ class LimitedEdge:
 def limited_edge(mesh: Any) -> Iterator[LimitedEdge]:
     port = free_port()
     environ = {
-        **mesh.env,
+        **mesh.service_envs["transactions"],
         "PI_DB_SCHEMA": mesh.schemas["transactions"],
         "PI_GRPC_PORT": str(port),
         "PI_RATE_LIMIT_PER_MERCHANT": str(LIMIT),
     }
     with running("transactions", environ) as replica:
-        _wait_serving(replica, f"127.0.0.1:{port}")
+        _wait_serving(replica, mesh.channel_to(f"127.0.0.1:{port}", "transactions", "admin"))
         upstreams = {
             svc: int(target.rsplit(":", 1)[1]) for svc, target in mesh.service_targets.items()
         }
         upstreams["transactions"] = port
-        with _envoy(mesh.workdir, upstreams) as http_port:
+        with _envoy(mesh.workdir, upstreams, mesh.identities["edge"]) as http_port:
             yield LimitedEdge(http_port)
         replica.send_signal(signal.SIGTERM)
         _, stderr = replica.communicate(timeout=15)
@@ -155,9 +156,10 @@ def _at_the_start_of_a_second() -> None:
     time.sleep(1.02 - time.time() % 1)
 
 
-def _wait_serving(process: subprocess.Popen[str], target: str) -> None:
+def _wait_serving(process: subprocess.Popen[str], channel: grpc.Channel) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    with grpc.insecure_channel(target) as channel:
+    target = "the replica"
+    with channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             assert process.poll() is None, "the transaction service replica exited"
@@ -170,7 +172,7 @@ def _wait_serving(process: subprocess.Popen[str], target: str) -> None:
 
 
 @contextlib.contextmanager
-def _envoy(workdir: Path, upstreams: dict[str, int]) -> Iterator[int]:
+def _envoy(workdir: Path, upstreams: dict[str, int], edge: Identity) -> Iterator[int]:
     """Envoy before `upstreams` (service → port); yields its HTTP port once all are healthy."""
     http_port, admin_port = free_port(), free_port()
     config = e2e_config(
@@ -180,6 +182,7 @@ def _envoy(workdir: Path, upstreams: dict[str, int]) -> Iterator[int]:
         https_port=free_port(),
         admin_port=admin_port,
         requests_per_second=EDGE_REQUESTS_PER_SECOND,
+        upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
     )
     config_path = workdir / "envoy-merchant-limit.json"
     write_bootstrap(render_bootstrap(config), config_path)

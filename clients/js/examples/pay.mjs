@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Pays a transaction through the edge's native gRPC port, end to end:
-// merchant → API key → access token → transaction (USD 19.99) → card payment with manual
+// API key → access token → transaction (USD 19.99) → card payment with manual
 // capture → capture, then prints the final transaction as JSON on stdout (progress goes
-// to stderr).
+// to stderr). The merchant exists already: the operator creates merchants inside the
+// mesh (the edge never routes the admin API); `make run` prints a demo merchant's key.
 //
-//   PI_ADMIN_TOKEN=... node clients/js/examples/pay.mjs                 # creates a merchant
 //   node clients/js/examples/pay.mjs --key key_... --secret sk_...      # uses an API key
 //   node clients/js/examples/pay.mjs --target 127.0.0.1:8443 --ca var/certs/ca.pem
 //
@@ -12,9 +12,8 @@
 //   --target HOST:PORT   PI_TARGET           edge address (default 127.0.0.1:8080, h2c)
 //   --ca FILE            PI_CA_FILE          use TLS, trusting this CA certificate (PEM)
 //   --server-name NAME   PI_TLS_SERVER_NAME  name to check in the edge's certificate
-//   --key ID             PI_API_KEY_ID       API key id (else a merchant is created)
+//   --key ID             PI_API_KEY_ID       API key id
 //   --secret SECRET      PI_API_KEY_SECRET   API key secret
-//                        PI_ADMIN_TOKEN      admin credential, to create the merchant
 
 import { randomUUID } from 'node:crypto';
 import process from 'node:process';
@@ -44,7 +43,6 @@ function options() {
     serverName: values['server-name'] ?? env.PI_TLS_SERVER_NAME,
     keyId: values.key ?? env.PI_API_KEY_ID,
     keySecret: values.secret ?? env.PI_API_KEY_SECRET,
-    adminToken: env.PI_ADMIN_TOKEN,
   };
 }
 
@@ -62,17 +60,12 @@ function transactionJson(transaction) {
   };
 }
 
-async function apiKey(pi, opts) {
+function apiKey(opts) {
   if (opts.keyId && opts.keySecret) return { id: opts.keyId, secret: opts.keySecret };
-  if (!opts.adminToken) {
-    throw new Error('set PI_ADMIN_TOKEN to create a merchant, or pass --key and --secret');
-  }
-  const { merchant, apiKey: key, apiKeySecret } = await pi.auth.createMerchant(
-    { displayName: 'JS client example', requestId: randomUUID() },
-    { token: opts.adminToken },
+  throw new Error(
+    'pass --key and --secret (PI_API_KEY_ID, PI_API_KEY_SECRET): `make run` prints a demo ' +
+      "merchant's; merchants are created inside the mesh, never through the edge",
   );
-  log(`created merchant ${merchant.id} with API key ${key.id}`);
-  return { id: key.id, secret: apiKeySecret };
 }
 
 // Money movements reach the transaction service through the payment service's outbox,
@@ -93,7 +86,7 @@ async function main() {
   const tls = opts.caFile ? { caFile: opts.caFile, serverName: opts.serverName } : false;
   const pi = createClients({ target: opts.target, tls });
   try {
-    const key = await apiKey(pi, opts);
+    const key = apiKey(opts);
     const token = await pi.auth.issueToken({ apiKeyId: key.id, apiKeySecret: key.secret });
     pi.setToken(token.accessToken);
     log(`issued token ${token.tokenId} (expires in ${token.expiresIn} s)`);

@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from pi.platform.security.mesh import MeshTls
+
 DEFAULT_DEADLINE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -73,17 +75,27 @@ def service_channel(
     service_token: str | None = None,
     deadline: float = DEFAULT_DEADLINE_SECONDS,
     options: Sequence[tuple[str, Any]] = (),
+    tls: MeshTls | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure (loopback / in-cluster) grpc.aio channel to another Pi service.
+    """A grpc.aio channel to another Pi service.
 
+    With `tls` (this process's mesh identity), mutual TLS: the channel presents this
+    process's certificate and accepts only a server whose certificate, issued by the mesh
+    CA, names `server_name` (the service meant, e.g. "auth"), whatever address `target`
+    gives. Without, plaintext (a single service's tests on loopback).
     Call inside a running event loop (the composition root's async main).
     """
     authorization = f"Bearer {service_token}" if service_token else None
     balancing: list[tuple[str, Any]] = []
     if _lists_addresses(target) and not any(name == "grpc.lb_policy_name" for name, _ in options):
         balancing.append(("grpc.lb_policy_name", "round_robin"))
-    return grpc.aio.insecure_channel(
-        target,
-        options=[*CHANNEL_OPTIONS, *balancing, *options],
-        interceptors=[_CallDefaults(authorization, deadline)],
+    all_options = [*CHANNEL_OPTIONS, *balancing, *options]
+    interceptors = [_CallDefaults(authorization, deadline)]
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors)
+    if server_name:
+        all_options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(
+        target, tls.channel_credentials(), options=all_options, interceptors=interceptors
     )

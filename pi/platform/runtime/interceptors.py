@@ -161,7 +161,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self, behavior: UnaryBehavior, authorization: str | None, public: bool
     ) -> UnaryBehavior:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            principal: Principal | None = None
+            # A service the caller interceptor (runtime.callers) knew by its certificate.
+            principal = current_principal()
+            if principal is not None and principal.kind == "service":
+                return await behavior(request, context)
             if authorization or not public:
                 try:
                     principal = await self.authenticate(authorization)

@@ -41,6 +41,7 @@ from grpc_reflection.v1alpha import reflection
 from pi.platform.config import ServiceSettings
 from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.runtime.interceptors import ErrorInterceptor
+from pi.platform.security.mesh import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,10 @@ async def serve(
         ),
         server,
     )
-    port = server.add_insecure_port(settings.listen_address)
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.listen_address}")
+    port = listen(server, settings.listen_address, settings.mesh_tls)
+    health_server = None
+    if settings.health_port is not None:
+        health_server = _health_only(reporter, f"{settings.grpc_host}:{settings.health_port}")
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -137,6 +139,8 @@ async def serve(
             installed.append(sig)
 
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     await reporter.set(serving=True)
     tasks = [
         asyncio.create_task(_supervise(factory), name=_task_name(factory)) for factory in background
@@ -153,12 +157,35 @@ async def serve(
         log.info("draining", extra={"grace_seconds": grace})
         await reporter.set(serving=False)
         await server.stop(grace)
+        if health_server is not None:
+            await health_server.stop(0)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for sig in installed:
             loop.remove_signal_handler(sig)
         log.info("stopped")
+
+
+def listen(server: grpc.aio.Server, address: str, tls: MeshTls | None) -> int:
+    """Bind `address`: mutual TLS with `tls` (a client certificate required), else
+    plaintext. Returns the port (`address` may ask for port 0)."""
+    if tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, tls.server_credentials())
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
+def _health_only(reporter: HealthReporter, address: str) -> grpc.aio.Server:
+    """A plaintext server with nothing but the health service, for the kubelet's probes
+    (which cannot present a client certificate). It tells only SERVING or not."""
+    health_server = grpc.aio.server(options=SERVER_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(reporter.servicer, health_server)
+    listen(health_server, address, None)
+    return health_server
 
 
 def periodic(interval: float, job: Callable[[], Awaitable[object]], *, name: str) -> BackgroundTask:

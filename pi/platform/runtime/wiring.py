@@ -29,7 +29,9 @@ import grpc
 from pi.platform.cache import Cache, create_cache
 from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
+from pi.platform.db.roles import grant_service_role
 from pi.platform.runtime import server
+from pi.platform.runtime.callers import CallerInterceptor
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.runtime.logging import configure as configure_logging
@@ -64,13 +66,19 @@ class Authentication:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     caches: list[Cache] = field(default_factory=list)
     rate_limit: RateLimitInterceptor | None = None
+    caller: CallerInterceptor | None = None
 
     @property
     def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
-        """The auth interceptor, then the rate limit (which counts the principal it set)."""
-        if self.rate_limit is None:
-            return (self.interceptor,)
-        return (self.interceptor, self.rate_limit)
+        """The caller allow-list (with mutual TLS), the auth interceptor, then the rate
+        limit (which counts the principal the auth interceptor set)."""
+        chain: list[grpc.aio.ServerInterceptor] = []
+        if self.caller is not None:
+            chain.append(self.caller)
+        chain.append(self.interceptor)
+        if self.rate_limit is not None:
+            chain.append(self.rate_limit)
+        return tuple(chain)
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -101,14 +109,14 @@ def authentication(
     background: list[BackgroundTask] = []
     channels: list[grpc.aio.Channel] = []
     if keys is None:
-        auth_channel = service_channel(settings.auth_target, service_token=settings.service_token)
+        auth_channel = peer_channel(settings, "auth", settings.auth_target)
         channels.append(auth_channel)
         jwks = RemoteJwks(auth_channel)
         poller = RevocationPoller(
             auth_channel,
             revocations,
             interval=settings.revocation_poll_seconds,
-            service_token=settings.service_token,
+            service_token=None if settings.mesh_tls else settings.service_token,
         )
         keys = jwks
         background += [jwks.run, poller.run]
@@ -128,7 +136,13 @@ def authentication(
     limiter = create_rate_limiter(settings)
     if limiter is not None:
         opened.append(limiter.cache)
+    if settings.mesh_tls is not None:
+        # Callers are known by their certificates: the shared service token means nothing.
+        interceptor = AuthInterceptor(
+            verifier, settings.admin_token, "", public_methods=public_methods
+        )
     return Authentication(
+        caller=CallerInterceptor() if settings.mesh_tls is not None else None,
         revocations=revocations,
         verifier=verifier,
         interceptor=interceptor,
@@ -137,6 +151,15 @@ def authentication(
         caches=opened,
         rate_limit=None if limiter is None else RateLimitInterceptor(limiter),
     )
+
+
+def peer_channel(settings: ServiceSettings, service: str, target: str) -> grpc.aio.Channel:
+    """A channel to `service` at `target`: mutual TLS with this process's identity when
+    `settings.mesh_tls` is set (the server must prove it is `service`), else plaintext
+    with the shared service token."""
+    if settings.mesh_tls is not None:
+        return service_channel(target, tls=settings.mesh_tls, server_name=service)
+    return service_channel(target, service_token=settings.service_token)
 
 
 class ServiceApp(Protocol):
@@ -196,4 +219,16 @@ def migrate_service(settings_type: type[ServiceSettings], script_location: Path)
     settings = settings_type.from_env()
     configure_logging(settings)
     migrations.upgrade(settings, settings.db_schema, script_location)
+    if settings.db_service_role:
+        grant_service_role(
+            settings.database_url,
+            settings.db_schema,
+            settings.db_service_role,
+            settings.db_service_role_password,
+        )
+        log.info(
+            "role %s may use the %s schema and nothing else",
+            settings.db_service_role,
+            settings.db_schema,
+        )
     log.info("%s database migrated", settings.service, extra={"schema": settings.db_schema})

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from pi.edge import DevCert, EdgeConfig, Endpoint, render_bootstrap, validate, write_bootstrap
+from pi.edge import (
+    DevCert,
+    EdgeConfig,
+    Endpoint,
+    UpstreamTls,
+    render_bootstrap,
+    validate,
+    write_bootstrap,
+)
+from pi.edge.identities import ensure_identities
 from pi.edge.profiles import e2e_config, kubernetes_config, local_config
 
 REPO = Path(__file__).resolve().parents[3]
@@ -17,8 +26,11 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _profiles(descriptor: str, openapi: str, cert: DevCert) -> dict[str, EdgeConfig]:
     tls: dict[str, Any] = {"tls_cert_path": str(cert.cert_path), "tls_key_path": str(cert.key_path)}
+    edge = ensure_identities(cert.ca_path.parent, ["edge"])["edge"]
+    mesh = UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path))
     return {
         "local": local_config(descriptor, openapi_path=openapi, **tls),
+        "local-mesh-tls": local_config(descriptor, openapi_path=openapi, upstream_tls=mesh, **tls),
         "local-replicas-3": local_config(descriptor, replicas=3, openapi_path=openapi, **tls),
         "local-without-tls-or-openapi": local_config(descriptor),
         "e2e-tiny-rate-limit": e2e_config(
@@ -43,6 +55,7 @@ def _profiles(descriptor: str, openapi: str, cert: DevCert) -> dict[str, EdgeCon
             },
             descriptor_path=descriptor,
             openapi_path=openapi,
+            upstream_tls=mesh,
             **tls,
             xff_num_trusted_hops=1,
         ),
@@ -51,6 +64,7 @@ def _profiles(descriptor: str, openapi: str, cert: DevCert) -> dict[str, EdgeCon
 
 PROFILE_NAMES = [
     "local",
+    "local-mesh-tls",
     "local-replicas-3",
     "local-without-tls-or-openapi",
     "e2e-tiny-rate-limit",
@@ -110,6 +124,8 @@ def test_cli_renders_configs_envoy_accepts(
     tls = ["--cert", str(dev_cert.cert_path), "--key", str(dev_cert.key_path)]
     if "--no-tls" in args:
         tls = []
+    edge = ensure_identities(dev_cert.ca_path.parent, ["edge"])["edge"]
+    tls += ["--mesh-identity", f"{edge.ca_path},{edge.cert_path},{edge.key_path}"]
     command = [
         sys.executable,
         "-m",

@@ -16,6 +16,7 @@ from pi.launcher import __main__ as cli
 from pi.launcher import demo
 from pi.launcher.console import Console, describe_exit
 from pi.launcher.database import embedded_postgres
+from pi.launcher.identities import service_env
 from pi.launcher.options import LaunchOptions, generated_dir
 from pi.launcher.preflight import LaunchError, busy_ports, data_store, prepare
 from pi.launcher.secrets import REQUIRED, ensure_dev_secrets, read_env_file
@@ -27,10 +28,49 @@ def test_dev_secrets_are_generated_once_with_owner_only_permissions(tmp_path: Pa
     first = ensure_dev_secrets(path)
     assert set(first) == set(REQUIRED)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert first["PI_ADMIN_TOKEN"] != first["PI_SERVICE_TOKEN"]
-    assert len(parse_master_keys(first["PI_MASTER_KEYS"])[1]) == 32
+    keys = [first[f"PI_MASTER_KEYS_{service.upper()}"] for service in SERVICE_PORTS]
+    assert all(len(parse_master_keys(k)[1]) == 32 for k in keys)
+    assert len(set(keys)) == len(keys), "each service has master keys of its own"
+    assert "PI_SERVICE_TOKEN" not in first  # services are known by their certificates
     assert ensure_dev_secrets(path) == first
     assert read_env_file(path) == first
+
+
+def test_a_var_dir_from_before_the_split_keeps_its_one_master_key(tmp_path: Path) -> None:
+    path = tmp_path / "dev-secrets.env"
+    path.write_text("PI_ADMIN_TOKEN=adm_x\nPI_MASTER_KEYS=1=old\n")
+    values = ensure_dev_secrets(path)
+    assert values == {"PI_ADMIN_TOKEN": "adm_x", "PI_MASTER_KEYS": "1=old"}
+    env = service_env(LaunchOptions(var_dir=tmp_path), values, "payments")
+    assert env["PI_MASTER_KEYS"] == "1=old"
+
+
+def test_each_process_gets_only_its_own_secrets_identity_and_database_role(
+    tmp_path: Path,
+) -> None:
+    options = LaunchOptions(root=tmp_path)
+    secrets = ensure_dev_secrets(tmp_path / "dev-secrets.env")
+    embedded = f"postgresql://postgres@/pi?host={options.postgres_dir}&port=5432"
+    env = {**secrets, "PI_SERVICE_TOKEN": "svc_legacy", "DATABASE_URL": embedded, "X": "y"}
+    seen = {}
+    for service in SERVICE_PORTS:
+        own = service_env(options, env, service)
+        seen[service] = own["PI_MASTER_KEYS"]
+        assert own["PI_MASTER_KEYS"] == secrets[f"PI_MASTER_KEYS_{service.upper()}"]
+        assert not any(k.startswith("PI_MASTER_KEYS_") for k in own), own.keys()
+        assert "PI_SERVICE_TOKEN" not in own
+        assert ("PI_ADMIN_TOKEN" in own) == (service == "auth")
+        assert own["PI_TLS_CERT"].endswith(f"mesh/{service}.pem")
+        assert own["DATABASE_URL"].startswith(f"postgresql://pi_{service}@/pi?host=")
+        assert own["X"] == "y"
+        migrating = service_env(options, env, service, migrate=True)
+        assert migrating["DATABASE_URL"] == embedded
+        assert migrating["PI_DB_SERVICE_ROLE"] == f"pi_{service}"
+    assert len(set(seen.values())) == 3
+    # A DATABASE_URL of the user's own is used as given: no roles are made there.
+    external = {**env, "DATABASE_URL": "postgresql://me:pw@db:5432/pi"}
+    assert service_env(options, external, "auth")["DATABASE_URL"] == external["DATABASE_URL"]
+    assert "PI_DB_SERVICE_ROLE" not in service_env(options, external, "auth", migrate=True)
 
 
 def test_missing_dev_secrets_are_added_without_replacing_the_others(tmp_path: Path) -> None:

@@ -19,8 +19,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 
 from pi.edge import EnvoyNotFound, ensure_dev_cert, find_envoy, validate
+from pi.edge.identities import MESH_IDENTITIES, ensure_identities
+from pi.platform.db.roles import role_url
 from tests.support.settings import SETTINGS_TYPES
 
 REPO = Path(__file__).resolve().parents[3]
@@ -52,7 +55,11 @@ def test_rendered_edge_config_is_accepted_by_envoy(tmp_path: Path) -> None:
     except EnvoyNotFound as missing:
         pytest.skip(str(missing))
     cert = ensure_dev_cert(tmp_path / "certs")
+    edge = ensure_identities(tmp_path / "certs", ["edge"])["edge"]
     in_pod = {
+        "/etc/pi/mesh/ca.crt": edge.ca_path,
+        "/etc/pi/mesh/tls.crt": edge.cert_path,
+        "/etc/pi/mesh/tls.key": edge.key_path,
         "/etc/pi/edge/descriptors.binpb": REPO / "generated" / "descriptors.binpb",
         "/etc/pi/edge/openapi.json": REPO / "generated" / "openapi" / "pi.swagger.json",
         "/etc/pi/tls/tls.crt": cert.cert_path,
@@ -124,12 +131,14 @@ def printed_secrets(tmp_path: Path) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed (create-secrets.sh uses it)")
     cert = ensure_dev_cert(tmp_path / "certs")
+    ensure_identities(tmp_path / "certs", MESH_IDENTITIES)
     env = {
         "PATH": os.environ["PATH"],
         "DATABASE_URL": "postgresql://pi:secret@postgres.example:5432/pi",
         "REDIS_URL": "redis://redis.example:6379/0",
         "TLS_CERT": str(cert.cert_path),
         "TLS_KEY": str(cert.key_path),
+        "MESH_CERTS_DIR": str(tmp_path / "certs"),
     }
     result = subprocess.run(
         ["bash", str(K8S / "create-secrets.sh"), "--print"],
@@ -143,34 +152,58 @@ def printed_secrets(tmp_path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def test_create_secrets_makes_valid_secrets_the_services_accept(
+def test_create_secrets_gives_each_service_only_its_own_secrets(
     printed_secrets: list[dict[str, Any]],
 ) -> None:
     by_name = {s["metadata"]["name"]: s for s in printed_secrets}
-    assert set(by_name) == {"pi-secrets", "pi-edge-tls"}
+    tls = {"pi-auth-tls", "pi-transactions-tls", "pi-payments-tls", "pi-edge-mesh-tls"}
+    assert set(by_name) == {
+        "pi-migrations",
+        "pi-auth",
+        "pi-transactions",
+        "pi-payments",
+        "pi-edge-tls",
+        "pi-admin-tls",
+        *tls,
+    }
     for secret in printed_secrets:
         assert secret["metadata"]["namespace"] == "pi"
         kubernetes_validate.validate(secret, "1.37", strict=True)
-    assert by_name["pi-edge-tls"]["type"] == "kubernetes.io/tls"
+    for name in (*tls, "pi-admin-tls", "pi-edge-tls"):
+        assert by_name[name]["type"] == "kubernetes.io/tls", name
 
-    values = {k: base64.b64decode(v).decode() for k, v in by_name["pi-secrets"]["data"].items()}
-    assert set(values) == {
-        "DATABASE_URL",
-        "REDIS_URL",
-        "PI_ADMIN_TOKEN",
-        "PI_SERVICE_TOKEN",
-        "PI_MASTER_KEYS",
-    }
-    for settings_type in SETTINGS_TYPES.values():
-        settings = settings_type.from_env(values)  # raises ConfigError if unusable
-        assert settings.database_url.startswith("postgresql://")
-        assert len(settings.admin_token) >= 32
+    def values(name: str) -> dict[str, str]:
+        return {k: base64.b64decode(v).decode() for k, v in by_name[name]["data"].items()}
+
+    assert set(values("pi-migrations")) == {"DATABASE_URL"}
+    owner = values("pi-migrations")["DATABASE_URL"]
+    master_keys = set()
+    for service, settings_type in SETTINGS_TYPES.items():
+        own = values(f"pi-{service}")
+        expected = {"DATABASE_URL", "REDIS_URL", "PI_MASTER_KEYS", "PI_DB_SERVICE_ROLE_PASSWORD"}
+        assert set(own) == expected | ({"PI_ADMIN_TOKEN"} if service == "auth" else set())
+        # The service logs in as its own role, with the password its migration sets.
+        password = own["PI_DB_SERVICE_ROLE_PASSWORD"]
+        assert own["DATABASE_URL"] == role_url(owner, f"pi_{service}", password)
+        # (The pod's TLS files, named by pi-config, stand in for the service token here.)
+        settings = settings_type.from_env({**own, "PI_SERVICE_TOKEN": "unused-with-mtls"})
+        assert settings.database_url.startswith(f"postgresql://pi_{service}:")
+        master_keys.add(own["PI_MASTER_KEYS"])
+    assert len(master_keys) == 3, "each service has master keys of its own"
+    assert len(values("pi-auth")["PI_ADMIN_TOKEN"]) >= 32
+    for name in (*tls, "pi-admin-tls"):
+        cert = x509.load_pem_x509_certificate(values(name)["tls.crt"].encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        identity = name.removeprefix("pi-").removesuffix("-tls").removesuffix("-mesh")
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        assert uris == [f"spiffe://pi-platform/{identity}"], name
+        assert "BEGIN CERTIFICATE" in values(name)["ca.crt"]
 
 
 def test_create_secrets_generates_fresh_credentials_each_time(
     printed_secrets: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    first = {s["metadata"]["name"]: s for s in printed_secrets}["pi-secrets"]["data"]
+    first = {s["metadata"]["name"]: s["data"] for s in printed_secrets}
     result = subprocess.run(
         ["bash", str(K8S / "create-secrets.sh"), "--print"],
         env={"PATH": os.environ["PATH"], "DATABASE_URL": "postgresql://x@y/z"},
@@ -179,8 +212,14 @@ def test_create_secrets_generates_fresh_credentials_each_time(
         timeout=60,
         check=True,
     )
-    (second,) = [d for d in yaml.safe_load_all(result.stdout) if d]
-    for key in ("PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"):
-        assert first[key] != second["data"][key]
-    assert "REDIS_URL" not in second["data"]  # optional: the services fall back in process
+    second = {d["metadata"]["name"]: d["data"] for d in yaml.safe_load_all(result.stdout) if d}
+    for name, key in (
+        ("pi-auth", "PI_ADMIN_TOKEN"),
+        ("pi-auth", "PI_MASTER_KEYS"),
+        ("pi-payments", "PI_MASTER_KEYS"),
+        ("pi-payments", "PI_DB_SERVICE_ROLE_PASSWORD"),
+    ):
+        assert first[name][key] != second[name][key]
+    assert "REDIS_URL" not in second["pi-auth"]  # optional: the services fall back in process
     assert "pi-edge-tls" in result.stderr  # reminds the operator of the TLS Secret
+    assert "cert-manager" in result.stderr  # and of where the mesh identities come from

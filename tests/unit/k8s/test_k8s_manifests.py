@@ -22,7 +22,23 @@ KUBERNETES_VERSION = "1.37"
 NAMESPACE = "pi"
 # The manifests must put each service on the port the code defaults it to.
 SERVICES = SERVICE_PORTS
-SECRET_ENV = {"DATABASE_URL", "REDIS_URL", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"}
+SECRET_ENV = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "PI_ADMIN_TOKEN",
+    "PI_SERVICE_TOKEN",
+    "PI_MASTER_KEYS",
+    "PI_DB_SERVICE_ROLE_PASSWORD",
+}
+# Each service's plaintext health-only port, for the kubelet's probes (no client cert);
+# below Linux's ephemeral range, so no outbound connection on a node ever holds one.
+HEALTH_PORTS = {"auth": 9051, "transactions": 9052, "payments": 9053}
+MESH_SECRETS = {
+    "auth": "pi-auth-tls",
+    "transactions": "pi-transactions-tls",
+    "payments": "pi-payments-tls",
+    "edge": "pi-edge-mesh-tls",
+}
 IMAGE = "pi-platform"
 RUN_AS_USER = 10001
 
@@ -66,7 +82,7 @@ def config_data(objects: list[Manifest]) -> dict[str, str]:
 
 
 # Custom resources have no schema in kubernetes-validate; each is checked by its own test.
-CUSTOM_RESOURCE_GROUPS = ("postgresql.cnpg.io/",)
+CUSTOM_RESOURCE_GROUPS = ("postgresql.cnpg.io/", "cert-manager.io/")
 
 
 def test_every_object_validates_against_the_kubernetes_schema(objects: list[Manifest]) -> None:
@@ -154,30 +170,54 @@ def test_every_container_runs_the_platform_image(
                 assert tag not in ("", "latest"), f"{name}: prod pins its image"
 
 
-def test_no_secret_is_committed_and_secrets_come_from_the_pi_secrets_secret(
+def test_no_secret_is_committed_and_each_pod_reads_only_its_own_secrets(
     objects: list[Manifest],
 ) -> None:
     assert not of_kind(objects, "Secret"), "Secrets are created per cluster, never built"
     assert not SECRET_ENV & set(config_data(objects)), "secret settings in a ConfigMap"
     for name, template in pod_templates(objects):
+        owner = template["metadata"]["labels"]["app.kubernetes.io/name"]
+        migration = name.startswith("Job/")
         for container in template["spec"]["containers"]:
             env = env_of(container)
             for var in SECRET_ENV & set(env):
                 assert "value" not in env[var], f"{name}: {var} has a literal value"
-                assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "pi-secrets", name
-                assert env[var]["valueFrom"]["secretKeyRef"]["key"] == var, name
+                ref = env[var]["valueFrom"]["secretKeyRef"]
+                # The owner's database URL is for the migration Jobs only.
+                expected = "pi-migrations" if migration and var == "DATABASE_URL" else f"pi-{owner}"
+                assert ref["name"] == expected, (name, var)
+                assert ref["key"] == var, name
             for source in container.get("envFrom", []):
                 assert "secretRef" not in source, f"{name}: envFrom a whole Secret"
+        secrets = {
+            v["secret"]["secretName"] for v in template["spec"].get("volumes", []) if "secret" in v
+        }
+        assert MESH_SECRETS[owner] in secrets, f"{name} has no mesh identity"
+        assert secrets <= {MESH_SECRETS[owner], "pi-edge-tls"}, (name, secrets)
 
 
-def test_the_services_and_their_migrations_get_every_required_secret(
+def test_the_services_and_their_migrations_get_only_the_secrets_they_need(
     objects: list[Manifest],
 ) -> None:
-    required = {"DATABASE_URL", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_MASTER_KEYS"}
     for name, template in pod_templates(objects):
+        owner = template["metadata"]["labels"]["app.kubernetes.io/name"]
         for container in template["spec"]["containers"]:
-            if container["command"][0] == "python" and container["command"][2] != "-c":
-                assert required <= set(env_of(container)), name
+            if container["command"][0] != "python" or container["command"][2] == "-c":
+                continue
+            env = set(env_of(container))
+            assert {"DATABASE_URL", "PI_MASTER_KEYS"} <= env, name
+            # Only auth serves the admin API; nobody holds a shared service token.
+            assert ("PI_ADMIN_TOKEN" in env) == (owner == "auth"), name
+            assert "PI_SERVICE_TOKEN" not in env, name
+            if name.startswith("Job/"):
+                assert env_of(container)["PI_DB_SERVICE_ROLE"]["value"] == f"pi_{owner}", name
+                assert "PI_DB_SERVICE_ROLE_PASSWORD" in env, name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "/etc/pi/mesh" in mounts, name
+    config = config_data(objects)
+    assert config["PI_TLS_CERT"] == "/etc/pi/mesh/tls.crt"
+    assert config["PI_TLS_KEY"] == "/etc/pi/mesh/tls.key"
+    assert config["PI_TLS_CA"] == "/etc/pi/mesh/ca.crt"
 
 
 # --- wiring ---------------------------------------------------------------------------------
@@ -191,15 +231,21 @@ def test_each_service_serves_grpc_on_its_port_with_grpc_probes(
     deployment = named(objects, "Deployment", service)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["python", "-m", f"pi.{service}"]
-    assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    health = HEALTH_PORTS[service]
+    assert container["ports"] == [
+        {"name": "grpc", "containerPort": port, "protocol": "TCP"},
+        {"name": "health", "containerPort": health, "protocol": "TCP"},
+    ]
     assert env_of(container)["PI_GRPC_PORT"]["value"] == str(port)
+    assert env_of(container)["PI_HEALTH_PORT"]["value"] == str(health)
+    # The gRPC port serves mutual TLS only: the kubelet probes the health-only port.
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": port}, probe
+        assert container[probe]["grpc"] == {"port": health}, probe
 
     svc = named(objects, "Service", service)
     assert svc["spec"]["clusterIP"] == "None", "headless: clients balance across pods"
     assert [p["port"] for p in svc["spec"]["ports"]] == [port]
-    assert svc["spec"]["ports"][0]["appProtocol"] == "kubernetes.io/h2c"
+    assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
@@ -323,6 +369,51 @@ def test_the_edge_runs_the_rendered_config_with_its_files_mounted(
         name: {"address": f"{name}.{NAMESPACE}.svc.cluster.local", "port_value": port}
         for name, port in SERVICES.items()
     }
+
+
+def test_the_edge_calls_the_services_with_its_mounted_mesh_identity(
+    objects: list[Manifest],
+) -> None:
+    spec = named(objects, "Deployment", "edge")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    bootstrap = json.loads((K8S / "base" / "generated" / "envoy.json").read_text())
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        common = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+        files = [
+            common["validation_context"]["trusted_ca"]["filename"],
+            common["tls_certificates"][0]["certificate_chain"]["filename"],
+            common["tls_certificates"][0]["private_key"]["filename"],
+        ]
+        assert [Path(f).name for f in files] == ["ca.crt", "tls.crt", "tls.key"]
+        volume = volumes[mounts[str(Path(files[0]).parent)]]
+        assert volume["secret"]["secretName"] == "pi-edge-mesh-tls"
+        san = common["validation_context"]["match_typed_subject_alt_names"]
+        assert san == [
+            {"san_type": "URI", "matcher": {"exact": f"spiffe://pi-platform/{cluster['name']}"}}
+        ]
+
+
+def test_prod_issues_every_mesh_identity_with_cert_manager(build_kustomization: Any) -> None:
+    objects = build_kustomization("overlays/prod")
+    certificates = {
+        c["spec"]["secretName"]: c["spec"]
+        for c in of_kind(objects, "Certificate")
+        if not c["spec"].get("isCA")
+    }
+    assert set(certificates) == {*MESH_SECRETS.values(), "pi-admin-tls"}
+    for secret, spec in certificates.items():
+        name = spec["commonName"]
+        assert spec["uris"] == [f"spiffe://pi-platform/{name}"], secret
+        assert spec["issuerRef"] == {"name": "pi-mesh", "kind": "Issuer"}
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        if name in SERVICES:
+            assert f"{name}.{NAMESPACE}.svc.cluster.local" in spec["dnsNames"]
+    # The operator's credential is short-lived.
+    assert certificates["pi-admin-tls"]["duration"] == "24h"
+    (issuer,) = [i for i in of_kind(objects, "Issuer") if i["metadata"]["name"] == "pi-mesh"]
+    assert issuer["spec"]["ca"]["secretName"] == "pi-mesh-ca"
+    assert of_kind(build_kustomization("overlays/dev"), "Certificate") == []
 
 
 def bootstrap_tls_files(bootstrap: Manifest) -> list[str]:

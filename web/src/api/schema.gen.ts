@@ -186,7 +186,9 @@ export interface paths {
         put?: never;
         /**
          * Captures all or part of an authorized payment. The uncaptured rest of the
-         *     authorization is released.
+         *     authorization is released. If the processor does not answer, the call fails with
+         *     UNAVAILABLE and the payment stays CAPTURING: retry with the same idempotency key (or
+         *     wait: the platform settles it).
          */
         post: operations["CapturePayment"];
         delete?: never;
@@ -206,7 +208,9 @@ export interface paths {
         put?: never;
         /**
          * Refunds all or part of the captured amount. Refunds may repeat until everything
-         *     captured is refunded, never more.
+         *     captured is refunded, never more. A refund the processor declines is returned with
+         *     status FAILED and its reason (nothing was refunded). If the processor does not
+         *     answer, the call fails with UNAVAILABLE: retry with the same idempotency key.
          */
         post: operations["RefundPayment"];
         delete?: never;
@@ -630,10 +634,14 @@ export interface components {
          *      - PAYMENT_STATUS_SUCCEEDED: The payment is captured. Refunds, if any, show in `refunded_amount`.
          *      - PAYMENT_STATUS_FAILED: The processor declined the payment; `failure_reason` says why.
          *      - PAYMENT_STATUS_CANCELLED: The authorization was voided before capture.
+         *      - PAYMENT_STATUS_CAPTURING: A capture was accepted and sent to the processor; its answer is not recorded yet.
+         *     It becomes SUCCEEDED, or REQUIRES_CAPTURE again if the processor declines.
+         *      - PAYMENT_STATUS_CANCELLING: A cancellation was accepted and sent to the processor; its answer is not recorded
+         *     yet. It becomes CANCELLED, or REQUIRES_CAPTURE again if the processor declines.
          * @default PAYMENT_STATUS_UNSPECIFIED
          * @enum {string}
          */
-        v1PaymentStatus: "PAYMENT_STATUS_UNSPECIFIED" | "PAYMENT_STATUS_PROCESSING" | "PAYMENT_STATUS_REQUIRES_CAPTURE" | "PAYMENT_STATUS_SUCCEEDED" | "PAYMENT_STATUS_FAILED" | "PAYMENT_STATUS_CANCELLED";
+        v1PaymentStatus: "PAYMENT_STATUS_UNSPECIFIED" | "PAYMENT_STATUS_PROCESSING" | "PAYMENT_STATUS_REQUIRES_CAPTURE" | "PAYMENT_STATUS_SUCCEEDED" | "PAYMENT_STATUS_FAILED" | "PAYMENT_STATUS_CANCELLED" | "PAYMENT_STATUS_CAPTURING" | "PAYMENT_STATUS_CANCELLING";
         /** @description Money returned to the payer from a captured payment. */
         v1Refund: {
             /**
@@ -648,6 +656,7 @@ export interface components {
             createTime?: string;
             /** @description Output only. ISO 4217 code of the payment's currency. */
             currency?: string;
+            failureReason?: components["schemas"]["v1PaymentFailureReason"];
             /** @description Output only. Identifier of the refund, e.g. "ref_01J...". */
             id?: string;
             /** @description Output only. Identifier of the refunded payment. */
@@ -681,10 +690,13 @@ export interface components {
          *
          *      - REFUND_STATUS_UNSPECIFIED: Default value. This value is unused.
          *      - REFUND_STATUS_SUCCEEDED: The money is on its way back to the payer.
+         *      - REFUND_STATUS_PENDING: The refund was accepted and sent to the processor; its answer is not recorded yet.
+         *      - REFUND_STATUS_FAILED: The processor declined the refund: no money was returned, and the amount can be
+         *     refunded again. `failure_reason` says why.
          * @default REFUND_STATUS_UNSPECIFIED
          * @enum {string}
          */
-        v1RefundStatus: "REFUND_STATUS_UNSPECIFIED" | "REFUND_STATUS_SUCCEEDED";
+        v1RefundStatus: "REFUND_STATUS_UNSPECIFIED" | "REFUND_STATUS_SUCCEEDED" | "REFUND_STATUS_PENDING" | "REFUND_STATUS_FAILED";
         /** @description Request message for AuthService.RevokeApiKey. */
         v1RevokeApiKeyRequest: {
             /** @description Required. Identifier of the key to revoke. */

@@ -18,6 +18,8 @@ from typing import Any
 
 import grpc
 
+from pi.platform.observability.switch import client_interceptors
+
 DEFAULT_DEADLINE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -85,5 +87,5 @@ def service_channel(
     return grpc.aio.insecure_channel(
         target,
         options=[*CHANNEL_OPTIONS, *balancing, *options],
-        interceptors=[_CallDefaults(authorization, deadline)],
+        interceptors=[_CallDefaults(authorization, deadline), *client_interceptors()],
     )

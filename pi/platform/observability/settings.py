@@ -1,11 +1,12 @@
 """What observability reads from the environment, once, at a process's start.
 
-| var | meaning | default |
-|---|---|---|
-| PI_OBSERVABILITY | `on`, or `off`: no metrics port, interceptors or traces (the bench's "off") | on |
-| PI_METRICS_HOST / PI_METRICS_PORT | where the process serves `/metrics`; port 0 picks a free one | 127.0.0.1 / gRPC port + 1000 |
-| OTEL_EXPORTER_OTLP_ENDPOINT | OTLP/gRPC collector for sampled spans, e.g. `http://127.0.0.1:4317`; unset: no traces | unset |
-| OTEL_SERVICE_NAME | `service.name` of the spans | the service's name |
+- PI_OBSERVABILITY: `on` (default), or `off`: no metrics port, interceptors or traces
+  (the bench's "off" run).
+- PI_METRICS_HOST / PI_METRICS_PORT: where the process serves `/metrics` (127.0.0.1 and
+  the gRPC port + 1000 by default; port 0 picks a free one).
+- OTEL_EXPORTER_OTLP_ENDPOINT: the OTLP/gRPC collector for sampled spans, e.g.
+  `http://127.0.0.1:4317`; unset, no spans are made.
+- OTEL_SERVICE_NAME: the spans' `service.name` (default: the service's name).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from pi.edge import ensure_dev_cert, render_bootstrap, write_bootstrap
+from pi.edge.observability import Tracing
 from pi.edge.profiles import local_config
 from pi.launcher.console import Console
 from pi.launcher.options import SERVICES, LaunchOptions
@@ -56,12 +57,15 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
         http_port=options.http_port,
         https_port=options.https_port,
         admin_port=options.admin_port,
+        metrics_port=options.edge_metrics_port,
+        tracing=Tracing("127.0.0.1", options.otlp_port, options.trace_sample_percent),
     )
     config = replace(config, upstreams=options.upstreams())
     write_bootstrap(render_bootstrap(config), options.var / "envoy.json")
 
     env = {**dev_secrets, **os.environ}  # what the caller exported wins
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{options.otlp_port}")
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)
     store = data_store(options, env)

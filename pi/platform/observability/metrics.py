@@ -102,7 +102,8 @@ outbox_delivered = Counter(
 )
 outbox_failures = Counter(
     "pi_outbox_delivery_failures_total",
-    "Outbox delivery rounds that failed (the rows are retried with backoff).",
+    "Outbox deliveries that failed: movements postponed for a retry with backoff, facts "
+    "lost (their payments look the transaction up instead).",
     ("outbox",),
 )
 reconciler_backlog = Gauge(
@@ -113,8 +114,12 @@ reconciler_oldest_age = Gauge(
     "pi_reconciler_oldest_processing_age_seconds",
     "How long the oldest PROCESSING payment has been PROCESSING, when last sampled (0 when none).",
 )
-# The dead-letter size ("Prove nothing is lost") is set by the same sampler as the outbox
-# gauges once that table exists: `pi_outbox_dead_letters{outbox}`.
+outbox_dead_letters = Gauge(
+    "pi_outbox_dead_letters",
+    "Outbox rows given up on and kept for an operator (dead letters), when last sampled. "
+    "Set by the backlog sampler once the dead-letter table exists.",
+    ("outbox",),
+)
 
 # -- platform --------------------------------------------------------------------------
 
@@ -127,7 +132,6 @@ idempotency = Counter(
 rate_limited = Counter(
     "pi_rate_limited_total",
     "Calls refused with RESOURCE_EXHAUSTED by the per-merchant rate limit.",
-    ("service",),
 )
 background_restarts = Counter(
     "pi_background_task_restarts_total",
@@ -138,7 +142,7 @@ background_restarts = Counter(
 db_units = Histogram(
     "pi_db_unit_seconds",
     "Units of work on PostgreSQL, from the block's start to its end, by mode and result "
-    "(committed, rolled_back, error).",
+    "(committed, read, rolled_back, conflict, error).",
     ("mode", "result"),
     buckets=FAST_BUCKETS,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from pi.platform.kernel import idempotency
 from pi.platform.observability import metrics, switch, tracing
 from pi.platform.observability.settings import ObservabilitySettings
 
-__all__ = ["Telemetry", "TraceFields", "start", "tracer_provider"]
+__all__ = ["Telemetry", "TraceFields", "replayed_in_this_request", "start", "tracer_provider"]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,20 @@ def tracer_provider(
     return provider
 
 
+# Set in the task of a request whose idempotency key replayed a stored answer, so that
+# business counts taken from the answer do not count it twice.
+_replayed: ContextVar[bool] = ContextVar("pi_replayed", default=False)
+
+
+def replayed_in_this_request() -> bool:
+    """Whether the current request's answer is a replay of a stored one."""
+    return _replayed.get()
+
+
 def _count_idempotency(result: str) -> None:
     metrics.idempotency.labels(result).inc()
+    if result == "replayed":
+        _replayed.set(True)
 
 
 @dataclass

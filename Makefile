@@ -14,7 +14,7 @@ LINT_PATHS  := pi tests scripts bench
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test test-unit run bench clean image
+.PHONY: help setup proto lint test test-unit run prometheus bench clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ test-unit: setup ## Only the unit tier: no database, no network (seconds).
 
 run: setup ## Start the mesh (PostgreSQL unless DATABASE_URL, three services, Envoy) locally.
 	$(PY) -m pi.launcher
+
+prometheus: setup ## A local Prometheus scraping `make run`, with the alert rules (needs Debian's prometheus).
+	$(PY) -m pi.launcher.prometheus
 
 bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
 	scripts/ensure-redis.sh

@@ -17,6 +17,7 @@ from pi.edge.config import (
     RateLimit,
     local_upstreams,
 )
+from pi.edge.observability import Tracing
 from pi.platform.config import SERVICE_PORTS
 
 # Where the Kubernetes manifests mount things into the Envoy pod.
@@ -24,6 +25,12 @@ K8S_DESCRIPTOR_PATH = "/etc/pi/edge/descriptors.binpb"
 K8S_OPENAPI_PATH = "/etc/pi/edge/openapi.json"
 K8S_TLS_CERT_PATH = "/etc/pi/tls/tls.crt"
 K8S_TLS_KEY_PATH = "/etc/pi/tls/tls.key"
+# Observability in a cluster: Prometheus scrapes the edge's metrics port, spans go to the
+# OpenTelemetry Collector of k8s/monitoring, and 1% of requests are traced (the one
+# number to turn tracing up or down: the services follow the edge's decision).
+K8S_METRICS_PORT = 9902
+K8S_COLLECTOR_HOST = "otel-collector.pi-monitoring.svc.cluster.local"
+K8S_TRACE_SAMPLE_PERCENT = 1.0
 
 
 def local_config(
@@ -57,6 +64,8 @@ def e2e_config(
     tls_cert_path: str | None = None,
     tls_key_path: str | None = None,
     requests_per_second: int = 5,
+    metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> EdgeConfig:
     """End-to-end tests: free ports, fast health checks, a rate limit a test can exceed."""
     return EdgeConfig(
@@ -70,6 +79,8 @@ def e2e_config(
         tls_key_path=tls_key_path,
         rate_limit=RateLimit(requests_per_second, requests_per_second),
         health_check=HealthCheck(interval=1.0, timeout=1.0),
+        metrics_port=metrics_port,
+        tracing=tracing,
     )
 
 
@@ -89,6 +100,8 @@ def kubernetes_config(
     """
     hosts = dict(service_hosts or {name: name for name in SERVICE_PORTS})
     config = EdgeConfig(
+        metrics_port=K8S_METRICS_PORT,
+        tracing=Tracing(K8S_COLLECTOR_HOST, sample_percent=K8S_TRACE_SAMPLE_PERCENT),
         descriptor_path=descriptor_path,
         upstreams={name: (Endpoint(hosts[name], port),) for name, port in SERVICE_PORTS.items()},
         listen_host="0.0.0.0",  # inside a pod; the Service decides what is exposed

@@ -88,7 +88,7 @@ def print_banner(
     for name, url in metrics_urls(options):
         out.say(f"  {name:<15}{url}")
     out.say(f"Traces ({options.trace_sample_percent:g}% of requests): {options.traces_path}")
-    out.say("  a local Prometheus with the alert rules: scripts/local-prometheus.sh")
+    out.say("  a local Prometheus with the alert rules: make prometheus (http://127.0.0.1:9090)")
     if merchant is not None:
         out.say()
         out.say(

@@ -45,6 +45,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pi.edge import Endpoint, ensure_dev_cert, envoy_command, render_bootstrap, write_bootstrap
+from pi.edge.observability import Tracing
 from pi.edge.profiles import e2e_config
 from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import die_with_parent
@@ -280,6 +281,9 @@ class Mesh:
     env: Mapping[str, str]  # the services' environment (secrets included)
     processes: Processes
     workdir: Path
+    metrics_ports: Mapping[str, int]  # each service's /metrics
+    edge_metrics_port: int  # Envoy's /stats/prometheus
+    traces_path: Path  # every span, from the OTLP receiver
     _ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @property
@@ -350,6 +354,9 @@ def _start_envoy(
     ports: Mapping[str, int],
     requests_per_second: int,
     cert: Any | None,
+    *,
+    metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[int, int, int]:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     config = e2e_config(
@@ -362,6 +369,8 @@ def _start_envoy(
         tls_cert_path=None if cert is None else str(cert.cert_path),
         tls_key_path=None if cert is None else str(cert.key_path),
         requests_per_second=requests_per_second,
+        metrics_port=metrics_port,
+        tracing=tracing,
     )
     config_path = workdir / f"{name}.json"
     write_bootstrap(render_bootstrap(config), config_path)
@@ -379,6 +388,9 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
     suffix = uuid.uuid4().hex[:10]
     schemas = {svc: f"e2e_{suffix}_{svc}" for svc in SERVICES}
     ports = {svc: free_port() for svc in SERVICES}
+    metrics_ports = {svc: free_port() for svc in SERVICES}
+    edge_metrics_port, otlp_port = free_port(), free_port()
+    traces_path = workdir / "traces" / "spans.jsonl"
     secrets_env = ensure_dev_secrets(workdir / "secrets.env")
     base_env = {
         key: value
@@ -397,9 +409,15 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         "PI_REVOCATION_POLL_SECONDS": "1",
         "PI_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
     }
     envs = {
-        svc: {**common, "PI_DB_SCHEMA": schemas[svc], "PI_GRPC_PORT": str(ports[svc])}
+        svc: {
+            **common,
+            "PI_DB_SCHEMA": schemas[svc],
+            "PI_GRPC_PORT": str(ports[svc]),
+            "PI_METRICS_PORT": str(metrics_ports[svc]),
+        }
         for svc in SERVICES
     }
     started = False
@@ -415,6 +433,20 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             code = child.process.wait(timeout=START_TIMEOUT)
             assert code == 0, f"{child.name} failed ({code}):\n{child.tail()}"
         deadline = time.monotonic() + START_TIMEOUT
+        receiver = processes.start(
+            "otlp-receiver",
+            [
+                sys.executable,
+                "-m",
+                "pi.platform.observability.receiver",
+                "--port",
+                str(otlp_port),
+                "--out",
+                str(traces_path),
+            ],
+            base_env,
+        )
+        wait_grpc_serving(receiver, f"127.0.0.1:{otlp_port}", deadline)
         children = {}
         for svc in SERVICES:
             children[svc] = processes.start(svc, [sys.executable, "-m", f"pi.{svc}"], envs[svc])
@@ -425,7 +457,15 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
 
         cert = ensure_dev_cert(workdir / "certs")
         http_port, https_port, admin_port = _start_envoy(
-            processes, "envoy", workdir, ports, MESH_REQUESTS_PER_SECOND, cert
+            processes,
+            "envoy",
+            workdir,
+            ports,
+            MESH_REQUESTS_PER_SECOND,
+            cert,
+            metrics_port=edge_metrics_port,
+            # Every request traced: the tests follow one request's spans.
+            tracing=Tracing("127.0.0.1", otlp_port, sample_percent=100.0),
         )
         started = True
         yield Mesh(
@@ -442,6 +482,9 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             env=common,
             processes=processes,
             workdir=workdir,
+            metrics_ports=metrics_ports,
+            edge_metrics_port=edge_metrics_port,
+            traces_path=traces_path,
         )
     except BaseException:
         processes.dump_logs()

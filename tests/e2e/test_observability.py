@@ -54,8 +54,8 @@ def spans(path: Path) -> list[dict[str, Any]]:
 
 
 def wait_for_trace(path: Path, root_name: str, needed: Iterable[str]) -> list[dict[str, Any]]:
-    """The spans of the newest trace with a span named `root_name` once it has a span
-    for each name in `needed`."""
+    """The spans of the newest trace with a span named `root_name` once it has a SERVER
+    span for each name in `needed`."""
     deadline = time.monotonic() + WAIT
     needed = set(needed)
     found: list[dict[str, Any]] = []
@@ -65,9 +65,8 @@ def wait_for_trace(path: Path, root_name: str, needed: Iterable[str]) -> list[di
         if roots:
             trace_id = roots[-1]["trace_id"]
             found = [s for s in everything if s["trace_id"] == trace_id]
-            if needed <= {s["name"] for s in found} and any(
-                s["service"] == "pi-edge" for s in found
-            ):
+            served = {s["name"] for s in found if s["kind"] == "SERVER"}
+            if needed <= served and any(s["service"] == "pi-edge" for s in found):
                 return found
         time.sleep(0.25)
     raise AssertionError(f"no complete trace for {root_name}: {[s['name'] for s in found]}")
@@ -107,12 +106,10 @@ def pay(mesh: Any, token: str, transaction_id: str, card: str) -> dict[str, Any]
         "POST",
         "/v1/payments",
         {
-            "payment": {
-                "transactionId": transaction_id,
-                "amount": "500",
-                "currency": "EUR",
-                "card": {"number": card, "expMonth": 12, "expYear": 2034, "cvc": "123"},
-            }
+            "transactionId": transaction_id,
+            "amount": "500",
+            "method": "PAYMENT_METHOD_TYPE_CARD",
+            "card": {"number": card, "expMonth": 12, "expYear": 2034, "cvc": "123"},
         },
         token=token,
     )

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,6 +30,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 __all__ = ["SpanFile", "main", "spans_as_dicts"]
+
+LINGER_QUIET_SECONDS = 2.0
+LINGER_MAX_SECONDS = 8.0
 
 _KINDS = {
     Span.SPAN_KIND_INTERNAL: "INTERNAL",
@@ -92,6 +96,7 @@ class SpanFile(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __init__(self, out: TextIO) -> None:
         self._out = out
+        self.last_export = time.monotonic()
 
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
@@ -99,6 +104,7 @@ class SpanFile(trace_service_pb2_grpc.TraceServiceServicer):
         lines = [json.dumps(span, sort_keys=True) + "\n" for span in spans_as_dicts(request)]
         self._out.writelines(lines)
         self._out.flush()
+        self.last_export = time.monotonic()
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -106,7 +112,8 @@ async def serve(host: str, port: int, out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("a", encoding="utf-8") as out:
         server = grpc.aio.server()
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(SpanFile(out), server)
+        spans = SpanFile(out)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(spans, server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
         if server.add_insecure_port(f"{host}:{port}") == 0:
@@ -119,7 +126,15 @@ async def serve(host: str, port: int, out_path: Path) -> None:
             loop.add_signal_handler(sig, stop.set)
         print(f"OTLP receiver on {host}:{port}, writing spans to {out_path}", flush=True)
         await stop.wait()
-        await server.stop(2.0)
+        # Stopped together with the processes it serves, it keeps taking their last
+        # spans (they flush as they exit) until none came for a while.
+        deadline = time.monotonic() + LINGER_MAX_SECONDS
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - spans.last_export
+            if quiet >= LINGER_QUIET_SECONDS:
+                break
+            await asyncio.sleep(LINGER_QUIET_SECONDS - quiet)
+        await server.stop(1.0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,16 @@ class TraceFields(logging.Filter):
         return True
 
 
+class _Demoted(logging.Filter):
+    """The exporter logs each failed export as an ERROR; a collector that is down is
+    `pi_spans_dropped_total` and its alert, not an error of the service's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class _CountingExporter(SpanExporter):
     """Counts what reached the collector and what it refused."""
 
@@ -149,6 +159,7 @@ def start(settings: ObservabilitySettings) -> Telemetry:
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").addFilter(_Demoted())
         insecure = settings.otlp_endpoint.startswith("http://")
         exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=insecure)
         telemetry.provider = tracer_provider(settings.service_name, exporter)

@@ -49,6 +49,7 @@ from pi.edge.observability import Tracing
 from pi.edge.profiles import e2e_config
 from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import die_with_parent
+from tests.support.leaks import leaks
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
@@ -62,6 +63,14 @@ MESH_REQUESTS_PER_SECOND = 2000
 THROTTLED_REQUESTS_PER_SECOND = 3
 # A service log line that means something went wrong (services log JSON lines).
 _ERROR_LINE = re.compile(r'"level": ?"(?:ERROR|CRITICAL)"|^Traceback ')
+
+
+def mesh_leaks(mesh: Mesh) -> list[str]:
+    """Card numbers and secrets in the mesh's exported spans and its processes' logs."""
+    texts = {"spans": mesh.traces_path.read_text() if mesh.traces_path.exists() else ""}
+    for child in mesh.processes.children:
+        texts[child.name] = child.tail(50_000_000)
+    return leaks(texts, (mesh.admin_token, mesh.service_token))
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -468,7 +477,7 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             tracing=Tracing("127.0.0.1", otlp_port, sample_percent=100.0),
         )
         started = True
-        yield Mesh(
+        mesh_info = Mesh(
             http_port=http_port,
             https_port=https_port,
             admin_port=admin_port,
@@ -486,6 +495,7 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             edge_metrics_port=edge_metrics_port,
             traces_path=traces_path,
         )
+        yield mesh_info
     except BaseException:
         processes.dump_logs()
         raise
@@ -497,6 +507,10 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         ]
         codes = processes.stop_all()
         _drop_schemas(pg_url, list(schemas.values()))
+        # After the whole e2e suite: nothing it sent leaked into spans or logs.
+        leaked = mesh_leaks(mesh_info) if started else []
+        if leaked:
+            pytest.fail(f"card numbers or secrets in spans or logs: {leaked}")
         if started and crashed:
             processes.dump_logs()
             pytest.fail(f"mesh processes died during the session: {crashed}")

@@ -138,9 +138,10 @@ class ClientObservability(grpc.aio.UnaryUnaryClientInterceptor):
         code = "Unknown"
         try:
             call = await continuation(client_call_details, request)
-            response = await call
+            await call
             code = "OK"
-            return response
+            # The call, not its response: the caller keeps its metadata and status.
+            return call
         except grpc.aio.AioRpcError as error:
             code = go_name(error.code())
             raise

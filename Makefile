@@ -20,7 +20,7 @@ WEB_SOURCES := $(shell find web/src web/scripts -type f 2>/dev/null) web/index.h
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto web lint test test-unit run bench clean image
+.PHONY: help setup proto web lint test test-unit run prometheus bench clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ test-unit: setup ## Only the unit tier: no database, no network (seconds).
 
 run: setup ## Start the mesh (PostgreSQL unless DATABASE_URL, three services, Envoy) locally.
 	$(PY) -m pi.launcher
+
+prometheus: setup ## A local Prometheus scraping `make run`, with the alert rules (needs Debian's prometheus).
+	$(PY) -m pi.launcher.prometheus
 
 bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
 	scripts/ensure-redis.sh

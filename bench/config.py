@@ -29,6 +29,12 @@ class BenchConfig:
     envoy_access_log: bool = False  # BENCH_ENVOY_ACCESS_LOG
     edge_rate_limit_rps: int = 0  # BENCH_EDGE_RPS: 0 = the edge's own default
     log_level: str = "WARNING"  # BENCH_LOG_LEVEL -> PI_LOG_LEVEL
+    # BENCH_OBSERVABILITY: on (metrics ports, interceptors, the edge tracing
+    # trace_sample_percent % into an OTLP receiver), off (PI_OBSERVABILITY=off, no
+    # tracer), or both: the flow is measured with it on, then again on a mesh restarted
+    # with it off, and the report compares flows/s and CPU per flow.
+    observability: str = "both"
+    trace_sample_percent: float = 1.0  # BENCH_TRACE_SAMPLE_PERCENT: production's default
     # PI_RATE_LIMIT_PER_MERCHANT: the limiter still runs (and costs what it costs), but a
     # single-merchant reference run (h2load) must not be throttled; 100 = production.
     merchant_rate_limit: int = 1_000_000  # BENCH_MERCHANT_RATE_LIMIT
@@ -100,6 +106,7 @@ QUICK: dict[str, Any] = {
     "conn_count": 200,
     "conn_duration": 4.0,
     "conn_interval": 0.5,
+    "observability": "on",
 }
 
 _ENV = {
@@ -113,6 +120,8 @@ _ENV = {
     "envoy_access_log": "BENCH_ENVOY_ACCESS_LOG",
     "edge_rate_limit_rps": "BENCH_EDGE_RPS",
     "log_level": "BENCH_LOG_LEVEL",
+    "observability": "BENCH_OBSERVABILITY",
+    "trace_sample_percent": "BENCH_TRACE_SAMPLE_PERCENT",
     "merchant_rate_limit": "BENCH_MERCHANT_RATE_LIMIT",
     "commit_groups": "BENCH_COMMIT_GROUPS",
     "port_base": "BENCH_PORT_BASE",
@@ -185,6 +194,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     config = replace(config, **overrides)
     if config.connections < 1 or config.replicas < 1 or config.merchants < 1:
         parser.error("connections, replicas and merchants must be at least 1")
+    if config.observability not in ("on", "off", "both"):
+        parser.error("BENCH_OBSERVABILITY must be on, off or both")
     if not config.database.startswith("pi_bench"):
         parser.error("BENCH_DB must start with pi_bench (the bench drops and recreates it)")
     return config

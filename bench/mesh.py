@@ -34,6 +34,9 @@ SERVICE_OFFSETS = {"auth": 1, "transactions": 2, "payments": 3}
 REPLICA_STEP = 100
 ENVOY_HTTP_OFFSET = 80
 ENVOY_ADMIN_OFFSET = 90
+ENVOY_METRICS_OFFSET = 91
+OTLP_OFFSET = 95
+METRICS_OFFSET = 1000  # a service's /metrics: its gRPC port + 1000
 
 
 class MeshError(RuntimeError):
@@ -55,9 +58,21 @@ class Ports:
     def envoy_admin(self) -> int:
         return self.base + ENVOY_ADMIN_OFFSET
 
+    @property
+    def envoy_metrics(self) -> int:
+        return self.base + ENVOY_METRICS_OFFSET
+
+    @property
+    def otlp(self) -> int:
+        return self.base + OTLP_OFFSET
+
+    def metrics(self, name: str, replica: int = 0) -> int:
+        return self.service(name, replica) + METRICS_OFFSET
+
     def all(self, replicas: int) -> list[int]:
         ports = [self.service(n, i) for n in SERVICES for i in range(replicas)]
-        return [*ports, self.envoy_http, self.envoy_admin]
+        metrics = [self.metrics(n, i) for n in SERVICES for i in range(replicas)]
+        return [*ports, *metrics, self.envoy_http, self.envoy_admin, self.envoy_metrics, self.otlp]
 
 
 def secrets_env(workdir: Path) -> dict[str, str]:
@@ -98,6 +113,10 @@ class Mesh:
     envoy_concurrency: int = 1
     envoy_access_log: bool = False
     edge_rate_limit_rps: int | None = None
+    # Observability on: metrics ports, interceptors, and the edge tracing
+    # `trace_sample_percent` % of requests into an OTLP receiver writing to the workdir.
+    observability: bool = True
+    trace_sample_percent: float = 1.0
     python: str = sys.executable
     envoy_config_path: Path | None = None
     events: list[str] = field(default_factory=list)
@@ -140,8 +159,14 @@ class Mesh:
                 ),
                 "PI_PAYMENTS_TARGET": f"127.0.0.1:{self.ports.service('payments', replica)}",
                 "PYTHONUNBUFFERED": "1",
+                "PI_OBSERVABILITY": "on" if self.observability else "off",
+                "PI_METRICS_PORT": str(self.ports.metrics(name, replica)),
             }
         )
+        if self.observability:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{self.ports.otlp}"
+        else:
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         return env
 
     def identity(self, name: str) -> Any:
@@ -189,6 +214,23 @@ class Mesh:
         self._thread.start()
         self._started_at = time.monotonic()
         deadline = time.monotonic() + timeout
+        if self.observability:
+            receiver = self._supervise(
+                "otlp-receiver",
+                [
+                    self.python,
+                    "-m",
+                    "pi.platform.observability.receiver",
+                    "--port",
+                    str(self.ports.otlp),
+                    "--out",
+                    str(self.workdir / "traces" / "spans.jsonl"),
+                ],
+                {k: v for k, v in os.environ.items() if not k.startswith(("PI_", "BENCH_"))},
+                self._grpc_probe(self.ports.otlp),
+                f":{self.ports.otlp}",
+            )
+            self._wait_healthy(receiver, deadline)
         for wave in (("auth",), ("transactions", "payments")):
             procs = []
             for replica in range(self.replicas):
@@ -272,6 +314,13 @@ class Mesh:
         }
         options: dict[str, Any] = {}
         edge = self.identity("edge")
+        if self.observability:
+            from pi.edge.observability import Tracing
+
+            options["metrics_port"] = self.ports.envoy_metrics
+            options["tracing"] = Tracing(
+                "127.0.0.1", self.ports.otlp, sample_percent=self.trace_sample_percent
+            )
         if self.edge_rate_limit_rps:
             options["rate_limit"] = RateLimit(self.edge_rate_limit_rps, self.edge_rate_limit_rps)
         config = EdgeConfig(

@@ -297,12 +297,30 @@ def _connections(lines: list[str], cfg: dict[str, Any], conn: dict[str, Any]) ->
         _resources(lines, conn["resources"], conn.get("loadgen"))
 
 
+def _observability(lines: list[str], cost: dict[str, Any]) -> None:
+    on, off = cost["on"], cost["off"]
+    lines += [
+        "",
+        f"Observability on (metrics, interceptors, {cost['trace_sample_percent']:g}% of requests "
+        "traced) vs off (PI_OBSERVABILITY=off, no tracer), the same flow:",
+        *(
+            f"  {name:<4} {run['flows_per_second']:>8.1f} flows/s   "
+            f"{run['cpu_ms_per_flow']:>7.2f} ms CPU/flow"
+            for name, run in (("on", on), ("off", off))
+        ),
+        f"  change with it on: {cost['flows_per_second_change_percent']:+.1f}% flows/s, "
+        f"{cost['cpu_per_flow_change_percent']:+.1f}% CPU per flow (budget: at most -5% flows/s)",
+    ]
+
+
 def table(report: dict[str, Any]) -> str:
     """The short human-readable summary printed at the end of a run."""
     cfg = report["config"]
     lines = _header(report)
     if report.get("flow"):
         _flow(lines, cfg, report["flow"])
+    if report.get("observability"):
+        _observability(lines, report["observability"])
     if report.get("references"):
         _references(lines, report["references"])
     if report.get("connections"):

@@ -163,23 +163,7 @@ class Bench:
         cfg, rep = self.cfg, self.rep
 
         secret = secrets_env(self.workdir)
-        self.mesh = mesh = Mesh(
-            repo=REPO,
-            workdir=self.workdir,
-            ports=self.ports,
-            replicas=cfg.replicas,
-            base_env={
-                "DATABASE_URL": self.pg.url(),
-                "REDIS_URL": cfg.redis_url,
-                "PI_LOG_LEVEL": cfg.log_level,
-                "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
-                "PI_DB_COMMIT_GROUPS": str(cfg.commit_groups),
-                **secret,
-            },
-            envoy_concurrency=cfg.envoy_concurrency,
-            envoy_access_log=cfg.envoy_access_log,
-            edge_rate_limit_rps=cfg.edge_rate_limit_rps or None,
-        )
+        self.mesh = mesh = self._mesh(secret, observability=cfg.observability != "off")
         mesh.check_ports()
         _log(f"recreating database {cfg.database} on {self.pg.describe()}")
         recreate_database(self.pg)
@@ -203,6 +187,8 @@ class Bench:
             rep["seed"] = {"merchants": len(self.merchants)}
 
             self.flow()
+            if cfg.observability == "both":
+                self._flow_without_observability(secret)
             rep["references"] = {}
             if not cfg.skips("grpc"):
                 self.grpc_references()
@@ -217,6 +203,7 @@ class Bench:
             if self.client is not None:
                 self.client.close()
             _log("stopping the mesh")
+            mesh = self.mesh
             try:
                 mesh.stop()
             finally:
@@ -230,6 +217,54 @@ class Bench:
             r.get("error_count", 0) for r in rep["references"].values() if isinstance(r, dict)
         )
         return 0 if errors == 0 else 1
+
+    def _mesh(self, secret: dict[str, str], *, observability: bool) -> Mesh:
+        cfg = self.cfg
+        return Mesh(
+            repo=REPO,
+            workdir=self.workdir,
+            ports=self.ports,
+            replicas=cfg.replicas,
+            base_env={
+                "DATABASE_URL": self.pg.url(),
+                "REDIS_URL": cfg.redis_url,
+                "PI_LOG_LEVEL": cfg.log_level,
+                "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
+                "PI_DB_COMMIT_GROUPS": str(cfg.commit_groups),
+                **secret,
+            },
+            envoy_concurrency=cfg.envoy_concurrency,
+            envoy_access_log=cfg.envoy_access_log,
+            edge_rate_limit_rps=cfg.edge_rate_limit_rps or None,
+            observability=observability,
+            trace_sample_percent=cfg.trace_sample_percent,
+        )
+
+    def _flow_without_observability(self, secret: dict[str, str]) -> None:
+        """The same flow on the mesh restarted with PI_OBSERVABILITY=off and no tracer;
+        the report compares it with the flow measured with observability on."""
+        assert self.mesh is not None and self.client is not None
+        on = self.rep["flow"]
+        _log("observability off: restarting the mesh")
+        self.client.close()
+        self.client = None
+        events = self.mesh.events
+        self.mesh.stop()
+        self.mesh = self._mesh(secret, observability=False)
+        self.mesh.events = [*events, "--- restarted with observability off"]
+        self.mesh.start()
+        self.client = EdgeClient("127.0.0.1", self.ports.envoy_http)
+        self._fresh_tokens()
+        self.flow()
+        off = self.rep.pop("flow")
+        self.rep["flow"] = on
+        self.rep["flow_observability_off"] = off
+        self.rep["observability"] = observability_cost(on, off, self.cfg.trace_sample_percent)
+        _log(
+            "observability: "
+            f"{self.rep['observability']['flows_per_second_change_percent']:+.1f}% flows/s, "
+            f"{self.rep['observability']['cpu_per_flow_change_percent']:+.1f}% CPU per flow"
+        )
 
     def _groups(self) -> dict[str, Callable[[], Iterable[int]]]:
         mesh = self.mesh
@@ -521,6 +556,39 @@ class Bench:
                 (list(tokens), limit),
             ).fetchall()
         return [(tokens[merchant], txn) for txn, merchant in rows]
+
+
+_MESH_GROUPS = ("envoy", "auth", "transactions", "payments", "postgres", "redis")
+
+
+def observability_cost(
+    on: dict[str, Any], off: dict[str, Any], sample_percent: float
+) -> dict[str, Any]:
+    """Flows/s and CPU per flow (the mesh's processes: Envoy, services, PostgreSQL, Redis)
+    with observability on and off, and the change from off to on in percent."""
+
+    def summary(flow: dict[str, Any]) -> dict[str, Any]:
+        groups = flow.get("resources", {}).get("groups", {})
+        cpu = sum(groups.get(name, {}).get("cpu_seconds", 0.0) for name in _MESH_GROUPS)
+        flows = max(1, flow.get("flows", 0))
+        return {
+            "flows_per_second": flow["flows_per_second"],
+            "cpu_ms_per_flow": round(cpu * 1000 / flows, 3),
+        }
+
+    with_it, without = summary(on), summary(off)
+
+    def change(key: str) -> float:
+        base = float(without[key]) or 1e-9
+        return round((float(with_it[key]) - base) / base * 100, 2)
+
+    return {
+        "trace_sample_percent": sample_percent,
+        "on": with_it,
+        "off": without,
+        "flows_per_second_change_percent": change("flows_per_second"),
+        "cpu_per_flow_change_percent": change("cpu_ms_per_flow"),
+    }
 
 
 def _redis_info(url: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pi.edge.observability import Tracing
 from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
@@ -142,6 +143,10 @@ class EdgeConfig:
     max_heap_bytes: int = 1024 * _MIB
     xff_num_trusted_hops: int = 0
     access_log: bool = True
+    # Observability (pi.edge.observability): GET /stats/prometheus on this port, and the
+    # tracer that decides which requests are traced. None: neither.
+    metrics_port: int | None = None
+    tracing: Tracing | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.upstreams) - set(PUBLIC_GRPC_SERVICES)
@@ -181,11 +186,20 @@ def render_bootstrap(config: EdgeConfig) -> dict[str, Any]:
     from pi.edge._values import socket_address
     from pi.edge.clusters import service_cluster
     from pi.edge.listeners import listener
+    from pi.edge.observability import collector_cluster, metrics_clusters, metrics_listener
     from pi.edge.overload import overload_manager
 
     listeners = [listener("http", config, config.http_port, tls=False)]
     if config.tls_enabled:
         listeners.append(listener("https", config, config.https_port, tls=True))
+    clusters = [
+        service_cluster(name, config.upstreams[name], config) for name in PUBLIC_GRPC_SERVICES
+    ]
+    if config.metrics_port is not None:
+        listeners.append(metrics_listener(config.listen_host, config.metrics_port))
+        clusters.extend(metrics_clusters(ADMIN_HOST, config.admin_port))
+    if config.tracing is not None:
+        clusters.append(collector_cluster(config.tracing, config.timeouts.upstream_connect))
     return {
         "node": {"id": "pi-edge", "cluster": "pi-edge"},
         "admin": {
@@ -193,10 +207,7 @@ def render_bootstrap(config: EdgeConfig) -> dict[str, Any]:
         },
         "static_resources": {
             "listeners": listeners,
-            "clusters": [
-                service_cluster(name, config.upstreams[name], config)
-                for name in PUBLIC_GRPC_SERVICES
-            ],
+            "clusters": clusters,
         },
         "overload_manager": overload_manager(config),
         "layered_runtime": {

@@ -11,6 +11,7 @@ from typing import Any
 from pi.edge._values import KIB, MIB, duration, socket_address, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
 from pi.edge.local_replies import local_reply_config
+from pi.edge.observability import tracing_config
 from pi.edge.routes import route_config
 from pi.edge.static import compressor_filter
 
@@ -99,6 +100,8 @@ def _http_connection_manager(name: str, config: EdgeConfig) -> dict[str, Any]:
     }
     if config.access_log:
         hcm["access_log"] = [_access_log()]
+    if config.tracing is not None:
+        hcm["tracing"] = tracing_config(config.tracing)
     return hcm
 
 
@@ -214,6 +217,7 @@ def _access_log() -> dict[str, Any]:
                     "duration_ms": "%DURATION%",
                     "upstream": "%UPSTREAM_HOST%",
                     "user_agent": "%REQ(USER-AGENT)%",
+                    "traceparent": "%REQ(TRACEPARENT)%",
                 }
             },
         },

@@ -18,6 +18,7 @@ from pi.edge.config import (
     UpstreamTls,
     local_upstreams,
 )
+from pi.edge.observability import Tracing
 from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
@@ -32,6 +33,13 @@ K8S_UPSTREAM_TLS = UpstreamTls(
     cert_path="/etc/pi/mesh/tls.crt",
     key_path="/etc/pi/mesh/tls.key",
 )
+
+# Observability in a cluster: Prometheus scrapes the edge's metrics port, spans go to the
+# OpenTelemetry Collector of k8s/monitoring, and 1% of requests are traced (the one
+# number to turn tracing up or down: the services follow the edge's decision).
+K8S_METRICS_PORT = 9902
+K8S_COLLECTOR_HOST = "otel-collector.pi-monitoring.svc.cluster.local"
+K8S_TRACE_SAMPLE_PERCENT = 1.0
 
 
 def local_config(
@@ -67,6 +75,8 @@ def e2e_config(
     upstream_tls: UpstreamTls | None = None,
     requests_per_second: int = 5,
     web: StaticSite | None = None,
+    metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> EdgeConfig:
     """End-to-end tests: free ports, fast health checks, a rate limit a test can exceed."""
     return EdgeConfig(
@@ -82,6 +92,8 @@ def e2e_config(
         rate_limit=RateLimit(requests_per_second, requests_per_second),
         health_check=HealthCheck(interval=1.0, timeout=1.0),
         web=web,
+        metrics_port=metrics_port,
+        tracing=tracing,
     )
 
 
@@ -103,6 +115,8 @@ def kubernetes_config(
     """
     hosts = dict(service_hosts or {name: name for name in SERVICE_PORTS})
     config = EdgeConfig(
+        metrics_port=K8S_METRICS_PORT,
+        tracing=Tracing(K8S_COLLECTOR_HOST, sample_percent=K8S_TRACE_SAMPLE_PERCENT),
         descriptor_path=descriptor_path,
         upstreams={name: (Endpoint(hosts[name], port),) for name, port in SERVICE_PORTS.items()},
         listen_host="0.0.0.0",  # inside a pod; the Service decides what is exposed

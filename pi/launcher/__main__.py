@@ -45,6 +45,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--https-port", type=int, default=8443)
     parser.add_argument("--admin-port", type=int, default=9901)
+    parser.add_argument(
+        "--edge-metrics-port", type=int, default=9902, help="Envoy's /stats/prometheus"
+    )
+    parser.add_argument(
+        "--otlp-port", type=int, default=4317, help="the local OTLP receiver (traces to var/)"
+    )
+    parser.add_argument(
+        "--trace-sample-percent",
+        type=float,
+        default=100.0,
+        help="share of requests the edge traces (default 100 locally; production 1)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.replicas <= 9:
         parser.error("--replicas must be between 1 and 9")
@@ -55,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_port=args.http_port,
         https_port=args.https_port,
         admin_port=args.admin_port,
+        edge_metrics_port=args.edge_metrics_port,
+        otlp_port=args.otlp_port,
+        trace_sample_percent=args.trace_sample_percent,
     )
     try:
         return asyncio.run(launch(options))

@@ -39,7 +39,7 @@ from pi.launcher.migrations import migrate
 from pi.launcher.options import DEFAULT_GRPC_PORT_BASE, SERVICES, LaunchOptions, generated_dir
 from pi.launcher.preflight import LaunchError, data_store, prepare
 from pi.launcher.probes import GrpcHealthProbe
-from pi.launcher.processes import envoy_spec, service_specs
+from pi.launcher.processes import envoy_spec, receiver_spec, service_specs
 from pi.launcher.supervisor import State, Supervised
 
 __all__ = [
@@ -89,6 +89,11 @@ async def launch(options: LaunchOptions, console: Console | None = None) -> int:
             raise LaunchError(str(error)) from error
         if not await _until(stop, migrate(options, env, out), default=False):
             return 0
+        receiver_process, receiver_probe = receiver_spec(options)
+        probes.append(receiver_probe)
+        receiver = Supervised(receiver_process, out.status)
+        supervised.append(receiver)
+        tasks.append(asyncio.create_task(receiver.run()))
         services: list[Supervised] = []
         for spec, probe in service_specs(options, env):
             probes.append(probe)

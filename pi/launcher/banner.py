@@ -11,7 +11,7 @@ import asyncio
 from pi.launcher import demo
 from pi.launcher.console import Console
 from pi.launcher.identities import identity
-from pi.launcher.options import LaunchOptions
+from pi.launcher.options import SERVICES, LaunchOptions
 
 
 async def demo_merchant(
@@ -58,6 +58,20 @@ async def _token_status(http_base: str, merchant: demo.DemoMerchant) -> int:
     return status
 
 
+def metrics_urls(options: LaunchOptions) -> list[tuple[str, str]]:
+    """(process, URL) of every /metrics the mesh serves: each replica's, then Envoy's."""
+    urls = [
+        (
+            f"{service}-{replica}",
+            f"http://127.0.0.1:{options.metrics_port(service, replica)}/metrics",
+        )
+        for service in SERVICES
+        for replica in range(options.replicas)
+    ]
+    urls.append(("envoy", f"http://127.0.0.1:{options.edge_metrics_port}/stats/prometheus"))
+    return urls
+
+
 def print_banner(
     options: LaunchOptions,
     store: str,
@@ -80,6 +94,11 @@ def print_banner(
         f"  gRPC         127.0.0.1:{options.http_port} (h2c), localhost:{options.https_port} (TLS)"
     )
     out.say(f"  Envoy admin  http://127.0.0.1:{options.admin_port}   logs: {options.var / 'log'}/")
+    out.say("Metrics (Prometheus text):")
+    for name, url in metrics_urls(options):
+        out.say(f"  {name:<15}{url}")
+    out.say(f"Traces ({options.trace_sample_percent:g}% of requests): {options.traces_path}")
+    out.say("  a local Prometheus with the alert rules: make prometheus (http://127.0.0.1:9090)")
     if merchant is not None:
         out.say()
         out.say(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pi.edge import REPLICA_PORT_STEP, Endpoint
 from pi.platform.config import SERVICE_PORTS
+from pi.platform.observability.settings import METRICS_PORT_OFFSET
 
 SERVICES = tuple(SERVICE_PORTS)
 """In port order: auth on the base port, transactions on base + 1, payments on base + 2."""
@@ -36,6 +37,11 @@ class LaunchOptions:
     http_port: int = 8080
     https_port: int = 8443
     admin_port: int = 9901
+    # Observability: Envoy's /stats/prometheus, the local OTLP receiver (traces to
+    # <var>/traces/spans.jsonl) and the share of requests the edge traces.
+    edge_metrics_port: int = 9902
+    otlp_port: int = 4317
+    trace_sample_percent: float = 100.0
     startup_timeout: float = 90.0
     grace: float = 15.0
     python: str = sys.executable
@@ -56,10 +62,29 @@ class LaunchOptions:
         """Base + 0/1/2 for auth/transactions/payments, plus 100 per replica."""
         return self.grpc_port_base + SERVICES.index(service) + REPLICA_PORT_STEP * replica
 
+    def metrics_port(self, service: str, replica: int) -> int:
+        """Where a replica serves /metrics: its gRPC port + 1000 (the services' default)."""
+        return self.port(service, replica) + METRICS_PORT_OFFSET
+
     def ports(self) -> list[int]:
-        """Every port the launcher listens on: the services' and Envoy's."""
+        """Every port the launcher listens on: the services' (gRPC and metrics), Envoy's
+        and the trace receiver's."""
         services = [self.port(s, i) for s in SERVICES for i in range(self.replicas)]
-        return [self.http_port, self.https_port, self.admin_port, *services]
+        metrics = [self.metrics_port(s, i) for s in SERVICES for i in range(self.replicas)]
+        return [
+            self.http_port,
+            self.https_port,
+            self.admin_port,
+            self.edge_metrics_port,
+            self.otlp_port,
+            *services,
+            *metrics,
+        ]
+
+    @property
+    def traces_path(self) -> Path:
+        """Where the local OTLP receiver writes the spans, one JSON object per line."""
+        return self.var / "traces" / "spans.jsonl"
 
     def upstreams(self) -> dict[str, tuple[Endpoint, ...]]:
         """What Envoy routes to: every replica of every service."""

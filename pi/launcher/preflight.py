@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from pi.edge import UpstreamTls, ensure_dev_cert, render_bootstrap, write_bootstrap
+from pi.edge.observability import Tracing
 from pi.edge.profiles import local_config
 from pi.edge.static import StaticSite
 from pi.launcher.console import Console
@@ -61,6 +62,8 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
         https_port=options.https_port,
         admin_port=options.admin_port,
         web=StaticSite.scan(options.web_dist) if options.serves_web else None,
+        metrics_port=options.edge_metrics_port,
+        tracing=Tracing("127.0.0.1", options.otlp_port, options.trace_sample_percent),
     )
     config = replace(config, upstreams=options.upstreams())
     write_bootstrap(render_bootstrap(config), options.var / "envoy.json")
@@ -69,6 +72,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     # (pi.launcher.identities.service_env).
     env = {**dev_secrets, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{options.otlp_port}")
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)
     store = data_store(options, env)

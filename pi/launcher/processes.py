@@ -27,6 +27,7 @@ def service_specs(
                     **service_env(options, env, service),
                     "PI_GRPC_HOST": "127.0.0.1",
                     "PI_GRPC_PORT": str(port),
+                    "PI_METRICS_PORT": str(options.metrics_port(service, replica)),
                 },
                 log_path=options.var / "log" / f"{service}-{replica}.log",
                 probe=probe,
@@ -35,6 +36,28 @@ def service_specs(
             )
             specs.append((spec, probe))
     return specs
+
+
+def receiver_spec(options: LaunchOptions) -> tuple[ProcessSpec, GrpcHealthProbe]:
+    """The local OTLP receiver: the edge's and the services' spans to a file under var/."""
+    probe = GrpcHealthProbe(f"127.0.0.1:{options.otlp_port}")
+    spec = ProcessSpec(
+        name="otlp-receiver",
+        argv=[
+            options.python,
+            "-m",
+            "pi.platform.observability.receiver",
+            "--port",
+            str(options.otlp_port),
+            "--out",
+            str(options.traces_path),
+        ],
+        log_path=options.var / "log" / "otlp-receiver.log",
+        probe=probe,
+        address=f":{options.otlp_port}",
+        cwd=str(options.root),
+    )
+    return spec, probe
 
 
 def envoy_spec(options: LaunchOptions) -> ProcessSpec:

@@ -18,10 +18,12 @@ import grpc
 
 from generated.pi.payments.v1 import payments_pb2, payments_pb2_grpc
 from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
+from pi.payments.adapters.postgres.backlog import sample_backlog
 from pi.payments.adapters.postgres.lease import PostgresLease
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.adapters.processor.observed import ObservedConnector
 from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
@@ -56,6 +58,8 @@ REQUEST_FINGERPRINT_PURPOSE = "payments-request-fingerprint"
 #: Delivered outbox rows are kept this long (for audits), idempotency keys 24 hours.
 DELIVERED_RETENTION = timedelta(days=7)
 HOUSEKEEPING_SECONDS = 600.0
+#: How often the outbox and reconciler backlog gauges are sampled from the database.
+BACKLOG_SAMPLE_SECONDS = 5.0
 
 
 @dataclass
@@ -85,6 +89,10 @@ class PaymentsApp:
     def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
         """What the server installs: auth, then the per-merchant rate limit."""
         return self.authentication.interceptors
+
+    async def sample_backlog(self) -> None:
+        """Set the outbox and reconciler backlog gauges (`pi_outbox_*`, `pi_reconciler_*`)."""
+        await sample_backlog(self.database, datetime.now(UTC))
 
     async def housekeeping(self) -> None:
         """One housekeeping pass: forget old delivered movements and expired idempotency keys."""
@@ -134,7 +142,7 @@ async def build(
     units = PostgresUnits(database)
     outbox = PostgresOutbox(database, units.idempotency)
     master_keys = MasterKeys(settings.master_keys)
-    connector = connector or SandboxConnector()
+    connector = ObservedConnector(connector or SandboxConnector())
     channels: list[grpc.aio.Channel] = []
     if ledger is None:
         transactions_channel = peer_channel(settings, "transactions", settings.transactions_target)
@@ -182,6 +190,7 @@ async def build(
         app.leadership.run,
         *callers.background,
         periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="payments housekeeping"),
+        periodic(BACKLOG_SAMPLE_SECONDS, app.sample_backlog, name="payments backlog sample"),
     ]
     return app
 

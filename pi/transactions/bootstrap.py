@@ -20,6 +20,7 @@ import grpc
 from generated.pi.transactions.v1 import transactions_pb2, transactions_pb2_grpc
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
+from pi.platform.observability import metrics
 from pi.platform.runtime.interceptors import AuthInterceptor
 from pi.platform.runtime.server import BackgroundTask, periodic
 from pi.platform.runtime.wiring import (
@@ -116,6 +117,7 @@ async def build(
 
     units = PostgresUnits(database)
     facts = FactsPublisher(payment_ledger)
+    metrics.outbox_undelivered.labels("facts").set_function(lambda: facts.queued)
     use_cases = TransactionUseCases.wire(
         units,
         payment_ledger,

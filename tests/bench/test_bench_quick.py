@@ -86,6 +86,8 @@ def _run_quick_bench(work: Path, redis_url: str) -> tuple[dict[str, Any], str]:
             "BENCH_WORKDIR": str(work / "run"),
             "BENCH_OUT": str(out),
             "BENCH_REDIS_URL": redis_url,
+            # The observability switch: the flow with it on, then on a restarted mesh off.
+            "BENCH_OBSERVABILITY": "both",
         }
     )
     external = os.environ.get("PI_TEST_DATABASE_URL", "").strip()
@@ -135,6 +137,21 @@ def test_report_is_complete_and_error_free(quick_report: tuple[dict[str, Any], s
     _check_resources(flow["resources"])
     assert flow["loadgen"]["tool"] == "wrk" and flow["loadgen"]["cpu_seconds"] >= 0
     assert flow["outbox"]["undelivered_after_wait"] == 0
+
+
+def test_observability_on_and_off_are_compared_in_one_run(
+    quick_report: tuple[dict[str, Any], str],
+) -> None:
+    report, table = quick_report
+    cost = report["observability"]
+    assert cost["trace_sample_percent"] == 1.0
+    for run in ("on", "off"):
+        assert cost[run]["flows_per_second"] > 0 and cost[run]["cpu_ms_per_flow"] > 0, cost
+    assert isinstance(cost["flows_per_second_change_percent"], float | int)
+    off = report["flow_observability_off"]
+    assert off["error_count"] == 0, off["errors"]
+    assert "--- restarted with observability off" in report["mesh"]["events"]
+    assert "Observability on (metrics, interceptors, 1% of requests traced)" in table
 
 
 def test_reference_points(quick_report: tuple[dict[str, Any], str]) -> None:

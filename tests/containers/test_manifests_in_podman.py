@@ -41,13 +41,18 @@ from tests.containers.podman import Manifest, container_argv, podman
 REPO = Path(__file__).resolve().parents[2]
 # Every address a manifest's config names by cluster DNS, pointed at the shared loopback.
 CLUSTER_HOSTS = {
-    f"{service}.pi.svc.cluster.local": "127.0.0.1"
-    for service in ("auth", "transactions", "payments")
+    **{
+        f"{service}.pi.svc.cluster.local": "127.0.0.1"
+        for service in ("auth", "transactions", "payments")
+    },
+    # The OpenTelemetry Collector of k8s/monitoring is not run here: spans the edge samples
+    # find nothing listening (the services count them as dropped).
+    "otel-collector.pi-monitoring.svc.cluster.local": "127.0.0.1",
 }
-# Ports the pods listen on; with host networking they must be free on this machine.
-# The health-only ports sit below the ephemeral range (32768-60999): a busy machine's
-# outbound connections never hold them.
-POD_PORTS = (50051, 50052, 50053, 9051, 9052, 9053, 8080, 8443, 9901)
+# Ports the pods listen on (gRPC, health-only, metrics, the edge's); with host networking
+# they must be free on this machine. The health-only ports sit below the ephemeral range
+# (32768-60999): a busy machine's outbound connections never hold them.
+POD_PORTS = (50051, 50052, 50053, 9051, 9052, 9053, 51051, 51052, 51053, 8080, 8443, 9901, 9902)
 JOB_TIMEOUT = 90.0
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2034, "cvc": "123"}
 

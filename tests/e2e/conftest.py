@@ -54,10 +54,12 @@ from pi.edge import (
     write_bootstrap,
 )
 from pi.edge.identities import Identity, ensure_identities
+from pi.edge.observability import Tracing
 from pi.edge.profiles import e2e_config
 from pi.edge.static import StaticSite
 from pi.launcher.secrets import ensure_dev_secrets
 from pi.launcher.supervisor import die_with_parent
+from tests.support.leaks import leaks
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
@@ -75,6 +77,14 @@ MESH_REQUESTS_PER_SECOND = 2000
 THROTTLED_REQUESTS_PER_SECOND = 3
 # A service log line that means something went wrong (services log JSON lines).
 _ERROR_LINE = re.compile(r'"level": ?"(?:ERROR|CRITICAL)"|^Traceback ')
+
+
+def mesh_leaks(mesh: Mesh) -> list[str]:
+    """Card numbers and secrets in the mesh's exported spans and its processes' logs."""
+    texts = {"spans": mesh.traces_path.read_text() if mesh.traces_path.exists() else ""}
+    for child in mesh.processes.children:
+        texts[child.name] = child.tail(50_000_000)
+    return leaks(texts, (mesh.admin_token, mesh.service_token))
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -311,6 +321,9 @@ class Mesh:
     service_envs: Mapping[str, Mapping[str, str]]  # each one's, with its secrets and identity
     processes: Processes
     workdir: Path
+    metrics_ports: Mapping[str, int]  # each service's /metrics
+    edge_metrics_port: int  # Envoy's /stats/prometheus
+    traces_path: Path  # every span, from the OTLP receiver
     _ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @property
@@ -392,6 +405,9 @@ def _start_envoy(
     requests_per_second: int,
     cert: Any | None,
     edge: Identity,
+    *,
+    metrics_port: int | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[int, int, int]:
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
     config = e2e_config(
@@ -406,6 +422,8 @@ def _start_envoy(
         upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
         requests_per_second=requests_per_second,
         web=StaticSite.scan(WEB_DIST) if (WEB_DIST / "index.html").is_file() else None,
+        metrics_port=metrics_port,
+        tracing=tracing,
     )
     config_path = workdir / f"{name}.json"
     write_bootstrap(render_bootstrap(config), config_path)
@@ -423,6 +441,9 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
     suffix = uuid.uuid4().hex[:10]
     schemas = {svc: f"e2e_{suffix}_{svc}" for svc in SERVICES}
     ports = {svc: free_port() for svc in SERVICES}
+    metrics_ports = {svc: free_port() for svc in SERVICES}
+    edge_metrics_port, otlp_port = free_port(), free_port()
+    traces_path = workdir / "traces" / "spans.jsonl"
     secrets_env = ensure_dev_secrets(workdir / "secrets.env")
     identities = ensure_identities(workdir / "certs", MESH_NAMES)
     base_env = {
@@ -442,6 +463,7 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         "PI_REVOCATION_POLL_SECONDS": "1",
         "PI_LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
     }
     envs = {
         svc: {
@@ -451,6 +473,7 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             **({"PI_ADMIN_TOKEN": secrets_env["PI_ADMIN_TOKEN"]} if svc == "auth" else {}),
             "PI_DB_SCHEMA": schemas[svc],
             "PI_GRPC_PORT": str(ports[svc]),
+            "PI_METRICS_PORT": str(metrics_ports[svc]),
         }
         for svc in SERVICES
     }
@@ -467,6 +490,20 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             code = child.process.wait(timeout=START_TIMEOUT)
             assert code == 0, f"{child.name} failed ({code}):\n{child.tail()}"
         deadline = time.monotonic() + START_TIMEOUT
+        receiver = processes.start(
+            "otlp-receiver",
+            [
+                sys.executable,
+                "-m",
+                "pi.platform.observability.receiver",
+                "--port",
+                str(otlp_port),
+                "--out",
+                str(traces_path),
+            ],
+            base_env,
+        )
+        wait_grpc_serving(receiver, f"127.0.0.1:{otlp_port}", deadline)
         children = {}
         for svc in SERVICES:
             children[svc] = processes.start(svc, [sys.executable, "-m", f"pi.{svc}"], envs[svc])
@@ -481,10 +518,19 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
 
         cert = ensure_dev_cert(workdir / "certs")
         http_port, https_port, admin_port = _start_envoy(
-            processes, "envoy", workdir, ports, MESH_REQUESTS_PER_SECOND, cert, identities["edge"]
+            processes,
+            "envoy",
+            workdir,
+            ports,
+            MESH_REQUESTS_PER_SECOND,
+            cert,
+            identities["edge"],
+            metrics_port=edge_metrics_port,
+            # Every request traced: the tests follow one request's spans.
+            tracing=Tracing("127.0.0.1", otlp_port, sample_percent=100.0),
         )
         started = True
-        yield Mesh(
+        mesh_info = Mesh(
             http_port=http_port,
             https_port=https_port,
             admin_port=admin_port,
@@ -499,7 +545,11 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
             service_envs=envs,
             processes=processes,
             workdir=workdir,
+            metrics_ports=metrics_ports,
+            edge_metrics_port=edge_metrics_port,
+            traces_path=traces_path,
         )
+        yield mesh_info
     except BaseException:
         processes.dump_logs()
         raise
@@ -511,6 +561,10 @@ def mesh(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) 
         ]
         codes = processes.stop_all()
         _drop_schemas(pg_url, list(schemas.values()))
+        # After the whole e2e suite: nothing it sent leaked into spans or logs.
+        leaked = mesh_leaks(mesh_info) if started else []
+        if leaked:
+            pytest.fail(f"card numbers or secrets in spans or logs: {leaked}")
         if started and crashed:
             processes.dump_logs()
             pytest.fail(f"mesh processes died during the session: {crashed}")

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,25 @@ STOP_TIMEOUT = 30.0
 APPROVE_CARD = "4242424242424242"
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body: bytes = reply.read()
+    return body.decode()
+
+
+def _wait_for_spans(path: Path, services: set[str], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = path.read_text().splitlines()
+            seen = {json.loads(line)["service"] for line in lines if line.strip()}
+            if services <= seen:
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"spans of {sorted(services - seen)} never reached {path}")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -51,7 +71,8 @@ def _free_port_base(avoid: set[int]) -> int:
     (32768-60999), so that no client socket of another test takes one meanwhile."""
     for _ in range(200):
         base = random.randrange(20_000, 32_000)
-        ports = {base, base + 1, base + 2}
+        # The gRPC ports and the metrics ports (gRPC + 1000).
+        ports = {base, base + 1, base + 2, base + 1000, base + 1001, base + 1002}
         if not ports & avoid and not any(_port_busy(port) for port in ports):
             return base
     raise AssertionError("no three consecutive free ports in 20000-32000")
@@ -116,6 +137,10 @@ class Launcher:
                 str(ports["https"]),
                 "--admin-port",
                 str(ports["admin"]),
+                "--edge-metrics-port",
+                str(ports["edge_metrics"]),
+                "--otlp-port",
+                str(ports["otlp"]),
             ],
             cwd=cwd,
             env=env,
@@ -205,7 +230,13 @@ def workdir(tmp_path: Path) -> Path:
 @pytest.fixture
 def ports() -> dict[str, int]:
     """Envoy's ports and the services' base port (auth; transactions +1, payments +2)."""
-    envoy = {"http": _free_port(), "https": _free_port(), "admin": _free_port()}
+    envoy = {
+        "http": _free_port(),
+        "https": _free_port(),
+        "admin": _free_port(),
+        "edge_metrics": _free_port(),
+        "otlp": _free_port(),
+    }
     return {**envoy, "grpc_base": _free_port_base(set(envoy.values()))}
 
 
@@ -273,6 +304,17 @@ def test_make_run_on_embedded_postgres_pays_stops_cleanly_and_keeps_its_data(
     assert payment["status"] == "PAYMENT_STATUS_SUCCEEDED", payment
     shown = _poll_captured(json_call, base, token, transaction["id"])
     assert shown["status"] == "TRANSACTION_STATUS_COMPLETED", shown
+
+    # The banner lists every metrics URL; they answer, and the edge's and the services'
+    # spans of that payment reach the trace file under the var dir.
+    metrics = dict(re.findall(r"^  (\S+-0|envoy) +(http://\S+)$", first.output, re.MULTILINE))
+    assert set(metrics) == {"auth-0", "transactions-0", "payments-0", "envoy"}, first.output
+    scraped = _get(metrics["payments-0"])
+    assert 'pi_payments_total{capture_mode="AUTOMATIC",failure_reason="",method="CARD",' in scraped
+    assert "envoy_http_downstream_rq_total" in _get(metrics["envoy"])
+    traces = var_dir / "traces" / "spans.jsonl"
+    assert str(traces) in first.output, first.output
+    _wait_for_spans(traces, {"pi-edge", "payments", "transactions"})
 
     # The curl example of the banner works as printed.
     if shutil.which("curl"):

@@ -37,6 +37,7 @@ from pi.payments.app.ports import (
     QueuedMovement,
     TransactionLedger,
 )
+from pi.platform.kernel.causes import on_behalf_of
 from pi.platform.kernel.errors import DomainError
 from pi.platform.ledger import Movement
 
@@ -112,7 +113,8 @@ class DeliverMovements:
             if not sent:
                 continue
             try:
-                outcomes = await self._ledger.apply_movements(movements)
+                with on_behalf_of(row.traceparent for row in sent):
+                    outcomes = await self._ledger.apply_movements(movements)
             except Exception as error:
                 # Down or refusing every call: every transaction not done waits.
                 for row in [*sent, *queue[start + self._movements_per_call :]]:

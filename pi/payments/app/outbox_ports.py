@@ -24,6 +24,8 @@ class QueuedMovement:
     attempts: int
     movement: Movement | None
     problem: Exception | None = None
+    # The traced request that wrote it (`pi.platform.kernel.causes`), or None.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from pi.payments.entrypoints.mapping import (
     payment_to_pb,
     refund_to_pb,
 )
+from pi.payments.entrypoints.metrics import count_change, count_created
 from pi.platform.kernel.principal import principal_of
 from pi.platform.runtime.idempotency import key_from
 
@@ -38,6 +39,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             create_input(request.payment),
             idempotency_key=key_from(request.request_id, context),
         )
+        count_created(payment)
         return payments_pb2.CreatePaymentResponse(payment=payment_to_pb(payment))
 
     async def GetPayment(
@@ -69,6 +71,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             amount=request.amount,
             idempotency_key=key_from(request.request_id, context),
         )
+        count_change("capture", payment)
         return payments_pb2.CapturePaymentResponse(payment=payment_to_pb(payment))
 
     async def CancelPayment(
@@ -79,6 +82,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             request.id,
             idempotency_key=key_from(request.request_id, context),
         )
+        count_change("cancel", payment)
         return payments_pb2.CancelPaymentResponse(payment=payment_to_pb(payment))
 
     async def RefundPayment(
@@ -91,6 +95,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             reason=request.reason,
             idempotency_key=key_from(request.request_id, context),
         )
+        count_change("refund", result.payment)
         return payments_pb2.RefundPaymentResponse(
             refund=refund_to_pb(result.refund), payment=payment_to_pb(result.payment)
         )

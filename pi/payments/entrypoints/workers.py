@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pi.payments.app.deliver_movements import DEAD_LETTER_ATTEMPTS, DeliverMovements
 from pi.payments.app.ports import MAX_MOVEMENTS_PER_CALL, Clock, Outbox, TransactionLedger
 from pi.payments.app.reconcile import ReconcilePayment
+from pi.platform.observability import metrics
 
 __all__ = ["OutboxDispatcher", "Reconciler"]
 
@@ -79,7 +80,10 @@ class OutboxDispatcher:
 
     async def deliver_once(self) -> tuple[int, bool]:
         """One round over due movements. Returns (delivered, whether a full batch was read)."""
-        return await self._deliver()
+        delivered, more = await self._deliver()
+        if delivered:
+            metrics.outbox_delivered.labels("movements").inc(delivered)
+        return delivered, more
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Deliver until nothing is left (tests, shutdown); TimeoutError if it cannot."""
@@ -178,6 +182,7 @@ class Reconciler:
                 continue
             if result.status is not payment.status:
                 settled += 1
+                metrics.payments_reconciled.labels(result.status.value).inc()
                 log.info(
                     "payment reconciled",
                     extra={"payment_id": payment.id, "status": result.status.value},

@@ -112,6 +112,11 @@ class Database:
         """A database transaction that is always rolled back: writes made to check something."""
         return _unit(self._pool, transaction=True, rollback=True)
 
+    def pool_stats(self) -> dict[str, int]:
+        """The pool's numbers now (psycopg_pool's `get_stats`: pool_size, pool_available,
+        requests_waiting, ...), for the metrics scrape."""
+        return dict(self._pool.get_stats())
+
     async def close(self) -> None:
         """Close the pool (connections out of it are closed when they come back), once the
         groups being committed are done."""

@@ -47,6 +47,7 @@ from pi.platform.db.batch import Batch, Deferred
 from pi.platform.db.database import Database
 from pi.platform.db.statements import Conn, Record, Statement
 from pi.platform.kernel.units import Conflict, Mode
+from pi.platform.observability.units import UnitObservation, unit_ended, unit_started
 
 __all__ = ["PostgresUnitOfWork"]
 
@@ -91,6 +92,7 @@ class PostgresUnitOfWork:
         self._conn: Conn | None = None
         self._entered = False
         self._committed = False
+        self._observed: UnitObservation | None = None
 
     # -- what repositories use ---------------------------------------------------------
 
@@ -177,6 +179,7 @@ class PostgresUnitOfWork:
         if self._entered:
             raise RuntimeError("a unit of work is used for one block; make a new one")
         self._entered = True
+        self._observed = unit_started(self._mode.value)
         return self
 
     async def __aexit__(
@@ -185,6 +188,8 @@ class PostgresUnitOfWork:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._observed is not None:  # one timing (and span, if traced) per unit
+            unit_ended(self._observed, committed=self._committed, error=exc)
         session, self._session, self._conn = self._session, None, None
         if session is None:
             return

@@ -11,6 +11,7 @@ services' in-memory units of work apply the same rule with the same errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 from pi.platform.kernel.errors import Aborted, AlreadyExists
@@ -22,6 +23,7 @@ __all__ = [
     "RETENTION",
     "check_same_request",
     "in_progress",
+    "observe",
     "replayed",
 ]
 
@@ -30,11 +32,28 @@ MAX_KEY_LENGTH = 255
 REASON_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
 REASON_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
 
+# Told "replayed", "conflict" or "in_progress" each time a key was seen before: how
+# metrics count replays without every store reporting them (see `observe`).
+_observers: list[Callable[[str], None]] = []
+
+
+def observe(observer: Callable[[str], None]) -> None:
+    """Call `observer` with "replayed", "conflict" or "in_progress" whenever a request
+    comes with a key seen before (observability's counters; never raise from it)."""
+    if observer not in _observers:
+        _observers.append(observer)
+
+
+def _seen(result: str) -> None:
+    for observer in _observers:
+        observer(result)
+
 
 def check_same_request(stored_fingerprint: str | None, fingerprint: str, key: str | None) -> None:
     """Raise `AlreadyExists(IDEMPOTENCY_KEY_REUSED)` unless the key was stored for this
     request (`fingerprint`)."""
     if stored_fingerprint != fingerprint:
+        _seen("conflict")
         raise AlreadyExists(
             "This idempotency key was already used with a different request.",
             reason=REASON_KEY_REUSED,
@@ -44,6 +63,7 @@ def check_same_request(stored_fingerprint: str | None, fingerprint: str, key: st
 
 def in_progress() -> Aborted:
     """The error for a key whose first request has not stored its response yet."""
+    _seen("in_progress")
     return Aborted(
         "A request with this idempotency key is in progress; retry.", reason=REASON_KEY_IN_USE
     )
@@ -57,4 +77,5 @@ def replayed(
     check_same_request(stored_fingerprint, fingerprint, key)
     if response is None:
         raise in_progress()
+    _seen("replayed")
     return response

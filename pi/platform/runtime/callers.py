@@ -13,8 +13,11 @@ is closed until someone decides who calls it).
   before the servicer or the token check runs;
 - an allowed service identity becomes the call's `Principal.service()`, which the auth
   interceptor keeps (the service sends no token);
-- an allowed `admin` identity still needs the admin token: the certificate says where the
-  call comes from (the operator's machine or job), the token who may act.
+- an allowed `admin` identity still needs the admin token for the admin API: the
+  certificate says where the call comes from (the operator's machine or job), the token
+  who may act. On an internal service's method (the dead letters), which only services
+  and the operator ever call, the operator's certificate acts as `Principal.service()`:
+  no service but auth holds the admin token.
 
 Public methods (merchant calls relayed by the edge, health, reflection) are open to any
 peer with a valid mesh certificate; the TLS handshake already refused everyone else.
@@ -54,6 +57,10 @@ ALLOWED_CALLERS: Mapping[str, frozenset[str]] = MappingProxyType(
         # Transactions closes a cancelled transaction's payments and registers new ones.
         "/pi.payments.v1.PaymentLedgerService/CloseTransaction": frozenset({"transactions"}),
         "/pi.payments.v1.PaymentLedgerService/RegisterTransactions": frozenset({"transactions"}),
+        # Movements the transaction service kept refusing: the operator lists and retries
+        # them (docs/state-machines.md, dead letters).
+        "/pi.payments.v1.PaymentLedgerService/ListDeadLetters": frozenset({ADMIN}),
+        "/pi.payments.v1.PaymentLedgerService/RetryDeadLetters": frozenset({ADMIN}),
     }
 )
 
@@ -99,6 +106,8 @@ class CallerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _checked(behavior: Any, method: str, allowed: frozenset[str]) -> Any:
+    internal = method.startswith(_INTERNAL_PREFIXES)
+
     async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         caller = identity_of(context.auth_context())
         if caller not in allowed:
@@ -109,7 +118,7 @@ def _checked(behavior: Any, method: str, allowed: frozenset[str]) -> Any:
                     reason="CALLER_NOT_ALLOWED",
                 ),
             )
-        if caller not in SERVICES:
+        if caller not in SERVICES and not (caller == ADMIN and internal):
             return await behavior(request, context)
         token = set_principal(Principal.service())
         try:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from pi.platform.observability.switch import client_interceptors
 from pi.platform.security.mesh import MeshTls
 
 DEFAULT_DEADLINE_SECONDS = 5.0
@@ -91,7 +92,7 @@ def service_channel(
     if _lists_addresses(target) and not any(name == "grpc.lb_policy_name" for name, _ in options):
         balancing.append(("grpc.lb_policy_name", "round_robin"))
     all_options = [*CHANNEL_OPTIONS, *balancing, *options]
-    interceptors = [_CallDefaults(authorization, deadline)]
+    interceptors = [_CallDefaults(authorization, deadline), *client_interceptors()]
     if tls is None:
         return grpc.aio.insecure_channel(target, options=all_options, interceptors=interceptors)
     if server_name:

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from pi.platform.cache import Cache, MemoryCache, RedisCache
 from pi.platform.config import ServiceSettings
 from pi.platform.kernel.errors import ResourceExhausted
+from pi.platform.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class RateLimiter:
             log.info("rate limiting resumed: the cache answers again")
 
     def _limited(self, retry_after: float) -> ResourceExhausted:
+        metrics.rate_limited.inc()
         return ResourceExhausted(
             f"Too many requests: at most {self.limit} per second for a merchant. "
             "Retry after the delay in RetryInfo.",

@@ -39,6 +39,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from pi.platform.config import ServiceSettings
+from pi.platform.observability import metrics
+from pi.platform.observability.switch import server_interceptors
 from pi.platform.runtime.clients import MAX_MESSAGE_BYTES
 from pi.platform.runtime.interceptors import ErrorInterceptor
 from pi.platform.security.mesh import MeshTls
@@ -66,12 +68,14 @@ def create_server(
     *,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Server:
-    """A grpc.aio server with `ErrorInterceptor` outermost, then `interceptors`.
+    """A grpc.aio server with observability (RED metrics, spans) outermost, so it sees
+    the status `ErrorInterceptor` gives an error, then `ErrorInterceptor`, then
+    `interceptors`.
 
     Tests use it directly: `create_server([...])`, register servicers,
     `port = server.add_insecure_port("127.0.0.1:0")`, `await server.start()`.
     """
-    chain: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]
+    chain: list[grpc.aio.ServerInterceptor] = [*server_interceptors(), ErrorInterceptor()]
     chain.extend(i for i in interceptors if not isinstance(i, ErrorInterceptor))
     return grpc.aio.server(
         interceptors=chain,
@@ -223,6 +227,7 @@ async def _supervise(factory: BackgroundTask) -> None:
             raise
         except Exception:
             log.exception("background task %s crashed; restarting in %.1fs", name, backoff)
+            metrics.background_restarts.labels(name).inc()
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 30.0)
 

@@ -30,6 +30,9 @@ from pi.platform.cache import Cache, create_cache
 from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
 from pi.platform.db.roles import grant_service_role
+from pi.platform.observability import ObservabilitySettings
+from pi.platform.observability import start as start_telemetry
+from pi.platform.observability.pool import register_pool
 from pi.platform.runtime import server
 from pi.platform.runtime.callers import CallerInterceptor
 from pi.platform.runtime.clients import service_channel
@@ -200,8 +203,14 @@ async def _serve(
 ) -> None:
     settings = settings_type.from_env()
     configure_logging(settings)
+    telemetry = start_telemetry(
+        ObservabilitySettings.from_env(settings.service, settings.grpc_port)
+    )
     await asyncio.to_thread(migrations.check_migrated, settings, script_location)
     app = await build(settings)
+    database = getattr(app, "database", None)
+    if database is not None and telemetry.settings.enabled:
+        register_pool(database.pool_stats)
     try:
         await server.serve(
             settings,
@@ -212,6 +221,7 @@ async def _serve(
         )
     finally:
         await app.close()
+        telemetry.close()
 
 
 def migrate_service(settings_type: type[ServiceSettings], script_location: Path) -> None:

@@ -11,7 +11,7 @@ over gRPC in `pi.transactions.adapters.payments_grpc`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -207,6 +207,8 @@ class TransactionFacts:
     merchant_id: str
     amount: int
     currency: str
+    # The traced request that created it (`pi.platform.kernel.causes`), or None; not sent.
+    traceparent: str | None = field(default=None, compare=False)
 
 
 class PaymentLedger(Protocol):

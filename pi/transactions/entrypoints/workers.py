@@ -39,8 +39,11 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pi.platform.kernel.causes import on_behalf_of
 from pi.platform.kernel.idempotency import RETENTION
 from pi.platform.kernel.units import Mode
+from pi.platform.observability import metrics
+from pi.platform.observability.tracing import current_traceparent
 from pi.transactions.app.ports import (
     MAX_FACTS_PER_CALL,
     REGISTER_DEADLINE_SECONDS,
@@ -138,6 +141,7 @@ class FactsPublisher:
             merchant_id=transaction.merchant_id,
             amount=transaction.amount,
             currency=transaction.currency,
+            traceparent=current_traceparent(),
         )
         self._queue.append((facts, done))
         self.stats.published += 1
@@ -177,8 +181,10 @@ class FactsPublisher:
                 # queue for longer than this. asyncio.timeout, not wait_for: on Python
                 # 3.11 wait_for can swallow a cancellation that races with its timeout.
                 async with asyncio.timeout(self._deadline):
-                    await self._ledger.register_transactions(batch)
+                    with on_behalf_of(facts.traceparent for facts in batch):
+                        await self._ledger.register_transactions(batch)
             except Exception as error:
+                metrics.outbox_failures.labels("facts").inc(len(batch))
                 self._failures += 1
                 failures = self._failures
                 self.stats.failed_calls += 1
@@ -203,6 +209,7 @@ class FactsPublisher:
                 self._failures = 0
             self.stats.calls += 1
             self.stats.sent += len(batch)
+            metrics.outbox_delivered.labels("facts").inc(len(batch))
             self._settle(True)
 
     def _settle(self, acknowledged: bool) -> None:

@@ -235,6 +235,7 @@ def test_each_service_serves_grpc_on_its_port_with_grpc_probes(
     assert container["ports"] == [
         {"name": "grpc", "containerPort": port, "protocol": "TCP"},
         {"name": "health", "containerPort": health, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": port + 1000, "protocol": "TCP"},
     ]
     assert env_of(container)["PI_GRPC_PORT"]["value"] == str(port)
     assert env_of(container)["PI_HEALTH_PORT"]["value"] == str(health)
@@ -366,8 +367,17 @@ def test_the_edge_runs_the_rendered_config_with_its_files_mounted(
         for c in bootstrap["static_resources"]["clusters"]
     }
     assert clusters == {
-        name: {"address": f"{name}.{NAMESPACE}.svc.cluster.local", "port_value": port}
-        for name, port in SERVICES.items()
+        **{
+            name: {"address": f"{name}.{NAMESPACE}.svc.cluster.local", "port_value": port}
+            for name, port in SERVICES.items()
+        },
+        # Observability: the metrics listener's admin upstream (loopback) and the
+        # OpenTelemetry Collector of k8s/monitoring.
+        "envoy_admin": {"address": "127.0.0.1", "port_value": 9901},
+        "otel_collector": {
+            "address": "otel-collector.pi-monitoring.svc.cluster.local",
+            "port_value": 4317,
+        },
     }
 
 

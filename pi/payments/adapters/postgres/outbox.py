@@ -21,6 +21,8 @@ from pi.platform.db.database import Database
 from pi.platform.db.idempotency import Idempotency
 from pi.platform.db.statements import Statement
 from pi.platform.ledger import Movement
+from pi.platform.observability import metrics
+from pi.platform.observability.tracing import current_traceparent
 
 __all__ = ["PostgresOutbox", "append", "append_if"]
 
@@ -36,6 +38,7 @@ _OUTBOX_COLUMNS = (
     "create_time",
     "attempts",
     "next_attempt_time",
+    "traceparent",
 )
 # Rows per outbox INSERT: a change makes one or two movements, closing a transaction one
 # per voided payment; this keeps the bound parameters far below the driver's limits.
@@ -66,6 +69,7 @@ def append(
     for start in range(0, len(movements), _OUTBOX_ROWS_PER_INSERT):
         chunk = movements[start : start + _OUTBOX_ROWS_PER_INSERT]
         params: dict[str, Any] = {}
+        traceparent = current_traceparent()
         for index, movement in enumerate(chunk):
             row = {
                 "id": movement.id,
@@ -76,6 +80,7 @@ def append(
                 "create_time": now,
                 "attempts": 0,
                 "next_attempt_time": now,
+                "traceparent": traceparent,
             }
             params.update((f"p{index}_{name}", value) for name, value in row.items())
         queue.execute(_insert_outbox(len(chunk)), params)
@@ -103,6 +108,7 @@ def _append_if(condition: _Condition) -> Statement:
                 sa.bindparam("p_now", type_=outbox.c.create_time.type),
                 sa.literal(0, type_=outbox.c.attempts.type),
                 sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type),
+                sa.bindparam("p_traceparent", type_=outbox.c.traceparent.type),
             )
             .where(
                 transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"),
@@ -123,6 +129,7 @@ def append_if(
 ) -> None:
     """Queue one conditional INSERT per movement, before the ref's UPDATE on `condition`
     (with its parameters `where`). Each writes if the UPDATE will: they all lock the row."""
+    traceparent = current_traceparent()
     for index, movement in enumerate(movements):
         queue.execute(
             _append_if(condition),
@@ -133,6 +140,7 @@ def append_if(
                 "p_kind": movement.kind.value,
                 "p_payload": encode_movement(movement),
                 "p_now": now,
+                "p_traceparent": traceparent,
             },
         )
 
@@ -153,7 +161,7 @@ _d = dead_letters
 # movements would overtake them. The dead letters are few (usually none), by transaction.
 _NO_DEAD_LETTER = ~sa.exists().where(_d.c.transaction_id == _o.c.transaction_id).correlate(_o)
 _DUE_MOVEMENTS = Statement(
-    sa.select(_o.c.id, _o.c.transaction_id, _o.c.seq, _o.c.payload, _o.c.attempts)
+    sa.select(_o.c.id, _o.c.transaction_id, _o.c.seq, _o.c.payload, _o.c.attempts, _o.c.traceparent)
     .where(
         _o.c.delivered_time.is_(None),
         _o.c.next_attempt_time <= _NOW,
@@ -288,7 +296,9 @@ def _queued(row: Any) -> QueuedMovement:
         problem = None
     except Exception as error:
         movement, problem = None, error
-    return QueuedMovement(row.id, row.transaction_id, row.seq, row.attempts, movement, problem)
+    return QueuedMovement(
+        row.id, row.transaction_id, row.seq, row.attempts, movement, problem, row.traceparent
+    )
 
 
 class PostgresOutbox:
@@ -313,6 +323,7 @@ class PostgresOutbox:
     async def postpone(
         self, transaction_id: str, head_id: str, retry_at: datetime, error: str
     ) -> None:
+        metrics.outbox_failures.labels("movements").inc()
         async with self._database.transaction() as conn:
             await _COUNT_ATTEMPT.execute(conn, {"p_id": head_id, "p_error": error[:500]})
             await _POSTPONE.execute(

@@ -197,6 +197,8 @@ outbox = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("next_attempt_time", UtcDateTime(), nullable=False),
     sa.Column("last_error", sa.String(500), nullable=True),
+    # The traced request that wrote the row, so its delivery joins the trace (0003).
+    sa.Column("traceparent", sa.String(55), nullable=True),
     sa.UniqueConstraint("transaction_id", "seq", name="outbox_transaction_seq_key"),
     sa.Index(
         "outbox_undelivered_idx",

@@ -21,6 +21,8 @@ from pi.payments.adapters.ledger_grpc import GrpcTransactionLedger
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.adapters.processor.book import MemoryBook, SandboxBook, open_postgres_book
+from pi.payments.adapters.processor.faults import SandboxFaults
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
 from pi.payments.app.use_cases import PaymentUseCases, payment_use_cases
 from pi.payments.entrypoints.grpc import PaymentLedgerServicer, PaymentServicer
@@ -91,6 +93,9 @@ class PaymentsApp:
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
+        close = getattr(self.connector, "close", None)
+        if close is not None:
+            await close()
         await self.authentication.close()
         await self.database.close()
 
@@ -120,7 +125,7 @@ async def build(
     units = PostgresUnits(database)
     outbox = PostgresOutbox(database, units.idempotency)
     master_keys = MasterKeys(settings.master_keys)
-    connector = connector or SandboxConnector()
+    connector = connector or await sandbox_connector(settings)
     channels: list[grpc.aio.Channel] = []
     if ledger is None:
         transactions_channel = service_channel(
@@ -161,6 +166,18 @@ async def build(
         periodic(HOUSEKEEPING_SECONDS, app.housekeeping, name="payments housekeeping"),
     ]
     return app
+
+
+async def sandbox_connector(settings: PaymentsSettings) -> SandboxConnector:
+    """The built-in sandbox processor, with the ledger and faults the settings ask for."""
+    book: SandboxBook = MemoryBook()
+    if settings.sandbox_ledger == "postgres":
+        book = await open_postgres_book(settings.database_url)
+    faults = SandboxFaults(
+        unknown_percent=settings.sandbox_unknown_percent,
+        crash_percent=settings.sandbox_crash_percent,
+    )
+    return SandboxConnector(book=book, faults=faults)
 
 
 def run() -> None:

@@ -9,12 +9,12 @@ PIP         := $(PY) -m pip
 BUF         := node_modules/.bin/buf
 PY_STAMP    := $(VENV)/.setup-stamp
 NODE_STAMP  := node_modules/.setup-stamp
-LINT_PATHS  := pi tests scripts bench
+LINT_PATHS  := pi tests scripts bench chaos
 # v1 is published: proto changes must not break it. Compared with the main branch, so a
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test test-unit run bench clean image
+.PHONY: help setup proto lint test test-unit run bench chaos clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ run: setup ## Start the mesh (PostgreSQL unless DATABASE_URL, three services, En
 bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
 	scripts/ensure-redis.sh
 	$(PY) -m bench $(BENCH_ARGS)
+
+chaos: setup ## Fault run: F1-F9 under load on its own PostgreSQL + Redis (CHAOS_*, chaos/README.md).
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -29,6 +29,18 @@ from chaos.load import Journal, PaymentRecord
 HOLDING = "REQUIRES_CAPTURE"
 
 
+@dataclass(frozen=True)
+class Schemas:
+    """Where the services and the sandbox processor keep their tables."""
+
+    payments: str = "payments"
+    transactions: str = "transactions"
+    processor: str = "sandbox_processor"
+
+
+DEFAULT_SCHEMAS = Schemas()
+
+
 @dataclass
 class Findings:
     lost: list[str] = field(default_factory=list)
@@ -42,7 +54,7 @@ class Findings:
     def failed(self) -> bool:
         return bool(self.lost or self.double or self.mismatch or self.pending)
 
-    def summary(self, examples: int = 5) -> dict[str, Any]:
+    def summary(self, examples: int = 100) -> dict[str, Any]:
         return {
             "lost": len(self.lost),
             "double_charges": len(self.double),
@@ -64,7 +76,9 @@ def _rows(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[tuple
     return conn.execute(query, params or None).fetchall()
 
 
-def wait_settled(url: str, transaction_ids: list[str], timeout: float) -> float:
+def wait_settled(
+    url: str, transaction_ids: list[str], timeout: float, s: Schemas = DEFAULT_SCHEMAS
+) -> float:
     """Wait until the outbox is delivered and none of these payments is PROCESSING (the
     reconciler and dispatcher done); seconds waited."""
     started = time.monotonic()
@@ -72,11 +86,11 @@ def wait_settled(url: str, transaction_ids: list[str], timeout: float) -> float:
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
                 backlog = _rows(
-                    conn, "SELECT count(*) FROM payments.outbox WHERE delivered_time IS NULL"
+                    conn, f"SELECT count(*) FROM {s.payments}.outbox WHERE delivered_time IS NULL"
                 )[0][0]
                 processing = _rows(
                     conn,
-                    "SELECT count(*) FROM payments.payments"
+                    f"SELECT count(*) FROM {s.payments}.payments"
                     " WHERE transaction_id = ANY(%s) AND status = 'PROCESSING'",
                     transaction_ids,
                 )[0][0]
@@ -88,17 +102,21 @@ def wait_settled(url: str, transaction_ids: list[str], timeout: float) -> float:
     return time.monotonic() - started
 
 
-def check(url: str, journal: Journal, window_seconds: float) -> Findings:
+def check(
+    url: str, journal: Journal, window_seconds: float, s: Schemas = DEFAULT_SCHEMAS
+) -> Findings:
     found = Findings()
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-        _check_payments(conn, journal, found)
-        _check_transactions(conn, journal, found)
-        _check_pending(conn, journal, found, window_seconds)
-        _report_backlogs(conn, found)
+        _check_payments(conn, s, journal, found)
+        _check_transactions(conn, s, journal, found)
+        _check_pending(conn, s, journal, found, window_seconds)
+        _report_backlogs(conn, s, found)
     return found
 
 
-def _check_payments(conn: psycopg.Connection[Any], journal: Journal, found: Findings) -> None:
+def _check_payments(
+    conn: psycopg.Connection[Any], s: Schemas, journal: Journal, found: Findings
+) -> None:
     # Every payment of the scenario's transactions: also those whose creation was never
     # answered (the processor may have charged them all the same).
     ours = {
@@ -106,7 +124,7 @@ def _check_payments(conn: psycopg.Connection[Any], journal: Journal, found: Find
         for row in _rows(
             conn,
             "SELECT id, transaction_id, status, amount, captured_amount, refunded_amount"
-            " FROM payments.payments WHERE transaction_id = ANY(%s)",
+            f" FROM {s.payments}.payments WHERE transaction_id = ANY(%s)",
             sorted(journal.transactions),
         )
     }
@@ -116,21 +134,24 @@ def _check_payments(conn: psycopg.Connection[Any], journal: Journal, found: Find
         for row in _rows(
             conn,
             "SELECT payment_id, outcome, amount, captured, refunded, voided"
-            " FROM sandbox_processor.authorizations WHERE payment_id = ANY(%s)",
+            f" FROM {s.processor}.authorizations WHERE payment_id = ANY(%s)",
             ids,
         )
     }
     refunds = dict(
         _rows(
             conn,
-            "SELECT payment_id, sum(amount) FROM payments.refunds"
+            f"SELECT payment_id, sum(amount) FROM {s.payments}.refunds"
             " WHERE payment_id = ANY(%s) AND status = 'SUCCEEDED' GROUP BY payment_id",
             ids,
         )
     )
+    unanswered = {pid: r.unknown for r in journal.payments for pid in r.payment_ids}
     for pid, row in ours.items():
         found.statuses[row[2]] += 1
-        _against_processor(pid, row, theirs.get(pid), found)
+        unknown = sorted(unanswered.get(pid, ()))
+        context = f" (client calls left unanswered: {', '.join(unknown)})" if unknown else ""
+        _against_processor(pid, row, theirs.get(pid), found, context)
         if int(refunds.get(pid) or 0) != row[5]:
             found.mismatch.append(
                 f"payment {pid}: refunds sum to {refunds.get(pid) or 0}, refunded {row[5]}"
@@ -164,7 +185,7 @@ def _against_ack(record: PaymentRecord, row: tuple[Any, ...], found: Findings) -
 
 
 def _against_processor(
-    pid: str, row: tuple[Any, ...], book: tuple[Any, ...] | None, found: Findings
+    pid: str, row: tuple[Any, ...], book: tuple[Any, ...] | None, found: Findings, context: str
 ) -> None:
     _pid, _tx, status, _amount, captured, refunded = row
     if book is None:
@@ -172,30 +193,32 @@ def _against_processor(
             found.mismatch.append(f"payment {pid}: {status} here, unknown to the processor")
         return
     _p, outcome, held, p_captured, p_refunded, voided = book
+    problems = []
     if (p_captured, p_refunded) != (captured, refunded):
-        found.mismatch.append(
-            f"payment {pid}: captured/refunded {captured}/{refunded} here,"
-            f" {p_captured}/{p_refunded} at the processor"
+        problems.append(
+            f"captured/refunded {captured}/{refunded} here, {p_captured}/{p_refunded} there"
         )
     holding_there = outcome == "APPROVED" and not voided and p_captured == 0 and held > 0
     if (status == HOLDING) != holding_there and status != "PROCESSING":
-        found.mismatch.append(
-            f"payment {pid}: {status} here; processor {outcome}, held {held}, voided {voided}"
-        )
+        problems.append(f"processor {outcome}, held {held}, voided {voided}")
+    if problems:
+        found.mismatch.append(f"payment {pid}: {status} here; {'; '.join(problems)}{context}")
 
 
-def _check_transactions(conn: psycopg.Connection[Any], journal: Journal, found: Findings) -> None:
+def _check_transactions(
+    conn: psycopg.Connection[Any], s: Schemas, journal: Journal, found: Findings
+) -> None:
     ids = sorted(journal.transactions)
     rows = _rows(
         conn,
         "SELECT t.id, t.amount, t.captured_amount, t.refunded_amount,"
         " coalesce(p.captured, 0), coalesce(p.refunded, 0), coalesce(p.charged, 0)"
-        " FROM transactions.transactions t LEFT JOIN ("
+        f" FROM {s.transactions}.transactions t LEFT JOIN ("
         "   SELECT transaction_id, sum(captured_amount) AS captured,"
         "          sum(refunded_amount) AS refunded,"
         "          count(*) FILTER (WHERE captured_amount > 0 OR status = 'REQUIRES_CAPTURE')"
         "            AS charged"
-        "   FROM payments.payments WHERE transaction_id = ANY(%s) GROUP BY transaction_id"
+        f"   FROM {s.payments}.payments WHERE transaction_id = ANY(%s) GROUP BY transaction_id"
         " ) p ON p.transaction_id = t.id WHERE t.id = ANY(%s)",
         ids,
         ids,
@@ -216,11 +239,11 @@ def _check_transactions(conn: psycopg.Connection[Any], journal: Journal, found: 
 
 
 def _check_pending(
-    conn: psycopg.Connection[Any], journal: Journal, found: Findings, window: float
+    conn: psycopg.Connection[Any], s: Schemas, journal: Journal, found: Findings, window: float
 ) -> None:
     rows = _rows(
         conn,
-        "SELECT id, status FROM payments.payments WHERE transaction_id = ANY(%s)"
+        f"SELECT id, status FROM {s.payments}.payments WHERE transaction_id = ANY(%s)"
         " AND status = 'PROCESSING'"
         " AND update_time < now() - make_interval(secs => %s)",
         sorted(journal.transactions),
@@ -229,16 +252,18 @@ def _check_pending(
     found.pending.extend(f"payment {pid} still {status}" for pid, status in rows)
 
 
-def _report_backlogs(conn: psycopg.Connection[Any], found: Findings) -> None:
+def _report_backlogs(conn: psycopg.Connection[Any], s: Schemas, found: Findings) -> None:
     found.outbox_undelivered = _rows(
-        conn, "SELECT count(*) FROM payments.outbox WHERE delivered_time IS NULL"
+        conn, f"SELECT count(*) FROM {s.payments}.outbox WHERE delivered_time IS NULL"
     )[0][0]
     tables = _rows(
         conn,
         "SELECT table_schema, table_name FROM information_schema.tables"
-        " WHERE table_schema IN ('payments', 'transactions') AND table_name LIKE %s",
+        " WHERE table_schema IN (%s, %s) AND table_name LIKE %s",
+        s.payments,
+        s.transactions,
         "%dead%",
     )
-    for schema, table in tables:
+    for schema, table in tables:  # whatever the dead-letter work names them
         count = _rows(conn, f'SELECT count(*) FROM "{schema}"."{table}"')[0][0]
         found.dead_letters[f"{schema}.{table}"] = count

@@ -17,7 +17,7 @@ ALL_SCENARIOS = ("F0", "F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8", "F9")
 class ChaosConfig:
     quick: bool = False
     scenarios: tuple[str, ...] = ALL_SCENARIOS  # CHAOS_SCENARIOS: comma list
-    duration: float = 30.0  # CHAOS_DURATION: seconds of load (and fault) per scenario
+    duration: float = 25.0  # CHAOS_DURATION: seconds of load (and fault) per scenario
     clients: int = 12  # CHAOS_CLIENTS: client threads (F8 runs 4x as many)
     retries: int = 4  # CHAOS_RETRIES: retries of a failed call, same key, spaced
     timeout: float = 35.0  # CHAOS_TIMEOUT: a client gives up on a call (Envoy's is 30 s)

@@ -59,7 +59,9 @@ def table(report: dict[str, Any]) -> str:
         backlog = f"outbox {row['outbox_undelivered']}, dead letters {row['dead_letters'] or '-'}"
         lines.append(f"{row['scenario']}: {row['fault']}; {backlog}; {extra or ''}".rstrip("; "))
         for kind, examples in row["examples"].items():
-            lines.extend(f"    {kind}: {example}" for example in examples)
+            lines.extend(f"    {kind}: {example}" for example in examples[:5])
+            if len(examples) > 5:
+                lines.append(f"    {kind}: ... {len(examples) - 5} more in the JSON report")
     if report.get("failure"):
         lines.append(f"run failed: {report['failure']}")
     verdict = {0: "PASS", 1: "FAIL (see FAILED rows)", 130: "interrupted"}

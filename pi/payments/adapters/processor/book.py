@@ -115,9 +115,17 @@ class MemoryBook:
         return None
 
 
-_CREATE = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA};
-CREATE TABLE IF NOT EXISTS {SCHEMA}.authorizations (
+def _statements(schema: str) -> dict[str, str]:
+    """The book's SQL on `schema` (a plain identifier, checked by `open_database_for`)."""
+    columns = (
+        "reference, outcome, failure_reason, settles_at, amount, capture, captured, refunded,"
+        " voided"
+    )
+    select = f"SELECT {columns} FROM {schema}.authorizations WHERE payment_id = %s"
+    return {
+        "create": f"""
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.authorizations (
     payment_id text PRIMARY KEY,
     merchant_id text NOT NULL,
     reference text NOT NULL,
@@ -133,7 +141,7 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.authorizations (
     update_time timestamptz NOT NULL DEFAULT now(),
     CHECK (0 <= refunded AND refunded <= captured AND captured <= amount)
 );
-CREATE TABLE IF NOT EXISTS {SCHEMA}.operations (
+CREATE TABLE IF NOT EXISTS {schema}.operations (
     kind text NOT NULL,
     idempotency_key text NOT NULL,
     payment_id text NOT NULL,
@@ -144,32 +152,32 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.operations (
     create_time timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (kind, idempotency_key)
 );
-"""
-
-_COLUMNS = (
-    "reference, outcome, failure_reason, settles_at, amount, capture, captured, refunded, voided"
-)
-_SELECT = f"SELECT {_COLUMNS} FROM {SCHEMA}.authorizations WHERE payment_id = %s"
-_INSERT = (
-    f"INSERT INTO {SCHEMA}.authorizations (payment_id, merchant_id, {_COLUMNS})"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (payment_id) DO NOTHING"
-)
-_UPDATE = (
-    f"UPDATE {SCHEMA}.authorizations SET outcome = %s, failure_reason = %s, captured = %s,"
-    " refunded = %s, voided = %s, update_time = now() WHERE payment_id = %s"
-)
-_SELECT_OPERATION = (
-    f"SELECT outcome, failure_reason, reference FROM {SCHEMA}.operations"
-    " WHERE kind = %s AND idempotency_key = %s"
-)
-_INSERT_OPERATION = (
-    f"INSERT INTO {SCHEMA}.operations"
-    " (kind, idempotency_key, payment_id, amount, outcome, failure_reason, reference)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-)
-# Serialises operations of one payment across processes, also before it has a row.
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('sandbox:' || %s, 0))"
-_SETUP_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('sandbox:schema', 0))"
+""",
+        "select": select,
+        "select_locked": select + " FOR UPDATE",
+        "insert": (
+            f"INSERT INTO {schema}.authorizations (payment_id, merchant_id, {columns})"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (payment_id) DO NOTHING"
+        ),
+        "update": (
+            f"UPDATE {schema}.authorizations SET outcome = %s, failure_reason = %s,"
+            " captured = %s, refunded = %s, voided = %s, update_time = now()"
+            " WHERE payment_id = %s"
+        ),
+        "select_operation": (
+            f"SELECT outcome, failure_reason, reference FROM {schema}.operations"
+            " WHERE kind = %s AND idempotency_key = %s"
+        ),
+        "insert_operation": (
+            f"INSERT INTO {schema}.operations"
+            " (kind, idempotency_key, payment_id, amount, outcome, failure_reason, reference)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+        ),
+        # Serialise operations of one payment across processes, also before it has a row.
+        "lock": f"SELECT pg_advisory_xact_lock(hashtextextended('{schema}:' || %s, 0))",
+        "setup_lock": f"SELECT pg_advisory_xact_lock(hashtextextended('{schema}:schema', 0))",
+    }
 
 
 def _result(outcome: str, reason: str | None, reference: str | None) -> ConnectorResult:
@@ -204,17 +212,18 @@ class PostgresBook:
     """The book in PostgreSQL (see the module docstring); build it with
     `open_postgres_book`."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, schema: str = SCHEMA) -> None:
         self._database = database
+        self._sql = _statements(schema)
 
     async def create_tables(self) -> None:
         async with self._database.transaction() as conn:
-            await conn.execute(_SETUP_LOCK)  # replicas starting together
-            await conn.execute(_CREATE)
+            await conn.execute(self._sql["setup_lock"])  # replicas starting together
+            await conn.execute(self._sql["create"])
 
     async def authorization(self, payment_id: str) -> Authorization | None:
         async with self._database.reading() as conn:
-            row = await (await conn.execute(_SELECT, (payment_id,))).fetchone()
+            row = await (await conn.execute(self._sql["select"], (payment_id,))).fetchone()
         return None if row is None else _authorization(row)
 
     async def add_authorization(
@@ -224,35 +233,36 @@ class PostgresBook:
         a = authorization
         async with self._database.transaction() as conn:
             await conn.execute(
-                _INSERT,
+                self._sql["insert"],
                 (payment_id, merchant_id, a.reference, outcome, reason, a.settles_at, a.amount,
                  a.capture, a.captured, a.refunded, a.voided),
             )  # fmt: skip
-            row = await (await conn.execute(_SELECT, (payment_id,))).fetchone()
+            row = await (await conn.execute(self._sql["select"], (payment_id,))).fetchone()
         assert row is not None  # inserted, or kept from the first
         return _authorization(row)
 
     async def save_authorization(self, payment_id: str, authorization: Authorization) -> None:
         async with self._database.transaction() as conn:
-            await conn.execute(_LOCK, (payment_id,))
+            await conn.execute(self._sql["lock"], (payment_id,))
             await self._update(conn, payment_id, authorization)
 
     async def apply(
         self, kind: str, key: str, payment_id: str, amount: int, decide: Decide
     ) -> ConnectorResult:
         async with self._database.transaction() as conn:
-            await conn.execute(_LOCK, (payment_id,))
-            known = await (await conn.execute(_SELECT_OPERATION, (kind, key))).fetchone()
+            await conn.execute(self._sql["lock"], (payment_id,))
+            found = await conn.execute(self._sql["select_operation"], (kind, key))
+            known = await found.fetchone()
             if known is not None:
                 return _result(*known)
-            row = await (await conn.execute(_SELECT + " FOR UPDATE", (payment_id,))).fetchone()
+            row = await (await conn.execute(self._sql["select_locked"], (payment_id,))).fetchone()
             authorization = None if row is None else _authorization(row)
             result = decide(authorization)
             if authorization is not None:
                 await self._update(conn, payment_id, authorization)
             reason = result.failure_reason.value if result.failure_reason else None
             await conn.execute(
-                _INSERT_OPERATION,
+                self._sql["insert_operation"],
                 (kind, key, payment_id, amount, result.outcome.value, reason, result.reference),
             )
         return result
@@ -260,17 +270,18 @@ class PostgresBook:
     async def close(self) -> None:
         await self._database.close()
 
-    @staticmethod
-    async def _update(conn: Any, payment_id: str, auth: Authorization) -> None:
+    async def _update(self, conn: Any, payment_id: str, auth: Authorization) -> None:
         outcome, reason = _final_columns(auth)
         await conn.execute(
-            _UPDATE, (outcome, reason, auth.captured, auth.refunded, auth.voided, payment_id)
+            self._sql["update"],
+            (outcome, reason, auth.captured, auth.refunded, auth.voided, payment_id),
         )
 
 
-async def open_postgres_book(database_url: str) -> PostgresBook:
+async def open_postgres_book(database_url: str, schema: str = SCHEMA) -> PostgresBook:
     """The book in `database_url`'s database, its tables created if missing."""
-    book = PostgresBook(await open_database_for(database_url, SCHEMA, pool_size=POOL_SIZE))
+    database = await open_database_for(database_url, schema, pool_size=POOL_SIZE)
+    book = PostgresBook(database, schema)
     try:
         await book.create_tables()
     except BaseException:

@@ -210,7 +210,11 @@ class Run:
             "notes": notes,
             **findings.summary(),
         }
-        row["failed"] = findings.failed() or recover is None or _edge_failed(notes)
+        # No answer at all within the client's timeout (beyond Envoy's own): a hang.
+        row["hung"] = journal.errors.get("timeout", 0)
+        row["failed"] = bool(
+            findings.failed() or recover is None or row["hung"] or _edge_failed(notes)
+        )
         log(
             f"{label}: {journal.requests} requests, lost {row['lost']}, double"
             f" {row['double_charges']}, mismatches {row['money_mismatches']},"

@@ -236,9 +236,14 @@ class ChaosMesh(Mesh):
     def processes(self, group: str) -> list[Any]:
         return [p for p in self._procs if p.name.partition("#")[0] == group]
 
-    def kill(self, group: str, rng: random.Random) -> str | None:
-        """SIGKILL one live process of `group` (its supervisor restarts it); which one."""
+    def kill(self, group: str, rng: random.Random, wait: float = 10.0) -> str | None:
+        """SIGKILL one live process of `group` (its supervisor restarts it), waiting up to
+        `wait` s for one to be up; which one."""
+        deadline = time.monotonic() + wait
         live = [p for p in self.processes(group) if p.pid is not None]
+        while not live and time.monotonic() < deadline:
+            time.sleep(0.1)
+            live = [p for p in self.processes(group) if p.pid is not None]
         if not live:
             return None
         proc = rng.choice(live)

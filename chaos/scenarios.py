@@ -144,32 +144,37 @@ def slow_clients(run: Run, seconds: float, notes: dict[str, Any]) -> None:
     count = run.config.slowloris
     limit = run.edge_headers_timeout + 5.0
     socks: list[tuple[socket.socket, float]] = []
+    refused = 0
     for _ in range(count):
         with contextlib.suppress(OSError):
             s = socket.create_connection(("127.0.0.1", run.ports.envoy_http), timeout=2)
             s.sendall(b"POST /v1/transactions HTTP/1.1\r\nHost: chaos\r\n")
             s.setblocking(False)
             socks.append((s, time.monotonic()))
+            continue
+        refused += 1  # not opened (the edge's connection limit, or a loaded machine)
+    opened_count = len(socks)
     cut: list[float] = []
     deadline = time.monotonic() + max(seconds, limit + 2.0)
     while socks and time.monotonic() < deadline:
         time.sleep(2.0)
         alive = []
-        for s, opened in socks:
+        for s, opened_at in socks:
             try:
                 s.sendall(b"X")
                 data = s.recv(4096) if _readable(s) else b"-"
                 if data == b"":
                     raise ConnectionResetError
-                alive.append((s, opened))
+                alive.append((s, opened_at))
             except OSError:
-                cut.append(time.monotonic() - opened)
+                cut.append(time.monotonic() - opened_at)
                 s.close()
         socks = alive
     for s, _ in socks:
         s.close()
     run.fault_end = time.monotonic()
-    notes["slow_connections"] = count
+    notes["slow_connections"] = opened_count
+    notes["not_opened"] = refused
     notes["cut_by_edge"] = len(cut)
     notes["held_past_limit"] = len(socks) + sum(1 for c in cut if c > limit)
     notes["longest_held_s"] = round(max(cut, default=0.0), 1)

@@ -50,6 +50,7 @@ QUICK: dict[str, Any] = {
     "slowloris": 20,
     "settle_timeout": 45.0,
     "recover_timeout": 40.0,
+    "window": 10.0,
 }
 
 

@@ -9,7 +9,7 @@ PIP         := $(PY) -m pip
 BUF         := node_modules/.bin/buf
 PY_STAMP    := $(VENV)/.setup-stamp
 NODE_STAMP  := node_modules/.setup-stamp
-LINT_PATHS  := pi tests scripts bench
+LINT_PATHS  := pi tests scripts bench chaos
 # The web front end (web/): its own package.json and lockfile; built into web/dist, which
 # the edge serves (not committed: `make setup` and `make run` build it).
 WEB_STAMP   := web/node_modules/.setup-stamp
@@ -20,7 +20,7 @@ WEB_SOURCES := $(shell find web/src web/scripts -type f 2>/dev/null) web/index.h
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto web lint test test-unit run prometheus bench clean image
+.PHONY: help setup proto web lint test test-unit run prometheus bench chaos clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ prometheus: setup ## A local Prometheus scraping `make run`, with the alert rule
 bench: setup ## Load-test the mesh on PostgreSQL + Redis (settings: BENCH_*, see bench/README.md).
 	scripts/ensure-redis.sh
 	$(PY) -m bench $(BENCH_ARGS)
+
+chaos: setup ## Fault run: F1-F9 under load on its own PostgreSQL + Redis (CHAOS_*, chaos/README.md).
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 clean: ## Remove caches and build output (keeps .venv, node_modules and generated/).
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache web/dist

@@ -23,6 +23,8 @@ from pi.payments.adapters.postgres.lease import PostgresLease
 from pi.payments.adapters.postgres.outbox import PostgresOutbox
 from pi.payments.adapters.postgres.uow import PostgresUnits
 from pi.payments.adapters.processor import SandboxConnector
+from pi.payments.adapters.processor.book import MemoryBook, SandboxBook, open_postgres_book
+from pi.payments.adapters.processor.faults import SandboxFaults
 from pi.payments.adapters.processor.observed import ObservedConnector
 from pi.payments.app.dead_letters import DeadLetters
 from pi.payments.app.ports import Connector, Outbox, TransactionLedger, UnitsOfWork
@@ -109,6 +111,9 @@ class PaymentsApp:
     async def close(self) -> None:
         for channel in self.channels:
             await channel.close()
+        close = getattr(self.connector, "close", None)
+        if close is not None:
+            await close()
         await self.authentication.close()
         await self.database.close()
 
@@ -142,7 +147,7 @@ async def build(
     units = PostgresUnits(database)
     outbox = PostgresOutbox(database, units.idempotency)
     master_keys = MasterKeys(settings.master_keys)
-    connector = ObservedConnector(connector or SandboxConnector())
+    connector = ObservedConnector(connector or await sandbox_connector(settings))
     channels: list[grpc.aio.Channel] = []
     if ledger is None:
         transactions_channel = peer_channel(settings, "transactions", settings.transactions_target)
@@ -193,6 +198,18 @@ async def build(
         periodic(BACKLOG_SAMPLE_SECONDS, app.sample_backlog, name="payments backlog sample"),
     ]
     return app
+
+
+async def sandbox_connector(settings: PaymentsSettings) -> SandboxConnector:
+    """The built-in sandbox processor, with the ledger and faults the settings ask for."""
+    book: SandboxBook = MemoryBook()
+    if settings.sandbox_ledger == "postgres":
+        book = await open_postgres_book(settings.database_url)
+    faults = SandboxFaults(
+        unknown_percent=settings.sandbox_unknown_percent,
+        crash_percent=settings.sandbox_crash_percent,
+    )
+    return SandboxConnector(book=book, faults=faults)
 
 
 def run() -> None:

@@ -1,5 +1,6 @@
-"""`PaymentsSettings`: the common variables plus PI_TRANSACTIONS_TARGET, and nothing of
-the other services' (auth's token lifetime, transactions' target for this service)."""
+"""`PaymentsSettings`: the common variables plus PI_TRANSACTIONS_TARGET and the sandbox
+processor's ledger and faults, and nothing of the other services' (auth's token lifetime,
+transactions' target for this service)."""
 
 import pytest
 
@@ -50,7 +51,35 @@ def test_it_reads_its_own_variables_and_no_other_service_s() -> None:
     assert variables_read(PaymentsSettings, required_environ()) == {
         *COMMON_VARIABLES,
         "PI_TRANSACTIONS_TARGET",
+        "PI_SANDBOX_LEDGER",
+        "PI_SANDBOX_UNKNOWN_PERCENT",
+        "PI_SANDBOX_CRASH_PERCENT",
     }
+
+
+def test_the_sandbox_keeps_its_ledger_in_memory_and_injects_no_fault_by_default() -> None:
+    settings = PaymentsSettings.from_env(required_environ())
+    assert settings.sandbox_ledger == "memory"
+    assert (settings.sandbox_unknown_percent, settings.sandbox_crash_percent) == (0, 0)
+
+
+def test_the_sandbox_ledger_and_faults_are_read_and_checked() -> None:
+    env = {
+        **required_environ(),
+        "PI_SANDBOX_LEDGER": "postgres",
+        "PI_SANDBOX_UNKNOWN_PERCENT": "10",
+        "PI_SANDBOX_CRASH_PERCENT": "2",
+    }
+    settings = PaymentsSettings.from_env(env)
+    assert settings.sandbox_ledger == "postgres"
+    assert (settings.sandbox_unknown_percent, settings.sandbox_crash_percent) == (10, 2)
+    bad = {**env, "PI_SANDBOX_LEDGER": "redis", "PI_SANDBOX_CRASH_PERCENT": "101"}
+    with pytest.raises(ConfigError) as info:
+        PaymentsSettings.from_env(bad)
+    assert [p.split(" ")[0] for p in info.value.problems] == [
+        "PI_SANDBOX_LEDGER",
+        "PI_SANDBOX_CRASH_PERCENT",
+    ]
 
 
 def test_the_other_services_variables_are_ignored() -> None:

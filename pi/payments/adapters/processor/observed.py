@@ -60,3 +60,9 @@ class ObservedConnector:
 
     async def status(self, payment_id: str) -> ConnectorResult:
         return await self._timed("status", self._inner.status(payment_id))
+
+    async def close(self) -> None:
+        """Close the connector it wraps, if that holds anything (the sandbox's ledger pool)."""
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            await close()

@@ -13,20 +13,27 @@ Cards (any valid expiry and CVC):
 Bank transfers and wallets: authorize answers PENDING; `status()` answers PENDING until
 `settle_after` has passed since the authorization, then APPROVED (settled).
 
-State lives in this process only (one instance per payment service process). It keeps,
-per payment id, the reference, the outcome and the amounts: never a card number, CVC,
-account number or wallet token. After a restart it no longer knows earlier payments, so
-`status()` of one answers DECLINED PROCESSOR_UNAVAILABLE, as a real processor would for a
-payment it never received.
+Its ledger is a `SandboxBook` (`book.py`): by default in this process only, forgotten on
+restart (then `status()` of an earlier payment answers DECLINED PROCESSOR_UNAVAILABLE, as a
+real processor would for a payment it never received); with `PI_SANDBOX_LEDGER=postgres`
+in its own schema, shared by replicas and kept across restarts. It keeps, per payment id,
+the reference, the outcome and the amounts: never a card number, CVC, account number or
+wallet token.
+
+Faults (`SandboxFaults`, all off unless set explicitly; `make chaos` turns them on):
+a share of calls answers TIMEOUT, half of them before doing anything (the request was
+lost) and half after (the answer was lost); and a share of approvals kills the process
+right after the processor recorded them, before the caller can write them down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
+from pi.payments.adapters.processor.book import Authorization, MemoryBook, SandboxBook
+from pi.payments.adapters.processor.faults import NO_FAULTS, Fault, SandboxFaults
 from pi.payments.domain import (
     AuthorizeRequest,
     CaptureRequest,
@@ -65,20 +72,8 @@ def _new_reference() -> str:
     return new_id("sbx")
 
 
-@dataclass(slots=True)
-class _Authorization:
-    reference: str
-    final: ConnectorResult | None  # None while a PENDING method has not settled
-    settles_at: datetime
-    amount: int
-    capture: bool
-    captured: int = 0
-    refunded: int = 0
-    voided: bool = False
-
-
 class SandboxConnector:
-    """In-memory test processor; see the module docstring for its outcomes."""
+    """Test processor; see the module docstring for its outcomes."""
 
     def __init__(
         self,
@@ -86,117 +81,167 @@ class SandboxConnector:
         settle_after: timedelta = timedelta(0),
         clock: Callable[[], datetime] = _utc_now,
         new_reference: Callable[[], str] = _new_reference,
+        book: SandboxBook | None = None,
+        faults: SandboxFaults = NO_FAULTS,
     ) -> None:
         self._settle_after = settle_after
         self._clock = clock
         self._new_reference = new_reference
-        self._authorizations: dict[str, _Authorization] = {}
-        self._operations: dict[tuple[str, str], ConnectorResult] = {}
+        self._book: SandboxBook = book or MemoryBook()
+        self._faults = faults
 
     @property
     def name(self) -> str:
         return "sandbox"
 
+    async def close(self) -> None:
+        await self._book.close()
+
     async def authorize(self, request: AuthorizeRequest) -> ConnectorResult:
-        known = self._authorizations.get(request.payment_id)
+        fault = self._faults.draw()
+        if fault is Fault.LOST_REQUEST:
+            return ConnectorResult.timeout()
+        try:
+            result = await self._authorize(request)
+        except Exception:  # the book could not be written: the outcome is unknown
+            return ConnectorResult.timeout()
+        return self._faults.answer(result, fault)
+
+    async def _authorize(self, request: AuthorizeRequest) -> ConnectorResult:
+        known = await self._book.authorization(request.payment_id)
         if known is not None:
-            return self._current(known)
+            return await self._current(request.payment_id, known)
         now = self._clock()
         reference = self._new_reference()
         details = request.details
+        timed_out = False
         if not isinstance(details, CardDetails):
-            self._authorizations[request.payment_id] = _Authorization(
+            new = Authorization(
                 reference=reference,
                 final=None,
                 settles_at=now + self._settle_after,
                 amount=request.amount,
                 capture=request.capture,
             )
-            return ConnectorResult.pending(reference)
-        verdict = TEST_CARDS.get(details.number, ProcessorOutcome.APPROVED)
-        if verdict is ProcessorOutcome.TIMEOUT:
-            # The request "never reached" the sandbox: nothing charged, no reference given.
-            final = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
-            self._authorizations[request.payment_id] = _Authorization(
-                reference=reference, final=final, settles_at=now, amount=0, capture=False
-            )
-            return ConnectorResult.timeout()
-        if isinstance(verdict, FailureReason):
-            final = ConnectorResult.declined(verdict, reference)
         else:
-            final = ConnectorResult.approved(reference)
-        authorization = _Authorization(
-            reference=reference,
-            final=final,
-            settles_at=now,
-            amount=request.amount,
-            capture=request.capture,
-        )
-        if final.outcome is ProcessorOutcome.APPROVED and request.capture:
-            authorization.captured = request.amount
-        self._authorizations[request.payment_id] = authorization
-        return final
+            verdict = TEST_CARDS.get(details.number, ProcessorOutcome.APPROVED)
+            if verdict is ProcessorOutcome.TIMEOUT:
+                # The request "never reached" the sandbox: nothing charged, no reference given.
+                timed_out = True
+                final = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
+                new = Authorization(
+                    reference=reference, final=final, settles_at=now, amount=0, capture=False
+                )
+            else:
+                if isinstance(verdict, FailureReason):
+                    final = ConnectorResult.declined(verdict, reference)
+                else:
+                    final = ConnectorResult.approved(reference)
+                approved = final.outcome is ProcessorOutcome.APPROVED
+                new = Authorization(
+                    reference=reference,
+                    final=final,
+                    settles_at=now,
+                    amount=request.amount if approved else 0,
+                    capture=request.capture,
+                    captured=request.amount if approved and request.capture else 0,
+                )
+        kept = await self._book.add_authorization(request.payment_id, request.merchant_id, new)
+        if kept.reference != new.reference:  # another call for this payment came first
+            return await self._current(request.payment_id, kept)
+        if timed_out:
+            return ConnectorResult.timeout()
+        if kept.final is None:
+            return ConnectorResult.pending(reference)
+        return kept.final
 
     async def status(self, payment_id: str) -> ConnectorResult:
-        known = self._authorizations.get(payment_id)
-        if known is None:
-            return ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
-        return self._current(known)
+        try:
+            known = await self._book.authorization(payment_id)
+            if known is None:
+                return ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
+            return await self._current(payment_id, known)
+        except Exception:
+            return ConnectorResult.timeout()
 
     async def capture(self, request: CaptureRequest) -> ConnectorResult:
-        key = ("capture", request.idempotency_key)
-        if key in self._operations:
-            return self._operations[key]
-        auth = self._approved(request.payment_id)
-        if auth is None or auth.voided or auth.captured > 0 or request.amount > auth.amount:
-            result = ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
-        else:
+        def decide(auth: Authorization | None) -> ConnectorResult:
+            if (
+                not self._approved(auth)
+                or auth is None
+                or auth.voided
+                or auth.captured > 0
+                or request.amount > auth.amount
+            ):
+                return ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
             auth.captured = request.amount
-            result = ConnectorResult.approved(self._new_reference())
-        self._operations[key] = result
-        return result
+            return ConnectorResult.approved(self._new_reference())
+
+        return await self._operate("capture", request.idempotency_key, request, decide)
 
     async def void(self, request: VoidRequest) -> ConnectorResult:
-        key = ("void", request.idempotency_key)
-        if key in self._operations:
-            return self._operations[key]
-        auth = self._authorizations.get(request.payment_id)
-        if auth is None:
-            result = ConnectorResult.approved(self._new_reference())  # nothing was held
-        elif auth.captured > 0:
-            result = ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
-        else:
+        def decide(auth: Authorization | None) -> ConnectorResult:
+            if auth is None:
+                return ConnectorResult.approved(self._new_reference())  # nothing was held
+            if auth.captured > 0:
+                return ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
+            self._settle(auth)
             if auth.final is None:  # a pending transfer stopped before it settled
                 auth.final = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
             auth.voided = True
-            result = ConnectorResult.approved(self._new_reference())
-        self._operations[key] = result
-        return result
+            return ConnectorResult.approved(self._new_reference())
+
+        return await self._operate("void", request.idempotency_key, request, decide)
 
     async def refund(self, request: RefundRequest) -> ConnectorResult:
-        key = ("refund", request.idempotency_key)
-        if key in self._operations:
-            return self._operations[key]
-        auth = self._approved(request.payment_id)
-        if auth is None or request.amount <= 0 or auth.refunded + request.amount > auth.captured:
-            result = ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
-        else:
+        def decide(auth: Authorization | None) -> ConnectorResult:
+            if (
+                not self._approved(auth)
+                or auth is None
+                or request.amount <= 0
+                or auth.refunded + request.amount > auth.captured
+            ):
+                return ConnectorResult.declined(FailureReason.PROCESSOR_DECLINED)
             auth.refunded += request.amount
-            result = ConnectorResult.approved(self._new_reference())
-        self._operations[key] = result
-        return result
+            return ConnectorResult.approved(self._new_reference())
 
-    def _current(self, auth: _Authorization) -> ConnectorResult:
+        return await self._operate("refund", request.idempotency_key, request, decide)
+
+    async def _operate(
+        self,
+        kind: str,
+        key: str,
+        request: CaptureRequest | VoidRequest | RefundRequest,
+        decide: Callable[[Authorization | None], ConnectorResult],
+    ) -> ConnectorResult:
+        fault = self._faults.draw()
+        if fault is Fault.LOST_REQUEST:
+            return ConnectorResult.timeout()
+        amount = getattr(request, "amount", 0)
+        try:
+            result = await self._book.apply(kind, key, request.payment_id, amount, decide)
+        except Exception:  # the book could not be written: the outcome is unknown
+            return ConnectorResult.timeout()
+        return self._faults.answer(result, fault)
+
+    def _settle(self, auth: Authorization) -> bool:
+        """Settle a PENDING authorization whose time has come; whether it changed."""
+        if auth.final is not None or self._clock() < auth.settles_at:
+            return False
+        auth.final = ConnectorResult.approved(auth.reference)
+        if auth.capture:
+            auth.captured = auth.amount
+        return True
+
+    async def _current(self, payment_id: str, auth: Authorization) -> ConnectorResult:
+        if self._settle(auth):
+            await self._book.save_authorization(payment_id, auth)
         if auth.final is None:
-            if self._clock() < auth.settles_at:
-                return ConnectorResult.pending(auth.reference)
-            auth.final = ConnectorResult.approved(auth.reference)
-            if auth.capture:
-                auth.captured = auth.amount
+            return ConnectorResult.pending(auth.reference)
         return auth.final
 
-    def _approved(self, payment_id: str) -> _Authorization | None:
-        auth = self._authorizations.get(payment_id)
-        if auth is None or self._current(auth).outcome is not ProcessorOutcome.APPROVED:
-            return None
-        return auth
+    def _approved(self, auth: Authorization | None) -> bool:
+        if auth is None:
+            return False
+        self._settle(auth)
+        return auth.final is not None and auth.final.outcome is ProcessorOutcome.APPROVED

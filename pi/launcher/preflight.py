@@ -62,6 +62,9 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
 
     env = {**dev_secrets, **os.environ}  # what the caller exported wins
     env["PYTHONUNBUFFERED"] = "1"
+    # `make run` is a developer's machine: secrets exported by hand may be short. Set
+    # PI_ENVIRONMENT=production to have the services refuse weak ones here too.
+    env.setdefault("PI_ENVIRONMENT", "development")
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)
     store = data_store(options, env)

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -48,12 +50,26 @@ MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
 DEFAULT_DB_POOL_SIZE = 20
 MAX_DB_POOL_SIZE = 100
 DEFAULT_REVOCATION_POLL_SECONDS = 2.0
+#: Beyond this many seconds without a complete revocation view, verifiers refuse tokens
+#: issued before it (fail closed). Several poll intervals: one lost poll is no outage.
+DEFAULT_REVOCATION_MAX_STALENESS_SECONDS = 30.0
 MASTER_KEY_BYTES = 32
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+PRODUCTION = "production"
+DEVELOPMENT = "development"
+_ENVIRONMENTS = (PRODUCTION, DEVELOPMENT)
+#: Outside development, the admin and service tokens must be at least this long and carry
+#: at least this much entropy as estimated from their characters (a random 32-byte
+#: url-safe token has ~190 bits by this measure; "password" repeated has under 100).
+MIN_TOKEN_LENGTH = 32
+MIN_TOKEN_BITS = 128
+#: A master key of 32 random bytes has ~30 distinct byte values; fewer than this means
+#: it was typed or derived from something guessable, not drawn from a CSPRNG.
+MIN_MASTER_KEY_DISTINCT_BYTES = 16
 
 
 def default_target(service: str) -> str:
@@ -161,8 +177,15 @@ class ServiceSettings:
     jwt_audience: str = "pi-api"
     auth_target: str = default_target("auth")
     revocation_poll_seconds: float = DEFAULT_REVOCATION_POLL_SECONDS
+    revocation_max_staleness_seconds: float = DEFAULT_REVOCATION_MAX_STALENESS_SECONDS
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
     log_level: str = "INFO"
+    environment: str = PRODUCTION
+
+    @property
+    def development(self) -> bool:
+        """`PI_ENVIRONMENT=development`: weak secrets are tolerated (never in production)."""
+        return self.environment == DEVELOPMENT
 
     @property
     def listen_address(self) -> str:
@@ -201,6 +224,9 @@ class ServiceSettings:
             "revocation_poll_seconds": env.seconds(
                 "PI_REVOCATION_POLL_SECONDS", DEFAULT_REVOCATION_POLL_SECONDS
             ),
+            "revocation_max_staleness_seconds": env.seconds(
+                "PI_REVOCATION_MAX_STALENESS_SECONDS", DEFAULT_REVOCATION_MAX_STALENESS_SECONDS
+            ),
             "rate_limit_per_merchant": env.integer(
                 "PI_RATE_LIMIT_PER_MERCHANT",
                 DEFAULT_RATE_LIMIT_PER_MERCHANT,
@@ -208,8 +234,16 @@ class ServiceSettings:
                 MAX_RATE_LIMIT_PER_MERCHANT,
             ),
             "log_level": _log_level(env),
+            "environment": _environment(env),
         }
         _check_tokens(env, values["admin_token"], values["service_token"])
+        if values["environment"] != DEVELOPMENT:
+            _refuse_weak_secrets(env, values)
+        if values["revocation_max_staleness_seconds"] < 2 * values["revocation_poll_seconds"]:
+            env.problem(
+                "PI_REVOCATION_MAX_STALENESS_SECONDS must be at least twice "
+                "PI_REVOCATION_POLL_SECONDS (one late poll must not refuse every token)."
+            )
         return values
 
 
@@ -251,6 +285,53 @@ def _check_tokens(env: Environment, admin: str, service: str) -> None:
     for name, token in (("PI_ADMIN_TOKEN", admin), ("PI_SERVICE_TOKEN", service)):
         if token and (any(c.isspace() for c in token) or not token.isprintable()):
             env.problem(f"{name} must not contain whitespace or control characters.")
+
+
+def _environment(env: Environment) -> str:
+    environment = env.text("PI_ENVIRONMENT", PRODUCTION).lower()
+    if environment not in _ENVIRONMENTS:
+        env.problem(f"PI_ENVIRONMENT must be one of {', '.join(_ENVIRONMENTS)}.")
+        return PRODUCTION
+    return environment
+
+
+def _refuse_weak_secrets(env: Environment, values: Mapping[str, Any]) -> None:
+    """Short or guessable credentials and master keys are refused outside development."""
+    for name, token in (
+        ("PI_ADMIN_TOKEN", values["admin_token"]),
+        ("PI_SERVICE_TOKEN", values["service_token"]),
+    ):
+        if token and (
+            len(token) < MIN_TOKEN_LENGTH
+            or estimated_bits(token) < MIN_TOKEN_BITS
+            or _repeats(token)
+        ):
+            env.problem(
+                f"{name} is too weak: use at least {MIN_TOKEN_LENGTH} random characters "
+                f"(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
+                "or set PI_ENVIRONMENT=development on a developer machine."
+            )
+    for version, key in values["master_keys"].items():
+        if len(set(key)) < MIN_MASTER_KEY_DISTINCT_BYTES or _repeats(key):
+            env.problem(
+                f"PI_MASTER_KEYS: key version {version} does not look random: use 32 bytes "
+                "from a CSPRNG (`openssl rand -base64 32`)."
+            )
+
+
+def _repeats(value: str | bytes) -> bool:
+    """Whether `value` is a shorter run repeated ("abcabc"): as guessable as the run."""
+    text = value if isinstance(value, str) else value.hex()
+    return text in (text + text)[1:-1]
+
+
+def estimated_bits(text: str) -> float:
+    """Entropy of `text` estimated from its own character frequencies, times its length:
+    a lower bound for a random token, far below it for words and repeats."""
+    counts = Counter(text)
+    total = len(text)
+    per_char = -sum(n / total * math.log2(n / total) for n in counts.values())
+    return per_char * total
 
 
 def _master_keys(env: Environment) -> Mapping[int, bytes]:

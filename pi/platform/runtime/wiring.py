@@ -120,7 +120,12 @@ def authentication(
         subscriber = cache
         background.append(lambda: listen_for_revocations(subscriber, revocations))
     verifier = TokenVerifier(
-        keys, revocations, settings.jwt_issuer, settings.jwt_audience, clock=clock
+        keys,
+        revocations,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        clock=clock,
+        max_staleness=settings.revocation_max_staleness_seconds,
     )
     interceptor = AuthInterceptor(
         verifier, settings.admin_token, settings.service_token, public_methods=public_methods

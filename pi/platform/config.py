@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
+
+from pi.platform.secret_strength import weak_secrets
 
 SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
     {"auth": 50051, "transactions": 50052, "payments": 50053}
@@ -45,6 +45,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
 """Requests per second per merchant per service: Stripe's live-mode default."""
 MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
+#: Calls per second one client address may make to a service's methods that need no
+#: token (IssueToken, GetJwks): far above a client's needs, far below a guessing run.
+DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS = 20
 # PostgreSQL connections each service process may hold (its one pool): 3 services x 20
 # stay under a server's default max_connections of 100 (see the README for the worst case).
 DEFAULT_DB_POOL_SIZE = 20
@@ -62,14 +65,6 @@ _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 PRODUCTION = "production"
 DEVELOPMENT = "development"
 _ENVIRONMENTS = (PRODUCTION, DEVELOPMENT)
-#: Outside development, the admin and service tokens must be at least this long and carry
-#: at least this much entropy as estimated from their characters (a random 32-byte
-#: url-safe token has ~190 bits by this measure; "password" repeated has under 100).
-MIN_TOKEN_LENGTH = 32
-MIN_TOKEN_BITS = 128
-#: A master key of 32 random bytes has ~30 distinct byte values; fewer than this means
-#: it was typed or derived from something guessable, not drawn from a CSPRNG.
-MIN_MASTER_KEY_DISTINCT_BYTES = 16
 
 
 def default_target(service: str) -> str:
@@ -179,6 +174,7 @@ class ServiceSettings:
     revocation_poll_seconds: float = DEFAULT_REVOCATION_POLL_SECONDS
     revocation_max_staleness_seconds: float = DEFAULT_REVOCATION_MAX_STALENESS_SECONDS
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
+    rate_limit_per_client_address: int = DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS
     log_level: str = "INFO"
     environment: str = PRODUCTION
 
@@ -233,12 +229,21 @@ class ServiceSettings:
                 0,
                 MAX_RATE_LIMIT_PER_MERCHANT,
             ),
+            "rate_limit_per_client_address": env.integer(
+                "PI_RATE_LIMIT_PER_CLIENT_ADDRESS",
+                DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS,
+                0,
+                MAX_RATE_LIMIT_PER_MERCHANT,
+            ),
             "log_level": _log_level(env),
             "environment": _environment(env),
         }
         _check_tokens(env, values["admin_token"], values["service_token"])
         if values["environment"] != DEVELOPMENT:
-            _refuse_weak_secrets(env, values)
+            for problem in weak_secrets(
+                values["admin_token"], values["service_token"], values["master_keys"]
+            ):
+                env.problem(problem)
         if values["revocation_max_staleness_seconds"] < 2 * values["revocation_poll_seconds"]:
             env.problem(
                 "PI_REVOCATION_MAX_STALENESS_SECONDS must be at least twice "
@@ -293,45 +298,6 @@ def _environment(env: Environment) -> str:
         env.problem(f"PI_ENVIRONMENT must be one of {', '.join(_ENVIRONMENTS)}.")
         return PRODUCTION
     return environment
-
-
-def _refuse_weak_secrets(env: Environment, values: Mapping[str, Any]) -> None:
-    """Short or guessable credentials and master keys are refused outside development."""
-    for name, token in (
-        ("PI_ADMIN_TOKEN", values["admin_token"]),
-        ("PI_SERVICE_TOKEN", values["service_token"]),
-    ):
-        if token and (
-            len(token) < MIN_TOKEN_LENGTH
-            or estimated_bits(token) < MIN_TOKEN_BITS
-            or _repeats(token)
-        ):
-            env.problem(
-                f"{name} is too weak: use at least {MIN_TOKEN_LENGTH} random characters "
-                f"(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), "
-                "or set PI_ENVIRONMENT=development on a developer machine."
-            )
-    for version, key in values["master_keys"].items():
-        if len(set(key)) < MIN_MASTER_KEY_DISTINCT_BYTES or _repeats(key):
-            env.problem(
-                f"PI_MASTER_KEYS: key version {version} does not look random: use 32 bytes "
-                "from a CSPRNG (`openssl rand -base64 32`)."
-            )
-
-
-def _repeats(value: str | bytes) -> bool:
-    """Whether `value` is a shorter run repeated ("abcabc"): as guessable as the run."""
-    text = value if isinstance(value, str) else value.hex()
-    return text in (text + text)[1:-1]
-
-
-def estimated_bits(text: str) -> float:
-    """Entropy of `text` estimated from its own character frequencies, times its length:
-    a lower bound for a random token, far below it for words and repeats."""
-    counts = Counter(text)
-    total = len(text)
-    per_char = -sum(n / total * math.log2(n / total) for n in counts.values())
-    return per_char * total
 
 
 def _master_keys(env: Environment) -> Mapping[int, bytes]:

@@ -30,6 +30,7 @@ from pi.platform.cache import Cache, create_cache
 from pi.platform.config import ServiceSettings
 from pi.platform.db import migrations
 from pi.platform.runtime import server
+from pi.platform.runtime.address_limit import AddressLimitInterceptor, create_address_limit
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
 from pi.platform.runtime.logging import configure as configure_logging
@@ -64,13 +65,19 @@ class Authentication:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
     caches: list[Cache] = field(default_factory=list)
     rate_limit: RateLimitInterceptor | None = None
+    address_limit: AddressLimitInterceptor | None = None
 
     @property
     def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
-        """The auth interceptor, then the rate limit (which counts the principal it set)."""
-        if self.rate_limit is None:
-            return (self.interceptor,)
-        return (self.interceptor, self.rate_limit)
+        """The per-address limit of tokenless methods, the auth interceptor, then the
+        per-merchant rate limit (which counts the principal the auth interceptor set)."""
+        chain: list[grpc.aio.ServerInterceptor] = []
+        if self.address_limit is not None:
+            chain.append(self.address_limit)
+        chain.append(self.interceptor)
+        if self.rate_limit is not None:
+            chain.append(self.rate_limit)
+        return tuple(chain)
 
     async def close(self) -> None:
         for channel in self.channels:
@@ -93,10 +100,12 @@ def authentication(
     `settings.auth_target`, whose revocations are then pulled every
     `settings.revocation_poll_seconds`. With REDIS_URL set, revocations published on
     `pi:revocations` are applied at once too, received over `cache` (or a connection
-    opened here). `public_methods` need no credentials. Merchant calls are limited to
+    opened here). `public_methods` need no credentials and are limited per client address
+    (`settings.rate_limit_per_client_address`). Merchant calls are limited to
     `settings.rate_limit_per_merchant` per second (0: unlimited; see
     `pi.platform.runtime.ratelimit`). Call inside the event loop (gRPC channels bind to it).
     """
+    public_methods = tuple(public_methods)
     revocations = RevocationList(clock=clock)
     background: list[BackgroundTask] = []
     channels: list[grpc.aio.Channel] = []
@@ -133,6 +142,9 @@ def authentication(
     limiter = create_rate_limiter(settings)
     if limiter is not None:
         opened.append(limiter.cache)
+    address_limit = create_address_limit(settings, public_methods)
+    if address_limit is not None:
+        opened.append(address_limit.limiter.cache)
     return Authentication(
         revocations=revocations,
         verifier=verifier,
@@ -141,6 +153,7 @@ def authentication(
         channels=channels,
         caches=opened,
         rate_limit=None if limiter is None else RateLimitInterceptor(limiter),
+        address_limit=address_limit,
     )
 
 

@@ -23,6 +23,8 @@ _GENERATORS: Mapping[str, Callable[[], str]] = {
     "PI_ADMIN_TOKEN": lambda: "adm_" + secrets.token_urlsafe(32),
     "PI_SERVICE_TOKEN": lambda: "svc_" + secrets.token_urlsafe(32),
     "PI_MASTER_KEYS": lambda: "1=" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    # Payments' card fingerprints: a key apart from the master keys, never rotated.
+    "PI_CARD_FINGERPRINT_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 REQUIRED = tuple(_GENERATORS)
 

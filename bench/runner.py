@@ -173,6 +173,8 @@ class Bench:
                 "REDIS_URL": cfg.redis_url,
                 "PI_LOG_LEVEL": cfg.log_level,
                 "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
+                # Every seeded token comes from this one address: not a guessing run.
+                "PI_RATE_LIMIT_PER_CLIENT_ADDRESS": "0",
                 **secret,
             },
             envoy_concurrency=cfg.envoy_concurrency,

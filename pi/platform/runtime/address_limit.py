@@ -19,12 +19,7 @@ import grpc
 from pi.platform.cache import Cache, MemoryCache, RedisCache
 from pi.platform.config import ServiceSettings
 from pi.platform.kernel.errors import DomainError
-from pi.platform.runtime.interceptors import (
-    Continuation,
-    Handler,
-    UnaryBehavior,
-    _replace_unary,
-)
+from pi.platform.runtime.interceptors import Continuation, Handler, UnaryBehavior
 from pi.platform.runtime.peers import client_address
 from pi.platform.runtime.ratelimit import REDIS_TIMEOUT_SECONDS, RateLimiter
 from pi.platform.runtime.status import abort_with
@@ -45,7 +40,11 @@ class AddressLimitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if handler_call_details.method not in self._methods:
             return handler
-        return _replace_unary(handler, self._limited(handler.unary_unary))
+        return grpc.unary_unary_rpc_method_handler(
+            self._limited(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
     def _limited(self, behavior: UnaryBehavior) -> UnaryBehavior:
         check = self.limiter.check

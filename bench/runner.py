@@ -231,6 +231,8 @@ class Bench:
                 "PI_LOG_LEVEL": cfg.log_level,
                 "PI_RATE_LIMIT_PER_MERCHANT": str(cfg.merchant_rate_limit),
                 "PI_DB_COMMIT_GROUPS": str(cfg.commit_groups),
+                # Every seeded token comes from this one address: not a guessing run.
+                "PI_RATE_LIMIT_PER_CLIENT_ADDRESS": "0",
                 **secret,
             },
             envoy_concurrency=cfg.envoy_concurrency,

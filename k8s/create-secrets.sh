@@ -7,7 +7,7 @@
 #   pi-transactions  DATABASE_URL (as pi_transactions), PI_DB_SERVICE_ROLE_PASSWORD,
 #                    PI_MASTER_KEYS (its own), REDIS_URL (optional)
 #   pi-payments      DATABASE_URL (as pi_payments), PI_DB_SERVICE_ROLE_PASSWORD,
-#                    PI_MASTER_KEYS (its own), REDIS_URL (optional)
+#                    PI_MASTER_KEYS (its own), PI_CARD_FINGERPRINT_KEY, REDIS_URL (optional)
 #   pi-migrations    DATABASE_URL: the owner's, for the migration Jobs only (they create the
 #                    schemas and the three roles, each granted its own schema)
 #   pi-edge-tls      the edge's public TLS certificate and key (type kubernetes.io/tls)
@@ -88,6 +88,11 @@ for service in "${SERVICES[@]}"; do
   if [[ $service == auth ]]; then
     printf '%s' "$PI_ADMIN_TOKEN" >"$dir/PI_ADMIN_TOKEN"
     keys+=(PI_ADMIN_TOKEN)
+  fi
+  if [[ $service == payments ]]; then
+    # Card fingerprints: a key of their own, never rotated (docs/security.md).
+    head -c 32 /dev/urandom | base64 | tr -d '\n' >"$dir/PI_CARD_FINGERPRINT_KEY"
+    keys+=(PI_CARD_FINGERPRINT_KEY)
   fi
   if [[ -n "${REDIS_URL:-}" ]]; then
     printf '%s' "$REDIS_URL" >"$dir/REDIS_URL"

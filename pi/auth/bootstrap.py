@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
+from pi.auth.adapters.address_failures import CacheAddressFailures
 from pi.auth.adapters.postgres.uow import PostgresUnits
 from pi.auth.adapters.revocations import RevocationFanout
 from pi.auth.adapters.secrets import HmacSecretHasher
@@ -25,17 +26,17 @@ from pi.auth.app.housekeeping import PurgeExpired
 from pi.auth.app.idempotency import SealedResponses
 from pi.auth.app.jwks import GetJwks
 from pi.auth.app.merchants import CreateMerchant
-from pi.auth.app.ports import Clock, RevocationSink, UnitsOfWork
+from pi.auth.app.ports import AddressFailures, Clock, RevocationSink, UnitsOfWork
 from pi.auth.app.revocations import ListRevokedTokens
 from pi.auth.app.signing_keys import SigningKeyLifecycle
-from pi.auth.app.tokens import IssueToken, RevokeToken
+from pi.auth.app.tokens import IssueToken, RevokeToken, Throttles
 from pi.auth.app.use_cases import AuthUseCases
-from pi.auth.domain.lockout import LockoutPolicy
+from pi.auth.domain.throttle import ADDRESS_POLICY, KEY_POLICY
 from pi.auth.domain.tokens import MAX_TOKEN_TTL
 from pi.auth.entrypoints.grpc import AuthInternalServicer, AuthServicer
 from pi.auth.entrypoints.workers import HOUSEKEEPING_SECONDS, Housekeeping, StoreRevocationPoller
 from pi.auth.settings import AuthSettings
-from pi.platform.cache import Cache, create_cache
+from pi.platform.cache import Cache, MemoryCache, create_cache
 from pi.platform.db.database import Database, open_database
 from pi.platform.kernel.pages import PageToken
 from pi.platform.runtime.interceptors import AuthInterceptor
@@ -131,12 +132,13 @@ def wire_use_cases(
     audience: str,
     token_ttl: timedelta,
     clock: Clock,
+    address_failures: AddressFailures | None = None,
 ) -> AuthUseCases:
     """Every use case on `units`, signing with `keys` and announcing to `revocations`
-    (also how the unit tests wire them, on the in-memory units)."""
+    (also how the unit tests wire them, on the in-memory units). Failures per client
+    address are kept in `address_failures` (default: in this process)."""
     hasher = HmacSecretHasher(master_keys)
     sealed = SealedResponses(master_keys)
-    lockout = LockoutPolicy()
     return AuthUseCases(
         create_merchant=CreateMerchant(units, hasher, sealed, clock),
         issue_token=IssueToken(
@@ -146,7 +148,12 @@ def wire_use_cases(
             issuer=issuer,
             audience=audience,
             token_ttl=token_ttl,
-            lockout=lockout,
+            throttles=Throttles(
+                address_failures
+                or CacheAddressFailures(MemoryCache(), keep_for=ADDRESS_POLICY.window),
+                ADDRESS_POLICY,
+                KEY_POLICY,
+            ),
             clock=clock,
         ),
         revoke_token=RevokeToken(units, revocations, clock),
@@ -155,7 +162,7 @@ def wire_use_cases(
         list_api_keys=ListApiKeys(units, PageToken(master_keys.derive_key("page-token"))),
         revoke_api_key=RevokeApiKey(units, revocations, clock),
         list_revoked_tokens=ListRevokedTokens(units, clock),
-        purge_expired=PurgeExpired(units, lockout, clock),
+        purge_expired=PurgeExpired(units, KEY_POLICY, clock),
         signing_keys=signing_keys,
     )
 
@@ -207,6 +214,7 @@ async def build(
         audience=settings.jwt_audience,
         token_ttl=timedelta(seconds=settings.token_ttl_seconds),
         clock=clock,
+        address_failures=CacheAddressFailures(cache, keep_for=ADDRESS_POLICY.window),
     )
     poller = StoreRevocationPoller(
         use_cases.list_revoked_tokens.since,

@@ -7,6 +7,9 @@ documented in `envoy/README.md`; the short version:
 
 - Two listeners share one HTTP connection manager: cleartext HTTP/1.1 + h2c (JSON and
   native gRPC) and, when a certificate is given, TLS 1.3 only with ALPN h2,http/1.1.
+  Cleartext is proxied only on loopback (`make run`, tests): anywhere else the cleartext
+  port only answers health checks and redirects to HTTPS (`plaintext`), and the TLS
+  listener sends HSTS.
 - `grpc_json_transcoder` maps the public services' `google.api.http` rules to gRPC. Only
   the public services are transcoded and only their gRPC paths are routed, so the
   internal services (AuthInternalService, TransactionLedgerService, PaymentLedgerService)
@@ -147,6 +150,14 @@ class EdgeConfig:
     # tracer that decides which requests are traced. None: neither.
     metrics_port: int | None = None
     tracing: Tracing | None = None
+    #: "serve": the cleartext port proxies like the TLS one (loopback only);
+    #: "redirect": it answers health checks and redirects to HTTPS, nothing else.
+    plaintext: str = "serve"
+    #: Where "redirect" sends clients: the port clients reach TLS on (the load balancer's).
+    public_https_port: int = 443
+    #: Send Strict-Transport-Security on TLS responses (not on a developer's localhost,
+    #: where it would pin every localhost port of the browser to HTTPS).
+    hsts: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.upstreams) - set(PUBLIC_GRPC_SERVICES)
@@ -163,10 +174,21 @@ class EdgeConfig:
             raise ValueError("tls_cert_path and tls_key_path are given together or not at all")
         if self.rate_limit.requests_per_second < 1 or self.rate_limit.burst < 1:
             raise ValueError("rate limit numbers must be positive")
+        if self.plaintext not in ("serve", "redirect"):
+            raise ValueError("plaintext is 'serve' or 'redirect'")
+        if self.plaintext == "serve" and not _is_loopback(self.listen_host):
+            raise ValueError(
+                "plain HTTP is proxied only on loopback: use plaintext='redirect' (and TLS) "
+                f"to listen on {self.listen_host}"
+            )
 
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_path is not None
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def local_upstreams(replicas: int = 1, host: str = "127.0.0.1") -> dict[str, tuple[Endpoint, ...]]:
@@ -188,8 +210,12 @@ def render_bootstrap(config: EdgeConfig) -> dict[str, Any]:
     from pi.edge.listeners import listener
     from pi.edge.observability import collector_cluster, metrics_clusters, metrics_listener
     from pi.edge.overload import overload_manager
+    from pi.edge.plaintext import redirect_listener
 
-    listeners = [listener("http", config, config.http_port, tls=False)]
+    if config.plaintext == "redirect":
+        listeners = [redirect_listener("http", config, config.http_port)]
+    else:
+        listeners = [listener("http", config, config.http_port, tls=False)]
     if config.tls_enabled:
         listeners.append(listener("https", config, config.https_port, tls=True))
     clusters = [

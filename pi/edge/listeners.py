@@ -12,6 +12,7 @@ from pi.edge._values import KIB, MIB, duration, socket_address, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
 from pi.edge.local_replies import local_reply_config
 from pi.edge.observability import tracing_config
+from pi.edge.plaintext import HSTS
 from pi.edge.routes import route_config
 from pi.edge.static import compressor_filter
 
@@ -23,6 +24,7 @@ _BUFFER = "envoy.extensions.filters.http.buffer.v3.Buffer"
 _TRANSCODER = "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder"
 _ROUTER = "envoy.extensions.filters.http.router.v3.Router"
 _STDOUT_LOG = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+_REQ_WITHOUT_QUERY = "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
 
 
 def listener(name: str, config: EdgeConfig, port: int, *, tls: bool) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def listener(name: str, config: EdgeConfig, port: int, *, tls: bool) -> dict[str
         "filters": [
             {
                 "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": _http_connection_manager(name, config),
+                "typed_config": _http_connection_manager(name, config, tls=tls),
             }
         ]
     }
@@ -66,7 +68,15 @@ def _downstream_tls(config: EdgeConfig) -> dict[str, Any]:
     }
 
 
-def _http_connection_manager(name: str, config: EdgeConfig) -> dict[str, Any]:
+def _with_hsts(routes: dict[str, Any]) -> dict[str, Any]:
+    hsts = {
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+        "header": {"key": "strict-transport-security", "value": HSTS},
+    }
+    return {**routes, "response_headers_to_add": [*routes.get("response_headers_to_add", []), hsts]}
+
+
+def _http_connection_manager(name: str, config: EdgeConfig, *, tls: bool) -> dict[str, Any]:
     t = config.timeouts
     hcm: dict[str, Any] = {
         "@type": type_url(_HCM),
@@ -94,7 +104,9 @@ def _http_connection_manager(name: str, config: EdgeConfig) -> dict[str, Any]:
             "initial_stream_window_size": 64 * KIB,
             "initial_connection_window_size": 1 * MIB,
         },
-        "route_config": route_config(config),
+        "route_config": _with_hsts(route_config(config))
+        if tls and config.hsts
+        else (route_config(config)),
         "http_filters": _http_filters(config),
         "local_reply_config": local_reply_config(),
     }
@@ -192,7 +204,9 @@ def _transcoder(config: EdgeConfig) -> dict[str, Any]:
 
 
 def _access_log() -> dict[str, Any]:
-    # Deliberately no Authorization, cookies or request bodies.
+    # Deliberately no Authorization, cookies, request bodies or query strings (they may
+    # carry ids, page tokens or whatever a client puts there): paths are logged without
+    # the query by the req_without_query formatter.
     return {
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
@@ -204,8 +218,8 @@ def _access_log() -> dict[str, Any]:
                     "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
                     "protocol": "%PROTOCOL%",
                     "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
-                    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-                    "rpc": "%REQ(:PATH)%",
+                    "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+                    "rpc": "%REQ_WITHOUT_QUERY(:PATH)%",
                     "status": "%RESPONSE_CODE%",
                     # Exact for native gRPC; for HTTP/JSON calls `status` is the truth and
                     # this is derived from it.
@@ -218,7 +232,13 @@ def _access_log() -> dict[str, Any]:
                     "upstream": "%UPSTREAM_HOST%",
                     "user_agent": "%REQ(USER-AGENT)%",
                     "traceparent": "%REQ(TRACEPARENT)%",
-                }
+                },
+                "formatters": [
+                    {
+                        "name": "envoy.formatter.req_without_query",
+                        "typed_config": {"@type": type_url(_REQ_WITHOUT_QUERY)},
+                    }
+                ],
             },
         },
     }

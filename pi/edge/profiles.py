@@ -120,6 +120,9 @@ def kubernetes_config(
         descriptor_path=descriptor_path,
         upstreams={name: (Endpoint(hosts[name], port),) for name, port in SERVICE_PORTS.items()},
         listen_host="0.0.0.0",  # inside a pod; the Service decides what is exposed
+        # Public: TLS only. The cleartext port answers probes and redirects to HTTPS.
+        plaintext="redirect",
+        hsts=True,
         openapi_path=openapi_path,
         tls_cert_path=tls_cert_path,
         tls_key_path=tls_key_path,

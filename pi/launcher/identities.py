@@ -26,7 +26,13 @@ from pi.platform.db.roles import role_url
 MESH_NAMES = MESH_IDENTITIES
 """Every identity `make run` issues: the services, Envoy, and the operator."""
 
-_SECRET_PREFIXES = ("PI_MASTER_KEYS", "PI_ADMIN_TOKEN", "PI_SERVICE_TOKEN", "PI_TLS_")
+_SECRET_PREFIXES = (
+    "PI_MASTER_KEYS",
+    "PI_ADMIN_TOKEN",
+    "PI_SERVICE_TOKEN",
+    "PI_TLS_",
+    "PI_CARD_FINGERPRINT_KEY",
+)
 
 
 def certs_dir(options: LaunchOptions) -> Path:
@@ -61,6 +67,8 @@ def service_env(
         own["PI_MASTER_KEYS"] = keys
     if service == "auth" and env.get("PI_ADMIN_TOKEN"):
         own["PI_ADMIN_TOKEN"] = env["PI_ADMIN_TOKEN"]
+    if service == "payments" and env.get("PI_CARD_FINGERPRINT_KEY"):
+        own["PI_CARD_FINGERPRINT_KEY"] = env["PI_CARD_FINGERPRINT_KEY"]
     own.update(identity(options, service).env())
     url = env.get("DATABASE_URL", "")
     if _is_embedded(options, url):

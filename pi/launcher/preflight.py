@@ -73,6 +73,9 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     env = {**dev_secrets, **os.environ}
     env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{options.otlp_port}")
+    # `make run` is a developer's machine: secrets exported by hand may be short. Set
+    # PI_ENVIRONMENT=production to have the services refuse weak ones here too.
+    env.setdefault("PI_ENVIRONMENT", "development")
     for service in SERVICES:
         env[f"PI_{service.upper()}_TARGET"] = options.target(service)
     store = data_store(options, env)

@@ -31,6 +31,8 @@ _GENERATORS: Mapping[str, Callable[[], str]] = {
     "PI_MASTER_KEYS_AUTH": _master_key,
     "PI_MASTER_KEYS_TRANSACTIONS": _master_key,
     "PI_MASTER_KEYS_PAYMENTS": _master_key,
+    # Payments' card fingerprints: a key apart from the master keys, never rotated.
+    "PI_CARD_FINGERPRINT_KEY": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
 }
 REQUIRED = tuple(_GENERATORS)
 # A var dir from before the split: its one PI_MASTER_KEYS stays every service's, or the

@@ -53,7 +53,9 @@ PAYMENT_LEDGER_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentLedger
 SERVICE_NAMES = (PAYMENT_SERVICE, PAYMENT_LEDGER_SERVICE)
 
 #: HKDF purposes. Both are pinned to the oldest master key version so that card
-#: fingerprints and stored request fingerprints stay comparable across key rotations.
+#: fingerprints and stored request fingerprints stay comparable across key rotations;
+#: PI_CARD_FINGERPRINT_KEY, when set, replaces the card one (a lineage of its own, so the
+#: master keys can retire).
 CARD_FINGERPRINT_PURPOSE = "card-fingerprint"
 REQUEST_FINGERPRINT_PURPOSE = "payments-request-fingerprint"
 
@@ -122,13 +124,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def derive_keys(master_keys: MasterKeys) -> tuple[bytes, bytes]:
+def derive_keys(
+    master_keys: MasterKeys, card_fingerprint_key: bytes | None = None
+) -> tuple[bytes, bytes]:
     """(card fingerprint key, request fingerprint key)."""
     oldest = master_keys.versions[0]
-    return (
-        master_keys.derive_key(CARD_FINGERPRINT_PURPOSE, version=oldest),
-        master_keys.derive_key(REQUEST_FINGERPRINT_PURPOSE, version=oldest),
-    )
+    card = card_fingerprint_key or master_keys.derive_key(CARD_FINGERPRINT_PURPOSE, version=oldest)
+    return (card, master_keys.derive_key(REQUEST_FINGERPRINT_PURPOSE, version=oldest))
 
 
 async def build(
@@ -154,7 +156,7 @@ async def build(
         channels.append(transactions_channel)
         ledger = GrpcTransactionLedger(transactions_channel)
     dispatcher = OutboxDispatcher(outbox, ledger)
-    card_key, request_key = derive_keys(master_keys)
+    card_key, request_key = derive_keys(master_keys, settings.card_fingerprint_key)
     use_cases = payment_use_cases(
         units,
         connector,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
+from pi.platform.secret_strength import weak_secrets
 from pi.platform.security.mesh import MeshTls
 
 SERVICE_PORTS: Mapping[str, int] = MappingProxyType(
@@ -45,6 +46,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_RATE_LIMIT_PER_MERCHANT = 100
 """Requests per second per merchant per service: Stripe's live-mode default."""
 MAX_RATE_LIMIT_PER_MERCHANT = 1_000_000
+#: Calls per second one client address may make to a service's methods that need no
+#: token (IssueToken, GetJwks): far above a client's needs, far below a guessing run.
+DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS = 20
 # PostgreSQL connections each service process may hold (its one pool): 3 services x 20
 # stay under a server's default max_connections of 100 (see the README for the worst case).
 DEFAULT_DB_POOL_SIZE = 20
@@ -54,12 +58,18 @@ MAX_DB_POOL_SIZE = 100
 DEFAULT_DB_COMMIT_GROUPS = 2
 MAX_DB_COMMIT_GROUPS = 16
 DEFAULT_REVOCATION_POLL_SECONDS = 2.0
+#: Beyond this many seconds without a complete revocation view, verifiers refuse tokens
+#: issued before it (fail closed). Several poll intervals: one lost poll is no outage.
+DEFAULT_REVOCATION_MAX_STALENESS_SECONDS = 30.0
 MASTER_KEY_BYTES = 32
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgres")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+PRODUCTION = "production"
+DEVELOPMENT = "development"
+_ENVIRONMENTS = (PRODUCTION, DEVELOPMENT)
 
 
 def default_target(service: str) -> str:
@@ -181,8 +191,16 @@ class ServiceSettings:
     jwt_audience: str = "pi-api"
     auth_target: str = default_target("auth")
     revocation_poll_seconds: float = DEFAULT_REVOCATION_POLL_SECONDS
+    revocation_max_staleness_seconds: float = DEFAULT_REVOCATION_MAX_STALENESS_SECONDS
     rate_limit_per_merchant: int = DEFAULT_RATE_LIMIT_PER_MERCHANT
+    rate_limit_per_client_address: int = DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS
     log_level: str = "INFO"
+    environment: str = PRODUCTION
+
+    @property
+    def development(self) -> bool:
+        """`PI_ENVIRONMENT=development`: weak secrets are tolerated (never in production)."""
+        return self.environment == DEVELOPMENT
 
     @property
     def listen_address(self) -> str:
@@ -230,15 +248,35 @@ class ServiceSettings:
             "revocation_poll_seconds": env.seconds(
                 "PI_REVOCATION_POLL_SECONDS", DEFAULT_REVOCATION_POLL_SECONDS
             ),
+            "revocation_max_staleness_seconds": env.seconds(
+                "PI_REVOCATION_MAX_STALENESS_SECONDS", DEFAULT_REVOCATION_MAX_STALENESS_SECONDS
+            ),
             "rate_limit_per_merchant": env.integer(
                 "PI_RATE_LIMIT_PER_MERCHANT",
                 DEFAULT_RATE_LIMIT_PER_MERCHANT,
                 0,
                 MAX_RATE_LIMIT_PER_MERCHANT,
             ),
+            "rate_limit_per_client_address": env.integer(
+                "PI_RATE_LIMIT_PER_CLIENT_ADDRESS",
+                DEFAULT_RATE_LIMIT_PER_CLIENT_ADDRESS,
+                0,
+                MAX_RATE_LIMIT_PER_MERCHANT,
+            ),
             "log_level": _log_level(env),
+            "environment": _environment(env),
         }
         _check_tokens(env, values["admin_token"], values["service_token"])
+        if values["environment"] != DEVELOPMENT:
+            for problem in weak_secrets(
+                values["admin_token"], values["service_token"], values["master_keys"]
+            ):
+                env.problem(problem)
+        if values["revocation_max_staleness_seconds"] < 2 * values["revocation_poll_seconds"]:
+            env.problem(
+                "PI_REVOCATION_MAX_STALENESS_SECONDS must be at least twice "
+                "PI_REVOCATION_POLL_SECONDS (one late poll must not refuse every token)."
+            )
         return values
 
 
@@ -320,6 +358,14 @@ def _check_tokens(env: Environment, admin: str, service: str) -> None:
     for name, token in (("PI_ADMIN_TOKEN", admin), ("PI_SERVICE_TOKEN", service)):
         if token and (any(c.isspace() for c in token) or not token.isprintable()):
             env.problem(f"{name} must not contain whitespace or control characters.")
+
+
+def _environment(env: Environment) -> str:
+    environment = env.text("PI_ENVIRONMENT", PRODUCTION).lower()
+    if environment not in _ENVIRONMENTS:
+        env.problem(f"PI_ENVIRONMENT must be one of {', '.join(_ENVIRONMENTS)}.")
+        return PRODUCTION
+    return environment
 
 
 def _master_keys(env: Environment) -> Mapping[int, bytes]:

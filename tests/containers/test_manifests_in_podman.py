@@ -6,7 +6,8 @@ through the edge container.
 Per overlay: a fresh database on the session's PostgreSQL; the migration Jobs one by one
 (exit 0 required); every Deployment's container; its startupProbe until it passes (within
 the manifest's own budget), then its readiness and liveness probes once each; the journey
-over HTTP/JSON on the edge's port 8080. Every container is removed afterwards, pass or
+over HTTP/JSON on the edge's TLS port 8443 (its cleartext 8080 only redirects; a POST there
+is refused and reaches no service). Every container is removed afterwards, pass or
 fail (by the ids this test started).
 """
 
@@ -18,6 +19,7 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -162,8 +164,12 @@ def wait_probe(container: Manifest, probe: Manifest, cid: str, budget: float) ->
 # --- the journey --------------------------------------------------------------------------
 
 
+_TLS: dict[str, ssl.SSLContext] = {}
+
+
 def call(method: str, path: str, body: Any = None, token: str | None = None) -> Any:
-    connection = http.client.HTTPConnection("127.0.0.1", 8080, timeout=15)
+    # The development certificate names localhost.
+    connection = http.client.HTTPSConnection("localhost", 8443, timeout=15, context=_TLS["ca"])
     headers = {"accept": "application/json", "content-type": "application/json"}
     if token:
         headers["authorization"] = f"Bearer {token}"
@@ -352,6 +358,15 @@ def test_the_overlay_runs_from_the_image(
             failure = probe_once(container, container[kind], 3.0)
             assert failure is None, f"{deployment['metadata']['name']} {kind}: {failure}"
 
+    _TLS["ca"] = ssl.create_default_context(cafile=str(cert.ca_path))
+    plain = http.client.HTTPConnection("127.0.0.1", 8080, timeout=15)
+    try:
+        plain.request("POST", "/v1/merchants", body=b"{}", headers={"authorization": "x"})
+        refused = plain.getresponse()
+        refused.read()
+    finally:
+        plain.close()
+    assert refused.status == 403, "plain HTTP must reach no service"
     # The edge answers only once its upstreams are healthy: retry the first call briefly.
     deadline = time.monotonic() + 20
     while True:

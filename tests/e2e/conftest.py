@@ -181,9 +181,20 @@ def mesh_channel(target: str, identity: Identity, server: str) -> grpc.Channel:
 
 
 def wait_grpc_serving(
-    child: Child, target: str, deadline: float, identity: Identity, server: str
+    child: Child,
+    target: str,
+    deadline: float,
+    identity: Identity | None = None,
+    server: str | None = None,
 ) -> None:
-    with mesh_channel(target, identity, server) as channel:
+    """Until `child` answers SERVING at `target`: over mutual TLS as `identity` (expecting
+    `server`), or in plaintext (the local OTLP receiver) without one."""
+    channel_of = (
+        grpc.insecure_channel(target)
+        if identity is None or server is None
+        else mesh_channel(target, identity, server)
+    )
+    with channel_of as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child.process.poll() is not None:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pi.auth.app.ports import Clock, IdempotentRequest, PriorRequest
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Credentials, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey, SigningKeyStatus, StoredKey
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
 from pi.platform.kernel.units import Conflict, MemoryUnitOfWork, Mode
 

@@ -4,6 +4,9 @@
   hash (`SecretHasher`). CreateApiKey is idempotent per merchant (see `idempotency`).
 - Keys list newest first, by (create time, id), behind signed page tokens bound to the
   merchant.
+- Scopes (`pi.platform.kernel.scopes`): a new key holds the scopes asked for, or the
+  calling token's when none are; never one the calling token lacks, so a token cannot
+  mint a broader credential than itself. Revoking a key needs every scope it holds.
 - RevokeApiKey also revokes every unexpired token issued with the key (and announces
   those revocations), so a revoked key stops working at once, not after 15 minutes.
   Revoking a revoked key returns it unchanged. Another merchant's key is NOT_FOUND, like
@@ -12,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +33,7 @@ from pi.auth.app.ports import (
 from pi.auth.domain import merchants
 from pi.auth.domain.merchants import ApiKey, NewApiKey, SecretHash
 from pi.auth.domain.tokens import RevokedToken
+from pi.platform.kernel import scopes
 from pi.platform.kernel.errors import InvalidArgument, NotFound
 from pi.platform.kernel.pages import PageToken, page_size
 from pi.platform.kernel.principal import Principal, require_merchant
@@ -47,10 +52,20 @@ class KeyToStore:
     secret_hash: SecretHash
 
 
-def new_api_key(hasher: SecretHasher, merchant_id: str, name: str, now: datetime) -> KeyToStore:
+def new_api_key(
+    hasher: SecretHasher,
+    merchant_id: str,
+    name: str,
+    now: datetime,
+    held: frozenset[str] = scopes.FULL,
+) -> KeyToStore:
     secret = merchants.new_api_secret()
     key = ApiKey(
-        id=merchants.new_api_key_id(), merchant_id=merchant_id, display_name=name, create_time=now
+        id=merchants.new_api_key_id(),
+        merchant_id=merchant_id,
+        display_name=name,
+        create_time=now,
+        scopes=held,
     )
     return KeyToStore(NewApiKey(key, secret), hasher.hash(secret))
 
@@ -71,17 +86,22 @@ class CreateApiKey:
         *,
         idempotency_key: str | None = None,
         fingerprint: str = "",
+        scope_names: Sequence[str] = (),
     ) -> NewApiKey:
         merchant_id = require_merchant(principal)
         name = printable_text(
             display_name, "display_name", merchants.MAX_DISPLAY_NAME, required=False
+        )
+        held = scopes.parse(scope_names, field="scopes") or principal.scopes
+        scopes.require_within(
+            held, principal.scopes, "A new key may only hold scopes the calling token holds."
         )
         request = IdempotentRequest(merchant_id, OP_CREATE_API_KEY, idempotency_key, fingerprint)
         now = self._clock()
 
         async def create(unit: UnitOfWork) -> NewApiKey:
             async with unit:
-                new = new_api_key(self._hasher, merchant_id, name, now)
+                new = new_api_key(self._hasher, merchant_id, name, now, held)
                 response = self._sealed.seal(request, new_key_to_json(new.created))
                 prior = await unit.idempotency.claim(request, response)
                 if prior is not None:
@@ -138,6 +158,9 @@ class RevokeApiKey:
             key = await unit.api_keys.of_merchant(merchant_id, key_id)
             if key is None:
                 raise NotFound("No such API key.", reason="API_KEY_NOT_FOUND")
+            scopes.require_within(
+                key.scopes, principal.scopes, "Revoking a key needs every scope it holds."
+            )
             if key.active:
                 live = await unit.tokens.live_unrevoked(key_id, now)
                 unit.api_keys.revoke(key_id, now)

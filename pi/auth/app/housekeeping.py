@@ -10,12 +10,12 @@ from datetime import timedelta
 
 from pi.auth.app import idempotency
 from pi.auth.app.ports import Clock, UnitsOfWork
-from pi.auth.domain.lockout import LockoutPolicy
+from pi.auth.domain.throttle import ThrottlePolicy
 from pi.platform.kernel.units import Mode
 
 
 class PurgeExpired:
-    def __init__(self, units: UnitsOfWork, lockout: LockoutPolicy, clock: Clock) -> None:
+    def __init__(self, units: UnitsOfWork, lockout: ThrottlePolicy, clock: Clock) -> None:
         self._units = units
         self._lockout = lockout
         self._clock = clock

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pi.auth.domain.merchants import ApiKey, Merchant, MerchantRegistration, NewApiKey
+from pi.platform.kernel import scopes
 
 
 def registration_to_json(result: MerchantRegistration) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def _key_to_json(key: ApiKey) -> dict[str, Any]:
         "display_name": key.display_name,
         "create_time": _ts(key.create_time),
         "revoke_time": _ts(key.revoke_time),
+        "scopes": scopes.ordered(key.scopes),
     }
 
 
@@ -55,6 +57,8 @@ def _key_from_json(data: dict[str, Any]) -> ApiKey:
         display_name=data["display_name"],
         create_time=_required_ts(data["create_time"]),
         revoke_time=_parse_ts(data["revoke_time"]),
+        # Responses stored before keys had scopes were for keys holding all of them.
+        scopes=frozenset(data.get("scopes", scopes.ALL_SCOPES)),
     )
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Credentials, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey, StoredKey
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
 from pi.platform.kernel.units import Mode, Unit
 
@@ -92,7 +92,8 @@ class ApiKeys(Protocol):
 
 
 class FailedLogins(Protocol):
-    """Failed secrets per key-id string (whether or not such a key exists)."""
+    """Failed secrets per API key: only keys that exist are recorded, so the table holds
+    at most a row per key however many made-up ids are tried."""
 
     async def get(self, key_id: str) -> LoginFailures:
         """The record, unlocked: a failure is counted under its own lock (`lock`)."""
@@ -239,6 +240,16 @@ class Cipher(Protocol):
     def encrypt(self, plaintext: bytes, aad: bytes = b"") -> bytes: ...
 
     def decrypt(self, ciphertext: bytes, aad: bytes = b"") -> bytes: ...
+
+
+class AddressFailures(Protocol):
+    """Failed secrets per client address, kept where rate limits are (Redis across
+    replicas, else in process) for the throttle window only: losing them loses no data."""
+
+    async def get(self, address: str) -> LoginFailures:
+        """The record (empty if none). Raises if the store cannot answer."""
+
+    async def save(self, address: str, failures: LoginFailures) -> None: ...
 
 
 class RevocationSink(Protocol):

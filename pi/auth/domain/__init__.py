@@ -2,7 +2,7 @@
 rule is testable without a database, gRPC or a clock.
 
 - `merchants`: identifiers, secrets, merchants and their API keys, input rules.
-- `lockout`: failed secrets per key id and the lockout rule (PCI DSS 8.3.4).
+- `throttle`: failed secrets per key and per client address, progressive delays (PCI DSS 8.3.4).
 - `tokens`: what an access token grants, its claims, revocations.
 - `signing_keys`: the signing-key lifecycle.
 """

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pi.platform.kernel.errors import InvalidArgument
 from pi.platform.kernel.ids import is_valid_id, new_id
+from pi.platform.kernel.scopes import FULL
 
 MERCHANT_PREFIX = "mer"
 API_KEY_PREFIX = "key"
@@ -60,13 +61,17 @@ class Merchant:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """An API key as merchants see it; the secret's hash never leaves the store."""
+    """An API key as merchants see it; the secret's hash never leaves the store.
+
+    `scopes` is what its tokens may do (`pi.platform.kernel.scopes`).
+    """
 
     id: str
     merchant_id: str
     display_name: str
     create_time: datetime
     revoke_time: datetime | None = None
+    scopes: frozenset[str] = FULL
 
     @property
     def active(self) -> bool:

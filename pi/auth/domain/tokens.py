@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from pi.platform.kernel import scopes as scope_names
 from pi.platform.kernel.ids import is_valid_id, new_id
 
 TOKEN_PREFIX = "tok"
@@ -30,6 +31,7 @@ class TokenGrant:
     api_key_id: str
     issue_time: datetime
     expire_time: datetime
+    scopes: frozenset[str] = scope_names.FULL
 
     def revoked_at(self, now: datetime) -> RevokedToken:
         return RevokedToken(self.token_id, self.expire_time, now)
@@ -50,7 +52,14 @@ class RevokedToken:
     revoke_time: datetime
 
 
-def grant_token(*, merchant_id: str, api_key_id: str, now: datetime, ttl: timedelta) -> TokenGrant:
+def grant_token(
+    *,
+    merchant_id: str,
+    api_key_id: str,
+    now: datetime,
+    ttl: timedelta,
+    scopes: frozenset[str] = scope_names.FULL,
+) -> TokenGrant:
     """A new grant; the lifetime is capped at 15 minutes whatever the configuration says."""
     if ttl <= timedelta(0):
         raise ValueError("token lifetime must be positive")
@@ -62,11 +71,13 @@ def grant_token(*, merchant_id: str, api_key_id: str, now: datetime, ttl: timede
         api_key_id=api_key_id,
         issue_time=issued,
         expire_time=issued + lifetime,
+        scopes=scopes,
     )
 
 
 def token_claims(grant: TokenGrant, *, issuer: str, audience: str) -> dict[str, object]:
-    """The JWT claims of a grant (RFC 7519 names; `key` is the API key id)."""
+    """The JWT claims of a grant (RFC 7519 names; `key` is the API key id; `scope` is
+    space-separated, as in RFC 8693)."""
     return {
         "iss": issuer,
         "aud": audience,
@@ -75,4 +86,5 @@ def token_claims(grant: TokenGrant, *, issuer: str, audience: str) -> dict[str, 
         "exp": int(grant.expire_time.timestamp()),
         "jti": grant.token_id,
         "key": grant.api_key_id,
+        "scope": scope_names.to_claim(grant.scopes),
     }

@@ -15,8 +15,10 @@ from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
 from pi.auth.app.use_cases import AuthUseCases
 from pi.auth.domain.merchants import ApiKey, Merchant
 from pi.auth.domain.tokens import RevokedToken
+from pi.platform.kernel import scopes
 from pi.platform.kernel.principal import principal_of
 from pi.platform.runtime.idempotency import fingerprint, key_from
+from pi.platform.runtime.peers import client_address
 from pi.platform.runtime.protobuf import timestamp, to_datetime
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -49,7 +51,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def IssueToken(
         self, request: auth_pb2.IssueTokenRequest, context: Context
     ) -> auth_pb2.IssueTokenResponse:
-        issued = await self._use_cases.issue_token(request.api_key_id, request.api_key_secret)
+        issued = await self._use_cases.issue_token(
+            request.api_key_id,
+            request.api_key_secret,
+            client=client_address(context.invocation_metadata(), context.peer()),
+            scope_names=request.scopes,
+        )
         grant = issued.grant
         await context.send_initial_metadata(_NO_STORE)
         return auth_pb2.IssueTokenResponse(
@@ -58,6 +65,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             expires_in=int((grant.expire_time - grant.issue_time).total_seconds()),
             expire_time=timestamp(grant.expire_time),
             token_id=grant.token_id,
+            scopes=scopes.ordered(grant.scopes),
         )
 
     async def RevokeToken(
@@ -94,6 +102,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             request.display_name,
             idempotency_key=key_from(request.request_id, context),
             fingerprint=fingerprint(request),
+            scope_names=request.scopes,
         )
         await context.send_initial_metadata(_NO_STORE)
         return auth_pb2.CreateApiKeyResponse(
@@ -148,6 +157,7 @@ def _api_key(key: ApiKey) -> auth_pb2.ApiKey:
         display_name=key.display_name,
         state=auth_pb2.API_KEY_STATE_ACTIVE if key.active else auth_pb2.API_KEY_STATE_REVOKED,
         create_time=timestamp(key.create_time),
+        scopes=scopes.ordered(key.scopes),
     )
     if key.revoke_time is not None:
         message.revoke_time.CopyFrom(timestamp(key.revoke_time))

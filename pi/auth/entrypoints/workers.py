@@ -57,12 +57,14 @@ class StoreRevocationPoller:
 
     async def poll_once(self) -> int:
         after = None if self._watermark is None else self._watermark - self.OVERLAP
+        started = self._local.now()
         revoked = await self._load(after)
         for token in revoked:
             self._local.add(token.token_id, token.expire_time.timestamp())
             if self._watermark is None or token.revoke_time > self._watermark:
                 self._watermark = token.revoke_time
         self._local.prune()
+        self._local.viewed(started)
         return len(revoked)
 
     async def run(self) -> None:

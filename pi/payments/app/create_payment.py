@@ -56,6 +56,7 @@ from pi.payments.domain import (
     start_payment,
     validate_payment_request,
 )
+from pi.payments.domain.cards import card_fingerprint
 from pi.platform.kernel.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from pi.platform.kernel.ids import new_id
 from pi.platform.kernel.principal import Principal, require_merchant
@@ -118,7 +119,8 @@ class CreatePayment:
         merchant_id = require_merchant(principal)
         now = self._clock()
         request = _validate(data, now)
-        key = RequestKey(merchant_id, OP_CREATE, idempotency_key, self._fingerprint(request, data))
+        fingerprint = self._fingerprint(merchant_id, request, data)
+        key = RequestKey(merchant_id, OP_CREATE, idempotency_key, fingerprint)
         async with self._units(Mode.READ) as unit:
             known = await unit.refs.get(request.transaction_id)
         facts = known if known is not None else await self._look_up(key, request.transaction_id)
@@ -220,15 +222,19 @@ class CreatePayment:
             log.exception("processor authorize failed", extra={"payment_id": payment.id})
             return ConnectorResult.timeout()
 
-    def _fingerprint(self, request: PaymentRequest, data: CreatePaymentInput) -> str:
+    def _fingerprint(
+        self, merchant_id: str, request: PaymentRequest, data: CreatePaymentInput
+    ) -> str:
+        """The request's fingerprint, kept with its idempotency key for 24 hours: of a card
+        only what the payment keeps anyway (its fingerprint and expiry), never anything
+        derived from the CVC (PCI DSS 3.3.1.2) or a hash of the bare number."""
         details = request.details
         method_fields: dict[str, Any]
         if isinstance(details, CardDetails):
             method_fields = {
-                "number": details.number,
+                "card": card_fingerprint(details.number, self._card_key, merchant_id),
                 "exp_month": details.exp_month,
                 "exp_year": details.exp_year,
-                "cvc": details.cvc,
             }
         elif isinstance(details, BankTransferDetails):
             method_fields = {

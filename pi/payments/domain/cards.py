@@ -87,15 +87,20 @@ def card_brand(number: str) -> CardBrand:
     return CardBrand.OTHER
 
 
-def card_fingerprint(number: str, key: bytes) -> str:
-    """Keyed hash of a normalised card number: HMAC-SHA256(key, number), first 32 hex chars.
+def card_fingerprint(number: str, key: bytes, merchant_id: str) -> str:
+    """Keyed hash of a normalised card number for one merchant, first 32 hex chars:
+    HMAC-SHA256(HMAC-SHA256(key, "merchant:" + merchant_id), number).
 
-    Equal for the same number under the same key (expiry and CVC are not included, so a
-    renewed card keeps its fingerprint); useless without the key.
+    Equal for the same number at the same merchant (expiry and CVC are not included, so a
+    renewed card keeps its fingerprint); different at another merchant, so fingerprints
+    cannot link a cardholder across merchants; useless without the key.
     """
     if not key:
         raise ValueError("the fingerprint key must not be empty")
-    digest = hmac.new(key, number.encode("ascii"), hashlib.sha256).hexdigest()
+    if not merchant_id:
+        raise ValueError("a card fingerprint belongs to a merchant")
+    merchant_key = hmac.new(key, f"merchant:{merchant_id}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(merchant_key, number.encode("ascii"), hashlib.sha256).hexdigest()
     return digest[:FINGERPRINT_HEX_LENGTH]
 
 
@@ -123,12 +128,12 @@ class CardDetails:
     def last4(self) -> str:
         return self.number[-4:]
 
-    def facts(self, fingerprint_key: bytes) -> CardFacts:
-        """What may be kept of the card."""
+    def facts(self, fingerprint_key: bytes, merchant_id: str) -> CardFacts:
+        """What may be kept of the card (its fingerprint is `merchant_id`'s)."""
         return CardFacts(
             brand=self.brand,
             last4=self.last4,
-            fingerprint=card_fingerprint(self.number, fingerprint_key),
+            fingerprint=card_fingerprint(self.number, fingerprint_key, merchant_id),
             exp_month=self.exp_month,
             exp_year=self.exp_year,
         )

@@ -90,7 +90,9 @@ def start_payment(
     amount = check_budget(ref, request.amount)
     details = request.details
     facts: MethodFacts = (
-        details.facts(fingerprint_key) if isinstance(details, CardDetails) else details.facts()
+        details.facts(fingerprint_key, merchant_id)
+        if isinstance(details, CardDetails)
+        else details.facts()
     )
     payment = Payment(
         id=payment_id,

@@ -7,24 +7,43 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pi.platform.kernel.errors import PermissionDenied, Unauthenticated
+from pi.platform.kernel.scopes import FULL
 
 PrincipalKind = Literal["merchant", "admin", "service"]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller. `merchant_id` is set only for merchants (the token `sub`)."""
+    """The authenticated caller. `merchant_id` is set only for merchants (the token `sub`).
+
+    `scopes` is what a merchant's token may do (`pi.platform.kernel.scopes`); without it a
+    merchant principal holds every scope (tests, and tokens issued before scopes existed,
+    which expire within 15 minutes of an upgrade). Admin and service callers have none:
+    their calls are allowed by kind, not by scope.
+    """
 
     kind: PrincipalKind
     merchant_id: str | None = None
     token_id: str | None = None
     expires_at: int | None = None
+    scopes: frozenset[str] = frozenset()
+    issued_at: int | None = None
 
     @classmethod
     def merchant(
-        cls, merchant_id: str, *, token_id: str | None = None, expires_at: int | None = None
+        cls,
+        merchant_id: str,
+        *,
+        token_id: str | None = None,
+        expires_at: int | None = None,
+        scopes: frozenset[str] | None = None,
+        issued_at: int | None = None,
     ) -> Principal:
-        return cls("merchant", merchant_id, token_id, expires_at)
+        held = FULL if scopes is None else scopes
+        return cls("merchant", merchant_id, token_id, expires_at, held, issued_at)
+
+    def holds(self, scope: str) -> bool:
+        return scope in self.scopes
 
     @classmethod
     def admin(cls) -> Principal:

@@ -27,6 +27,7 @@ from pi.platform.kernel.principal import (
 from pi.platform.runtime.ratelimit import RateLimiter
 from pi.platform.runtime.status import INTERNAL_MESSAGE, abort_with
 from pi.platform.security.crypto import constant_time_equal
+from pi.platform.security.scopes import check_scope
 from pi.platform.security.tokens import TokenVerifier
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     The admin token gives the admin principal and the service token the service
     principal (both compared in constant time); anything else must be a valid access
-    token (a merchant). `public_methods` are full method names
-    ("/pi.auth.v1.AuthService/IssueToken") or whole services ("/pi.auth.v1.AuthService/");
+    token (a merchant), whose scopes must include the one the method needs
+    (`pi.platform.security.scopes`, checked here for every RPC). `public_methods` are
+    full method names ("/pi.auth.v1.AuthService/IssueToken") or whole services
+    ("/pi.auth.v1.AuthService/");
     health and reflection are always public. A public method gets a principal if it
     carries valid credentials and none otherwise (a stale token must not block
     IssueToken), so it calls `current_principal()` rather than `principal_of`.
@@ -132,7 +135,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler if public else _refuse_streaming(handler)
         authorization = _header(handler_call_details.invocation_metadata, "authorization")
         return _replace_unary(
-            handler, self._authenticated(handler.unary_unary, authorization, public)
+            handler, self._authenticated(handler.unary_unary, authorization, public, method)
         )
 
     async def authenticate(self, authorization: str | None) -> Principal:
@@ -158,7 +161,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return await self._verifier.verify(credential)
 
     def _authenticated(
-        self, behavior: UnaryBehavior, authorization: str | None, public: bool
+        self, behavior: UnaryBehavior, authorization: str | None, public: bool, method: str
     ) -> UnaryBehavior:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             # A service the caller interceptor (runtime.callers) knew by its certificate.
@@ -168,6 +171,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if authorization or not public:
                 try:
                     principal = await self.authenticate(authorization)
+                    if not public:
+                        check_scope(method, principal)
                 except DomainError as error:
                     if not public:
                         await abort_with(context, error)

@@ -104,10 +104,12 @@ class RateLimiter:
         warn_interval: float = WARN_INTERVAL_SECONDS,
         lease: int | None = None,
         max_leased_merchants: int = MAX_LEASED_MERCHANTS,
+        subject: str = "a merchant",
     ) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1 (a limit of 0 means no RateLimiter)")
         self.limit = limit
+        self._subject = subject
         self.lease = lease_size(limit) if lease is None else max(1, min(lease, limit))
         self.cache = cache
         self._prefix = f"{KEY_PREFIX}{service}:"
@@ -191,7 +193,7 @@ class RateLimiter:
     def _limited(self, retry_after: float) -> ResourceExhausted:
         metrics.rate_limited.inc()
         return ResourceExhausted(
-            f"Too many requests: at most {self.limit} per second for a merchant. "
+            f"Too many requests: at most {self.limit} per second for {self._subject}. "
             "Retry after the delay in RetryInfo.",
             reason=RATE_LIMITED,
             metadata={

@@ -34,6 +34,7 @@ from pi.platform.observability import ObservabilitySettings
 from pi.platform.observability import start as start_telemetry
 from pi.platform.observability.pool import register_pool
 from pi.platform.runtime import server
+from pi.platform.runtime.address_limit import AddressLimitInterceptor, create_address_limit
 from pi.platform.runtime.callers import CallerInterceptor
 from pi.platform.runtime.clients import service_channel
 from pi.platform.runtime.interceptors import AuthInterceptor, RateLimitInterceptor
@@ -70,14 +71,18 @@ class Authentication:
     caches: list[Cache] = field(default_factory=list)
     rate_limit: RateLimitInterceptor | None = None
     caller: CallerInterceptor | None = None
+    address_limit: AddressLimitInterceptor | None = None
 
     @property
     def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
-        """The caller allow-list (with mutual TLS), the auth interceptor, then the rate
-        limit (which counts the principal the auth interceptor set)."""
+        """The caller allow-list (with mutual TLS), the per-address limit of tokenless
+        methods, the auth interceptor, then the per-merchant rate limit (which counts
+        the principal the auth interceptor set)."""
         chain: list[grpc.aio.ServerInterceptor] = []
         if self.caller is not None:
             chain.append(self.caller)
+        if self.address_limit is not None:
+            chain.append(self.address_limit)
         chain.append(self.interceptor)
         if self.rate_limit is not None:
             chain.append(self.rate_limit)
@@ -104,10 +109,12 @@ def authentication(
     `settings.auth_target`, whose revocations are then pulled every
     `settings.revocation_poll_seconds`. With REDIS_URL set, revocations published on
     `pi:revocations` are applied at once too, received over `cache` (or a connection
-    opened here). `public_methods` need no credentials. Merchant calls are limited to
+    opened here). `public_methods` need no credentials and are limited per client address
+    (`settings.rate_limit_per_client_address`). Merchant calls are limited to
     `settings.rate_limit_per_merchant` per second (0: unlimited; see
     `pi.platform.runtime.ratelimit`). Call inside the event loop (gRPC channels bind to it).
     """
+    public_methods = tuple(public_methods)
     revocations = RevocationList(clock=clock)
     background: list[BackgroundTask] = []
     channels: list[grpc.aio.Channel] = []
@@ -131,7 +138,12 @@ def authentication(
         subscriber = cache
         background.append(lambda: listen_for_revocations(subscriber, revocations))
     verifier = TokenVerifier(
-        keys, revocations, settings.jwt_issuer, settings.jwt_audience, clock=clock
+        keys,
+        revocations,
+        settings.jwt_issuer,
+        settings.jwt_audience,
+        clock=clock,
+        max_staleness=settings.revocation_max_staleness_seconds,
     )
     interceptor = AuthInterceptor(
         verifier, settings.admin_token, settings.service_token, public_methods=public_methods
@@ -144,6 +156,9 @@ def authentication(
         interceptor = AuthInterceptor(
             verifier, settings.admin_token, "", public_methods=public_methods
         )
+    address_limit = create_address_limit(settings, public_methods)
+    if address_limit is not None:
+        opened.append(address_limit.limiter.cache)
     return Authentication(
         caller=CallerInterceptor() if settings.mesh_tls is not None else None,
         revocations=revocations,
@@ -153,6 +168,7 @@ def authentication(
         channels=channels,
         caches=opened,
         rate_limit=None if limiter is None else RateLimitInterceptor(limiter),
+        address_limit=address_limit,
     )
 
 

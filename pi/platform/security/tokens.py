@@ -5,15 +5,29 @@ algorithm is pinned (so `alg: none` and HS256-signed-with-the-public-key tokens 
 the `kid` header must name a known key, and `iss`, `aud`, `exp`, `iat`, `jti`, `sub` are
 required. Public keys come from a `KeySource`; `RemoteJwks` caches the auth service's
 JWKS so the hot path does no I/O. Revoked `jti`s live in a `RevocationList` fed by a
-`RevocationPoller` (periodic pull from auth) and `listen_for_revocations` (pub/sub).
+`RevocationPoller` (periodic pull from auth) and `listen_for_revocations` (pub/sub), in
+`pi.platform.security.revocations`.
 
-Every rejection is `Unauthenticated` with reason TOKEN_INVALID, TOKEN_EXPIRED or
+- A token may live at most `MAX_TOKEN_LIFETIME_SECONDS` (`exp - iat`), whatever it says.
+- ECDSA signatures are malleable: (r, s) and (r, n - s) both verify. The cache of
+  verified tokens is keyed by the signing input and the signature with S normalised to
+  the lower half, so a token's twins share its entry instead of each costing a
+  verification and a slot.
+- With `max_staleness`, a verifier whose revocation view is older than that refuses
+  (UNAVAILABLE, reason REVOCATIONS_STALE) every token issued before the view: a revoked
+  token cannot keep working for long because auth is unreachable.
+- The `scope` claim becomes the principal's scopes (`pi.platform.kernel.scopes`); a token
+  without one holds every scope (tokens issued before scopes existed).
+
+Every other rejection is `Unauthenticated` with reason TOKEN_INVALID, TOKEN_EXPIRED or
 TOKEN_REVOKED and a message saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import time
@@ -23,21 +37,46 @@ from typing import Any, Protocol
 import grpc
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
-from google.protobuf import timestamp_pb2
 from jwt.algorithms import ECAlgorithm
 
 from generated.pi.auth.v1 import auth_pb2, auth_pb2_grpc
-from pi.platform.cache import Cache
+from pi.platform.kernel import scopes
 from pi.platform.kernel.errors import Unauthenticated, Unavailable
 from pi.platform.kernel.principal import Principal
+from pi.platform.security.revocations import (
+    MAX_LEEWAY_SECONDS,
+    REVOCATION_CHANNEL,
+    RevocationList,
+    RevocationPoller,
+    _rpc_error_text,
+    listen_for_revocations,
+    publish_revocation,
+)
+
+__all__ = [
+    "MAX_LEEWAY_SECONDS",
+    "REVOCATION_CHANNEL",
+    "KeySource",
+    "RemoteJwks",
+    "RevocationList",
+    "RevocationPoller",
+    "StaticKeySource",
+    "TokenVerifier",
+    "jwk_from_public_key",
+    "listen_for_revocations",
+    "public_key_from_jwk",
+    "publish_revocation",
+]
 
 log = logging.getLogger(__name__)
 
 ALGORITHM = "ES256"
 REQUIRED_CLAIMS = ("iss", "aud", "exp", "iat", "jti", "sub")
-MAX_LEEWAY_SECONDS = 30.0
 MAX_TOKEN_LENGTH = 4096
-REVOCATION_CHANNEL = "pi:revocations"
+#: The longest an access token may live (`exp - iat`): auth issues at most 15 minutes.
+MAX_TOKEN_LIFETIME_SECONDS = 900
+#: The order of P-256: S and n - S are both valid halves of a signature.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 PublicKey = ec.EllipticCurvePublicKey
 
@@ -162,127 +201,6 @@ class RemoteJwks:
         self._last_fetch_failed = False
 
 
-class RevocationList:
-    """Revoked token ids (`jti`) until their tokens expire, held in memory."""
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._expiry: dict[str, float] = {}
-        self._clock = clock
-
-    def add(self, jti: str, expires_at: float) -> None:
-        if expires_at > self._clock() - MAX_LEEWAY_SECONDS:
-            self._expiry[jti] = max(expires_at, self._expiry.get(jti, 0.0))
-
-    def is_revoked(self, jti: str) -> bool:
-        return jti in self._expiry
-
-    def __contains__(self, jti: object) -> bool:
-        return jti in self._expiry
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def prune(self) -> int:
-        """Forget revocations of tokens that expired (beyond leeway); return how many."""
-        cutoff = self._clock() - MAX_LEEWAY_SECONDS
-        stale = [jti for jti, exp in self._expiry.items() if exp < cutoff]
-        for jti in stale:
-            del self._expiry[jti]
-        return len(stale)
-
-
-class RevocationPoller:
-    """Pulls `AuthInternalService.ListRevokedTokens` into a `RevocationList`.
-
-    Run `run()` as a background task. Each pull asks for revocations recorded since the
-    newest one seen (minus an overlap that covers out-of-order commits), so a revoked
-    token is rejected everywhere within about one `interval`.
-    """
-
-    OVERLAP_SECONDS = 60
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        revocations: RevocationList,
-        *,
-        interval: float = 2.0,
-        service_token: str | None = None,
-        timeout: float = 2.0,
-    ) -> None:
-        self._stub = auth_pb2_grpc.AuthInternalServiceStub(channel)
-        self._revocations = revocations
-        self._interval = interval
-        self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {service_token}"),) if service_token else None
-        self._watermark: int | None = None
-        self.last_success: float | None = None
-
-    async def poll_once(self) -> int:
-        """One pull; returns how many revocations it received. Raises `grpc.RpcError`."""
-        request = auth_pb2.ListRevokedTokensRequest()
-        if self._watermark is not None:
-            request.revoked_after.CopyFrom(
-                timestamp_pb2.Timestamp(seconds=max(0, self._watermark - self.OVERLAP_SECONDS))
-            )
-        response = await self._stub.ListRevokedTokens(
-            request, timeout=self._timeout, metadata=self._metadata
-        )
-        for revoked in response.revoked_tokens:
-            self._revocations.add(revoked.token_id, float(revoked.expire_time.seconds))
-            seconds = revoked.revoke_time.seconds
-            if self._watermark is None or seconds > self._watermark:
-                self._watermark = seconds
-        self._revocations.prune()
-        self.last_success = time.monotonic()
-        return len(response.revoked_tokens)
-
-    async def run(self) -> None:
-        failing = False
-        while True:
-            try:
-                await self.poll_once()
-                if failing:
-                    log.info("revocation polling recovered")
-                failing = False
-            except grpc.RpcError as exc:
-                if not failing:
-                    log.warning("revocation polling failed: %s", _rpc_error_text(exc))
-                failing = True
-            await asyncio.sleep(self._interval)
-
-
-async def publish_revocation(cache: Cache, jti: str, expires_at: int) -> None:
-    """Tell every verifier listening on `pi:revocations` that `jti` is revoked."""
-    payload = json.dumps({"jti": jti, "exp": int(expires_at)}).encode()
-    await cache.publish(REVOCATION_CHANNEL, payload)
-
-
-async def listen_for_revocations(cache: Cache, revocations: RevocationList) -> None:
-    """Background task: add revocations published on `pi:revocations`; reconnects."""
-    backoff = 0.5
-    while True:
-        try:
-            async with cache.subscribe(REVOCATION_CHANNEL) as messages:
-                backoff = 0.5
-                async for message in messages:
-                    _apply_revocation_message(revocations, message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("revocation subscription lost (%s); reconnecting", type(exc).__name__)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 10.0)
-
-
-def _apply_revocation_message(revocations: RevocationList, message: bytes) -> None:
-    try:
-        data = json.loads(message)
-        revocations.add(str(data["jti"]), float(data["exp"]))
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring malformed revocation message")
-
-
 class TokenVerifier:
     """Verifies access tokens and turns them into merchant principals.
 
@@ -290,6 +208,7 @@ class TokenVerifier:
     reusing its token costs a dictionary lookup plus the revocation check, not an ECDSA
     verification. (A remembered token stays valid if its key later leaves the JWKS; it
     still expires within the token lifetime, at most 15 minutes. Revoke it to end it now.)
+    The cache is keyed by `cache_key`: a malleated twin of a token is the same entry.
     """
 
     def __init__(
@@ -302,6 +221,7 @@ class TokenVerifier:
         leeway: float = 10.0,
         clock: Callable[[], float] = time.time,
         cache_size: int = 10_000,
+        max_staleness: float | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
             raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY_SECONDS} seconds")
@@ -312,22 +232,42 @@ class TokenVerifier:
         self._leeway = leeway
         self._clock = clock
         self._cache_size = cache_size
+        self._max_staleness = max_staleness
         self._verified: dict[str, Principal] = {}
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._verified)
 
     async def verify(self, token: str) -> Principal:
         now = self._clock()
-        principal = self._verified.get(token)
+        key = cache_key(token)
+        principal = self._verified.get(key)
         if principal is None:
             principal = await self._verify_signature_and_claims(token, now)
             if len(self._verified) >= self._cache_size:
                 self._verified.clear()
-            self._verified[token] = principal
+            self._verified[key] = principal
         if principal.expires_at is not None and principal.expires_at + self._leeway <= now:
-            self._verified.pop(token, None)
+            self._verified.pop(key, None)
             raise Unauthenticated("The token has expired.", reason="TOKEN_EXPIRED")
         if principal.token_id is not None and self._revocations.is_revoked(principal.token_id):
             raise Unauthenticated("The token has been revoked.", reason="TOKEN_REVOKED")
+        if self._max_staleness is not None:
+            self._refuse_if_stale(principal, now)
         return principal
+
+    def _refuse_if_stale(self, principal: Principal, now: float) -> None:
+        # Fail closed: beyond the bound, a token issued before the last complete view
+        # may have been revoked since, unseen here.
+        if self._revocations.stale_for(now) <= (self._max_staleness or 0.0):
+            return
+        issued = principal.issued_at
+        if issued is None or issued <= self._revocations.last_view:
+            raise Unavailable(
+                "Token revocations cannot be confirmed right now; retry shortly.",
+                reason="REVOCATIONS_STALE",
+            )
 
     async def _verify_signature_and_claims(self, token: str, now: float) -> Principal:
         if not token or len(token) > MAX_TOKEN_LENGTH:
@@ -375,7 +315,35 @@ class TokenVerifier:
             raise _invalid("The token's exp and iat claims must be numbers.")
         if iat > now + self._leeway:
             raise _invalid("The token was issued in the future.")
-        return Principal.merchant(sub, token_id=jti, expires_at=exp)
+        if exp - iat > MAX_TOKEN_LIFETIME_SECONDS:
+            raise _invalid("The token's lifetime (exp - iat) exceeds 15 minutes.")
+        held = scopes.from_claim(claims["scope"]) if "scope" in claims else None
+        if "scope" in claims and held is None:
+            raise _invalid("The token's scope claim must be a string.")
+        return Principal.merchant(
+            sub, token_id=jti, expires_at=exp, scopes=held, issued_at=int(iat)
+        )
+
+
+def cache_key(token: str) -> str:
+    """The token with its ECDSA S in the lower half: equal for a token and its twins.
+
+    Anything that is not a 64-byte raw signature is returned as is (it will fail
+    verification, and a failure is not cached).
+    """
+    signing_input, dot, signature = token.rpartition(".")
+    if not dot or len(signature) != 86:
+        return token
+    try:
+        raw = base64.urlsafe_b64decode(signature + "==")
+    except (binascii.Error, ValueError):
+        return token
+    if len(raw) != 64:
+        return token
+    s = int.from_bytes(raw[32:], "big")
+    if s > _P256_ORDER // 2:
+        s = _P256_ORDER - s
+    return f"{signing_input}.{raw[:32].hex()}{s:064x}"
 
 
 def public_key_from_jwk(jwk: Mapping[str, str]) -> PublicKey:
@@ -411,8 +379,3 @@ def jwk_from_public_key(key: PublicKey, kid: str) -> dict[str, str]:
 
 def _invalid(message: str) -> Unauthenticated:
     return Unauthenticated(message, reason="TOKEN_INVALID")
-
-
-def _rpc_error_text(exc: grpc.RpcError) -> str:
-    code = exc.code() if hasattr(exc, "code") else None
-    return getattr(code, "name", type(exc).__name__)

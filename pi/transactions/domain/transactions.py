@@ -170,8 +170,9 @@ def check_transition(old: TransactionStatus, new: TransactionStatus) -> None:
 def metadata_problems(metadata: Mapping[str, str]) -> list[str]:
     """Every reason `metadata` is not acceptable (empty list if it is).
 
-    At most 50 keys; a key is 1 to 40 printable characters (`str.isprintable`); a value
-    is at most 500 characters without control characters (may be empty).
+    At most 50 keys; a key is 1 to 40 printable characters (`str.isprintable`); keys and
+    values (at most 500 characters, may be empty) pass the platform's text rules
+    (`pi.platform.kernel.text`: no control or bidi characters, no card numbers).
     """
     problems: list[str] = []
     if len(metadata) > MAX_METADATA_KEYS:
@@ -186,6 +187,8 @@ def metadata_problems(metadata: Mapping[str, str]) -> list[str]:
             problems.append(f"key {shown!r} must be at most {MAX_METADATA_KEY_LENGTH} characters")
         elif not key.isprintable():
             problems.append(f"key {shown!r} must contain only printable characters")
+        elif (key_problem := text_problem(key, max_length=MAX_METADATA_KEY_LENGTH)) is not None:
+            problems.append(f"key {key_problem}")
         value_problem = text_problem(value, max_length=MAX_METADATA_VALUE_LENGTH)
         if value_problem is not None:
             problems.append(f"value of key {shown!r} {value_problem}")

@@ -138,6 +138,7 @@ async def test_merchant_key_token_lifecycle_end_to_end(auth_rpc: AuthRpc) -> Non
         "display_name",
         "state",
         "create_time",
+        "scopes",
     ]
 
     second_token = (await auth_rpc.issue(second.api_key.id, second.api_key_secret)).access_token
@@ -510,50 +511,72 @@ async def test_issue_token_rejects_missing_or_malformed_input(
     assert _violations(error) == [field]
 
 
-# -- lockout ------------------------------------------------------------------------------------
+# -- failure throttling -------------------------------------------------------------------------
 
 
-async def test_lockout_after_ten_failures_answers_the_same_for_unknown_key_ids(
+async def _issue_from(
+    auth_rpc: AuthRpc, key_id: str, secret: str, forwarded_for: str
+) -> auth_pb2.IssueTokenResponse:
+    response: auth_pb2.IssueTokenResponse = await auth_rpc.auth.IssueToken(
+        auth_pb2.IssueTokenRequest(api_key_id=key_id, api_key_secret=secret),
+        metadata=(("x-forwarded-for", forwarded_for),),
+    )
+    return response
+
+
+async def test_failures_answer_the_same_for_unknown_key_ids_and_never_lock_out_the_merchant(
     auth_rpc: AuthRpc, clock: Clock
 ) -> None:
     created = await auth_rpc.create_merchant()
     real_id, real_secret = created.api_key.id, created.api_key_secret
     unknown_id = "key_01JZZZZZZZZZZZZZZZZZZZZZZZ"
+    attacker = "203.0.113.9"
 
     async def answer(key_id: str, secret: str) -> tuple[Any, ...]:
-        error = await _fails(auth_rpc.issue(key_id, secret), grpc.StatusCode.UNAUTHENTICATED)
+        error = await _fails(
+            _issue_from(auth_rpc, key_id, secret, attacker), grpc.StatusCode.UNAUTHENTICATED
+        )
         return (error.code(), error.details(), _status(error).SerializeToString())
 
     wrong = "sk_" + "A" * 43
     answers = set()
-    for _ in range(10):
+    for _ in range(5):
         answers.add(await answer(real_id, wrong))
         answers.add(await answer(unknown_id, wrong))
-    # Locked now: the right secret fails too, with the very same answer.
-    answers.add(await answer(real_id, real_secret))
-    answers.add(await answer(unknown_id, real_secret))
     assert len(answers) == 1
     (only,) = answers
     assert _reason_from_bytes(only[2]) == "INVALID_CREDENTIALS"
+    await answer(real_id, wrong)  # the key's 6th failure: failing clients now wait
 
-    # Attempts while locked do not extend the lock; after 30 minutes the key works again.
-    clock.advance(timedelta(minutes=29))
-    await answer(real_id, real_secret)
-    clock.advance(timedelta(minutes=1, seconds=1))
-    issued = await auth_rpc.issue(real_id, real_secret)
-    assert issued.access_token
+    # The attacker waits (RESOURCE_EXHAUSTED with RetryInfo) even with the right secret...
+    throttled = await _fails(
+        _issue_from(auth_rpc, real_id, real_secret, attacker), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert _reason_from_bytes(_status(throttled).SerializeToString()) == "LOGIN_THROTTLED"
+    # ...the merchant, from an address that has not been failing, gets its token at once.
+    assert (await _issue_from(auth_rpc, real_id, real_secret, "192.0.2.20")).access_token
 
 
-async def test_nine_failures_do_not_lock_and_success_does_not_reset_the_count(
+async def test_the_client_address_is_the_last_forwarded_for_entry(
     auth_rpc: AuthRpc, clock: Clock
 ) -> None:
+    """What a client writes into X-Forwarded-For itself never moves its failures to
+    another address: the edge appends the real peer last (zero trusted hops)."""
     created = await auth_rpc.create_merchant()
-    key_id, secret = created.api_key.id, created.api_key_secret
-    for _ in range(9):
-        await _fails(auth_rpc.issue(key_id, "sk_wrong"), grpc.StatusCode.UNAUTHENTICATED)
-    await auth_rpc.issue(key_id, secret)
-    await _fails(auth_rpc.issue(key_id, "sk_wrong"), grpc.StatusCode.UNAUTHENTICATED)
-    await _fails(auth_rpc.issue(key_id, secret), grpc.StatusCode.UNAUTHENTICATED)
+    unknown_id = "key_01JZZZZZZZZZZZZZZZZZZZZZZZ"
+    for n in range(11):  # ten free failures per address, then a delay
+        await _fails(
+            _issue_from(auth_rpc, unknown_id, "sk_wrong", f"10.9.9.{n}, 203.0.113.10"),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+    await _fails(
+        _issue_from(auth_rpc, unknown_id, "sk_wrong", "10.9.9.99, 203.0.113.10"),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    issued = await _issue_from(
+        auth_rpc, created.api_key.id, created.api_key_secret, "203.0.113.10, 192.0.2.30"
+    )
+    assert issued.access_token
 
 
 async def test_failures_age_out_of_the_thirty_minute_window(
@@ -561,8 +584,9 @@ async def test_failures_age_out_of_the_thirty_minute_window(
 ) -> None:
     created = await auth_rpc.create_merchant()
     key_id, secret = created.api_key.id, created.api_key_secret
-    for _ in range(9):
+    for _ in range(6):
         await _fails(auth_rpc.issue(key_id, "sk_wrong"), grpc.StatusCode.UNAUTHENTICATED)
+    await _fails(auth_rpc.issue(key_id, secret), grpc.StatusCode.RESOURCE_EXHAUSTED)
     clock.advance(timedelta(minutes=31))
     await _fails(auth_rpc.issue(key_id, "sk_wrong"), grpc.StatusCode.UNAUTHENTICATED)
     await auth_rpc.issue(key_id, secret)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -30,14 +30,15 @@ from pi.auth.adapters.postgres.uow import PostgresUnits
 from pi.auth.adapters.signing_keys import generate_signing_key
 from pi.auth.bootstrap import MIGRATIONS, AuthApp, build, signing_key_lifecycle
 from pi.auth.domain import merchants, tokens
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Merchant, SecretHash
 from pi.auth.domain.signing_keys import SigningKeyStatus
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import TokenGrant
 from pi.auth.settings import AuthSettings
 from pi.platform.db import migrations
 from pi.platform.db.database import Database
 from pi.platform.db.engine import sync_engine
+from pi.platform.kernel import scopes
 from pi.platform.kernel.errors import Unauthenticated
 from pi.platform.kernel.principal import Principal
 from pi.platform.kernel.units import Mode
@@ -63,7 +64,27 @@ def test_migrations_downgrade_and_upgrade_again(migrated: AuthSettings) -> None:
     migrations.downgrade(migrated, migrated.db_schema, MIGRATIONS, "base")
     assert migrations.current(migrated, migrated.db_schema, MIGRATIONS) is None
     migrations.upgrade(migrated, migrated.db_schema, MIGRATIONS)
-    assert migrations.current(migrated, migrated.db_schema, MIGRATIONS) == "0001"
+    assert migrations.current(migrated, migrated.db_schema, MIGRATIONS) == "0002"
+
+
+async def test_keys_made_before_scopes_hold_every_scope_after_the_migration(
+    migrated: AuthSettings, auth_engine: AsyncEngine
+) -> None:
+    """Finding 2: existing keys (the demo merchant's, every integration's) keep working."""
+    migrations.downgrade(migrated, migrated.db_schema, MIGRATIONS, "0001")
+    async with auth_engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO merchants VALUES ('mer_old', 'Old', now());"
+                "INSERT INTO api_keys (id, merchant_id, display_name, secret_hash,"
+                " secret_hash_version, create_time) VALUES"
+                " ('key_old', 'mer_old', 'k', '\\x00', 1, now())"
+            )
+        )
+    migrations.upgrade(migrated, migrated.db_schema, MIGRATIONS)
+    async with auth_engine.connect() as conn:
+        held = (await conn.execute(text("SELECT scopes FROM api_keys"))).scalar_one()
+    assert frozenset(held) == scopes.FULL
 
 
 async def _merchant_with_key(app: AuthApp, now: datetime = T0) -> ApiKey:
@@ -162,27 +183,40 @@ async def _failures(app: AuthApp, key_id: str) -> LoginFailures:
 
 
 async def test_concurrent_failures_are_all_counted(auth_app: AuthApp) -> None:
-    """Nine failures racing each other leave nine records: none is lost (row lock)."""
-    key_id = merchants.new_api_key_id()
+    """Five failures racing each other leave five records: none is lost (row lock)."""
+    created = await auth_app.use_cases.create_merchant(Principal.admin(), "Acme")
+    key_id = created.api_key.id
     results = await asyncio.gather(
-        *(auth_app.use_cases.issue_token(key_id, "sk_wrong") for _ in range(9)),
+        *(
+            auth_app.use_cases.issue_token(key_id, "sk_wrong", client=f"192.0.2.{n}")
+            for n in range(5)
+        ),
         return_exceptions=True,
     )
     assert all(isinstance(r, Unauthenticated) for r in results)
     state = await _failures(auth_app, key_id)
-    assert len(state.recent) == 9
+    assert len(state.recent) == 5
     assert state.locked_until is None
 
 
-async def test_a_burst_of_failures_locks_the_key_id(auth_app: AuthApp) -> None:
-    key_id = merchants.new_api_key_id()
+async def test_a_burst_of_failures_delays_the_key_and_unknown_ids_write_nothing(
+    auth_app: AuthApp,
+) -> None:
+    created = await auth_app.use_cases.create_merchant(Principal.admin(), "Acme")
+    key_id = created.api_key.id
+    unknown = merchants.new_api_key_id()
     await asyncio.gather(
-        *(auth_app.use_cases.issue_token(key_id, "sk_wrong") for _ in range(25)),
+        *(
+            auth_app.use_cases.issue_token(k, "sk_wrong", client=f"192.0.2.{n}")
+            for n in range(25)
+            for k in (key_id, unknown)
+        ),
         return_exceptions=True,
     )
     state = await _failures(auth_app, key_id)
     assert state.locked_until is not None
-    assert state.recent == ()
+    assert len(state.recent) == 6  # counted until the delay began; not while delayed
+    assert await _failures(auth_app, unknown) == LoginFailures()
 
 
 async def test_a_key_revoked_while_tokens_are_issued_leaves_no_live_token(
@@ -191,6 +225,8 @@ async def test_a_key_revoked_while_tokens_are_issued_leaves_no_live_token(
     """Every token issued with the key either was refused or is revoked with it: the
     issue waits for the revocation's row lock (or makes it wait) and rechecks the key."""
     uc = auth_app.use_cases
+    warm_up = await uc.create_merchant(Principal.admin(), "Warm-up")
+    await uc.issue_token(warm_up.api_key.id, warm_up.secret)  # connections opened first
     created = await uc.create_merchant(Principal.admin(), "Acme")
     merchant = Principal.merchant(created.merchant.id)
     key = created.api_key.id

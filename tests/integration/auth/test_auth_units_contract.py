@@ -15,9 +15,9 @@ import pytest
 from pi.auth.adapters.memory import MemoryUnits
 from pi.auth.app.ports import IdempotentRequest, PriorRequest, UnitsOfWork
 from pi.auth.domain import merchants, tokens
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
 from pi.platform.db.errors import IntegrityError
 from pi.platform.kernel.units import Conflict, Mode

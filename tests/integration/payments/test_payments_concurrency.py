@@ -63,12 +63,18 @@ async def test_idempotency_key_replays_and_rejects_a_different_request(mesh: Any
     reused = await mesh.call_error(mesh.pay(M, txn.id, amount=200, request_id="k1"))
     assert reused.code == grpc.StatusCode.ALREADY_EXISTS
     assert reused.reason == "IDEMPOTENCY_KEY_REUSED"
-    # Another CVC is another request too (the stored fingerprint covers it, keyed).
+    # Finding 8: nothing derived from the CVC is kept with the key (PCI DSS 3.3.1.2), so
+    # another CVC is the same request and replays; another card is another request.
     other_cvc = pb.CreatePaymentRequest(
         payment=mesh.card_payment(txn.id, amount=100), request_id="k1"
     )
     other_cvc.payment.card.cvc = "999"
-    error = await mesh.call_error(mesh.payments.CreatePayment(other_cvc, metadata=md))
+    assert (await mesh.payments.CreatePayment(other_cvc, metadata=md)).payment == first
+    other_card = pb.CreatePaymentRequest(
+        payment=mesh.card_payment(txn.id, amount=100), request_id="k1"
+    )
+    other_card.payment.card.number = "5555555555554444"
+    error = await mesh.call_error(mesh.payments.CreatePayment(other_card, metadata=md))
     assert error.reason == "IDEMPOTENCY_KEY_REUSED"
     # Keys are per merchant.
     other_txn = await mesh.create_transaction("mer_other", 1000)

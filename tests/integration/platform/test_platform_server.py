@@ -1,6 +1,7 @@
 """Server bootstrap: health, reflection, background tasks, graceful drain, SIGTERM."""
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -155,7 +156,7 @@ def test_sigterm_drains_and_exits_cleanly(
         "DATABASE_URL": unused,
         "PI_ADMIN_TOKEN": base.admin_token,
         "PI_SERVICE_TOKEN": base.service_token,
-        "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
+        "PI_MASTER_KEYS": "1=" + base64.b64encode(os.urandom(32)).decode(),
         "PI_GRPC_PORT": "0",
         "PYTHONPATH": str(REPO),
     }

@@ -1,4 +1,4 @@
-"""Auth domain rules: formats, names, lockout and claims, with an injected clock."""
+"""Auth domain rules: formats, names, throttle and claims, with an injected clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pi.auth.domain import merchants, signing_keys, tokens
-from pi.auth.domain.lockout import LockoutPolicy, LoginFailures
+from pi.auth.domain.throttle import LoginFailures, ThrottlePolicy
 from pi.platform.kernel.errors import InvalidArgument
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -54,85 +54,76 @@ def test_check_id_distinguishes_missing_from_malformed() -> None:
     merchants.check_id("key_x", field_path="id", kind="API key", valid=True)
 
 
-# -- lockout -------------------------------------------------------------------------------
+# -- throttle ------------------------------------------------------------------------------
 
 
-def _fail(policy: LockoutPolicy, times: list[datetime]) -> LoginFailures:
+def _fail(policy: ThrottlePolicy, times: list[datetime]) -> LoginFailures:
     state = LoginFailures()
     for t in times:
         state = policy.after_failure(state, t)
     return state
 
 
-def test_ten_failures_within_thirty_minutes_lock_for_thirty_minutes() -> None:
-    policy = LockoutPolicy()
-    times = [T0 + timedelta(minutes=3 * i) for i in range(10)]  # 0 .. 27 min
-    state = _fail(policy, times[:9])
-    assert not policy.is_locked(state, times[8])
-    state = policy.after_failure(state, times[9])
-    assert policy.is_locked(state, times[9])
-    assert policy.is_locked(state, times[9] + timedelta(minutes=29, seconds=59))
-    assert not policy.is_locked(state, times[9] + timedelta(minutes=30))
+def test_free_failures_cost_nothing_then_each_one_doubles_the_delay() -> None:
+    policy = ThrottlePolicy(free_failures=5)
+    delays = [policy.delay_after(n).total_seconds() for n in range(1, 10)]
+    assert delays == [0, 0, 0, 0, 0, 1, 2, 4, 8]
+    assert policy.delay_after(10_000) == timedelta(minutes=15)
+    now = T0
+    state = _fail(policy, [now + timedelta(seconds=i) for i in range(5)])
+    assert state.locked_until is None
+    now = T0 + timedelta(seconds=5)
+    state = policy.after_failure(state, now)
+    assert state.locked_until == now + timedelta(seconds=1)
+    assert policy.is_locked(state, now + timedelta(milliseconds=999))
+    assert not policy.is_locked(state, now + timedelta(seconds=1))
 
 
-def test_failures_spread_over_more_than_thirty_minutes_do_not_lock() -> None:
-    policy = LockoutPolicy()
-    times = [T0 + timedelta(minutes=4 * i) for i in range(20)]  # 4 min apart: ≤ 8 per window
-    state = _fail(policy, times)
-    assert not policy.is_locked(state, times[-1])
-
-
-def test_window_is_sliding_not_fixed() -> None:
-    """9 failures late in one window plus 1 early in the next still lock (a fixed window
-    starting at the first failure would have reset in between)."""
-    policy = LockoutPolicy()
-    times = [T0] + [T0 + timedelta(minutes=29, seconds=50 + i) for i in range(8)]
-    times += [T0 + timedelta(minutes=30, seconds=5)]
-    state = _fail(policy, times)
-    assert not policy.is_locked(state, times[-1])  # 9 within the window ending now
-    state = policy.after_failure(state, times[-1] + timedelta(seconds=1))
-    assert policy.is_locked(state, times[-1] + timedelta(seconds=1))
-
-
-def test_attempts_while_locked_do_not_extend_the_lock() -> None:
-    policy = LockoutPolicy()
-    state = _fail(policy, [T0 + timedelta(seconds=i) for i in range(10)])
+def test_attempts_while_delayed_are_not_counted_and_do_not_extend_the_delay() -> None:
+    policy = ThrottlePolicy(free_failures=2)
+    state = _fail(policy, [T0, T0, T0])
     until = state.locked_until
-    assert until is not None
-    later = policy.after_failure(state, T0 + timedelta(minutes=20))
-    assert later.locked_until == until
+    assert until == T0 + timedelta(seconds=1)
+    assert policy.after_failure(state, T0 + timedelta(milliseconds=500)) == state
 
 
-def test_count_starts_over_after_the_lock_expires() -> None:
-    policy = LockoutPolicy()
-    state = _fail(policy, [T0 + timedelta(seconds=i) for i in range(10)])
-    after = T0 + timedelta(minutes=31)
-    state = policy.after_failure(state, after)
-    assert not policy.is_locked(state, after)
-    assert len(state.recent) == 1
+def test_failures_age_out_of_the_sliding_window() -> None:
+    policy = ThrottlePolicy(free_failures=3, window=timedelta(minutes=30))
+    times = [T0 + timedelta(minutes=11 * i) for i in range(20)]  # at most 3 per window
+    state = _fail(policy, times)
+    assert state.locked_until is None
+    assert policy.is_failing(state, times[-1])
+    assert not policy.is_failing(state, times[-1] + timedelta(minutes=30))
 
 
-def test_recent_failures_are_bounded_by_the_threshold() -> None:
-    policy = LockoutPolicy(max_failures=3, window=timedelta(minutes=1))
-    state = _fail(policy, [T0 + timedelta(minutes=2 * i) for i in range(50)])
-    assert len(state.recent) <= 3
+def test_recent_failures_are_bounded() -> None:
+    policy = ThrottlePolicy(free_failures=3)
+    now = T0
+    state = LoginFailures()
+    for _ in range(200):
+        state = policy.after_failure(state, now)
+        now = state.locked_until or now
+    assert len(state.recent) <= policy.tracked
+    assert state.locked_until is not None and state.locked_until > state.recent[-1]
 
 
 def test_stale_records_can_be_forgotten() -> None:
-    policy = LockoutPolicy()
+    policy = ThrottlePolicy(free_failures=1)
     state = _fail(policy, [T0])
     assert not policy.is_stale(state, T0 + timedelta(minutes=10))
     assert policy.is_stale(state, T0 + timedelta(minutes=31))
-    locked = _fail(policy, [T0 + timedelta(seconds=i) for i in range(10)])
-    assert not policy.is_stale(locked, T0 + timedelta(minutes=29))
 
 
 # -- claims --------------------------------------------------------------------------------
 
 
-def test_claims_carry_the_registered_names_and_the_key() -> None:
+def test_claims_carry_the_registered_names_the_key_and_the_scopes() -> None:
     grant = tokens.grant_token(
-        merchant_id="mer_1", api_key_id="key_1", now=T0, ttl=timedelta(minutes=15)
+        merchant_id="mer_1",
+        api_key_id="key_1",
+        now=T0,
+        ttl=timedelta(minutes=15),
+        scopes=frozenset({"payments:write", "transactions:read"}),
     )
     claims = tokens.token_claims(grant, issuer="pi-platform", audience="pi-api")
     assert claims == {
@@ -143,6 +134,7 @@ def test_claims_carry_the_registered_names_and_the_key() -> None:
         "exp": int(T0.timestamp()) + 900,
         "jti": grant.token_id,
         "key": "key_1",
+        "scope": "transactions:read payments:write",
     }
     assert tokens.is_token_id(grant.token_id)
 

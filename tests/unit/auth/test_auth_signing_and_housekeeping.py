@@ -92,7 +92,7 @@ async def test_housekeeping_forgets_what_expired_and_retires_keys(auth: Auth) ->
     await auth.use_cases.revoke_token(merchant, grant.token_id)
     await auth.use_cases.create_api_key(merchant, "CI", idempotency_key="k-1", fingerprint="f")
     with pytest.raises(Unauthenticated):
-        await auth.use_cases.issue_token("key_01JZZZZZZZZZZZZZZZZZZZZZZZ", "sk_wrong")
+        await auth.use_cases.issue_token(created.api_key.id, "sk_wrong")
     old = auth.keys.signing_kid
     await auth.use_cases.signing_keys.rotate()
     housekeeping = Housekeeping(auth.use_cases.purge_expired, auth.use_cases.signing_keys)

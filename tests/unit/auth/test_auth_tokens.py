@@ -1,4 +1,4 @@
-"""IssueToken (with failed-secret tracking and lockout) and RevokeToken."""
+"""IssueToken (with failure throttling per address and per key) and RevokeToken."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import jwt
 import pytest
 
 from pi.auth.domain import tokens
-from pi.platform.kernel.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from pi.platform.kernel.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from pi.platform.kernel.principal import Principal
 from pi.platform.security.crypto import MasterKeys
 from pi.platform.security.tokens import public_key_from_jwk
@@ -22,9 +28,9 @@ UNKNOWN_KEY = "key_01JZZZZZZZZZZZZZZZZZZZZZZZ"
 WRONG = "sk_" + "A" * 43
 
 
-async def _refused(auth: Auth, key_id: str, secret: str) -> tuple[str, str]:
+async def _refused(auth: Auth, key_id: str, secret: str, client: str = "") -> tuple[str, str]:
     with pytest.raises(Unauthenticated) as raised:
-        await auth.use_cases.issue_token(key_id, secret)
+        await auth.use_cases.issue_token(key_id, secret, client=client)
     return raised.value.reason, raised.value.message
 
 
@@ -57,7 +63,7 @@ async def test_a_token_lives_at_most_fifteen_minutes(make_auth: MakeAuth) -> Non
     assert grant.expire_time - grant.issue_time == timedelta(minutes=15)
 
 
-async def test_every_refusal_answers_the_same_and_counts_against_the_key_id(auth: Auth) -> None:
+async def test_every_refusal_answers_the_same_and_only_real_keys_get_a_row(auth: Auth) -> None:
     created, merchant = await auth.merchant()
     revoked = await auth.use_cases.create_api_key(merchant, "old")
     await auth.use_cases.revoke_api_key(merchant, revoked.api_key.id)
@@ -68,8 +74,12 @@ async def test_every_refusal_answers_the_same_and_counts_against_the_key_id(auth
     }
     assert answers == {("INVALID_CREDENTIALS", "The API key id or secret is not valid.")}
     failures = auth.state.failed_logins
-    for key_id in (created.api_key.id, UNKNOWN_KEY, revoked.api_key.id):
+    for key_id in (created.api_key.id, revoked.api_key.id):
         assert failures[key_id].failures.recent == (auth.clock(),)
+    # Finding 4: made-up key ids write nothing, however many are tried.
+    for _ in range(20):
+        await _refused(auth, f"key_01J{secrets.token_hex(12).upper()[:23]}", WRONG, client=_addr())
+    assert set(failures) == {created.api_key.id, revoked.api_key.id}
     assert auth.state.issued_tokens == {}
 
 
@@ -92,37 +102,88 @@ async def test_missing_or_malformed_input_is_a_field_violation_and_not_counted(
     assert auth.state.failed_logins == {}
 
 
-async def test_ten_failures_lock_the_key_id_for_thirty_minutes(auth: Auth) -> None:
+def _addr() -> str:
+    return f"198.51.100.{secrets.randbelow(250) + 1}.{secrets.randbelow(1000)}"
+
+
+async def _throttled(auth: Auth, key_id: str, secret: str, client: str) -> float:
+    with pytest.raises(ResourceExhausted) as raised:
+        await auth.use_cases.issue_token(key_id, secret, client=client)
+    assert raised.value.reason == "LOGIN_THROTTLED"
+    assert raised.value.retry_after is not None
+    return raised.value.retry_after
+
+
+async def test_anyone_can_no_longer_lock_a_merchant_out(auth: Auth) -> None:
+    """Finding 3: an attacker's failures do not stop the right secret from a client that
+    has not been failing (on main: ten failures locked the key id for everyone)."""
     created, _ = await auth.merchant()
     key_id, secret = created.api_key.id, created.secret
-    for _ in range(10):
-        await _refused(auth, key_id, WRONG)
-        await _refused(auth, UNKNOWN_KEY, WRONG)
-    locked_until = auth.state.failed_logins[key_id].failures.locked_until
-    assert locked_until == auth.clock() + timedelta(minutes=30)
-    assert auth.state.failed_logins[UNKNOWN_KEY].failures.locked_until == locked_until
-    # Locked: the right secret fails too, and attempts do not extend the lock.
-    auth.clock.advance(timedelta(minutes=29))
-    await _refused(auth, key_id, secret)
-    assert auth.state.failed_logins[key_id].failures.locked_until == locked_until
-    auth.clock.advance(timedelta(minutes=1))
-    assert (await auth.use_cases.issue_token(key_id, secret)).grant.api_key_id == key_id
+    attacker = "203.0.113.7"
+    for _ in range(6):  # the 6th failure of the key within the window starts its delays
+        await _refused(auth, key_id, WRONG, client=attacker)
+    assert auth.state.failed_logins[key_id].failures.locked_until is not None
+    issued = await auth.use_cases.issue_token(key_id, secret, client="192.0.2.10")
+    assert issued.grant.api_key_id == key_id
+    # The attacker, even with the right secret, waits.
+    await _throttled(auth, key_id, secret, attacker)
+
+
+async def test_failures_from_one_address_are_delayed_progressively(auth: Auth) -> None:
+    created, _ = await auth.merchant()
+    client = "203.0.113.8"
+    keys = [created.api_key.id, UNKNOWN_KEY]
+    for i in range(10):  # ten free failures per address, any key
+        await _refused(auth, keys[i % 2], WRONG, client=client)
+    await _refused(auth, UNKNOWN_KEY, WRONG, client=client)  # the 11th: 1 s from now
+    waits = []
+    for _ in range(4):
+        waits.append(await _throttled(auth, UNKNOWN_KEY, WRONG, client))
+        auth.clock.advance(timedelta(seconds=waits[-1]))
+        await _refused(auth, UNKNOWN_KEY, WRONG, client=client)
+    assert waits == [1.0, 2.0, 4.0, 8.0]
+    # Another address is not affected.
+    other = await auth.use_cases.issue_token(created.api_key.id, created.secret, client="192.0.2.1")
+    assert other.grant.api_key_id == created.api_key.id
+
+
+async def test_credential_stuffing_costs_an_address_per_guess_at_a_key_under_attack(
+    auth: Auth,
+) -> None:
+    """Guesses spread over many addresses: once the key has failed five times, each new
+    address gets one guess, then waits like any failing client (measured: guesses that
+    reached the secret check per address)."""
+    created, _ = await auth.merchant()
+    key_id = created.api_key.id
+    checked = {}
+    for n in range(30):
+        address = f"198.51.100.{n}"
+        checked[address] = 0
+        for _ in range(3):
+            try:
+                await auth.use_cases.issue_token(key_id, WRONG, client=address)
+            except Unauthenticated:
+                checked[address] += 1
+            except ResourceExhausted:
+                pass
+    assert sum(checked.values()) <= 5 + 30
+    assert max(list(checked.values())[5:]) == 1
 
 
 async def test_a_success_does_not_reset_the_failure_count(auth: Auth) -> None:
     created, _ = await auth.merchant()
     key_id, secret = created.api_key.id, created.secret
-    for _ in range(9):
+    for _ in range(5):
         await _refused(auth, key_id, WRONG)
-    await auth.use_cases.issue_token(key_id, secret)
-    await _refused(auth, key_id, WRONG)
-    await _refused(auth, key_id, secret)
+    await auth.use_cases.issue_token(key_id, secret, client="192.0.2.50")
+    await _refused(auth, key_id, WRONG)  # the 6th within the window: a delay follows
+    await _throttled(auth, key_id, secret, "unknown")
 
 
 async def test_failures_age_out_of_the_thirty_minute_window(auth: Auth) -> None:
     created, _ = await auth.merchant()
     key_id, secret = created.api_key.id, created.secret
-    for _ in range(9):
+    for _ in range(6):
         await _refused(auth, key_id, WRONG)
     auth.clock.advance(timedelta(minutes=31))
     await _refused(auth, key_id, WRONG)

@@ -220,6 +220,8 @@ def test_prepare_keeps_every_file_in_the_var_dir_and_points_envoy_at_the_port_ba
     assert {base, base + 1, base + 2, http, https, admin} <= _port_values(bootstrap)
     assert 50051 not in _port_values(bootstrap)
     assert env["PI_TRANSACTIONS_TARGET"] == f"127.0.0.1:{base + 1}"
+    # `make run` is explicit development mode, where hand-set weak secrets still start.
+    assert env["PI_ENVIRONMENT"] == "development"
     assert f"an embedded PostgreSQL in {state / 'postgres'}" in console.getvalue()
 
 

@@ -204,15 +204,23 @@ def test_card_brand_from_leading_digits(number: str, brand: CardBrand) -> None:
 
 
 def test_fingerprint_is_keyed_stable_and_short() -> None:
-    one = card_fingerprint(VISA, KEY)
-    assert one == card_fingerprint(VISA, KEY)
-    assert one != card_fingerprint(VISA, b"another key")
-    assert one != card_fingerprint("4000000000000002", KEY)
+    one = card_fingerprint(VISA, KEY, "mer_a")
+    assert one == card_fingerprint(VISA, KEY, "mer_a")
+    assert one != card_fingerprint(VISA, b"another key", "mer_a")
+    assert one != card_fingerprint("4000000000000002", KEY, "mer_a")
     assert len(one) == FINGERPRINT_HEX_LENGTH
     assert int(one, 16) >= 0
     assert VISA not in one
     with pytest.raises(ValueError):
-        card_fingerprint(VISA, b"")
+        card_fingerprint(VISA, b"", "mer_a")
+
+
+def test_the_same_card_has_unrelated_fingerprints_at_two_merchants() -> None:
+    """Finding 7: a fingerprint cannot link a cardholder across merchants."""
+    at_a, at_b = card_fingerprint(VISA, KEY, "mer_a"), card_fingerprint(VISA, KEY, "mer_b")
+    assert at_a != at_b
+    with pytest.raises(ValueError):
+        card_fingerprint(VISA, KEY, "")
 
 
 # --- card validation -------------------------------------------------------------------
@@ -233,14 +241,14 @@ def test_a_valid_card_is_normalised_with_its_brand() -> None:
     assert problems == {}
     assert details is not None
     assert (details.number, details.brand, details.last4) == (VISA, CardBrand.VISA, "4242")
-    facts = details.facts(KEY)
+    facts = details.facts(KEY, "mer_1")
     assert (facts.brand, facts.last4, facts.exp_month, facts.exp_year) == (
         CardBrand.VISA,
         "4242",
         6,
         2026,
     )
-    assert facts.fingerprint == card_fingerprint(VISA, KEY)
+    assert facts.fingerprint == card_fingerprint(VISA, KEY, "mer_1")
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,8 @@ def test_every_problem_is_reported_at_once() -> None:
     text = str(info.value)
     for name in ("DATABASE_URL", "PI_MASTER_KEYS", "PI_REVOCATION_POLL_SECONDS", "must differ"):
         assert name in text
-    assert len(info.value.problems) == 4
+    # + both tokens too weak for production
+    assert len(info.value.problems) == 6
 
 
 def test_no_secret_in_repr() -> None:
@@ -54,6 +55,7 @@ def test_it_reads_its_own_variables_and_no_other_service_s() -> None:
         "PI_SANDBOX_LEDGER",
         "PI_SANDBOX_UNKNOWN_PERCENT",
         "PI_SANDBOX_CRASH_PERCENT",
+        "PI_CARD_FINGERPRINT_KEY",
     }
 
 
@@ -90,3 +92,25 @@ def test_the_other_services_variables_are_ignored() -> None:
     assert settings == PaymentsSettings.from_env(base)
     assert not hasattr(settings, "token_ttl_seconds")
     assert not hasattr(settings, "payments_target")
+
+
+def test_the_card_fingerprint_key_has_its_own_lineage() -> None:
+    """Finding 7: with PI_CARD_FINGERPRINT_KEY the card key no longer depends on any
+    master key, so every master key can rotate and retire while fingerprints stay."""
+    import base64
+    import secrets
+
+    from pi.payments.bootstrap import derive_keys
+    from pi.platform.security.crypto import MasterKeys
+
+    key = secrets.token_bytes(32)
+    env = {**required_environ(), "PI_CARD_FINGERPRINT_KEY": base64.b64encode(key).decode()}
+    settings = PaymentsSettings.from_env(env)
+    assert settings.card_fingerprint_key == key
+    assert "PI_CARD_FINGERPRINT_KEY" not in repr(settings) and key.hex() not in repr(settings)
+    old = MasterKeys({1: secrets.token_bytes(32)})
+    new = MasterKeys({2: secrets.token_bytes(32)})
+    assert derive_keys(old, key)[0] == derive_keys(new, key)[0] == key
+    assert derive_keys(old)[0] != derive_keys(new)[0]  # the fallback follows the master key
+    with pytest.raises(ConfigError):
+        PaymentsSettings.from_env({**env, "PI_CARD_FINGERPRINT_KEY": "c2hvcnQ="})

@@ -23,6 +23,8 @@ BASE = {
     "PI_ADMIN_TOKEN": "admin-secret-token",
     "PI_SERVICE_TOKEN": "service-secret-token",
     "PI_MASTER_KEYS": f"1={KEY}",
+    # Short, readable tokens: the production strength rules have tests of their own.
+    "PI_ENVIRONMENT": "development",
 }
 
 

@@ -35,6 +35,7 @@ def test_configure_writes_redacted_json_lines() -> None:
         "PI_ADMIN_TOKEN": "very-secret-admin",
         "PI_SERVICE_TOKEN": "very-secret-service",
         "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
+        "PI_ENVIRONMENT": "development",
     }
     settings = PaymentsSettings.from_env(env)
     stream = io.StringIO()

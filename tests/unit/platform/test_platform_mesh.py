@@ -39,7 +39,8 @@ def test_every_internal_rpc_names_its_callers_and_nothing_else_is_listed_by_acci
     for method in internal:
         allowed = ALLOWED_CALLERS.get(method)
         assert allowed, f"{method} has no allowed callers"
-        assert allowed <= SERVICES, method
+        # Services, and the operator for what it runs by hand (the dead letters).
+        assert allowed <= SERVICES | {"admin"}, method
         # No service calls its own internal API through the network.
         assert method.split(".")[1] not in allowed, method
     extra = set(ALLOWED_CALLERS) - set(internal) - set(ADMIN_METHODS)

@@ -370,6 +370,7 @@ def settings(**overrides: Any) -> TransactionsSettings:
             "PI_SERVICE_TOKEN": "service-token",
             "PI_MASTER_KEYS": "1=" + "A" * 43 + "=",
             "DATABASE_URL": "postgresql://unused@127.0.0.1:1/unused",
+            "PI_ENVIRONMENT": "development",
         },
     )
     return dataclasses.replace(base, **overrides)

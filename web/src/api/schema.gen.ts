@@ -9,10 +9,17 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Lists the calling merchant's API keys, newest first. Secrets are never returned. */
+        /**
+         * Lists the calling merchant's API keys, newest first. Secrets are never returned.
+         *     Requires the `api_keys:read` scope.
+         */
         get: operations["ListApiKeys"];
         put?: never;
-        /** Creates another API key for the calling merchant. The secret is returned once. */
+        /**
+         * Creates another API key for the calling merchant. The secret is returned once.
+         *     Requires a token with the `api_keys:write` scope; the new key may hold only scopes
+         *     the calling token holds (a restricted key, e.g. read-only, names fewer).
+         */
         post: operations["CreateApiKey"];
         delete?: never;
         options?: never;
@@ -31,7 +38,7 @@ export interface paths {
         put?: never;
         /**
          * Revokes one of the calling merchant's API keys. No token can be issued with it
-         *     afterwards.
+         *     afterwards. Requires the `api_keys:write` scope and every scope of the revoked key.
          */
         post: operations["RevokeApiKey"];
         delete?: never;
@@ -91,7 +98,8 @@ export interface paths {
         put?: never;
         /**
          * Revokes an access token by its `jti` claim. Every service rejects the token
-         *     afterwards, even before it expires.
+         *     afterwards, even before it expires. Any token may revoke itself; revoking another
+         *     of the merchant's tokens requires the `api_keys:write` scope.
          */
         post: operations["RevokeToken"];
         delete?: never;
@@ -320,6 +328,13 @@ export interface components {
              * @description Output only. When the key was revoked; unset while it is active.
              */
             revokeTime?: string;
+            /**
+             * @description Output only. What tokens issued with this key may do: `transactions:read`,
+             *     `transactions:write`, `payments:read`, `payments:write` (create, capture, cancel),
+             *     `refunds:write`, `api_keys:read`, `api_keys:write` (create and revoke keys, revoke
+             *     other tokens). A merchant's first key holds all of them.
+             */
+            scopes?: string[];
             state?: components["schemas"]["v1ApiKeyState"];
         };
         /**
@@ -437,6 +452,13 @@ export interface components {
             displayName?: string;
             /** @description Optional. Idempotency key (AIP-155); the `Idempotency-Key` header is an alternative. */
             requestId?: string;
+            /**
+             * @description Optional. Scopes of the new key (see ApiKey.scopes), each held by the calling token;
+             *     empty for all the calling token's scopes. E.g. ["payments:read",
+             *     "transactions:read"] for a read-only key, or every scope but `refunds:write` and
+             *     `api_keys:write` for a key that takes payments but cannot refund or mint keys.
+             */
+            scopes?: string[];
         };
         /** @description Response message for AuthService.CreateApiKey. */
         v1CreateApiKeyResponse: {
@@ -488,6 +510,11 @@ export interface components {
             apiKeyId?: string;
             /** @description Required. Secret of the API key. */
             apiKeySecret?: string;
+            /**
+             * @description Optional. Scopes the token should carry, each held by the key (see ApiKey.scopes);
+             *     empty for all of the key's scopes.
+             */
+            scopes?: string[];
         };
         /** @description Response message for AuthService.IssueToken. */
         v1IssueTokenResponse: {
@@ -503,6 +530,8 @@ export interface components {
              * @description When the token expires.
              */
             expireTime?: string;
+            /** @description What the token may do: its `scope` claim, space-separated there. */
+            scopes?: string[];
             /** @description The token's `jti` claim, the handle for RevokeToken. */
             tokenId?: string;
             /** @description Always "Bearer". */

@@ -90,6 +90,7 @@ class ApiKey(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. Public identifier of the key, e.g. "key_01J...". Sent with the secret to
     IssueToken.
@@ -108,6 +109,14 @@ class ApiKey(_message.Message):
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the key was revoked; unset while it is active."""
 
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only. What tokens issued with this key may do: `transactions:read`,
+        `transactions:write`, `payments:read`, `payments:write` (create, capture, cancel),
+        `refunds:write`, `api_keys:read`, `api_keys:write` (create and revoke keys, revoke
+        other tokens). A merchant's first key holds all of them.
+        """
+
     def __init__(
         self,
         *,
@@ -117,10 +126,11 @@ class ApiKey(_message.Message):
         state: Global___ApiKeyState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "revoke_time", b"revoke_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "id", b"id", "merchant_id", b"merchant_id", "revoke_time", b"revoke_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "id", b"id", "merchant_id", b"merchant_id", "revoke_time", b"revoke_time", "scopes", b"scopes", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,19 +206,27 @@ class IssueTokenRequest(_message.Message):
 
     API_KEY_ID_FIELD_NUMBER: _builtins.int
     API_KEY_SECRET_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     api_key_id: _builtins.str
     """Required. Public identifier of the API key."""
     api_key_secret: _builtins.str
     """Required. Secret of the API key."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Scopes the token should carry, each held by the key (see ApiKey.scopes);
+        empty for all of the key's scopes.
+        """
+
     def __init__(
         self,
         *,
         api_key_id: _builtins.str = ...,
         api_key_secret: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "api_key_secret", b"api_key_secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_id", b"api_key_id", "api_key_secret", b"api_key_secret", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -225,6 +243,7 @@ class IssueTokenResponse(_message.Message):
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
     """The access token: a JWT to send as `Authorization: Bearer <token>`."""
     token_type: _builtins.str
@@ -237,6 +256,10 @@ class IssueTokenResponse(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the token expires."""
 
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the token may do: its `scope` claim, space-separated there."""
+
     def __init__(
         self,
         *,
@@ -245,10 +268,11 @@ class IssueTokenResponse(_message.Message):
         expires_in: _builtins.int = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         token_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expire_time", b"expire_time", "expires_in", b"expires_in", "token_id", b"token_id", "token_type", b"token_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expire_time", b"expire_time", "expires_in", b"expires_in", "scopes", b"scopes", "token_id", b"token_id", "token_type", b"token_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,19 +423,29 @@ class CreateApiKeyRequest(_message.Message):
 
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
     """Optional. Name shown to people, at most 200 printable characters."""
     request_id: _builtins.str
     """Optional. Idempotency key (AIP-155); the `Idempotency-Key` header is an alternative."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Scopes of the new key (see ApiKey.scopes), each held by the calling token;
+        empty for all the calling token's scopes. E.g. ["payments:read",
+        "transactions:read"] for a read-only key, or every scope but `refunds:write` and
+        `api_keys:write` for a key that takes payments but cannot refund or mint keys.
+        """
+
     def __init__(
         self,
         *,
         display_name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "request_id", b"request_id", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,7 +98,8 @@ class AuthServiceServicer:
 
     def RevokeToken(self, request, context):
         """Revokes an access token by its `jti` claim. Every service rejects the token
-        afterwards, even before it expires.
+        afterwards, even before it expires. Any token may revoke itself; revoking another
+        of the merchant's tokens requires the `api_keys:write` scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +115,8 @@ class AuthServiceServicer:
 
     def CreateApiKey(self, request, context):
         """Creates another API key for the calling merchant. The secret is returned once.
+        Requires a token with the `api_keys:write` scope; the new key may hold only scopes
+        the calling token holds (a restricted key, e.g. read-only, names fewer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +124,7 @@ class AuthServiceServicer:
 
     def ListApiKeys(self, request, context):
         """Lists the calling merchant's API keys, newest first. Secrets are never returned.
+        Requires the `api_keys:read` scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,7 +132,7 @@ class AuthServiceServicer:
 
     def RevokeApiKey(self, request, context):
         """Revokes one of the calling merchant's API keys. No token can be issued with it
-        afterwards.
+        afterwards. Requires the `api_keys:write` scope and every scope of the revoked key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,19 +46,25 @@ class AuthServiceStub:
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]
     """Revokes an access token by its `jti` claim. Every service rejects the token
-    afterwards, even before it expires.
+    afterwards, even before it expires. Any token may revoke itself; revoking another
+    of the merchant's tokens requires the `api_keys:write` scope.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]
     """Returns the public keys that verify access tokens, as a standard JSON Web Key Set.
     Does not require a token.
     """
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]
-    """Creates another API key for the calling merchant. The secret is returned once."""
+    """Creates another API key for the calling merchant. The secret is returned once.
+    Requires a token with the `api_keys:write` scope; the new key may hold only scopes
+    the calling token holds (a restricted key, e.g. read-only, names fewer).
+    """
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]
-    """Lists the calling merchant's API keys, newest first. Secrets are never returned."""
+    """Lists the calling merchant's API keys, newest first. Secrets are never returned.
+    Requires the `api_keys:read` scope.
+    """
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]
     """Revokes one of the calling merchant's API keys. No token can be issued with it
-    afterwards.
+    afterwards. Requires the `api_keys:write` scope and every scope of the revoked key.
     """
 
 @_typing.type_check_only
@@ -79,19 +85,25 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """Revokes an access token by its `jti` claim. Every service rejects the token
-    afterwards, even before it expires.
+    afterwards, even before it expires. Any token may revoke itself; revoking another
+    of the merchant's tokens requires the `api_keys:write` scope.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]  # type: ignore[assignment]
     """Returns the public keys that verify access tokens, as a standard JSON Web Key Set.
     Does not require a token.
     """
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.CreateApiKeyRequest, _auth_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Creates another API key for the calling merchant. The secret is returned once."""
+    """Creates another API key for the calling merchant. The secret is returned once.
+    Requires a token with the `api_keys:write` scope; the new key may hold only scopes
+    the calling token holds (a restricted key, e.g. read-only, names fewer).
+    """
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_pb2.ListApiKeysRequest, _auth_pb2.ListApiKeysResponse]  # type: ignore[assignment]
-    """Lists the calling merchant's API keys, newest first. Secrets are never returned."""
+    """Lists the calling merchant's API keys, newest first. Secrets are never returned.
+    Requires the `api_keys:read` scope.
+    """
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeApiKeyRequest, _auth_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
     """Revokes one of the calling merchant's API keys. No token can be issued with it
-    afterwards.
+    afterwards. Requires the `api_keys:write` scope and every scope of the revoked key.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +139,8 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeTokenResponse, _abc.Awaitable[_auth_pb2.RevokeTokenResponse]]:
         """Revokes an access token by its `jti` claim. Every service rejects the token
-        afterwards, even before it expires.
+        afterwards, even before it expires. Any token may revoke itself; revoking another
+        of the merchant's tokens requires the `api_keys:write` scope.
         """
 
     @_abc_1.abstractmethod
@@ -146,7 +159,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.CreateApiKeyResponse, _abc.Awaitable[_auth_pb2.CreateApiKeyResponse]]:
-        """Creates another API key for the calling merchant. The secret is returned once."""
+        """Creates another API key for the calling merchant. The secret is returned once.
+        Requires a token with the `api_keys:write` scope; the new key may hold only scopes
+        the calling token holds (a restricted key, e.g. read-only, names fewer).
+        """
 
     @_abc_1.abstractmethod
     def ListApiKeys(
@@ -154,7 +170,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.ListApiKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.ListApiKeysResponse, _abc.Awaitable[_auth_pb2.ListApiKeysResponse]]:
-        """Lists the calling merchant's API keys, newest first. Secrets are never returned."""
+        """Lists the calling merchant's API keys, newest first. Secrets are never returned.
+        Requires the `api_keys:read` scope.
+        """
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -163,7 +181,7 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_pb2.RevokeApiKeyResponse]]:
         """Revokes one of the calling merchant's API keys. No token can be issued with it
-        afterwards.
+        afterwards. Requires the `api_keys:write` scope and every scope of the revoked key.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Credentials, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey, StoredKey
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
 from pi.platform.db.statements import Record
+from pi.platform.kernel import scopes
 
 
 def merchant_values(merchant: Merchant) -> dict[str, Any]:
@@ -28,6 +29,7 @@ def api_key(row: Record) -> ApiKey:
         display_name=row.display_name,
         create_time=row.create_time,
         revoke_time=row.revoke_time,
+        scopes=frozenset(row.scopes),
     )
 
 
@@ -46,6 +48,7 @@ def api_key_values(key: ApiKey, secret_hash: SecretHash) -> dict[str, Any]:
         "secret_hash_version": secret_hash.version,
         "create_time": key.create_time,
         "revoke_time": key.revoke_time,
+        "scopes": scopes.ordered(key.scopes),
     }
 
 

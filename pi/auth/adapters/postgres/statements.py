@@ -66,6 +66,7 @@ _API_KEY_COLUMNS = (
     api_keys.c.display_name,
     api_keys.c.create_time,
     api_keys.c.revoke_time,
+    api_keys.c.scopes,
 )
 _KEY_ID = api_keys.c.id == bindparam("p_key_id")
 

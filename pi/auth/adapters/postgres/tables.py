@@ -10,6 +10,7 @@ ciphertext, tokens only by their `jti`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     JSON,
     Column,
     ForeignKey,
@@ -51,6 +52,8 @@ api_keys = Table(
     Column("secret_hash_version", Integer(), nullable=False),
     Column("create_time", UtcDateTime(), nullable=False),
     Column("revoke_time", UtcDateTime(), nullable=True),
+    # What its tokens may do (pi.platform.kernel.scopes); keys older than scopes hold all.
+    Column("scopes", ARRAY(String(32)), nullable=False),
     # Listing is per merchant, newest first.
     Index("ix_api_keys_merchant_id_create_time_id", "merchant_id", "create_time", "id"),
 )

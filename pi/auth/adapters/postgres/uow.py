@@ -10,9 +10,9 @@ from pi.auth.adapters.postgres import rows
 from pi.auth.adapters.postgres import statements as sql
 from pi.auth.adapters.postgres.tables import idempotency_keys
 from pi.auth.app.ports import IdempotentRequest, Pending, PriorRequest
-from pi.auth.domain.lockout import LoginFailures
 from pi.auth.domain.merchants import ApiKey, Credentials, Merchant, SecretHash
 from pi.auth.domain.signing_keys import NewSigningKey, SigningKeyStatus, StoredKey
+from pi.auth.domain.throttle import LoginFailures
 from pi.auth.domain.tokens import RevokedToken, TokenGrant
 from pi.platform.db.batch import Deferred
 from pi.platform.db.database import Database

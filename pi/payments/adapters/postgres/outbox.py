@@ -232,6 +232,8 @@ _RESURRECT = Statement(
             _d.c.create_time,
             sa.literal(0, type_=outbox.c.attempts.type),
             sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type),
+            # A retried movement goes out on behalf of the operator's retry, not a request.
+            sa.null(),
             _d.c.last_error,
         ).where(_d.c.transaction_id == sa.any_(_TRANSACTIONS)),
     )

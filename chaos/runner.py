@@ -118,7 +118,13 @@ class Run:
             client = EdgeClient("127.0.0.1", self.ports.envoy_http)
             try:
                 count = self.config.clients * 4
-                self.merchants = create_merchants(client, self.secrets["PI_ADMIN_TOKEN"], count)
+                self.merchants = create_merchants(
+                    client,
+                    self.secrets["PI_ADMIN_TOKEN"],
+                    count,
+                    f"127.0.0.1:{self.ports.service('auth', 0)}",
+                    self.mesh.identity("admin"),
+                )
             finally:
                 client.close()
 

@@ -4,17 +4,6 @@ The harness owns its PostgreSQL (embedded) and Redis and starts the whole mesh b
 Envoy; each scenario runs a few seconds of load with its fault, then the checks against
 PostgreSQL and the sandbox processor's book. The run must find nothing lost, charged
 twice or mismatched, and must show that each fault did happen.
-
-Two money mismatches are known gaps of the payment service that issue 12, section 1
-closes (processor calls out of the database transaction, a reconciler for every pending
-state); until then, a run that finds only those is an expected failure, named as such:
-- a capture, cancel or refund whose client call went unanswered: the processor did it,
-  the unit that was to record it died with the process (the call is made inside it) and
-  nothing resolves it afterwards;
-- a payment FAILED here but authorized (held or charged) at the processor: the
-  reconciler failed it as "never received", then the client's retry of CreatePayment
-  (same key) authorized it anyway.
-Any other mismatch fails the test.
 """
 
 from __future__ import annotations
@@ -102,9 +91,6 @@ def test_every_scenario_ran_and_nothing_was_lost_doubled_or_mismatched(
     )
 
 
-KNOWN_GAPS = ("(client calls left unanswered: ", "FAILED here; ")
-
-
 def test_the_processor_s_money_equals_ours(quick_run: tuple[dict[str, Any], str, int]) -> None:
     report, _, _ = quick_run
     mismatches = [
@@ -112,10 +98,7 @@ def test_the_processor_s_money_equals_ours(quick_run: tuple[dict[str, Any], str,
         for row in report["scenarios"]
         for text in row["examples"]["money_mismatches"]
     ]
-    unexplained = [m for m in mismatches if not any(gap in m for gap in KNOWN_GAPS)]
-    assert not unexplained, unexplained
-    if mismatches:
-        pytest.xfail("issue 12 section 1 not landed; known gaps: " + "; ".join(mismatches[:5]))
+    assert not mismatches, mismatches
 
 
 def test_each_fault_happened(quick_run: tuple[dict[str, Any], str, int]) -> None:

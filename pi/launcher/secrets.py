@@ -38,6 +38,11 @@ REQUIRED = tuple(_GENERATORS)
 # A var dir from before the split: its one PI_MASTER_KEYS stays every service's, or the
 # data it encrypted would become unreadable.
 _LEGACY_MASTER_KEYS = "PI_MASTER_KEYS"
+_CARD_FINGERPRINT_KEY = "PI_CARD_FINGERPRINT_KEY"
+
+
+def _has_master_keys(values: Mapping[str, str]) -> bool:
+    return any(name.startswith(_LEGACY_MASTER_KEYS) and value for name, value in values.items())
 
 
 def ensure_dev_secrets(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -48,7 +53,11 @@ def ensure_dev_secrets(path: str | os.PathLike[str]) -> dict[str, str]:
     missing = [
         name
         for name in REQUIRED
-        if not values.get(name) and not (legacy and name.startswith(_LEGACY_MASTER_KEYS))
+        if not values.get(name)
+        and not (legacy and name.startswith(_LEGACY_MASTER_KEYS))
+        # A var dir whose master keys came without one keeps deriving fingerprints from
+        # them: a new key would make its cards' fingerprints unlike those already stored.
+        and not (name == _CARD_FINGERPRINT_KEY and _has_master_keys(values))
     ]
     if missing:
         for name in missing:

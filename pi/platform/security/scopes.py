@@ -55,6 +55,8 @@ NOT_FOR_MERCHANTS: frozenset[str] = frozenset(
         "/pi.transactions.v1.TransactionLedgerService/ApplyMovements",
         "/pi.payments.v1.PaymentLedgerService/CloseTransaction",
         "/pi.payments.v1.PaymentLedgerService/RegisterTransactions",
+        "/pi.payments.v1.PaymentLedgerService/ListDeadLetters",
+        "/pi.payments.v1.PaymentLedgerService/RetryDeadLetters",
     }
 )
 

@@ -5,6 +5,7 @@ makes."""
 from __future__ import annotations
 
 import base64
+import secrets
 import importlib.util
 import json
 import os
@@ -181,12 +182,14 @@ def test_create_secrets_gives_each_service_only_its_own_secrets(
     for service, settings_type in SETTINGS_TYPES.items():
         own = values(f"pi-{service}")
         expected = {"DATABASE_URL", "REDIS_URL", "PI_MASTER_KEYS", "PI_DB_SERVICE_ROLE_PASSWORD"}
-        assert set(own) == expected | ({"PI_ADMIN_TOKEN"} if service == "auth" else set())
+        only_its = {"auth": {"PI_ADMIN_TOKEN"}, "payments": {"PI_CARD_FINGERPRINT_KEY"}}
+        assert set(own) == expected | only_its.get(service, set())
         # The service logs in as its own role, with the password its migration sets.
         password = own["PI_DB_SERVICE_ROLE_PASSWORD"]
         assert own["DATABASE_URL"] == role_url(owner, f"pi_{service}", password)
         # (The pod's TLS files, named by pi-config, stand in for the service token here.)
-        settings = settings_type.from_env({**own, "PI_SERVICE_TOKEN": "unused-with-mtls"})
+        unused = secrets.token_urlsafe(32)
+        settings = settings_type.from_env({**own, "PI_SERVICE_TOKEN": unused})
         assert settings.database_url.startswith(f"postgresql://pi_{service}:")
         master_keys.add(own["PI_MASTER_KEYS"])
     assert len(master_keys) == 3, "each service has master keys of its own"

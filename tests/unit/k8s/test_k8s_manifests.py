@@ -388,7 +388,10 @@ def test_the_edge_calls_the_services_with_its_mounted_mesh_identity(
     mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     bootstrap = json.loads((K8S / "base" / "generated" / "envoy.json").read_text())
-    for cluster in bootstrap["static_resources"]["clusters"]:
+    # The services' clusters (not the admin's nor the trace collector's).
+    services = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] in SERVICES]
+    assert len(services) == len(SERVICES)
+    for cluster in services:
         common = cluster["transport_socket"]["typed_config"]["common_tls_context"]
         files = [
             common["validation_context"]["trusted_ca"]["filename"],

@@ -256,8 +256,13 @@ class Mesh:
     def _grpc_probe(self, port: int) -> Any:
         from pi.launcher.probes import GrpcHealthProbe
 
-        name = next(n for n in SERVICES if port in self._ports_of(n))
-        probe = GrpcHealthProbe(f"127.0.0.1:{port}", self.identity("admin"), name)
+        name = next((n for n in SERVICES if port in self._ports_of(n)), None)
+        # A service over mutual TLS, as the operator; the local OTLP receiver in plaintext.
+        probe = (
+            GrpcHealthProbe(f"127.0.0.1:{port}")
+            if name is None
+            else GrpcHealthProbe(f"127.0.0.1:{port}", self.identity("admin"), name)
+        )
         self._probes.append(probe)
         return probe
 

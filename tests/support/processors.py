@@ -25,20 +25,27 @@ class Crash(BaseException):
 @dataclass
 class Faulty:
     """The sandbox behind a switchboard: per operation ("capture", "void", "refund"),
-    `crash` (the processor does it, then the service dies), `silent` (no answer) or
-    `decline` (a decline without asking the sandbox). `calls` records (operation, key)."""
+    `crash` (the processor does it, then the service dies), `silent` (no answer; for
+    "authorize", the request never reaches the processor) or `decline` (a decline without
+    asking the sandbox). `calls` records (operation, key), `authorizations` payment ids."""
 
     sandbox: SandboxConnector
     crash: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
     decline: set[str] = field(default_factory=set)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)  # payment ids asked for
 
     @property
     def name(self) -> str:
         return "faulty"
 
     async def authorize(self, request: Any) -> ConnectorResult:
+        self.authorizations.append(request.payment_id)
+        if "authorize" in self.silent:  # lost on the way: the processor never saw it
+            raise TimeoutError("no answer")
+        if "authorize" in self.crash:  # the service dies as it sends it: never seen
+            raise Crash
         return await self.sandbox.authorize(request)
 
     async def status(self, payment_id: str) -> ConnectorResult:

@@ -51,6 +51,7 @@ from pi.payments.domain import (
     Payment,
     PaymentMethodType,
     PaymentRequest,
+    PaymentStatus,
     TransactionRef,
     WalletInput,
     start_payment,
@@ -158,7 +159,11 @@ class CreatePayment:
                 pending = await unit.payments.find(replay.payment_id, merchant_id)
                 if pending is None:  # pragma: no cover - written with the key
                     raise payment_not_found()
-                return _Recorded(pending, None)
+                # Settled meanwhile (the reconciler FAILED it as never received, or
+                # settled the processor's answer): that is the answer. Authorizing again
+                # would charge a card for a payment this service already decided on.
+                settled = pending.status is not PaymentStatus.PROCESSING
+                return _Recorded(pending, None, final=settled)
             if known is not None:
                 ref: TransactionRef | None = await unit.refs.get(request.transaction_id, seen=known)
             else:

@@ -286,3 +286,26 @@ async def test_a_retry_after_the_reconciler_settled_does_not_ask_the_processor_a
     faulty.decline.clear()  # the key was given back: the retry captures
     captured = await world.use.capture_payment(world.MERCHANT, held.id, idempotency_key="cap")
     assert captured.status is PaymentStatus.SUCCEEDED
+
+
+async def test_a_payment_the_reconciler_failed_is_not_authorized_by_a_retry(
+    faulty_world: tuple[World, Faulty],
+) -> None:
+    world, faulty = faulty_world
+    faulty.crash.add("authorize")  # the service dies sending it: the key stays pending
+    with pytest.raises(Crash):
+        await world.pay(amount=400, key="pay-once")
+    (lost,) = world.state.payments.values()
+    assert lost.status is PaymentStatus.PROCESSING
+    faulty.crash.clear()
+    assert await reconcile(world) == 1  # "never received": FAILED, nothing charged
+    assert world.state.payments[lost.id].status is PaymentStatus.FAILED
+    asked = list(faulty.authorizations)
+    # The client retries with its key: the answer is the settled payment, and the
+    # processor is not asked to authorize what this service already failed.
+    retried = await world.pay(amount=400, key="pay-once")
+    assert (retried.id, retried.status) == (lost.id, PaymentStatus.FAILED)
+    assert faulty.authorizations == asked == [lost.id]
+    # Nothing is held or charged for it at the processor.
+    answer = await faulty.sandbox.status(lost.id)
+    assert answer.failure_reason is FailureReason.PROCESSOR_UNAVAILABLE

@@ -5,11 +5,11 @@ makes."""
 from __future__ import annotations
 
 import base64
-import secrets
 import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys

@@ -66,7 +66,7 @@ def _property_names(node: Any) -> list[str]:
 
 
 def test_openapi_uses_lower_camel_json_names() -> None:
-    document = json.loads((GENERATED / "openapi" / "pi.swagger.json").read_text())
+    document = json.loads((GENERATED / "openapi" / "pi.openapi.json").read_text())
     assert document["swagger"] == "2.0"
     assert document["paths"], "no HTTP routes in the OpenAPI document"
     names = _property_names(document["definitions"])

@@ -46,7 +46,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     secrets_file = options.var / "dev-secrets.env"
     dev_secrets = ensure_dev_secrets(secrets_file)
     cert = ensure_dev_cert(options.var / "certs")
-    openapi = options.generated / "openapi" / "pi.swagger.json"
+    openapi = options.generated / "openapi" / "pi.openapi.json"
     config = local_config(
         str(descriptor),
         replicas=options.replicas,

@@ -51,7 +51,7 @@ from pi.launcher.supervisor import die_with_parent
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
-OPENAPI = REPO / "generated" / "openapi" / "pi.swagger.json"
+OPENAPI = REPO / "generated" / "openapi" / "pi.openapi.json"
 SERVICES = ("auth", "transactions", "payments")
 START_TIMEOUT = 60.0
 STOP_GRACE = 10.0

@@ -236,7 +236,7 @@ class _Operation:
     def _query_parameters(self, message: str, prefix: str, skip: set[str]) -> list[dict[str, Any]]:
         parameters: list[dict[str, Any]] = []
         for full_name, field in self.catalog.fields(message):
-            if field.name in skip or field.name == "request_id" and not prefix:
+            if field.name in skip:
                 continue
             is_message = field.type == FieldProto.TYPE_MESSAGE
             if is_message and self.catalog.is_map(field):

@@ -14,7 +14,7 @@ LINT_PATHS  := pi tests scripts bench
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto lint test test-unit run bench clean image
+.PHONY: help setup proto lint test test-unit run bench clean image fuzz
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -63,3 +63,7 @@ clean: ## Remove caches and build output (keeps .venv, node_modules and generate
 
 image: setup ## Build the pi-platform image with podman (cached by content; scripts/image.py).
 	$(PY) scripts/image.py
+
+fuzz: setup ## Fuzz the HTTP API against /openapi.json through Envoy (schemathesis, 1000 cases/operation).
+	PI_FUZZ_MAX_EXAMPLES=$${PI_FUZZ_MAX_EXAMPLES:-1000} $(VENV)/bin/pytest -s -q -p no:cacheprovider \
+	    tests/e2e/test_contract_fuzzed.py

@@ -21,7 +21,7 @@ from typing import Any
 
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
-from openapi_schemas import Catalog, FieldProto, SchemaBuilder, ref
+from openapi_schemas import BEHAVIOR, Catalog, FieldProto, SchemaBuilder, behaviors, ref
 
 # The one idempotency header (pi.platform.runtime.idempotency), 1 to 255 visible ASCII.
 IDEMPOTENCY_KEY = {
@@ -31,7 +31,8 @@ IDEMPOTENCY_KEY = {
     "description": "Idempotency key (AIP-155), an alternative to the body's `requestId`: a "
     "retry with the same key and the same request replays the first response; the same "
     "key with a different request is a 409. Scoped to the merchant, kept 24 hours.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    # Empty is the same as absent.
+    "schema": {"type": "string", "maxLength": 255, "pattern": "^[!-~]*$"},
 }
 # HTTP status -> the gRPC codes (and edge replies) that produce it.
 ERRORS: Mapping[str, str] = {
@@ -170,11 +171,15 @@ class _Operation:
         parameters = [self._path_parameter(name) for name in self.path_fields]
         skip = {name.split(".")[0] for name in self.path_fields}
         body: dict[str, Any] | None = None
+        # The transcoder reads an absent body as {}: it is required only if {} is refused.
+        body_required = False
         if self.body == "*":
             body = self.builder.message(self.request, skip=frozenset(skip))
+            body_required = bool(body.get("required"))
         elif self.body:
             field = self._field(self.request, self.body)
             body = self.builder.field(f"{self.request}.{self.body}", field)
+            body_required = BEHAVIOR.REQUIRED in behaviors(field)
             skip.add(self.body)
         if self.body != "*":
             parameters += self._query_parameters(self.request, "", skip)
@@ -192,7 +197,7 @@ class _Operation:
             document["parameters"] = parameters
         if body is not None:
             document["requestBody"] = {
-                "required": True,
+                "required": body_required,
                 "content": {"application/json": {"schema": body}},
             }
         reply = ref(self.response)
@@ -306,6 +311,13 @@ def _resources(catalog: Catalog, message: str) -> dict[str, str]:
     return found
 
 
+def _pages(operation: _Operation) -> bool:
+    """A List method (AIP-158): `page_token` in, `next_page_token` out."""
+    request = {field.name for _, field in operation.catalog.fields(operation.request)}
+    reply = {field.name for _, field in operation.catalog.fields(operation.response)}
+    return "page_token" in request and "next_page_token" in reply
+
+
 def _link(
     operations: list[_Operation], ids: Mapping[tuple[str, bytes], str], paths: dict[str, Any]
 ) -> None:
@@ -326,7 +338,19 @@ def _link(
                     "parameters": {"id": f"$response.body#/{json_name}/id"},
                     "description": f"The {resource.rsplit('.', 1)[-1]} in `{json_name}`.",
                 }
+        if _pages(source):
+            links["nextPage"] = {
+                "operationId": ids[source.key],
+                "parameters": {
+                    **{
+                        p["name"]: f"$request.query.{p['name']}"
+                        for p in paths[source.path][source.verb].get("parameters", [])
+                        if p["in"] == "query" and p["name"] != "pageToken"
+                    },
+                    "pageToken": "$response.body#/nextPageToken",
+                },
+                "description": "The next page (AIP-158), with the same filters.",
+            }
         if links:
             response = paths[source.path][source.verb]["responses"]["200"]
             response["links"] = {name: links[name] for name in sorted(links)}
-

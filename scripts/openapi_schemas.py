@@ -10,6 +10,8 @@ descriptions. Bounds that a proto cannot state are added from the constraints fi
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,7 +19,7 @@ from google.api import field_behavior_pb2
 from google.protobuf import descriptor_pb2
 
 FieldProto = descriptor_pb2.FieldDescriptorProto
-_BEHAVIOR = field_behavior_pb2.FieldBehavior
+BEHAVIOR = field_behavior_pb2.FieldBehavior
 
 INT64_PATTERN = r"^-?[0-9]+$"
 UINT64_PATTERN = r"^[0-9]+$"
@@ -153,6 +155,30 @@ class Catalog:
         return self.messages[field.type_name].options.map_entry
 
 
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """proto3 JSON reads `null` as the field's default: an optional field accepts it."""
+    if "$ref" in schema:
+        rest = {key: value for key, value in schema.items() if key != "$ref"}
+        return {"anyOf": [{"$ref": schema["$ref"]}, {"type": "null"}], **rest}
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    if isinstance(kind, list):
+        return {**schema, "type": [*kind, "null"]}
+    return schema
+
+
+def expand(constraint: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON Schema keywords of a constraint; `x-text` becomes a `pattern` (text_pattern)."""
+    out = {key: value for key, value in constraint.items() if key != "x-text"}
+    if "x-text" in constraint:
+        out["pattern"] = text_pattern(**constraint["x-text"])
+    for key in ("additionalProperties", "propertyNames"):
+        if isinstance(out.get(key), dict):
+            out[key] = expand(out[key])
+    return out
+
+
 def _not_default(field: FieldProto, schema: Mapping[str, Any]) -> dict[str, Any]:
     """A REQUIRED scalar is set: proto3 cannot tell its default value from "not sent"."""
     if field.type == FieldProto.TYPE_STRING:
@@ -166,6 +192,55 @@ def _not_default(field: FieldProto, schema: Mapping[str, Any]) -> dict[str, Any]
     if schema.get("type") in ("integer", "number"):
         return {"not": {"const": 0}}
     return {}
+
+
+def text_pattern(
+    forbid: list[str],
+    *,
+    allow: str = "",
+    trimmed: bool = False,
+    nonblank: bool = False,
+    empty: bool = False,
+) -> str:
+    """A regex for text without characters of the Unicode categories `forbid`.
+
+    `trimmed`: no whitespace (`str.strip`) at either end; `nonblank`: some character is
+    not whitespace; both refuse "" unless `empty`. Characters are written literally
+    inside the classes, which every regex dialect reads alike.
+    """
+    excluded = [
+        c
+        for c in map(chr, range(sys.maxunicode + 1))
+        if unicodedata.category(c) in forbid and c not in allow and unicodedata.category(c) != "Cs"
+    ]
+    spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c not in excluded]
+    body = f"[^{_ranges(excluded)}]"
+    solid = f"[^{_ranges(sorted(excluded + spaces))}]"
+    if trimmed:
+        text = f"{solid}(?:{body}*{solid})?"
+    elif nonblank:
+        text = f"{body}*{solid}{body}*"
+    else:
+        return f"^{body}*$"
+    return f"^(?:{text})?$" if empty else f"^{text}$"
+
+
+def _ranges(chars: list[str]) -> str:
+    out: list[str] = []
+    codes = sorted(set(map(ord, chars)))
+    start = previous = codes[0]
+    for code in [*codes[1:], -1]:
+        if code == previous + 1:
+            previous = code
+            continue
+        first, last = _literal(chr(start)), _literal(chr(previous))
+        out.append(first if start == previous else f"{first}-{last}")
+        start = previous = code
+    return "".join(out)
+
+
+def _literal(char: str) -> str:
+    return "\\" + char if char in "\\]^-[" else char
 
 
 def behaviors(field: FieldProto) -> set[int]:
@@ -202,7 +277,7 @@ class SchemaBuilder:
             if field.name in skip:
                 continue
             properties[field.json_name] = self.field(full_name, field)
-            if _BEHAVIOR.REQUIRED in behaviors(field):
+            if BEHAVIOR.REQUIRED in behaviors(field):
                 required.append(field.json_name)
         # The transcoder ignores unknown fields but refuses an empty name.
         schema: dict[str, Any] = {
@@ -215,6 +290,14 @@ class SchemaBuilder:
         exclusive = self._oneof_exclusions(type_name, skip)
         if exclusive:
             schema["allOf"] = exclusive
+        key = schema_name(type_name)
+        if key in self.constraints:
+            self.used_constraints.add(key)
+            for name, value in self.constraints[key].items():
+                if name == "allOf":
+                    schema.setdefault("allOf", []).extend(value)
+                else:
+                    schema[name] = value
         comment = self.catalog.comments.get(type_name)
         if comment:
             schema["description"] = comment
@@ -225,9 +308,12 @@ class SchemaBuilder:
         message = self.catalog.messages[type_name]
         groups: dict[int, list[str]] = {}
         for field in message.field:
-            if field.HasField("oneof_index") and not field.proto3_optional:
-                if field.name not in skip:
-                    groups.setdefault(field.oneof_index, []).append(field.json_name)
+            if (
+                field.HasField("oneof_index")
+                and not field.proto3_optional
+                and field.name not in skip
+            ):
+                groups.setdefault(field.oneof_index, []).append(field.json_name)
         return [
             {"not": {"required": [a, b]}}
             for members in groups.values()
@@ -240,19 +326,21 @@ class SchemaBuilder:
         if field.label == FieldProto.LABEL_REPEATED and not self.catalog.is_map(field):
             schema = {"type": "array", "items": schema}
         found = behaviors(field)
-        if _BEHAVIOR.REQUIRED in found and field.label != FieldProto.LABEL_REPEATED:
+        if BEHAVIOR.REQUIRED in found and field.label != FieldProto.LABEL_REPEATED:
             schema.update(_not_default(field, schema))
             if field.type == FieldProto.TYPE_ENUM and field.type_name in self.catalog.enums:
-                zero = self.catalog.enums[field.type_name].value[0].name
-                schema["not"] = {"enum": [zero]}
-        if _BEHAVIOR.OUTPUT_ONLY in found:
+                zero = self.catalog.enums[field.type_name].value[0]
+                schema["not"] = {"enum": [zero.name, zero.number]}
+        if BEHAVIOR.OUTPUT_ONLY in found:
             schema["readOnly"] = True
-        if _BEHAVIOR.INPUT_ONLY in found:
+        if BEHAVIOR.INPUT_ONLY in found:
             schema["writeOnly"] = True
+        if BEHAVIOR.REQUIRED not in found and BEHAVIOR.OUTPUT_ONLY not in found:
+            schema = _nullable(schema)
         key = schema_name(full_name)
         if key in self.constraints:
             self.used_constraints.add(key)
-            schema.update(self.constraints[key])
+            schema.update(expand(self.constraints[key]))
         comment = self.catalog.comments.get(full_name)
         if comment:
             schema["description"] = comment
@@ -277,9 +365,10 @@ class SchemaBuilder:
             comment = self.catalog.comments.get(f"{type_name}.{value.name}", "")
             lines.append(f"- `{value.name}`: {comment}".rstrip(": "))
         description = self.catalog.comments.get(type_name, "")
+        # JSON prints the name; a request may also send the number.
         return {
-            "type": "string",
-            "enum": [value.name for value in values],
+            "type": ["string", "integer"],
+            "enum": [*(value.name for value in values), *(value.number for value in values)],
             "description": "\n".join([description, "", *lines]).strip(),
         }
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pi.edge._values import KIB, MIB, duration, socket_address, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.header_names import header_names_filter
 from pi.edge.local_replies import local_reply_config
 from pi.edge.routes import route_config
 
@@ -144,6 +145,7 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
                 "max_request_bytes": config.max_request_body_bytes,
             },
         },
+        header_names_filter(),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": _transcoder(config),

@@ -11,7 +11,10 @@ from typing import Any
 
 from pi.edge._values import MIB, duration, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.guards import guard_routes
 
+# gRPC paths callable without a token: the auth service's own list.
+PUBLIC_METHODS = ("/pi.auth.v1.AuthService/IssueToken", "/pi.auth.v1.AuthService/GetJwks")
 # RPC name prefixes that only read (AIP-131/132): safe to retry after a partial failure.
 _READ_METHOD_PREFIXES = ("Get", "List")
 
@@ -20,7 +23,7 @@ _PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPr
 
 
 def route_config(config: EdgeConfig) -> dict[str, Any]:
-    routes: list[dict[str, Any]] = []
+    routes = guard_routes(PUBLIC_METHODS, openapi=config.openapi_path is not None)
     if config.openapi_path is not None:
         routes.append(_openapi_route(config.openapi_path))
     for name, grpc_service in PUBLIC_GRPC_SERVICES.items():

@@ -1,0 +1,90 @@
+"""The HTTP API against its own OpenAPI document, fuzzed by schemathesis through Envoy.
+
+Schemathesis (the CLI, as a user runs it) reads GET /openapi.json from the edge of the
+e2e mesh and runs every operation through every phase (examples, coverage, fuzzing and
+the stateful phase that follows the document's links) with every check: no 5xx, status
+codes, content types, headers and bodies as documented, schema-valid requests accepted
+and schema-invalid ones rejected, authentication enforced, 405 for undeclared methods,
+resources available after creation. Any failure fails the test, with the CLI's report.
+
+The suite runs a bounded configuration (PI_FUZZ_MAX_EXAMPLES, default 12 cases per
+operation and phase); `make fuzz` runs the same test at full size (1000).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+MAX_EXAMPLES = int(os.environ.get("PI_FUZZ_MAX_EXAMPLES", "12"))
+SEED = os.environ.get("PI_FUZZ_SEED", "20261207")
+# Summary lines of the CLI's report that `make fuzz` prints.
+_SUMMARY = re.compile(r"^\s*(Selected: .*|Tested: .*|\d+ generated.*|=+ .* in [\d.]+s =+)$")
+
+
+def fuzz(base_url: str, api_key_id: str, api_key_secret: str, report: Path) -> tuple[int, str]:
+    """Runs the schemathesis CLI against `base_url`; (exit code, output)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "tests" / "support"),
+        "SCHEMATHESIS_HOOKS": "fuzz_hooks",
+        "PI_FUZZ_BASE_URL": base_url,
+        "PI_FUZZ_API_KEY_ID": api_key_id,
+        "PI_FUZZ_API_KEY_SECRET": api_key_secret,
+    }
+    command = [
+        str(SCHEMATHESIS),
+        "run",
+        f"{base_url}/openapi.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        SEED,
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
+    ]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def summary(output: str) -> str:
+    return "\n".join(m.group(1) for line in output.splitlines() if (m := _SUMMARY.match(line)))
+
+
+def junit_counts(report: Path) -> tuple[int, int]:
+    """(test cases, failed or errored test cases) of the CLI's JUnit report."""
+    root = ElementTree.parse(report).getroot()
+    cases = root.findall(".//testcase")
+    failed = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+    return len(cases), len(failed)
+
+
+@pytest.mark.timeout(0 if MAX_EXAMPLES > 100 else 900)
+def test_every_operation_fuzzed_with_every_check_finds_nothing(
+    mesh: Any, openapi: dict[str, Any], tmp_path: Path
+) -> None:
+    merchant = mesh.create_merchant()
+    report = tmp_path / "junit.xml"
+    code, output = fuzz(mesh.http_base, merchant.api_key_id, merchant.api_key_secret, report)
+    print(f"\nschemathesis --checks all, {MAX_EXAMPLES} examples per operation, seed {SEED}")
+    print(summary(output))
+    assert code == 0, output[-20000:]
+    operations = sum(len(methods) for methods in openapi["paths"].values())
+    tested, failed = junit_counts(report)
+    assert (tested, failed) == (operations, 0), output[-5000:]

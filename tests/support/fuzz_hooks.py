@@ -1,0 +1,120 @@
+"""Schemathesis hooks for fuzzing the HTTP API (`make fuzz`, tests/e2e/test_contract_fuzzed.py).
+
+Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS. Two things live here:
+
+- authentication: a merchant's bearer token, issued from the API key in
+  PI_FUZZ_API_KEY_ID / PI_FUZZ_API_KEY_SECRET at PI_FUZZ_BASE_URL and renewed before it
+  expires (tokens live 15 minutes; a full run lasts longer);
+- the rules of the contract that JSON Schema cannot state, and that the document names
+  in its descriptions: a card number ends with its Luhn digit, a card has not expired, an
+  IBAN-shaped account number has a valid checksum, a page token is one the server
+  issued, and `requestId` equals the
+  `Idempotency-Key` header when both are sent. Only schema-valid (positive) cases are
+  adjusted, and only within what the schema allows, so a valid case stays valid and an
+  invalid one is sent as generated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import urllib.request
+from typing import Any
+
+import schemathesis
+
+_TOKEN_LIFETIME = 600.0  # renew well before the 900 s expiry
+
+
+@schemathesis.auth()
+class MerchantToken:
+    """`Authorization: Bearer ...` for a merchant, from POST /v1/auth/token."""
+
+    def __init__(self) -> None:
+        self._token = ""
+        self._issued = 0.0
+
+    def get(self, case: Any, context: Any) -> str:
+        if not self._token or time.monotonic() - self._issued > _TOKEN_LIFETIME:
+            body = json.dumps(
+                {
+                    "apiKeyId": os.environ["PI_FUZZ_API_KEY_ID"],
+                    "apiKeySecret": os.environ["PI_FUZZ_API_KEY_SECRET"],
+                }
+            ).encode()
+            request = urllib.request.Request(
+                os.environ["PI_FUZZ_BASE_URL"] + "/v1/auth/token",
+                data=body,
+                headers={"content-type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                self._token = json.load(reply)["accessToken"]
+            self._issued = time.monotonic()
+        return self._token
+
+    def set(self, case: Any, data: str, context: Any) -> None:
+        case.headers = case.headers or {}
+        case.headers["Authorization"] = f"Bearer {data}"
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    meta = getattr(case, "meta", None)
+    if meta is None or not meta.generation.mode.is_positive:
+        return case
+    # A page token is the server's own opaque, signed cursor: only one it issued (the
+    # nextPage link of the stateful phase) can be valid.
+    if isinstance(case.query, dict) and meta.phase.name != "stateful":
+        case.query.pop("pageToken", None)
+    if isinstance(case.query, dict):
+        start, end = case.query.get("createTimeStart"), case.query.get("createTimeEnd")
+        if isinstance(start, str) and isinstance(end, str) and _instant(end) < _instant(start):
+            case.query["createTimeStart"], case.query["createTimeEnd"] = end, start
+    if isinstance(case.body, dict):
+        _card(case.body.get("card"))
+        _bank_transfer(case.body.get("bankTransfer"))
+        headers = case.headers or {}
+        key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
+        if key is not None and case.body.get("requestId") not in (None, "", key):
+            case.body["requestId"] = key
+    return case
+
+
+def _instant(value: str) -> dt.datetime:
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _card(card: Any) -> None:
+    if not isinstance(card, dict):
+        return
+    number = card.get("number")
+    if isinstance(number, str) and number.isdigit() and 12 <= len(number) <= 19:
+        card["number"] = number[:-1] + luhn_digit(number[:-1])
+    year = card.get("expYear")
+    if isinstance(year, int) and not isinstance(year, bool) and 1000 <= year <= 9999:
+        card["expYear"] = max(year, dt.date.today().year + 1)
+
+
+def luhn_digit(payload: str) -> str:
+    """The check digit that makes `payload + digit` pass the Luhn check."""
+    total = 0
+    for index, char in enumerate(reversed(payload)):
+        digit = int(char)
+        if index % 2 == 0:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return str((10 - total % 10) % 10)
+
+
+def _bank_transfer(bank: Any) -> None:
+    if not isinstance(bank, dict) or not isinstance(bank.get("accountNumber"), str):
+        return
+    # Digits only never has an IBAN's shape (two letters first), so no checksum applies.
+    account = bank["accountNumber"]
+    bank["accountNumber"] = "".join(c if c.isdigit() or c == " " else "7" for c in account)

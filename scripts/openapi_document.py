@@ -85,7 +85,7 @@ def render(
     constraints: Mapping[str, dict[str, Any]],
     info: dict[str, Any],
 ) -> dict[str, Any]:
-    """The document for `services` (full names); `public_methods` ("Service.Method") need no token."""
+    """The document of `services` (full names); `public_methods` (full names) need no token."""
     catalog = Catalog(files)
     builder = SchemaBuilder(catalog, constraints)
     public = set(public_methods)

@@ -53,6 +53,8 @@ def fuzz(base_url: str, api_key_id: str, api_key_secret: str, report: Path) -> t
         str(MAX_EXAMPLES),
         "--seed",
         SEED,
+        "--workers",
+        os.environ.get("PI_FUZZ_WORKERS", "4"),
         "--no-color",
         "--report",
         "junit",

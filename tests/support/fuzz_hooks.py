@@ -7,7 +7,7 @@ Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS. Two things live here:
   expires (tokens live 15 minutes; a full run lasts longer);
 - the rules of the contract that JSON Schema cannot state, and that the document names
   in its descriptions: a card number ends with its Luhn digit, a card has not expired, an
-  IBAN-shaped account number has a valid checksum, a page token is one the server
+  IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a page token is one the server
   issued, and `requestId` equals the
   `Idempotency-Key` header when both are sent. Only schema-valid (positive) cases are
   adjusted, and only within what the schema allows, so a valid case stays valid and an
@@ -66,7 +66,7 @@ def map_case(context: Any, case: Any) -> Any:
         return case
     # A page token is the server's own opaque, signed cursor: only one it issued (the
     # nextPage link of the stateful phase) can be valid.
-    if isinstance(case.query, dict) and meta.phase.name != "stateful":
+    if isinstance(case.query, dict) and case.query.get("pageToken") not in _ISSUED_PAGE_TOKENS:
         case.query.pop("pageToken", None)
     if isinstance(case.query, dict):
         start, end = case.query.get("createTimeStart"), case.query.get("createTimeEnd")
@@ -80,6 +80,15 @@ def map_case(context: Any, case: Any) -> Any:
         if key is not None and case.body.get("requestId") not in (None, "", key):
             case.body["requestId"] = key
     return case
+
+
+_ISSUED_PAGE_TOKENS: set[Any] = {None, ""}
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    if response.status_code == 200 and b"nextPageToken" in response.content:
+        _ISSUED_PAGE_TOKENS.add(json.loads(response.content).get("nextPageToken"))
 
 
 def _instant(value: str) -> dt.datetime:

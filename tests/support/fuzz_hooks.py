@@ -7,10 +7,10 @@ Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS. Two things live here:
   expires (tokens live 15 minutes; a full run lasts longer);
 - the rules of the contract that JSON Schema cannot state, and that the document names
   in its descriptions: a card number ends with its Luhn digit, a card has not expired, an
-  IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a page token is one the server
-  issued, and `requestId` equals the
-  `Idempotency-Key` header when both are sent. Only schema-valid (positive) cases are
-  adjusted, and only within what the schema allows, so a valid case stays valid and an
+  IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a
+  page token is one the server issued, and `requestId` equals the `Idempotency-Key`
+  header when both are sent. Only schema-valid (positive) cases are adjusted, and only
+  within what the schema allows, so a valid case stays valid and an
   invalid one is sent as generated.
 """
 

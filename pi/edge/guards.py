@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from google.api import annotations_pb2
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor, descriptor_pool
 
 from pi.edge._values import type_url
@@ -55,9 +55,11 @@ def _bindings(
     service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor
 ) -> Iterable[tuple[str, str, str]]:
     options = method.GetOptions()
-    if not options.HasExtension(annotations_pb2.http):
+    # typed as a plain FieldDescriptor by the googleapis stubs, not as an extension
+    http: Any = annotations_pb2.http
+    if not options.HasExtension(http):
         return
-    rule = options.Extensions[annotations_pb2.http]
+    rule: http_pb2.HttpRule = options.Extensions[http]
     for binding in (rule, *rule.additional_bindings):
         pattern = binding.WhichOneof("pattern")
         if pattern is None:
@@ -137,7 +139,7 @@ def _not_allowed(regex: str, methods: list[str]) -> dict[str, Any]:
 
 
 def _no_token(regex: str, methods: list[str]) -> dict[str, Any]:
-    headers = [
+    headers: list[dict[str, Any]] = [
         {"name": ":method", "string_match": {"safe_regex": {"regex": _methods_regex(methods)}}},
         {"name": "authorization", "present_match": False},
         # Native gRPC callers get their UNAUTHENTICATED from the service.

@@ -50,13 +50,32 @@ class MerchantToken:
                 headers={"content-type": "application/json"},
             )
             with urllib.request.urlopen(request, timeout=10) as reply:
-                self._token = json.load(reply)["accessToken"]
+                issued = json.load(reply)
+            self._token = issued["accessToken"]
+            _OWN["tokenId"] = issued["tokenId"]
             self._issued = time.monotonic()
         return self._token
 
     def set(self, case: Any, data: str, context: Any) -> None:
         case.headers = case.headers or {}
         case.headers["Authorization"] = f"Bearer {data}"
+
+
+_OWN: dict[str, str] = {}
+
+
+@schemathesis.hook
+def filter_case(context: Any, case: Any) -> bool:
+    """The fuzzer's own credentials are off limits: revoking them ends the run, not a bug.
+
+    Schemathesis reuses identifiers it saw in responses (ListApiKeys shows the key the
+    run authenticates with), so it would otherwise revoke its own key or token.
+    """
+    own_key = os.environ.get("PI_FUZZ_API_KEY_ID")
+    if (case.path_parameters or {}).get("id") == own_key:
+        return False
+    body = case.body if isinstance(case.body, dict) else {}
+    return not (_OWN.get("tokenId") and body.get("tokenId") == _OWN["tokenId"])
 
 
 @schemathesis.hook
@@ -75,10 +94,7 @@ def map_case(context: Any, case: Any) -> Any:
     if isinstance(case.body, dict):
         _card(case.body.get("card"))
         _bank_transfer(case.body.get("bankTransfer"))
-        headers = case.headers or {}
-        key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
-        if key is not None and case.body.get("requestId") not in (None, "", key):
-            case.body["requestId"] = key
+
     return case
 
 

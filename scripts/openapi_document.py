@@ -230,6 +230,8 @@ class _Operation:
         schema = self.builder.field(f"{self._owner(dotted)}.{field.name}", field)
         schema.pop("readOnly", None)
         schema.setdefault("minLength", 1)
+        # The edge refuses an encoded slash or backslash in a path (400).
+        schema.setdefault("pattern", r"^[^/\\]+$")
         return {"name": dotted, "in": "path", "required": True, "schema": schema}
 
     def _owner(self, dotted: str) -> str:

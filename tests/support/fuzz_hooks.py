@@ -79,14 +79,21 @@ def filter_case(context: Any, case: Any) -> bool:
 
 
 @schemathesis.hook
-def map_case(context: Any, case: Any) -> Any:
+def before_call(context: Any, case: Any, kwargs: Any) -> None:
+    """Adjusts a schema-valid case just before it is sent (schemathesis then re-checks it)."""
     meta = getattr(case, "meta", None)
     if meta is None or not meta.generation.mode.is_positive:
-        return case
+        return
     # A page token is the server's own opaque, signed cursor: only one it issued (the
-    # nextPage link of the stateful phase) can be valid.
-    if isinstance(case.query, dict) and case.query.get("pageToken") not in _ISSUED_PAGE_TOKENS:
-        case.query.pop("pageToken", None)
+    # nextPage link of the stateful phase) is valid, with the list parameters it was
+    # issued for.
+    if isinstance(case.query, dict) and "pageToken" in case.query:
+        token = case.query["pageToken"]
+        if token in _ISSUED_PAGE_TOKENS:
+            case.query.clear()
+            case.query.update({**_ISSUED_PAGE_TOKENS[token], "pageToken": token})
+        else:
+            del case.query["pageToken"]
     if isinstance(case.query, dict):
         start, end = case.query.get("createTimeStart"), case.query.get("createTimeEnd")
         if isinstance(start, str) and isinstance(end, str) and _instant(end) < _instant(start):
@@ -98,13 +105,18 @@ def map_case(context: Any, case: Any) -> Any:
     return case
 
 
-_ISSUED_PAGE_TOKENS: set[Any] = {None, ""}
+# Page tokens the server issued -> the list parameters of the request they came from.
+_ISSUED_PAGE_TOKENS: dict[str, dict[str, Any]] = {}
 
 
 @schemathesis.hook
 def after_call(context: Any, case: Any, response: Any) -> None:
     if response.status_code == 200 and b"nextPageToken" in response.content:
-        _ISSUED_PAGE_TOKENS.add(json.loads(response.content).get("nextPageToken"))
+        token = json.loads(response.content).get("nextPageToken")
+        if token:
+            query = dict(case.query or {})
+            query.pop("pageToken", None)
+            _ISSUED_PAGE_TOKENS[token] = query
 
 
 def _instant(value: str) -> dt.datetime:

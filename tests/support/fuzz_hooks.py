@@ -6,8 +6,8 @@ Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS. Two things live here:
   PI_FUZZ_API_KEY_ID / PI_FUZZ_API_KEY_SECRET at PI_FUZZ_BASE_URL and renewed before it
   expires (tokens live 15 minutes; a full run lasts longer);
 - the rules of the contract that JSON Schema cannot state, and that the document names
-  in its descriptions: a card number ends with its Luhn digit, a card has not expired, an
-  IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a
+  in its descriptions: a card number ends with its Luhn digit, a card expires within 50 years
+  from now, an IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a
   page token is one the server issued, and `requestId` equals the `Idempotency-Key`
   header when both are sent. Only schema-valid (positive) cases are adjusted, and only
   within what the schema allows, so a valid case stays valid and an
@@ -101,8 +101,14 @@ def before_call(context: Any, case: Any, kwargs: Any) -> None:
     if isinstance(case.body, dict):
         _card(case.body.get("card"))
         _bank_transfer(case.body.get("bankTransfer"))
-
-    return case
+    # `requestId` and the header must agree; an empty header is a key too.
+    headers = case.headers or {}
+    key = next((v for k, v in headers.items() if k.lower() == "idempotency-key"), None)
+    for fields in (case.body, case.query):
+        if key is None or not isinstance(fields, dict):
+            continue
+        if fields.get("requestId") not in (None, "", key):
+            fields["requestId"] = key
 
 
 # Page tokens the server issued -> the list parameters of the request they came from.
@@ -135,7 +141,8 @@ def _card(card: Any) -> None:
         card["number"] = number[:-1] + luhn_digit(number[:-1])
     year = card.get("expYear")
     if isinstance(year, int) and not isinstance(year, bool) and 1000 <= year <= 9999:
-        card["expYear"] = max(year, dt.date.today().year + 1)
+        this_year = dt.date.today().year
+        card["expYear"] = min(max(year, this_year + 1), this_year + 50)
 
 
 def luhn_digit(payload: str) -> str:

@@ -60,7 +60,7 @@ def openapi_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     if generated.is_file():
         return str(generated)
     stub = tmp_path_factory.mktemp("openapi") / "pi.openapi.json"
-    stub.write_text('{"swagger": "2.0", "paths": {}}\n')
+    stub.write_text('{"openapi": "3.1.0", "paths": {}}\n')
     return str(stub)
 
 

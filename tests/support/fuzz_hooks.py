@@ -6,7 +6,8 @@ Loaded by the schemathesis CLI through SCHEMATHESIS_HOOKS. Two things live here:
   PI_FUZZ_API_KEY_ID / PI_FUZZ_API_KEY_SECRET at PI_FUZZ_BASE_URL and renewed before it
   expires (tokens live 15 minutes; a full run lasts longer);
 - the rules of the contract that JSON Schema cannot state, and that the document names
-  in its descriptions: a card number ends with its Luhn digit, a card expires within 50 years
+  in its descriptions: a card number ends with its Luhn digit
+  and its CVC has its brand's length, a card expires within 50 years
   from now, an IBAN-shaped account number has a valid checksum, a list's time range runs forwards, a
   page token is one the server issued, and `requestId` equals the `Idempotency-Key`
   header when both are sent. Only schema-valid (positive) cases are adjusted, and only
@@ -137,8 +138,14 @@ def _card(card: Any) -> None:
     if not isinstance(card, dict):
         return
     number = card.get("number")
-    if isinstance(number, str) and number.isdigit() and 12 <= len(number) <= 19:
-        card["number"] = number[:-1] + luhn_digit(number[:-1])
+    digits = "".join(c for c in number if c.isdigit()) if isinstance(number, str) else ""
+    if isinstance(number, str) and 12 <= len(digits) <= 19:
+        last = max(i for i, c in enumerate(number) if c.isdigit())
+        card["number"] = number[:last] + luhn_digit(digits[:-1]) + number[last + 1 :]
+        # 4 digits for Amex (34, 37), 3 for the others.
+        cvc, length = card.get("cvc"), 4 if digits[:2] in ("34", "37") else 3
+        if isinstance(cvc, str) and cvc.isdigit():
+            card["cvc"] = (cvc + "000")[:length]
     year = card.get("expYear")
     if isinstance(year, int) and not isinstance(year, bool) and 1000 <= year <= 9999:
         this_year = dt.date.today().year

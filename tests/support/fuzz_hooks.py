@@ -147,7 +147,9 @@ def _card(card: Any) -> None:
         if isinstance(cvc, str) and cvc.isdigit():
             card["cvc"] = (cvc + "000")[:length]
     year = card.get("expYear")
-    if isinstance(year, int) and not isinstance(year, bool) and 1000 <= year <= 9999:
+    # JSON integers may arrive as 2027.0, which the schema's `integer` allows.
+    whole = isinstance(year, int | float) and not isinstance(year, bool) and year == int(year)
+    if whole and 1000 <= year <= 9999:
         this_year = dt.date.today().year
         card["expYear"] = min(max(year, this_year + 1), this_year + 50)
 

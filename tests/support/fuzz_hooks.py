@@ -148,7 +148,8 @@ def _card(card: Any) -> None:
             card["cvc"] = (cvc + "000")[:length]
     year = card.get("expYear")
     # JSON integers may arrive as 2027.0, which the schema's `integer` allows.
-    whole = isinstance(year, int | float) and not isinstance(year, bool) and year == int(year)
+    number = isinstance(year, int | float) and not isinstance(year, bool)
+    whole = number and float(year).is_integer()
     if whole and 1000 <= year <= 9999:
         this_year = dt.date.today().year
         card["expYear"] = min(max(year, this_year + 1), this_year + 50)

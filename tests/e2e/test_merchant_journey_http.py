@@ -30,7 +30,7 @@ OUTBOX_WAIT = 10.0
 
 
 def as_response_schema(node: Any) -> Any:
-    """A schema as a response must match it: write-only fields never shown, and no field
+    """A schema as a response must match it: write-only fields shown empty, and no field
     the document does not name (additionalProperties false where properties are listed)."""
     if isinstance(node, list):
         return [as_response_schema(item) for item in node]
@@ -39,8 +39,9 @@ def as_response_schema(node: Any) -> Any:
     out = {key: as_response_schema(value) for key, value in node.items()}
     properties = out.get("properties")
     if isinstance(properties, dict):
+        # Input-only fields are printed as empty strings (every field is printed).
         hidden = {name for name, prop in properties.items() if prop.get("writeOnly")}
-        out["properties"] = {k: v for k, v in properties.items() if k not in hidden}
+        out["properties"] = {k: {"const": ""} if k in hidden else v for k, v in properties.items()}
         if "required" in out:
             out["required"] = [name for name in out["required"] if name not in hidden]
         out.setdefault("additionalProperties", False)

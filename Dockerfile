@@ -37,7 +37,7 @@ COPY --from=build /opt/pi /opt/pi
 # Where the edge's Kubernetes config (python -m pi.edge render --profile kubernetes) reads
 # the descriptor set for transcoding and the document it serves at GET /openapi.json.
 COPY generated/descriptors.binpb /etc/pi/edge/descriptors.binpb
-COPY generated/openapi/pi.swagger.json /etc/pi/edge/openapi.json
+COPY generated/openapi/pi.openapi.json /etc/pi/edge/openapi.json
 ENV PATH=/opt/pi/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1

@@ -20,7 +20,7 @@ WEB_SOURCES := $(shell find web/src web/scripts -type f 2>/dev/null) web/index.h
 # feature branch is checked against what landed and main against its last commit.
 BREAKING_AGAINST ?= .git\#branch=main
 
-.PHONY: help setup proto web lint test test-unit run prometheus bench chaos clean image
+.PHONY: help setup proto web lint test test-unit run prometheus bench chaos fuzz clean image
 
 help: ## Show the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -86,3 +86,7 @@ clean: ## Remove caches and build output (keeps .venv, node_modules and generate
 
 image: setup ## Build the pi-platform image with podman (cached by content; scripts/image.py).
 	$(PY) scripts/image.py
+
+fuzz: setup ## Fuzz the HTTP API against /openapi.json through Envoy (schemathesis, 1000 cases/operation).
+	PI_FUZZ_MAX_EXAMPLES=$${PI_FUZZ_MAX_EXAMPLES:-1000} $(VENV)/bin/pytest -s -q -p no:cacheprovider \
+	    tests/e2e/test_contract_fuzzed.py

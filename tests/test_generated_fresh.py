@@ -66,9 +66,9 @@ def _property_names(node: Any) -> list[str]:
 
 
 def test_openapi_uses_lower_camel_json_names() -> None:
-    document = json.loads((GENERATED / "openapi" / "pi.swagger.json").read_text())
-    assert document["swagger"] == "2.0"
+    document = json.loads((GENERATED / "openapi" / "pi.openapi.json").read_text())
+    assert document["openapi"] == "3.1.0"
     assert document["paths"], "no HTTP routes in the OpenAPI document"
-    names = _property_names(document["definitions"])
+    names = _property_names(document["components"]["schemas"])
     wrong = sorted({n for n in names if n != "@type" and not LOWER_CAMEL.match(n)})
     assert names and not wrong, f"not lowerCamelCase: {wrong}"

@@ -35,7 +35,7 @@ from pi.edge.static import StaticSite
 from pi.platform.config import SERVICE_PORTS
 
 DEFAULT_DESCRIPTOR = "generated/descriptors.binpb"
-DEFAULT_OPENAPI = "generated/openapi/pi.swagger.json"
+DEFAULT_OPENAPI = "generated/openapi/pi.openapi.json"
 LOCAL_PORTS = "/".join(str(port) for port in SERVICE_PORTS.values())
 
 

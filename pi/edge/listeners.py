@@ -10,6 +10,7 @@ from typing import Any
 
 from pi.edge._values import KIB, MIB, duration, socket_address, type_url
 from pi.edge.config import PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.header_names import header_names_filter
 from pi.edge.local_replies import local_reply_config
 from pi.edge.observability import tracing_config
 from pi.edge.plaintext import HSTS
@@ -160,6 +161,7 @@ def _http_filters(config: EdgeConfig) -> list[dict[str, Any]]:
                 "max_request_bytes": config.max_request_body_bytes,
             },
         },
+        header_names_filter(),
         *([compressor_filter()] if config.web is not None else []),
         {
             "name": "envoy.filters.http.grpc_json_transcoder",

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pi.edge.guards import query_without_body_mappers
+
 # HTTP status of a local reply -> google.rpc.Code, for the JSON body HTTP clients get.
 _LOCAL_REPLY_CODES: tuple[tuple[int, int], ...] = (
     (400, 3),  # INVALID_ARGUMENT: malformed JSON, unknown query parameter, bad path
     (401, 16),  # UNAUTHENTICATED
     (403, 7),  # PERMISSION_DENIED
     (404, 5),  # NOT_FOUND: no such route
+    (405, 12),  # UNIMPLEMENTED: a method the path does not take (guards.py)
     (408, 4),  # DEADLINE_EXCEEDED: request not received in time
     (413, 3),  # INVALID_ARGUMENT: body too large
     (429, 8),  # RESOURCE_EXHAUSTED: rate limited
@@ -34,7 +37,8 @@ def local_reply_config() -> dict[str, Any]:
     Native gRPC requests are excluded: Envoy answers them with grpc-status and
     grpc-message, which a JSON body would garble.
     """
-    mappers = [
+    mappers = [_token_missing_mapper(), *query_without_body_mappers()]
+    mappers += [
         _status_mapper(
             {
                 "status_code_filter": {
@@ -74,6 +78,30 @@ def _status_mapper(
     }
     if message is not None:
         mapper["body"] = {"inline_string": message}
+    return mapper
+
+
+def _token_missing_mapper() -> dict[str, Any]:
+    """A 401 to a call without `Authorization` says so as the services do (TOKEN_MISSING)."""
+    mapper = _status_mapper(
+        {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": _runtime_uint("pi.local_reply.401", 401)}
+            }
+        },
+        16,
+    )
+    mapper["filter"]["and_filter"]["filters"].append(
+        {"header_filter": {"header": {"name": "authorization", "present_match": False}}}
+    )
+    mapper["body_format_override"]["json_format"]["details"] = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "TOKEN_MISSING",
+            "domain": "pi.platform",
+            "metadata": {},
+        }
+    ]
     return mapper
 
 

@@ -11,8 +11,11 @@ from typing import Any
 
 from pi.edge._values import MIB, duration, type_url
 from pi.edge.config import ADMIN_METHODS, PUBLIC_GRPC_SERVICES, EdgeConfig
+from pi.edge.guards import guard_routes
 from pi.edge.static import static_routes
 
+# gRPC paths callable without a token: the auth service's own list.
+PUBLIC_METHODS = ("/pi.auth.v1.AuthService/IssueToken", "/pi.auth.v1.AuthService/GetJwks")
 # RPC name prefixes that only read (AIP-131/132): safe to retry after a partial failure.
 _READ_METHOD_PREFIXES = ("Get", "List")
 
@@ -21,7 +24,7 @@ _PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPr
 
 
 def route_config(config: EdgeConfig) -> dict[str, Any]:
-    routes: list[dict[str, Any]] = []
+    routes = guard_routes(PUBLIC_METHODS, openapi=config.openapi_path is not None)
     if config.openapi_path is not None:
         routes.append(_openapi_route(config.openapi_path))
     routes.extend(_not_routed(method) for method in ADMIN_METHODS)

@@ -50,7 +50,7 @@ def prepare(options: LaunchOptions, out: Console) -> dict[str, str]:
     dev_secrets = ensure_dev_secrets(secrets_file)
     cert = ensure_dev_cert(options.var / "certs")
     edge = ensure_mesh(options)["edge"]
-    openapi = options.generated / "openapi" / "pi.swagger.json"
+    openapi = options.generated / "openapi" / "pi.openapi.json"
     config = local_config(
         str(descriptor),
         replicas=options.replicas,

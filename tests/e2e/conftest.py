@@ -63,7 +63,7 @@ from tests.support.leaks import leaks
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTOR = REPO / "generated" / "descriptors.binpb"
-OPENAPI = REPO / "generated" / "openapi" / "pi.swagger.json"
+OPENAPI = REPO / "generated" / "openapi" / "pi.openapi.json"
 WEB_DIST = REPO / "web" / "dist"  # built by `make setup` / `make web`; tests/e2e/web needs it
 SERVICES = ("auth", "transactions", "payments")
 # The services, Envoy, the operator (CreateMerchant), and an identity the CA issued that no

@@ -274,9 +274,25 @@ def test_unknown_path_is_404(mesh: Any, merchant: Any) -> None:
         ("GET", "/dashboard"),
         ("POST", "/"),
         ("POST", "/v2/transactions"),
-        ("DELETE", "/v1/transactions"),
     ):
         status_body(mesh.request(method, path, token=merchant.token), 404, 5)
+
+
+def test_a_method_the_path_does_not_declare_is_405_with_allow(mesh: Any, merchant: Any) -> None:
+    for method, path, allow in (
+        ("DELETE", "/v1/transactions", "GET, POST"),
+        ("TRACE", "/v1/payments/pay_1", "GET"),
+        ("PUT", "/v1/payments/pay_1:refund", "POST"),
+    ):
+        reply = mesh.request(method, path, token=merchant.token)
+        status_body(reply, 405, 12)
+        assert reply.headers.get("allow") == allow
+
+
+def test_no_token_is_401_even_when_the_body_does_not_parse(mesh: Any) -> None:
+    reply = mesh.request("POST", "/v1/transactions", raw=b'{"amount": ')
+    body = status_body(reply, 401, 16)
+    assert body["details"][0]["reason"] == "TOKEN_MISSING"
 
 
 # --- 409 and idempotent replay -------------------------------------------------------------
@@ -433,3 +449,12 @@ def test_rate_limited_is_429_for_json_and_resource_exhausted_for_grpc(
     # The shared edge was not throttled by any of this.
     assert mesh.request("GET", "/v1/transactions", token=merchant.token).status == 200
     assert body["message"], body
+
+
+def test_a_nul_in_an_identifier_is_a_client_error_not_a_500(mesh: Any, merchant: Any) -> None:
+    """Found by `make fuzz`: PostgreSQL text cannot hold NUL, so it never reaches SQL."""
+    listed = mesh.request("GET", "/v1/payments?transactionId=a%00b", token=merchant.token)
+    status_body(listed, 400, 3)
+    # Not an identifier the platform issues (visible ASCII): no payment has it.
+    shown = mesh.request("GET", "/v1/payments/pay_%C3%A9", token=merchant.token)
+    status_body(shown, 404, 5)

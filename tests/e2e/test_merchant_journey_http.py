@@ -5,8 +5,9 @@ capture → partial refund → list transactions and payments page by page → t
 shows the amounts (movements reach the transaction service through the outbox).
 
 Every 200 body is checked against the OpenAPI document the edge serves (GET /openapi.json):
-each field exists in the operation's response schema (so names are lowerCamelCase as
-documented), int64 values are JSON strings, enums are names from the documented list.
+it validates (JSON Schema 2020-12) against the operation's response schema, where every
+field must be documented (so names are lowerCamelCase as documented), int64 values are
+JSON strings matching their pattern and enums names from the documented list.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 pytestmark = pytest.mark.e2e
 
@@ -27,57 +29,39 @@ OUTBOX_WAIT = 10.0
 # --- OpenAPI conformance -------------------------------------------------------------------
 
 
-def response_ref(openapi: dict[str, Any], method: str, path: str) -> str:
-    """The definition the OpenAPI document names for a 200 of `method path`."""
-    operation = openapi["paths"][path][method.lower()]
-    ref: str = operation["responses"]["200"]["schema"]["$ref"]
-    return ref
-
-
-def resolve(openapi: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema:
-        name = schema["$ref"].removeprefix("#/definitions/")
-        schema = openapi["definitions"][name]
-    return schema
+def as_response_schema(node: Any) -> Any:
+    """A schema as a response must match it: write-only fields shown empty, and no field
+    the document does not name (additionalProperties false where properties are listed)."""
+    if isinstance(node, list):
+        return [as_response_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: as_response_schema(value) for key, value in node.items()}
+    properties = out.get("properties")
+    if isinstance(properties, dict):
+        # Input-only fields are printed as empty strings (every field is printed).
+        hidden = {name for name, prop in properties.items() if prop.get("writeOnly")}
+        out["properties"] = {k: {"const": ""} if k in hidden else v for k, v in properties.items()}
+        if "required" in out:
+            out["required"] = [name for name in out["required"] if name not in hidden]
+        out.setdefault("additionalProperties", False)
+    return out
 
 
 def conform(openapi: dict[str, Any], value: Any, schema: dict[str, Any], where: str) -> None:
-    """Asserts that `value` matches `schema` (the Swagger 2.0 subset protoc emits)."""
-    schema = resolve(openapi, schema)
-    kind = schema.get("type", "object")
-    if "enum" in schema:
-        assert isinstance(value, str), f"{where}: enum as a name, got {value!r}"
-        assert value in schema["enum"], f"{where}: {value!r} is not one of {schema['enum']}"
-    elif kind == "object":
-        assert isinstance(value, dict), f"{where}: expected an object, got {value!r}"
-        properties = schema.get("properties", {})
-        extra = schema.get("additionalProperties")
-        for key, item in value.items():
-            if key in properties:
-                conform(openapi, item, properties[key], f"{where}.{key}")
-            elif extra is not None:
-                if isinstance(extra, dict) and extra:
-                    conform(openapi, item, extra, f"{where}[{key!r}]")
-            else:
-                raise AssertionError(
-                    f"{where}: field {key!r} is not in the OpenAPI schema "
-                    f"(documented: {sorted(properties)})"
-                )
-    elif kind == "array":
-        assert isinstance(value, list), f"{where}: expected an array, got {value!r}"
-        for index, item in enumerate(value):
-            conform(openapi, item, schema.get("items", {}), f"{where}[{index}]")
-    elif kind == "string":
-        assert isinstance(value, str), f"{where}: expected a string (format "
-        f"{schema.get('format')}), got {value!r}"
-        if schema.get("format") in ("int64", "uint64"):
-            assert value.lstrip("-").isdigit(), f"{where}: int64 string, got {value!r}"
-    elif kind == "integer":
-        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r}"
-    elif kind == "number":
-        assert isinstance(value, int | float) and not isinstance(value, bool), where
-    elif kind == "boolean":
-        assert isinstance(value, bool), f"{where}: expected a boolean, got {value!r}"
+    """Asserts that `value` matches `schema` (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
+    root = {**schema, "components": as_response_schema(openapi["components"])}
+    errors = sorted(Draft202012Validator(root).iter_errors(value), key=lambda e: e.path)
+    assert not errors, f"{where}: " + "; ".join(
+        f"{'/'.join(map(str, e.path))}: {e.message[:300]}" for e in errors
+    )
+
+
+def response_schema(openapi: dict[str, Any], method: str, path: str) -> dict[str, Any]:
+    """The schema the OpenAPI document names for a 200 of `method path`."""
+    operation = openapi["paths"][path][method.lower()]
+    schema: dict[str, Any] = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    return schema
 
 
 def check(openapi: dict[str, Any], method: str, path: str, reply: Any) -> dict[str, Any]:
@@ -85,8 +69,7 @@ def check(openapi: dict[str, Any], method: str, path: str, reply: Any) -> dict[s
     assert reply.status == 200, reply
     assert reply.headers.get("content-type", "").startswith("application/json"), reply.headers
     body: dict[str, Any] = reply.json()
-    ref = response_ref(openapi, method, path)
-    conform(openapi, body, {"$ref": ref}, f"{method} {path}")
+    conform(openapi, body, response_schema(openapi, method, path), f"{method} {path}")
     return body
 
 
@@ -241,7 +224,12 @@ def test_merchant_journey_over_http(mesh: Any, openapi: dict[str, Any]) -> None:
         capturedAmount="5000",
         refundedAmount="1500",
     )
-    conform(openapi, shown, {"$ref": "#/definitions/v1Transaction"}, "transaction")
+    conform(
+        openapi,
+        shown,
+        {"$ref": "#/components/schemas/pi.transactions.v1.Transaction"},
+        "transaction",
+    )
 
     # Four more transactions, each paid (automatic capture): 5 transactions, 5 payments.
     txn_ids = [txn_id]
@@ -289,7 +277,7 @@ def test_merchant_journey_over_http(mesh: Any, openapi: dict[str, Any]) -> None:
 
 
 def test_openapi_is_served_and_names_every_route(mesh: Any, openapi: dict[str, Any]) -> None:
-    assert openapi["swagger"] == "2.0"
+    assert openapi["openapi"] == "3.1.0"
     for path in ("/v1/merchants", "/v1/auth/token", "/v1/transactions", "/v1/payments"):
         assert path in openapi["paths"], path
     # Exactly the public services: nothing internal is documented.
@@ -303,7 +291,7 @@ def test_openapi_is_served_and_names_every_route(mesh: Any, openapi: dict[str, A
     # JSON names as the transcoder prints them (lowerCamelCase), never proto snake_case.
     snake = [
         f"{name}.{field}"
-        for name, definition in openapi["definitions"].items()
+        for name, definition in openapi["components"]["schemas"].items()
         for field in definition.get("properties", {})
         if "_" in field
     ]

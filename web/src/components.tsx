@@ -81,8 +81,9 @@ export function Empty(props: { children: ComponentChildren }) {
   return <div class="empty">{props.children}</div>;
 }
 
-export function Status(props: { value?: string }) {
-  const value = props.value ?? "";
+// Enums are names in responses; the contract also lets requests send their numbers.
+export function Status(props: { value?: string | number | null }) {
+  const value = props.value == null ? "" : String(props.value);
   const short = value.replace(/^(TRANSACTION|PAYMENT|REFUND|API_KEY)_(STATUS|STATE)_/, "");
   return (
     <span class={`status status-${short.toLowerCase()}`} title={value}>
@@ -91,8 +92,8 @@ export function Status(props: { value?: string }) {
   );
 }
 
-export function Money(props: { minor?: string | number; currency?: string }) {
-  return <span class="money">{formatMoney(props.minor, props.currency)}</span>;
+export function Money(props: { minor?: string | number | null; currency?: string }) {
+  return <span class="money">{formatMoney(props.minor ?? undefined, props.currency)}</span>;
 }
 
 export function DateTime(props: { value?: string }) {

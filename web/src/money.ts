@@ -12,7 +12,7 @@ export function exponent(currency: string): number {
 }
 
 /** "1250", "USD" -> "12.50" (exact). */
-export function toMajor(minor: string | number | undefined, currency: string): string {
+export function toMajor(minor: string | number | null | undefined, currency: string): string {
   const digits = String(minor ?? "0").replace(/^-/, "") || "0";
   const sign = String(minor ?? "").startsWith("-") ? "-" : "";
   const e = exponent(currency);

@@ -27,6 +27,7 @@ from functools import partial
 
 from pi.payments.app.common import (
     RequestFingerprints,
+    id_problem,
     locked,
     payment_not_found,
 )
@@ -85,6 +86,8 @@ async def lock_payment(
     unit: PaymentsUnit, merchant_id: str, payment_id: str
 ) -> tuple[Payment, TransactionRef]:
     """The merchant's payment and its ref, both locked (the ref first: the lock order)."""
+    if id_problem(payment_id) is not None:  # no payment has it (and NUL breaks SQL text)
+        raise payment_not_found()
     found = await unit.payments.find(payment_id, merchant_id)
     if found is None:
         raise payment_not_found()

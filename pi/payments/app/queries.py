@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from pi.payments.app.common import payment_not_found
+from pi.payments.app.common import id_problem, payment_not_found
 from pi.payments.app.ports import UnitsOfWork
 from pi.payments.domain import Payment
 from pi.platform.kernel.errors import InvalidArgument
@@ -31,6 +31,8 @@ class GetPayment:
         merchant_id = require_merchant(principal)
         if not payment_id:
             raise InvalidArgument.field("id", "is required")
+        if id_problem(payment_id) is not None:  # no payment has it (and NUL breaks SQL text)
+            raise payment_not_found()
         async with self._units(Mode.READ) as unit:
             payment = await unit.payments.find(payment_id, merchant_id)
         if payment is None:
@@ -56,6 +58,8 @@ class ListPayments:
     ) -> PaymentPage:
         merchant_id = require_merchant(principal)
         size = parse_page_size(page_size)
+        if transaction_id and (problem := id_problem(transaction_id)) is not None:
+            raise InvalidArgument.field("transaction_id", problem)
         filters = {"merchant_id": merchant_id, "transaction_id": transaction_id}
         after: tuple[datetime, str] | None = None
         if page_token:

@@ -56,11 +56,11 @@ def descriptor_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def openapi_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    generated = REPO / "generated" / "openapi" / "pi.swagger.json"
+    generated = REPO / "generated" / "openapi" / "pi.openapi.json"
     if generated.is_file():
         return str(generated)
-    stub = tmp_path_factory.mktemp("openapi") / "pi.swagger.json"
-    stub.write_text('{"swagger": "2.0", "paths": {}}\n')
+    stub = tmp_path_factory.mktemp("openapi") / "pi.openapi.json"
+    stub.write_text('{"openapi": "3.1.0", "paths": {}}\n')
     return str(stub)
 
 

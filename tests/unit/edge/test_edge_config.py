@@ -261,6 +261,7 @@ def test_filters_run_cheapest_rejection_first_and_router_last() -> None:
         "envoy.filters.http.health_check",
         "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.buffer",
+        "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]

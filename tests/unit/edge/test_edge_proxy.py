@@ -233,9 +233,11 @@ def _request(
         connection.close()
 
 
-def _json(edge: Edge, method: str, path: str, body: Any = None, **headers: str) -> Any:
+def _json(edge: Edge, method: str, path: str, body: Any = None, **headers: str | None) -> Any:
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
-    all_headers = {"content-type": "application/json", **headers}
+    # Calls carry a token unless a test removes it: the edge answers 401 without one.
+    all_headers = {"content-type": "application/json", "authorization": "Bearer t", **headers}
+    all_headers = {name: value for name, value in all_headers.items() if value is not None}
     status, raw, response = _request(edge.config.http_port, method, path, data, all_headers)
     assert response.getheader("content-type") == "application/json", raw
     return status, json.loads(raw)
@@ -314,7 +316,6 @@ def test_not_found_from_a_service_is_a_404_json_status(edge: Edge) -> None:
     ("method", "path"),
     [
         ("GET", "/v1/nope"),
-        ("DELETE", "/v1/auth/jwks"),
         ("POST", "/pi.auth.v1.AuthInternalService/ListRevokedTokens"),
         ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovement"),
         ("POST", "/pi.transactions.v1.TransactionLedgerService/ApplyMovements"),
@@ -445,7 +446,7 @@ def test_tls_1_3_serves_json_and_negotiates_h2(edge: Edge) -> None:
     connection = http.client.HTTPSConnection(
         "localhost", edge.config.https_port, context=context, timeout=10
     )
-    connection.request("GET", "/v1/transactions")
+    connection.request("GET", "/v1/transactions", headers={"authorization": "Bearer t"})
     response = connection.getresponse()
     assert response.status == 200
     assert json.loads(response.read())["transactions"] == []
@@ -496,7 +497,11 @@ def test_the_rate_limit_answers_429_json_and_resource_exhausted(
             requests_per_second=2,
         )
         with _envoy(config, tmp_path):
-            results = [_request(config.http_port, "GET", "/v1/transactions") for _ in range(6)]
+            token = {"authorization": "Bearer t"}
+            results = [
+                _request(config.http_port, "GET", "/v1/transactions", headers=token)
+                for _ in range(6)
+            ]
             with (
                 grpc.insecure_channel(f"127.0.0.1:{config.http_port}") as channel,
                 pytest.raises(grpc.RpcError) as error,
@@ -511,3 +516,54 @@ def test_the_rate_limit_answers_429_json_and_resource_exhausted(
     assert json.loads(raw)["code"] == code_pb2.RESOURCE_EXHAUSTED
     assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(transactions.calls) == 6 - len(limited)
+
+
+# --- answered before the transcoder (pi/edge/guards.py, header_names.py) ------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("TRACE", "/v1/transactions", "GET, POST"),
+        ("DELETE", "/v1/transactions/txn_1", "GET"),
+        ("PUT", "/v1/payments/pay_1:capture", "POST"),
+        ("QUERY", "/v1/auth/jwks", "GET"),
+        ("POST", "/openapi.json", "GET"),
+    ],
+)
+def test_undeclared_methods_are_405_json_with_allow(
+    edge: Edge, method: str, path: str, allow: str
+) -> None:
+    before = len(edge.transactions.calls)
+    status, raw, response = _request(edge.config.http_port, method, path)
+    assert (status, json.loads(raw)["code"]) == (405, code_pb2.UNIMPLEMENTED)
+    assert response.getheader("allow") == allow
+    assert len(edge.transactions.calls) == before
+
+
+def test_a_call_without_a_token_is_401_even_when_its_body_does_not_parse(edge: Edge) -> None:
+    before = len(edge.transactions.calls)
+    status, body = _json(edge, "POST", "/v1/transactions", b'{"amount": ', authorization=None)
+    assert (status, body["code"]) == (401, code_pb2.UNAUTHENTICATED)
+    assert body["details"][0]["reason"] == "TOKEN_MISSING"
+    assert len(edge.transactions.calls) == before
+
+
+def test_public_calls_need_no_token_at_the_edge(edge: Edge) -> None:
+    status, body = _json(edge, "POST", "/v1/auth/token", b'{"apiKeyId": ', authorization=None)
+    assert (status, body["code"]) == (400, code_pb2.INVALID_ARGUMENT)
+
+
+@pytest.mark.parametrize("header", [("|yrad", "x"), ("x-note", "caf\xe9")])
+def test_headers_grpc_cannot_carry_are_a_400_not_a_500(edge: Edge, header: tuple[str, str]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", edge.config.http_port, timeout=10)
+    try:
+        connection.putrequest("GET", "/v1/transactions")
+        connection.putheader("authorization", "Bearer t")
+        connection.putheader(header[0], header[1].encode("latin-1"))
+        connection.endheaders()
+        response = connection.getresponse()
+        status, raw = response.status, response.read()
+    finally:
+        connection.close()
+    assert (status, json.loads(raw)["code"]) == (400, code_pb2.INVALID_ARGUMENT)

@@ -62,7 +62,7 @@ def test_rendered_edge_config_is_accepted_by_envoy(tmp_path: Path) -> None:
         "/etc/pi/mesh/tls.crt": edge.cert_path,
         "/etc/pi/mesh/tls.key": edge.key_path,
         "/etc/pi/edge/descriptors.binpb": REPO / "generated" / "descriptors.binpb",
-        "/etc/pi/edge/openapi.json": REPO / "generated" / "openapi" / "pi.swagger.json",
+        "/etc/pi/edge/openapi.json": REPO / "generated" / "openapi" / "pi.openapi.json",
         "/etc/pi/tls/tls.crt": cert.cert_path,
         "/etc/pi/tls/tls.key": cert.key_path,
     }

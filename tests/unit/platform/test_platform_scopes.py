@@ -73,9 +73,11 @@ def test_admin_and_service_callers_are_not_scoped() -> None:
 def test_the_scope_list_is_documented_in_the_api_and_the_openapi_document() -> None:
     repo = Path(__file__).resolve().parents[3]
     proto = (repo / "protos/pi/auth/v1/auth.proto").read_text()
-    openapi = json.loads((repo / "generated/openapi/pi.swagger.json").read_text())
-    api_key = json.dumps(openapi["definitions"]["v1ApiKey"]["properties"]["scopes"])
+    openapi = json.loads((repo / "generated/openapi/pi.openapi.json").read_text())
+    schemas = openapi["components"]["schemas"]
+    api_key = json.dumps(schemas["pi.auth.v1.ApiKey"]["properties"]["scopes"])
     for scope in scopes.ALL_SCOPES:
         assert f"`{scope}`" in proto and scope in api_key
-    create = openapi["definitions"]["v1CreateApiKeyRequest"]["properties"]
-    assert create["scopes"]["type"] == "array"
+    body = openapi["paths"]["/v1/api-keys"]["post"]["requestBody"]["content"]
+    create = body["application/json"]["schema"]["properties"]
+    assert "array" in create["scopes"]["type"]

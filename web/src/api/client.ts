@@ -159,7 +159,11 @@ export class Api {
   }): Promise<Transaction> {
     const data = await this.run(
       this.client.POST("/v1/transactions", {
-        body: body<"/v1/transactions", "post">(input),
+        // The currency is checked by the API (and listed in the document's enum).
+        body: body<"/v1/transactions", "post">({
+          ...input,
+          currency: input.currency as Body<"/v1/transactions", "post">["currency"],
+        }),
         headers: { "idempotency-key": crypto.randomUUID() },
       }),
     );

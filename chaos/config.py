@@ -28,7 +28,9 @@ class ChaosConfig:
     settle_timeout: float = 90.0  # CHAOS_SETTLE_TIMEOUT: wait for reconciler and outbox
     recover_timeout: float = 60.0  # CHAOS_RECOVER_TIMEOUT: wait for a clean flow
     window: float = 30.0  # CHAOS_WINDOW: nothing may stay PROCESSING longer, once drained
-    port_base: int = 32000  # CHAOS_PORT_BASE (services +1/2/3, +100 per replica)
+    # CHAOS_PORT_BASE (services +1/2/3, +100 per replica; metrics +1000): clear of the
+    # bench's block (31000, its metrics 32001+), so both can run at once.
+    port_base: int = 34000
     workdir: str = str(REPO / "var" / "chaos")  # CHAOS_WORKDIR: PostgreSQL, Redis, logs
     out: str = str(REPO / "chaos" / "results" / "latest.json")  # CHAOS_OUT
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.conftest import mesh_secrets
 from tests.support.leaks import leaks
 
 pytestmark = pytest.mark.e2e
@@ -290,5 +291,5 @@ def test_no_card_number_or_secret_in_spans_or_logs(mesh: Any) -> None:
     assert spans(mesh.traces_path), "no spans were exported"
     texts = {"spans": mesh.traces_path.read_text()}
     texts |= {child.name: child.tail(50_000_000) for child in mesh.processes.children}
-    found = leaks(texts, (mesh.admin_token, mesh.service_token))
+    found = leaks(texts, mesh_secrets(mesh))
     assert not found, found  # and again after the whole e2e suite (conftest)

@@ -73,6 +73,7 @@ def limited_edge(mesh: Any) -> Iterator[LimitedEdge]:
         **mesh.service_envs["transactions"],
         "PI_DB_SCHEMA": mesh.schemas["transactions"],
         "PI_GRPC_PORT": str(port),
+        "PI_METRICS_PORT": str(free_port()),  # the mesh's replica holds its own
         "PI_RATE_LIMIT_PER_MERCHANT": str(LIMIT),
     }
     with running("transactions", environ) as replica:

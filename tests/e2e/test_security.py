@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from pi.edge import Endpoint, envoy_command, render_bootstrap, write_bootstrap
+from pi.edge import Endpoint, UpstreamTls, envoy_command, render_bootstrap, write_bootstrap
 from pi.edge.certs import ensure_dev_cert
 from pi.edge.profiles import e2e_config
 from tests.e2e.conftest import (
@@ -47,6 +47,7 @@ def public_edge(mesh: Mesh) -> Iterator[tuple[int, int]]:
     processes = Processes(mesh.workdir)
     cert = ensure_dev_cert(mesh.workdir / "certs")
     http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    edge = mesh.identities["edge"]
     config = e2e_config(
         str(DESCRIPTOR),
         upstreams={
@@ -59,6 +60,8 @@ def public_edge(mesh: Mesh) -> Iterator[tuple[int, int]]:
         tls_cert_path=str(cert.cert_path),
         tls_key_path=str(cert.key_path),
         requests_per_second=1000,
+        # The services serve mutual TLS only: the edge calls them as itself.
+        upstream_tls=UpstreamTls(str(edge.ca_path), str(edge.cert_path), str(edge.key_path)),
     )
     config = replace(config, plaintext="redirect", hsts=True, public_https_port=https_port)
     path = mesh.workdir / "envoy-public.json"

@@ -81,3 +81,5 @@ def test_the_scope_list_is_documented_in_the_api_and_the_openapi_document() -> N
     body = openapi["paths"]["/v1/api-keys"]["post"]["requestBody"]["content"]
     create = body["application/json"]["schema"]["properties"]
     assert "array" in create["scopes"]["type"]
+    # Only the known scopes: the services refuse any other.
+    assert create["scopes"]["items"]["enum"] == [*scopes.ALL_SCOPES, None]

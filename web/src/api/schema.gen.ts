@@ -851,7 +851,7 @@ export interface operations {
                     /** @description Optional. Idempotency key (AIP-155); the `Idempotency-Key` header is an alternative. */
                     requestId?: string | null;
                     /** @description Optional. Scopes of the new key (see ApiKey.scopes), each held by the calling token; empty for all the calling token's scopes. E.g. ["payments:read", "transactions:read"] for a read-only key, or every scope but `refunds:write` and `api_keys:write` for a key that takes payments but cannot refund or mint keys. */
-                    scopes?: string[] | null;
+                    scopes?: ("transactions:read" | "transactions:write" | "payments:read" | "payments:write" | "refunds:write" | "api_keys:read" | "api_keys:write" | null)[] | null;
                 };
             };
         };
@@ -958,7 +958,7 @@ export interface operations {
                     /** @description Required. Secret of the API key. */
                     apiKeySecret: string;
                     /** @description Optional. Scopes the token should carry, each held by the key (see ApiKey.scopes); empty for all of the key's scopes. */
-                    scopes?: string[] | null;
+                    scopes?: ("transactions:read" | "transactions:write" | "payments:read" | "payments:write" | "refunds:write" | "api_keys:read" | "api_keys:write" | null)[] | null;
                 };
             };
         };

@@ -28,6 +28,18 @@ VALIDITY = dt.timedelta(days=30)
 RENEW_BEFORE = dt.timedelta(days=1)
 DNS_NAMES = ("localhost",)
 IP_ADDRESSES = ("127.0.0.1", "::1")
+# A leaf certificate's key only signs (the TLS 1.3 handshake): the edge's and the mesh's.
+LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 @dataclass(frozen=True)
@@ -143,17 +155,7 @@ def _write_new(paths: DevCert, now: dt.datetime) -> None:
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            LEAF_KEY_USAGE,
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -30,13 +30,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pi.edge.certs import DevCert, _write_atomic, _write_private, ensure_dev_cert
+from pi.edge.certs import (
+    IP_ADDRESSES,
+    LEAF_KEY_USAGE,
+    RENEW_BEFORE,
+    DevCert,
+    _write_atomic,
+    _write_private,
+    ensure_dev_cert,
+)
 from pi.platform.security.mesh import MeshTls, spiffe_id
 
-RENEW_BEFORE = dt.timedelta(days=1)
 MESH_IDENTITIES = ("auth", "transactions", "payments", "edge", "admin")
 """The identities of a deployment: the services, Envoy, and the operator (admin API)."""
-_IP_ADDRESSES = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -126,17 +132,7 @@ def _issue(
         .not_valid_after(ca.not_valid_after_utc)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            LEAF_KEY_USAGE,
             critical=True,
         )
         .add_extension(
@@ -151,7 +147,7 @@ def _issue(
                     x509.UniformResourceIdentifier(spiffe_id(identity.name)),
                     x509.DNSName(identity.name),
                     x509.DNSName("localhost"),
-                    *(x509.IPAddress(ipaddress.ip_address(a)) for a in _IP_ADDRESSES),
+                    *(x509.IPAddress(ipaddress.ip_address(a)) for a in IP_ADDRESSES),
                 ]
             ),
             critical=False,

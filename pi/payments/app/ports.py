@@ -309,7 +309,10 @@ class Connector(Protocol):
     async def status(self, payment_id: str) -> ConnectorResult:
         """Where the payment's authorization stands now: APPROVED or DECLINED(reason) when
         final, PENDING while the processor settles it, TIMEOUT when it cannot be asked.
-        A payment the processor never received is DECLINED(PROCESSOR_UNAVAILABLE)."""
+        A payment the processor never received is DECLINED(PROCESSOR_UNAVAILABLE), and
+        stays so: the answer fences it, so an authorize for it arriving later (a slow
+        first call, a client's retry) is declined, never charged behind a FAILED
+        payment."""
         ...
 
 

@@ -22,7 +22,8 @@ applies:
 - APPROVED → settled as authorized: REQUIRES_CAPTURE (manual capture) or SUCCEEDED
   (automatic), with the AUTHORIZATION (+ CAPTURE) movements;
 - DECLINED → FAILED with the processor's reason; a payment the processor never received
-  is DECLINED PROCESSOR_UNAVAILABLE ("nothing was charged"); the hold is released;
+  is DECLINED PROCESSOR_UNAVAILABLE ("nothing was charged", and the question fences it:
+  an authorize arriving later is declined); the hold is released;
 - PENDING → left alone: the processor is still settling it;
 - TIMEOUT (the processor cannot be asked) → left alone, until the payment is older than
   `domain.UNKNOWN_OUTCOME_TIMEOUT`: then it is voided at the processor and FAILED with

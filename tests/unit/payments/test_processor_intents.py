@@ -309,3 +309,27 @@ async def test_a_payment_the_reconciler_failed_is_not_authorized_by_a_retry(
     # Nothing is held or charged for it at the processor.
     answer = await faulty.sandbox.status(lost.id)
     assert answer.failure_reason is FailureReason.PROCESSOR_UNAVAILABLE
+
+
+async def test_a_slow_authorize_landing_after_the_reconciler_failed_it_charges_nothing(
+    faulty_world: tuple[World, Faulty],
+) -> None:
+    """The race `make chaos` found: a client's retry (or a slow first call) authorizes a
+    PROCESSING payment while the reconciler hears "never received" and fails it. The
+    processor's answer fences the payment, so the late authorize is declined."""
+    world, faulty = faulty_world
+    faulty.crash.add("authorize")
+    with pytest.raises(Crash):
+        await world.pay(amount=400, key="pay-race")
+    (lost,) = world.state.payments.values()
+    faulty.crash.clear()
+    asked = await faulty.sandbox.status(lost.id)  # the reconciler asks first ...
+    late = await world.pay(amount=400, key="pay-race")  # ... the retry authorizes ...
+    assert asked.failure_reason is FailureReason.PROCESSOR_UNAVAILABLE
+    assert (late.id, late.status) == (lost.id, PaymentStatus.FAILED)
+    assert late.failure_reason is FailureReason.PROCESSOR_UNAVAILABLE
+    assert faulty.authorizations == [lost.id, lost.id]
+    assert await reconcile(world) == 0  # ... and finds nothing left to settle
+    assert world.state.payments[lost.id].status is PaymentStatus.FAILED
+    ref = world.state.refs["txn_1"].ref
+    assert (ref.held_amount, ref.captured_amount) == (0, 0)  # released; nothing captured

@@ -192,6 +192,21 @@ async def test_status_of_an_unknown_payment_says_nothing_was_charged() -> None:
     assert result == ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
 
 
+async def test_an_authorize_after_never_received_is_declined() -> None:
+    """"Never received" is an answer the caller acts on (the reconciler fails the
+    payment): an authorize for it arriving later must not charge the card."""
+    connector = sandbox()
+    never = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
+    assert await connector.status("pay_1") == never
+    late = await connector.authorize(authorize(capture=True))
+    assert late == never
+    assert await connector.status("pay_1") == never
+    capture = await connector.capture(CaptureRequest("pay_1", "sbx_1", 1000, "USD", "cap_1"))
+    assert capture.outcome is ProcessorOutcome.DECLINED
+    # Another payment is not affected.
+    assert (await connector.authorize(authorize("pay_2"))).outcome is ProcessorOutcome.APPROVED
+
+
 async def test_capture_void_refund_follow_the_authorization() -> None:
     connector = sandbox()
     await connector.authorize(authorize(amount=1000))

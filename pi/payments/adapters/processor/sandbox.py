@@ -159,10 +159,26 @@ class SandboxConnector:
         try:
             known = await self._book.authorization(payment_id)
             if known is None:
-                return ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)
+                known = await self._fence(payment_id)
             return await self._current(payment_id, known)
         except Exception:
             return ConnectorResult.timeout()
+
+    async def _fence(self, payment_id: str) -> Authorization:
+        """Answer "never received" for good: record the payment as refused, so that an
+        authorize still on its way (a slow first call, a client's retry) is declined
+        rather than charging a card the caller has been told was not charged (a real
+        processor's "technical cancel" by reference). Whichever comes first, this or the
+        authorize, is what both answer."""
+        now = self._clock()
+        refused = Authorization(
+            reference=self._new_reference(),
+            final=ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE),
+            settles_at=now,
+            amount=0,
+            capture=False,
+        )
+        return await self._book.add_authorization(payment_id, "", refused)
 
     async def capture(self, request: CaptureRequest) -> ConnectorResult:
         def decide(auth: Authorization | None) -> ConnectorResult:

@@ -202,10 +202,13 @@ class GroupCommit:
                     await Batch.commit_in_pipeline_of(conn)
         except psycopg.Error as error:
             await _rollback(conn)
-            if len(sendable) == 1 or conn.closed:
-                # Alone, or the connection is gone: with it the transaction, or its COMMIT
-                # may have gone through. Either way the callers learn it (unknown outcome:
-                # they retry with their idempotency keys), and nothing runs twice here.
+            waited = setting is not None and isinstance(error, psycopg.errors.LockNotAvailable)
+            if conn.closed or (len(sendable) == 1 and not waited):
+                # The connection is gone (with it the transaction, or its COMMIT may have
+                # gone through), or the unit alone got its own error. Either way the
+                # callers learn it (unknown outcome: they retry with their idempotency
+                # keys), and nothing runs twice here. A unit alone that only gave up
+                # waiting for a lock is no failure: it runs again without the timeout.
                 for unit in sendable:
                     _fail(unit, error)
                 return []

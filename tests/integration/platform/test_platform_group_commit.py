@@ -138,6 +138,24 @@ async def test_two_units_racing_for_one_row_in_one_group_keep_one_update(
     assert (await stored(database))["a"] in (1, 2)
 
 
+async def test_a_unit_alone_waiting_past_the_lock_timeout_commits_once_the_lock_is_free(
+    database: Database,
+) -> None:
+    """The group's 100 ms lock timeout is for the units queued behind it: a unit that
+    waited alone for another request's row lock runs again without it and commits (the
+    bench found it failing with LockNotAvailable, a 500 for the client)."""
+    committer = database.group_commit
+    assert committer is not None
+    async with database.transaction() as conn:  # another request's LOCKED unit
+        await conn.execute(b"SELECT * FROM rows WHERE id = 'a' FOR UPDATE")
+        waiting = asyncio.create_task(commit(database, lambda unit: unit.set("a", 0, 5)))
+        await asyncio.sleep(0.3)  # past the group's lock timeout
+        assert not waiting.done()
+    await waiting
+    assert await stored(database) == {"a": 5}
+    assert committer.stats.alone == 1
+
+
 async def test_a_database_error_fails_its_unit_only(database: Database) -> None:
     committer = single_lane(database)
     blocker = asyncio.create_task(commit(database, lambda unit: unit.add("first")))

@@ -155,3 +155,45 @@ def counters_per_flow(before: dict[str, int], after: dict[str, int], flows: int)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in before}
     per_flow = {k: round(v / flows, 2) for k, v in delta.items()} if flows else {}
     return {"total": delta, "per_flow": per_flow}
+
+
+# Statements the bench itself sends to the bench database (these counters, the outbox
+# and database checks), left out of the services' count.
+_OWN_STATEMENTS = ("pg_stat", "pg_catalog", "information_schema", "pg_advisory_unlock_all")
+_UTILITY = ("BEGIN", "COMMIT", "ROLLBACK", "SET ", "SAVEPOINT", "RELEASE")
+
+
+def reset_statements(pg: Postgres) -> bool:
+    """Zero pg_stat_statements for a phase; False when the server does not load it
+    (`shared_preload_libraries`: the bench's embedded server does, a given one may not)."""
+    try:
+        with pg.connect() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error:
+        return False
+    return True
+
+
+def statements_per_flow(pg: Postgres, flows: int, top: int = 12) -> dict[str, Any]:
+    """What the services sent to the bench database since `reset_statements`, per flow:
+    every statement execution (a merged group statement once, however many units it
+    carries), of which transaction control (BEGIN, COMMIT, SET LOCAL ...), and the most
+    frequent statements."""
+    with pg.connect() as conn:
+        rows = conn.execute(
+            "SELECT s.query, s.calls FROM pg_stat_statements s"
+            " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
+            (pg.database,),
+        ).fetchall()
+    counted = [(q, int(c)) for q, c in rows if not any(m in q for m in _OWN_STATEMENTS)]
+    total = sum(c for _, c in counted)
+    control = sum(c for q, c in counted if q.lstrip().upper().startswith(_UTILITY))
+    per = (lambda n: round(n / flows, 2)) if flows else (lambda n: 0.0)
+    frequent = sorted(counted, key=lambda item: -item[1])[:top]
+    return {
+        "per_flow": per(total),
+        "transaction_control_per_flow": per(control),
+        "other_per_flow": per(total - control),
+        "top": [{"per_flow": per(c), "query": " ".join(q.split())[:160]} for q, c in frequent],
+    }

@@ -213,6 +213,15 @@ def _flow(lines: list[str], cfg: dict[str, Any], flow: dict[str, Any]) -> None:
             f"{per_flow['tup_updated']} updated, {per_flow['tup_fetched']} fetched; "
             f"{flow['database']['total'].get('sessions', 0)} new connections in the run"
         )
+    statements = flow.get("database", {}).get("statements")
+    if statements:
+        lines.append(
+            f"  statements per flow: {statements['per_flow']} ({statements['other_per_flow']}"
+            f" + {statements['transaction_control_per_flow']} BEGIN/COMMIT/SET); most frequent:"
+        )
+        lines += [f"    {s['per_flow']:6.2f}  {s['query'][:110]}" for s in statements["top"][:8]]
+    elif per_flow:
+        lines.append("  statements per flow: not counted (the server lacks pg_stat_statements)")
     lines += ["", f"CPU and memory during the flow run ({flow['resources']['elapsed_seconds']} s)"]
     _resources(lines, flow["resources"], flow.get("loadgen"))
 

@@ -40,8 +40,10 @@ from bench.database import (
     database_counters,
     drop_database,
     recreate_database,
+    reset_statements,
     scalar,
     server_settings,
+    statements_per_flow,
     table_exists,
     wait_outbox_drained,
 )
@@ -129,6 +131,9 @@ class Bench:
                 max_connections=connections_for(3 * cfg.replicas, DEFAULT_DB_POOL_SIZE)
                 + cfg.pgbench_clients,
                 log_path=self.workdir / "log" / "postgres.log",
+                # Statements per flow (the report's `statements`): a server given by
+                # URL has them only if it loads the module itself.
+                settings={"shared_preload_libraries": "pg_stat_statements"},
             )
             server_url = self.embedded.url
         self.pg = Postgres(server_url, cfg.database)
@@ -319,6 +324,7 @@ class Bench:
             profiler = Profiler(targets, cfg.duration - 1, self.workdir, native=cfg.profile_native)
             profiler.start()
         db_before = database_counters(self.pg)
+        counting = reset_statements(self.pg)
         sampler = self._sampler()
         try:
             flow = self._run_flow(cfg.duration, "m")
@@ -331,6 +337,8 @@ class Bench:
         flow["outbox"] = wait_outbox_drained(self.pg, OUTBOX_DRAIN_TIMEOUT)
         time.sleep(1.0)  # backends report their statistics at most once a second
         flow["database"] = counters_per_flow(db_before, database_counters(self.pg), flow["flows"])
+        if counting:
+            flow["database"]["statements"] = statements_per_flow(self.pg, flow["flows"])
         flow["database_check"] = self._database_check()
         self.rep["flow"] = flow
         _log(f"flow: {flow['flows_per_second']} flows/s, errors {_errors_text(flow['errors'])}")

@@ -45,7 +45,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -94,8 +94,11 @@ class EmbeddedPostgres:
         durable: bool = True,
         log_path: Path | None = None,
         tcp_port: int | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
-        """`log_path` receives the server's output (default: `<data_dir>.log` beside it)."""
+        """`log_path` receives the server's output (default: `<data_dir>.log` beside it);
+        `settings` are further server settings (`-c name=value`), e.g. the bench's
+        `shared_preload_libraries`."""
         if not _DATABASE_RE.match(database):
             raise ValueError(f"invalid database name {database!r}")
         self.data_dir = data_dir.absolute()
@@ -103,6 +106,7 @@ class EmbeddedPostgres:
         self.max_connections = max_connections
         self.durable = durable
         self.tcp_port = tcp_port
+        self.settings = dict(settings or {})
         self.port = PORT if tcp_port is None else tcp_port
         self.log_path = (
             log_path or self.data_dir.with_name(self.data_dir.name + ".log")
@@ -244,6 +248,7 @@ class EmbeddedPostgres:
             "fsync": on,
             "synchronous_commit": on,
             "full_page_writes": on,
+            **self.settings,
         }
         argv = [str(binary("postgres")), "-D", str(self.data_dir)]
         for name, value in settings.items():

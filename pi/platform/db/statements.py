@@ -30,10 +30,11 @@ unit hands out. SQLAlchemy is the SQL builder only; it never executes anything h
 
 Many rows: `execute_many(conn, [params, ...])` runs the statement once per mapping, all
 in one round trip (psycopg's `executemany` pipelines them): for statements that must run
-once per row, in order (an UPDATE per row). Where one statement can do the work, pass
-arrays instead, e.g. `col = ANY(:ids)` for `col IN (...)` (`for_any_of` builds it) or
-`INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a multi-row INSERT: one
-statement, prepared once whatever the number of rows.
+once per row, in order (an UPDATE per row). Runs on distinct rows of a statement with a
+set-based form (`pi.platform.db.merging`) go as that one statement instead. Where one
+statement can do the work, pass arrays instead, e.g. `col = ANY(:ids)` for `col IN (...)`
+(`for_any_of` builds it) or `INSERT ... SELECT ... FROM unnest(:ids, :amounts)` for a
+multi-row INSERT: one statement, prepared once whatever the number of rows.
 
 One round trip for a whole unit: a `Batch` (`pi.platform.db.batch`) queues statements
 whose parameters do not depend on each other's results, and
@@ -173,8 +174,9 @@ class Statement:
         """Run the statement once per mapping, in order; the number of rows they affected.
 
         For statements that return no rows (a SELECT or RETURNING is refused). The runs go
-        in one round trip (a pipeline). The first failing run raises and leaves the
-        transaction failed: the caller rolls back. Nothing to run: nothing is sent.
+        in one round trip (a pipeline), or as one set-based statement when the statement
+        has a merged form and the runs write distinct rows. The first failing run raises
+        and leaves the transaction failed: the caller rolls back. Nothing to run: nothing is sent.
         """
         if self._result_types:
             raise ValueError(f"execute_many would drop the rows of {self!r}")
@@ -183,6 +185,21 @@ class Statement:
         values = [self._bind(params) for params in params_seq]
         if not values:
             return 0
+        form = self.merged
+        if (
+            form is not None
+            and len(values) > 1
+            and len({form.key_of(bound) for bound in values}) == len(values)
+        ):
+            # Runs on distinct rows: one set-based statement does what they would do one
+            # after the other (`pi.platform.db.merging`), for one statement's cost.
+            cursor = merged_cursor(conn, form)
+            if conn.pgconn.pipeline_status:
+                async with conn.pipeline():
+                    await cursor.execute(form.sql, form.arrays(values), prepare=True)
+            else:
+                await cursor.execute(form.sql, form.arrays(values), prepare=True)
+            return cursor.rowcount
         cursor = self._cursor(conn)
         if conn.pgconn.pipeline_status:
             async with conn.pipeline():  # see `_run`

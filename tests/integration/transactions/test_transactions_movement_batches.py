@@ -59,7 +59,8 @@ def statements() -> Iterator[list[str]]:
 
     Counted on psycopg's cursors, so both SQLAlchemy's `conn.execute` and the prebuilt
     `pi.platform.db.statements` (which bypass SQLAlchemy's cursor events) are seen. An
-    `executemany` (its runs pipelined in one round trip) counts once.
+    `executemany` counts once per run: pipelined in one round trip, each run is still a
+    statement the server parses and executes.
     """
     sent: list[str] = []
     execute = psycopg.AsyncCursor.execute
@@ -69,9 +70,10 @@ def statements() -> Iterator[list[str]]:
         sent.append(str(query).split()[0])
         return await execute(cursor, query, *args, **kwargs)
 
-    async def counted_executemany(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(str(query).split()[0])
-        return await executemany(cursor, query, *args, **kwargs)
+    async def counted_executemany(cursor: Any, query: Any, runs: Any, **kwargs: Any) -> Any:
+        runs = list(runs)
+        sent.extend([str(query).split()[0]] * len(runs))
+        return await executemany(cursor, query, runs, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(psycopg.AsyncCursor, "execute", counted_execute)
@@ -136,9 +138,11 @@ async def test_a_batch_walks_every_transition_in_one_unit_of_work_of_three_state
         results = await service.apply_movements(SERVICE, batch)
     assert [outcome(r) for r in results] == [("OK", None)] * len(batch)
     assert [r.movement_id for r in results] == [m.id for m in batch]
-    # Lock, record, write: however many movements. (A merged write that the trigger
-    # refused would have fallen back to one unit of work per movement.)
-    assert sent == ["SELECT", "INSERT", "UPDATE"]
+    # Lock, record, then one set-based UPDATE per round of writes (the n-th write of
+    # every row together; the trigger needs a write per status change it judges: t2
+    # takes three). (A write the trigger refused would have fallen back to one unit of
+    # work per movement.)
+    assert sent == ["SELECT", "INSERT", "UPDATE", "UPDATE", "UPDATE"]
     stored = [amounts(await service.get_transaction(ALICE, t.id)) for t in made]
     assert stored == expected_after(made, chains)
     assert stored[0] == (S.REFUNDED, 700, 700, 700)
@@ -160,7 +164,9 @@ async def test_the_statements_of_a_batch_do_not_grow_with_its_size(
     with statements() as sent:
         results = await service.apply_movements(SERVICE, batch)
     assert all(r.error is None for r in results)
-    assert sent == ["SELECT", "INSERT", "UPDATE"]
+    # Forty card payments captured at once: each row goes PENDING -> AUTHORIZED ->
+    # COMPLETED (two writes the trigger judges), so two UPDATEs for all forty rows.
+    assert sent == ["SELECT", "INSERT", "UPDATE", "UPDATE"]
     for transaction in made:
         assert (await service.get_transaction(ALICE, transaction.id)).status is S.COMPLETED
 

@@ -89,32 +89,49 @@ def append(
 _Condition = Callable[[Any], tuple[sa.ColumnElement[bool], ...]]
 
 
+# The movements of one change, as rows: one array per column, numbered (1, 2, ...).
+_MOVEMENT_ROWS = (
+    sa.func.unnest(
+        sa.bindparam("p_ids", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("p_kinds", type_=postgresql.ARRAY(sa.String())),
+        sa.bindparam("p_payloads", type_=postgresql.ARRAY(sa.LargeBinary())),
+    )
+    .table_valued("id", "kind", "payload", with_ordinality="n")
+    .render_derived(name="m")
+)
+
+
 @cache
 def _append_if(condition: _Condition) -> Statement:
-    """One movement appended with its seq taken from the ref row, only if the row meets
-    `condition` (that of the ref's UPDATE): it goes before that UPDATE, which cannot hand
-    it the count it returns, as the next seq after the row's count plus `p_offset`. FOR
+    """The movements of one change appended with their seqs taken from the ref row, only
+    if the row meets `condition` (that of the ref's UPDATE): it goes before that UPDATE,
+    which cannot hand it the count it returns, as the row's count plus each movement's
+    number. One statement however many movements (one SQL text, prepared once). FOR
     UPDATE takes the ref's lock first (re-checking the condition on the newest row), so
     the UPDATE that follows sees the same row and agrees."""
+    now = sa.bindparam("p_now", type_=outbox.c.create_time.type)
+    rows = _MOVEMENT_ROWS
     return Statement(
         sa.insert(_outbox).from_select(
             _OUTBOX_COLUMNS,
             sa.select(
-                sa.bindparam("p_id", type_=outbox.c.id.type),
+                rows.c.id,
                 transaction_refs.c.transaction_id,
-                transaction_refs.c.movement_count + sa.bindparam("p_offset", type_=sa.BigInteger()),
-                sa.bindparam("p_kind", type_=outbox.c.kind.type),
-                sa.bindparam("p_payload", type_=outbox.c.payload.type),
-                sa.bindparam("p_now", type_=outbox.c.create_time.type),
+                transaction_refs.c.movement_count + rows.c.n,
+                rows.c.kind,
+                rows.c.payload,
+                now,
                 sa.literal(0, type_=outbox.c.attempts.type),
-                sa.bindparam("p_now", type_=outbox.c.next_attempt_time.type),
+                now,
                 sa.bindparam("p_traceparent", type_=outbox.c.traceparent.type),
             )
+            .select_from(transaction_refs)
+            .join(rows, sa.true())
             .where(
                 transaction_refs.c.transaction_id == sa.bindparam("p_transaction_id"),
                 *condition(transaction_refs),
             )
-            .with_for_update(),
+            .with_for_update(of=transaction_refs),
         )
     )
 
@@ -127,22 +144,22 @@ def append_if(
     *,
     now: datetime,
 ) -> None:
-    """Queue one conditional INSERT per movement, before the ref's UPDATE on `condition`
-    (with its parameters `where`). Each writes if the UPDATE will: they all lock the row."""
-    traceparent = current_traceparent()
-    for index, movement in enumerate(movements):
-        queue.execute(
-            _append_if(condition),
-            {
-                **where,
-                "p_id": movement.id,
-                "p_offset": index + 1,
-                "p_kind": movement.kind.value,
-                "p_payload": encode_movement(movement),
-                "p_now": now,
-                "p_traceparent": traceparent,
-            },
-        )
+    """Queue the conditional INSERT of `movements` (one statement), before the ref's
+    UPDATE on `condition` (with its parameters `where`): it writes if the UPDATE will,
+    as both lock the row."""
+    if not movements:
+        return
+    queue.execute(
+        _append_if(condition),
+        {
+            **where,
+            "p_ids": [movement.id for movement in movements],
+            "p_kinds": [movement.kind.value for movement in movements],
+            "p_payloads": [encode_movement(movement) for movement in movements],
+            "p_now": now,
+            "p_traceparent": current_traceparent(),
+        },
+    )
 
 
 # The dispatcher's statements.

@@ -200,7 +200,8 @@ class Generator:
                     acked += 1
 
         started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(self.plan.measure_workers)))
+        workers = min(self.plan.measure_workers, self.plan.connections)
+        await asyncio.gather(*(worker() for _ in range(workers)))
         return acked / max(1e-3, time.monotonic() - started)
 
     async def overload(self, rate: float) -> None:

@@ -193,7 +193,7 @@ async def test_status_of_an_unknown_payment_says_nothing_was_charged() -> None:
 
 
 async def test_an_authorize_after_never_received_is_declined() -> None:
-    """"Never received" is an answer the caller acts on (the reconciler fails the
+    """ "Never received" is an answer the caller acts on (the reconciler fails the
     payment): an authorize for it arriving later must not charge the card."""
     connector = sandbox()
     never = ConnectorResult.declined(FailureReason.PROCESSOR_UNAVAILABLE)

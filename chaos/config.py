@@ -18,7 +18,7 @@ class ChaosConfig:
     quick: bool = False
     scenarios: tuple[str, ...] = ALL_SCENARIOS  # CHAOS_SCENARIOS: comma list
     duration: float = 25.0  # CHAOS_DURATION: seconds of load (and fault) per scenario
-    clients: int = 12  # CHAOS_CLIENTS: client threads (F8 runs 4x as many)
+    clients: int = 12  # CHAOS_CLIENTS: client threads
     retries: int = 4  # CHAOS_RETRIES: retries of a failed call, same key, spaced
     timeout: float = 35.0  # CHAOS_TIMEOUT: a client gives up on a call (Envoy's is 30 s)
     replicas: int = 1  # CHAOS_REPLICAS: processes per service
@@ -28,6 +28,14 @@ class ChaosConfig:
     settle_timeout: float = 90.0  # CHAOS_SETTLE_TIMEOUT: wait for reconciler and outbox
     recover_timeout: float = 60.0  # CHAOS_RECOVER_TIMEOUT: wait for a clean flow
     window: float = 30.0  # CHAOS_WINDOW: nothing may stay PROCESSING longer, once drained
+    # F8 (chaos.openloop): capacity measured closed-loop for overload_measure s, then
+    # overload_factor x that, open loop, for overload_seconds, on up to
+    # overload_connections connections; no call may wait longer than hang_bound s.
+    overload_seconds: float = 30.0  # CHAOS_OVERLOAD_SECONDS
+    overload_measure: float = 5.0  # CHAOS_OVERLOAD_MEASURE
+    overload_factor: float = 2.0  # CHAOS_OVERLOAD_FACTOR
+    overload_connections: int = 1024  # CHAOS_OVERLOAD_CONNECTIONS: > 2x the edge's cap
+    hang_bound: float = 10.0  # CHAOS_HANG_BOUND
     # CHAOS_PORT_BASE (services +1/2/3, +100 per replica; metrics +1000): clear of the
     # bench's block (31000, its metrics 32001+), so both can run at once.
     port_base: int = 34000
@@ -53,6 +61,8 @@ QUICK: dict[str, Any] = {
     "settle_timeout": 45.0,
     "recover_timeout": 40.0,
     "window": 10.0,
+    "overload_seconds": 6.0,
+    "overload_measure": 2.0,
 }
 
 

@@ -59,7 +59,8 @@ class Run:
 
     def __init__(self, config: ChaosConfig) -> None:
         self.config = config
-        self.workdir = Path(config.workdir)
+        # Absolute: Redis resolves its socket path after changing into its own --dir.
+        self.workdir = Path(config.workdir).resolve()
         self.ports = Ports(config.port_base)
         self.exp_year = dt.date.today().year + 5
         self.edge_headers_timeout = Timeouts().request_headers
@@ -73,6 +74,9 @@ class Run:
         self.mesh: ChaosMesh = None  # type: ignore[assignment]  # set by start_mesh
         self.merchants: list[Merchant] = []
         self.secrets: dict[str, str] = {}
+        # The running scenario's journal and tokens (F8's generator adds to the journal).
+        self.journal = Journal()
+        self.load_tokens: list[str] = []
 
     # --- infrastructure ------------------------------------------------------------------
 
@@ -173,9 +177,9 @@ class Run:
         notes: dict[str, Any] = {}
         if scenario.setup is not None:
             scenario.setup(self)
-        tokens = self.tokens()
+        tokens = self.load_tokens = self.tokens()
         scale = scenario.load.get("scale", 1)
-        journal = Journal()
+        journal = self.journal = Journal()
         clients = cfg.clients * scale
         log(f"{label}: {scenario.fault} ({cfg.duration:g} s, {clients} clients)")
         loader = threading.Thread(
@@ -263,7 +267,7 @@ class Run:
 
 
 def _edge_failed(notes: dict[str, Any]) -> bool:
-    return bool(notes.get("held_past_limit"))
+    return bool(notes.get("held_past_limit") or notes.get("overload_failed"))
 
 
 def main(argv: list[str] | None = None) -> int:

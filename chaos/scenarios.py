@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chaos.infra import ProxyMode
+from chaos.overload import overload
 
 if TYPE_CHECKING:
     from chaos.runner import Run
@@ -130,14 +131,6 @@ def retry_storm(run: Run, seconds: float, notes: dict[str, Any]) -> None:
     _sleep_until(start + seconds)
 
 
-def overload(run: Run, seconds: float, notes: dict[str, Any]) -> None:
-    """F8: the load itself is the fault (4x the clients, no think time); it ends with
-    the load."""
-    notes["capacity_flows_per_s"] = run.capacity
-    _sleep_until(time.monotonic() + seconds)
-    run.fault_end = time.monotonic()
-
-
 def slow_clients(run: Run, seconds: float, notes: dict[str, Any]) -> None:
     """F9: connections that send a header byte every 2 s and never finish their request.
     The edge must cut each within its request-headers timeout (plus slack)."""
@@ -215,7 +208,7 @@ SCENARIOS: dict[str, Scenario] = {
             retry_storm,
             load={"storm": 3, "retries": 8},
         ),
-        Scenario("F8", "overload: 4x the clients, no think time", overload, load={"scale": 4}),
+        Scenario("F8", "overload: 2x the measured capacity, open loop", overload),
         Scenario("F9", "slowloris connections at the edge", slow_clients),
     )
 }

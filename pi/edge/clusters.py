@@ -79,6 +79,8 @@ def service_cluster(
             "max_ejection_time": "60s",
             "max_ejection_percent": 50,
         },
+        # The edge's load shedding: past these, a call is answered 503 (flag UO) with a
+        # Retry-After rather than queued until its route timeout (see EdgeConfig).
         "circuit_breakers": {
             "thresholds": [
                 {

@@ -142,7 +142,15 @@ class EdgeConfig:
     max_request_body_bytes: int = 1 * _MIB
     max_response_body_bytes: int = 4 * _MIB
     max_request_headers_kib: int = 32
-    max_upstream_requests: int = 10_000
+    # Requests in flight to one service (all its replicas), and as many waiting for a
+    # connection: beyond that Envoy answers 503 at once (circuit breaker overflow,
+    # `local_replies.py`) instead of queueing work the service will finish too late.
+    # A call admitted waits about cap / throughput: one Python replica on the 2-core box
+    # does ~100 payment calls/s under overload, so 256 is ~2.5 s, inside the reads'
+    # 4 s per-try timeout (512 measured p99 7.3 s in `make chaos` F8). The bench's
+    # 64-connection flow and a healthy 10,000-connection run (~1,000 calls/s at tens of
+    # ms: tens in flight) stay far below it; more replicas drain the same cap faster.
+    max_upstream_requests: int = 256
     max_heap_bytes: int = 1024 * _MIB
     xff_num_trusted_hops: int = 0
     access_log: bool = True

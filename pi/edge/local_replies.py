@@ -26,6 +26,9 @@ _LOCAL_REPLY_CODES: tuple[tuple[int, int], ...] = (
     (504, 4),  # DEADLINE_EXCEEDED
 )
 
+OVERFLOW_MESSAGE = "Overloaded: retry after the number of seconds in Retry-After."
+OVERFLOW_RETRY_AFTER_S = 1
+
 _LOCAL_REPLY_MESSAGES: Mapping[int, str] = {
     429: "Too many requests: retry after the number of seconds in Retry-After.",
 }
@@ -37,7 +40,7 @@ def local_reply_config() -> dict[str, Any]:
     Native gRPC requests are excluded: Envoy answers them with grpc-status and
     grpc-message, which a JSON body would garble.
     """
-    mappers = [_token_missing_mapper(), *query_without_body_mappers()]
+    mappers = [_token_missing_mapper(), *query_without_body_mappers(), _overflow_mapper()]
     mappers += [
         _status_mapper(
             {
@@ -78,6 +81,29 @@ def _status_mapper(
     }
     if message is not None:
         mapper["body"] = {"inline_string": message}
+    return mapper
+
+
+def _overflow_mapper() -> dict[str, Any]:
+    """A call shed by a circuit breaker (response flag UO: too many requests in flight to
+    the service) is a 503 UNAVAILABLE that says so and when to come back; it never
+    reached the service, so a retry with the same Idempotency-Key is safe."""
+    mapper = _status_mapper(
+        {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": _runtime_uint("pi.local_reply.503", 503)}
+            }
+        },
+        14,  # UNAVAILABLE
+        message=OVERFLOW_MESSAGE,
+    )
+    mapper["filter"]["and_filter"]["filters"].append({"response_flag_filter": {"flags": ["UO"]}})
+    mapper["headers_to_add"] = [
+        {
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "header": {"key": "retry-after", "value": str(OVERFLOW_RETRY_AFTER_S)},
+        }
+    ]
     return mapper
 
 

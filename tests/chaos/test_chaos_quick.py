@@ -110,7 +110,13 @@ def test_each_fault_happened(quick_run: tuple[dict[str, Any], str, int]) -> None
     assert notes["F4"]["redis_down_seconds"] > 0, notes
     assert notes["F5"]["phases"] == ["latency 200 ms", "drops 2%", "partition"], notes
     assert notes["F7"]["killed"] == "payments#0", notes
-    assert notes["F8"]["capacity_flows_per_s"] > 0, notes
+    overload = notes["F8"]
+    assert overload["capacity_flows_per_s"] > 0, overload
+    assert overload["offered_flows_per_s"] > overload["capacity_flows_per_s"], overload
+    # Shed by the edge's circuit breakers, quickly: nothing waited past the bound.
+    assert sum(overload["shed_by_status"].values()) > 0, overload
+    assert sum(overload["edge_overflow"].values()) > 0, overload
+    assert overload["longest_call_s"] <= report["config"]["hang_bound"], overload
     slow = rows["F9"]["notes"]
     assert slow["cut_by_edge"] == slow["slow_connections"] > 0, slow
     assert slow["held_past_limit"] == 0

@@ -181,6 +181,33 @@ def test_clusters_speak_http2_with_grpc_health_checks_and_outlier_detection() ->
         assert cluster["type"] == "STATIC"
 
 
+def test_every_cluster_sheds_load_past_its_circuit_breaker_cap() -> None:
+    config = _config()
+    assert 64 < config.max_upstream_requests <= 1024  # above the bench, far below 10,000
+    for cluster in _clusters(render_bootstrap(config)).values():
+        (limits,) = cluster["circuit_breakers"]["thresholds"]
+        assert limits["max_requests"] == config.max_upstream_requests
+        assert limits["max_pending_requests"] == config.max_upstream_requests
+    smaller = _clusters(render_bootstrap(_config(max_upstream_requests=7)))
+    assert {c["circuit_breakers"]["thresholds"][0]["max_requests"] for c in smaller.values()} == {7}
+
+
+def test_overflow_is_a_503_json_unavailable_with_retry_after() -> None:
+    mappers = _hcm(render_bootstrap(_config()))["local_reply_config"]["mappers"]
+    overflow = [
+        m
+        for m in mappers
+        if {"response_flag_filter": {"flags": ["UO"]}} in m["filter"]["and_filter"]["filters"]
+    ]
+    (mapper,) = overflow
+    plain_503 = [m for m in mappers if m is not mapper and "503" in json.dumps(m["filter"])]
+    assert mappers.index(mapper) < mappers.index(plain_503[0])  # the first match wins
+    assert mapper["body_format_override"]["json_format"]["code"] == 14  # UNAVAILABLE
+    assert mapper["body_format_override"]["content_type"] == "application/json"
+    (header,) = mapper["headers_to_add"]
+    assert header["header"]["key"] == "retry-after"
+
+
 def test_replicas_become_endpoints_of_one_cluster_on_ports_100_apart() -> None:
     clusters = _clusters(render_bootstrap(local_config(DESCRIPTOR, replicas=3)))
     endpoints = clusters["payments"]["load_assignment"]["endpoints"][0]["lb_endpoints"]

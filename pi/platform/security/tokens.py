@@ -234,6 +234,10 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._max_staleness = max_staleness
         self._verified: dict[str, Principal] = {}
+        # Each verified token as presented -> its `cache_key`: a client reuses its token
+        # as is, so the key (a base64 decode and big-integer arithmetic) is worked out
+        # once, not on every call.
+        self._keys_of: dict[str, str] = {}
 
     @property
     def cached_tokens(self) -> int:
@@ -241,13 +245,20 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> Principal:
         now = self._clock()
-        key = cache_key(token)
+        key = self._keys_of.get(token)
+        known = key is not None
+        if key is None:
+            key = cache_key(token)
         principal = self._verified.get(key)
         if principal is None:
             principal = await self._verify_signature_and_claims(token, now)
             if len(self._verified) >= self._cache_size:
                 self._verified.clear()
             self._verified[key] = principal
+        if not known:  # verified (a failure raised above): remembered as presented
+            if len(self._keys_of) >= self._cache_size:
+                self._keys_of.clear()
+            self._keys_of[token] = key
         if principal.expires_at is not None and principal.expires_at + self._leeway <= now:
             self._verified.pop(key, None)
             raise Unauthenticated("The token has expired.", reason="TOKEN_EXPIRED")

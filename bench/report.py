@@ -47,7 +47,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """Each target of issue 5 with the measured value and whether it is met."""
+    """Each performance target with the measured value and whether it is met."""
     out: dict[str, Any] = {}
     flow = report.get("flow")
     if flow:
@@ -347,7 +347,7 @@ def table(report: dict[str, Any]) -> str:
             lines.append(f"  self  {entry['percent']:5.1f}%  {entry['function']}")
     targets = report.get("targets")
     if targets:
-        lines += ["", "Targets (issue 5)"]
+        lines += ["", "Targets"]
         for name, t in targets.items():
             mark = "MET " if t["met"] else "MISS"
             lines.append(f"  {mark} {name}: {t['measured']} (target {t['target']})")

@@ -178,6 +178,7 @@ class SandboxConnector:
             amount=0,
             capture=False,
         )
+        # A status question names no merchant: the refusal is kept without one.
         return await self._book.add_authorization(payment_id, "", refused)
 
     async def capture(self, request: CaptureRequest) -> ConnectorResult:

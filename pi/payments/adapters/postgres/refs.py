@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from pi.payments.adapters.postgres import outbox
+from pi.payments.adapters.postgres import outbox_append as outbox
 from pi.payments.adapters.postgres.rows import ref_from_row, ref_values
 from pi.payments.adapters.postgres.tables import transaction_refs, written
 from pi.payments.domain import TransactionRef

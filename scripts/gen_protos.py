@@ -129,6 +129,9 @@ def _add_init_files(package_root: Path) -> None:
 # RPCs callable without a bearer token (the auth service's public methods, see
 # pi/auth/bootstrap.py; tests/unit/test_openapi_document.py keeps the two equal).
 PUBLIC_METHODS = ("pi.auth.v1.AuthService.IssueToken", "pi.auth.v1.AuthService.GetJwks")
+# Methods the edge never routes (pi.edge.ADMIN_METHODS, kept equal by the same test): a
+# client of the HTTP API cannot call them, so the document does not offer them.
+UNROUTED_METHODS = ("pi.auth.v1.AuthService.CreateMerchant",)
 # Bounds and formats a proto cannot state, by full field name (JSON Schema keywords).
 CONSTRAINTS = PROTO_ROOT / "openapi-constraints.yaml"
 OPENAPI_INFO: dict[str, Any] = {
@@ -157,7 +160,14 @@ def _openapi(descriptor_set: Path) -> dict[str, Any]:
     ]
     loaded = yaml.safe_load(CONSTRAINTS.read_text(encoding="utf-8")) or {}
     constraints = {key: value for key, value in loaded.items() if not key.startswith("x-")}
-    return render(files, sorted(services), PUBLIC_METHODS, constraints, OPENAPI_INFO)
+    return render(
+        files,
+        sorted(services),
+        PUBLIC_METHODS,
+        constraints,
+        OPENAPI_INFO,
+        unrouted=UNROUTED_METHODS,
+    )
 
 
 def generate(out: Path) -> None:

@@ -84,17 +84,23 @@ def render(
     public_methods: Iterable[str],
     constraints: Mapping[str, dict[str, Any]],
     info: dict[str, Any],
+    *,
+    unrouted: Iterable[str] = (),
 ) -> dict[str, Any]:
-    """The document of `services` (full names); `public_methods` (full names) need no token."""
+    """The document of `services` (full names); `public_methods` (full names) need no
+    token; `unrouted` methods (full names), which the edge does not route, are left out."""
     catalog = Catalog(files)
     builder = SchemaBuilder(catalog, constraints)
     public = set(public_methods)
+    hidden = set(unrouted)
     operations: list[_Operation] = []
     for service in services:
         if f".{service}" not in catalog.services:
             raise ValueError(f"service {service} is not in the descriptor set")
         _, proto = catalog.services[f".{service}"]
         for method in proto.method:
+            if f"{service}.{method.name}" in hidden:
+                continue
             rule = method.options.Extensions[annotations_pb2.http]
             for binding in (rule, *rule.additional_bindings):
                 verb = binding.WhichOneof("pattern")

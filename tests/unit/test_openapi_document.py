@@ -59,6 +59,19 @@ def test_public_methods_are_the_auth_services_own_list() -> None:
     assert as_paths == set(PUBLIC_METHODS) == set(EDGE_PUBLIC_METHODS)
 
 
+def test_the_document_offers_no_method_the_edge_does_not_route() -> None:
+    from pi.edge import ADMIN_METHODS
+
+    as_paths = {
+        "/" + name.rsplit(".", 1)[0] + "/" + name.rsplit(".", 1)[1]
+        for name in gen_protos.UNROUTED_METHODS
+    }
+    assert as_paths == set(ADMIN_METHODS)
+    assert "/v1/merchants" not in DOCUMENT["paths"]
+    ids = {op["operationId"] for path in DOCUMENT["paths"].values() for op in path.values()}
+    assert not any("CreateMerchant" in operation_id for operation_id in ids)
+
+
 def test_field_behaviour_maps_to_required_read_only_and_write_only() -> None:
     payment = SCHEMAS["pi.payments.v1.Payment"]
     assert set(payment["required"]) == {"transactionId", "method"}

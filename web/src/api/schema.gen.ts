@@ -88,23 +88,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/v1/merchants": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** CreateMerchant */
-        post: operations["CreateMerchant"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/v1/payments": {
         parameters: {
             query?: never;
@@ -302,15 +285,6 @@ export interface components {
             /** @description The key's secret. Returned only in this response. */
             apiKeySecret?: string | null;
         };
-        /** @description Response message for AuthService.CreateMerchant. */
-        "pi.auth.v1.CreateMerchantResponse": {
-            /** @description The merchant's first API key. */
-            apiKey?: components["schemas"]["pi.auth.v1.ApiKey"] | null;
-            /** @description The key's secret, e.g. "sk_...". Returned only in this response: store it safely. */
-            apiKeySecret?: string | null;
-            /** @description The registered merchant. */
-            merchant?: components["schemas"]["pi.auth.v1.Merchant"] | null;
-        };
         /** @description Response message for AuthService.GetJwks. */
         "pi.auth.v1.GetJwksResponse": {
             /** @description The current signing key first, then keys that still verify unexpired tokens. */
@@ -360,18 +334,6 @@ export interface components {
             apiKeys?: components["schemas"]["pi.auth.v1.ApiKey"][] | null;
             /** @description Token for the next page; empty on the last page. */
             nextPageToken?: string | null;
-        };
-        /** @description A business that accepts payments through the platform. */
-        "pi.auth.v1.Merchant": {
-            /**
-             * Format: date-time
-             * @description Output only. When the merchant was registered.
-             */
-            readonly createTime?: string;
-            /** @description Required. Name shown to people, 1 to 200 printable characters. */
-            displayName: string;
-            /** @description Output only. Identifier of the merchant, e.g. "mer_01J...". */
-            readonly id?: string;
         };
         /** @description Response message for AuthService.RevokeApiKey. */
         "pi.auth.v1.RevokeApiKeyResponse": {
@@ -1007,48 +969,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["pi.auth.v1.RevokeTokenResponse"];
-                };
-            };
-            400: components["responses"]["400"];
-            401: components["responses"]["401"];
-            403: components["responses"]["403"];
-            404: components["responses"]["404"];
-            409: components["responses"]["409"];
-            413: components["responses"]["413"];
-            429: components["responses"]["429"];
-            500: components["responses"]["500"];
-            503: components["responses"]["503"];
-            504: components["responses"]["504"];
-        };
-    };
-    CreateMerchant: {
-        parameters: {
-            query?: never;
-            header?: {
-                /** @description Idempotency key (AIP-155), an alternative to the body's `requestId`: a retry with the same key and the same request replays the first response; the same key with a different request is a 409. Scoped to the merchant, kept 24 hours. */
-                "Idempotency-Key"?: string;
-            };
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": {
-                    /** @description Required. Name shown to people, 1 to 200 printable characters. */
-                    displayName: string;
-                    /** @description Optional. Idempotency key (AIP-155): a retry with the same key and the same request returns the first response. The `Idempotency-Key` header is an alternative. */
-                    requestId?: string | null;
-                };
-            };
-        };
-        responses: {
-            /** @description OK */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["pi.auth.v1.CreateMerchantResponse"];
                 };
             };
             400: components["responses"]["400"];

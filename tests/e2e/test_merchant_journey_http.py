@@ -278,8 +278,10 @@ def test_merchant_journey_over_http(mesh: Any, openapi: dict[str, Any]) -> None:
 
 def test_openapi_is_served_and_names_every_route(mesh: Any, openapi: dict[str, Any]) -> None:
     assert openapi["openapi"] == "3.1.0"
-    for path in ("/v1/merchants", "/v1/auth/token", "/v1/transactions", "/v1/payments"):
+    for path in ("/v1/auth/token", "/v1/api-keys", "/v1/transactions", "/v1/payments"):
         assert path in openapi["paths"], path
+    # Nor what the edge never routes (CreateMerchant: inside the mesh only).
+    assert "/v1/merchants" not in openapi["paths"]
     # Exactly the public services: nothing internal is documented.
     tags = {
         tag

@@ -65,7 +65,7 @@ parameter (SQLAlchemy would leave out the ones not given).
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, cast
 
 import psycopg
@@ -194,18 +194,10 @@ class Statement:
             # Runs on distinct rows: one set-based statement does what they would do one
             # after the other (`pi.platform.db.merging`), for one statement's cost.
             cursor = merged_cursor(conn, form)
-            if conn.pgconn.pipeline_status:
-                async with conn.pipeline():
-                    await cursor.execute(form.sql, form.arrays(values), prepare=True)
-            else:
-                await cursor.execute(form.sql, form.arrays(values), prepare=True)
+            await _answered(conn, cursor.execute(form.sql, form.arrays(values), prepare=True))
             return cursor.rowcount
         cursor = self._cursor(conn)
-        if conn.pgconn.pipeline_status:
-            async with conn.pipeline():  # see `_run`
-                await cursor.executemany(self.sql, values)
-        else:
-            await cursor.executemany(self.sql, values)
+        await _answered(conn, cursor.executemany(self.sql, values))
         return cursor.rowcount
 
     async def first(self, conn: Conn, params: Mapping[str, Any] = _NO_PARAMS) -> Record | None:
@@ -230,13 +222,7 @@ class Statement:
     async def _run(self, conn: Conn, params: Mapping[str, Any]) -> psycopg.AsyncCursor[Record]:
         values = self._bind(params)
         cursor = self._cursor(conn)
-        if conn.pgconn.pipeline_status:
-            # In the block of a batch's transaction (still in pipeline mode): leaving the
-            # inner pipeline syncs, so the result (or error) is there on return.
-            async with conn.pipeline():
-                await cursor.execute(self.sql, values, prepare=True)
-        else:
-            await cursor.execute(self.sql, values, prepare=True)
+        await _answered(conn, cursor.execute(self.sql, values, prepare=True))
         return cursor
 
     def _cursor(self, conn: Conn, run: int = 0) -> psycopg.AsyncCursor[Record]:
@@ -337,6 +323,17 @@ def _row_maker(
         return cast(Record, new(row_type, processed))
 
     return process_and_make if processors else make
+
+
+async def _answered(conn: Conn, sending: Awaitable[Any]) -> None:
+    """Run `sending` (a cursor's execute) so that its result, or its error, is there on
+    return: in the block of a batch's transaction (still in pipeline mode), inside an
+    inner pipeline, whose end syncs."""
+    if conn.pgconn.pipeline_status:
+        async with conn.pipeline():
+            await sending
+    else:
+        await sending
 
 
 def merged_cursor(conn: Conn, form: MergedForm, run: int = 0) -> psycopg.AsyncCursor[Any]:

@@ -69,6 +69,21 @@ class Journal:
             self.payments.append(record)
 
 
+def transaction_body(amount: int, description: str) -> dict[str, Any]:
+    """A CreateTransaction request of the load (USD)."""
+    return {"amount": str(amount), "currency": "USD", "description": description}
+
+
+def card_payment_body(transaction_id: str, exp_year: int, *, manual: bool) -> dict[str, Any]:
+    """A CreatePayment request of the load: the approving test card."""
+    return {
+        "transactionId": transaction_id,
+        "method": "PAYMENT_METHOD_TYPE_CARD",
+        "card": {**CARD, "expYear": exp_year},
+        "captureMode": "CAPTURE_MODE_MANUAL" if manual else "CAPTURE_MODE_AUTOMATIC",
+    }
+
+
 def _view(payment: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": payment.get("id", ""),
@@ -171,10 +186,7 @@ class Client:
         amount = rng.randrange(500, 5000)
         nonce = secrets.token_hex(8)
         status, data = self.call(
-            "/v1/transactions",
-            {"amount": str(amount), "currency": "USD", "description": "chaos order"},
-            f"chaos-t-{nonce}",
-            retries,
+            "/v1/transactions", transaction_body(amount, "chaos order"), f"chaos-t-{nonce}", retries
         )
         if status != 200:
             return
@@ -184,12 +196,7 @@ class Client:
         manual = rng.random() < 0.4
         record = PaymentRecord(f"chaos-p-{nonce}", transaction_id, amount, manual)
         journal.add(record)
-        body = {
-            "transactionId": transaction_id,
-            "method": "PAYMENT_METHOD_TYPE_CARD",
-            "card": {**CARD, "expYear": exp_year},
-            "captureMode": "CAPTURE_MODE_MANUAL" if manual else "CAPTURE_MODE_AUTOMATIC",
-        }
+        body = card_payment_body(transaction_id, exp_year, manual=manual)
         if not self._step(record, "create", "/v1/payments", body, record.key, retries):
             return
         payment_id = next(iter(record.payment_ids))

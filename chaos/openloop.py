@@ -29,7 +29,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from chaos.load import CARD, RETRYABLE, Journal, PaymentRecord, _view
+from chaos.load import (
+    RETRYABLE,
+    Journal,
+    PaymentRecord,
+    _view,
+    card_payment_body,
+    transaction_body,
+)
 
 UNANSWERED = ("timeout", "connection")
 
@@ -153,7 +160,7 @@ class Generator:
         token = self.rng.choice(self.plan.tokens)
         amount = self.rng.randrange(500, 5000)
         nonce = secrets.token_hex(8)
-        transaction = {"amount": str(amount), "currency": "USD", "description": "chaos rush"}
+        transaction = transaction_body(amount, "chaos rush")
         status, data = await self.call(
             conn, phase, "/v1/transactions", transaction, f"chaos-ot-{nonce}", token
         )
@@ -162,12 +169,7 @@ class Generator:
         transaction_id = data["transaction"]["id"]
         result.transactions[transaction_id] = amount
         record = PaymentRecord(f"chaos-op-{nonce}", transaction_id, amount, manual=False)
-        body = {
-            "transactionId": transaction_id,
-            "method": "PAYMENT_METHOD_TYPE_CARD",
-            "card": {**CARD, "expYear": self.plan.exp_year},
-            "captureMode": "CAPTURE_MODE_AUTOMATIC",
-        }
+        body = card_payment_body(transaction_id, self.plan.exp_year, manual=False)
         status, data = await self.call(conn, phase, "/v1/payments", body, record.key, token)
         acked = status == 200 and bool(data.get("payment"))
         if acked:
@@ -176,8 +178,13 @@ class Generator:
             result.flow_times.append(time.monotonic())
         elif status in RETRYABLE or status in UNANSWERED:
             record.unknown.add("create")  # it may have happened: the client cannot tell
-        result.payments.append({**asdict(record), "payment_ids": sorted(record.payment_ids)})
-        result.payments[-1]["unknown"] = sorted(record.unknown)
+        result.payments.append(
+            {
+                **asdict(record),
+                "payment_ids": sorted(record.payment_ids),
+                "unknown": sorted(record.unknown),
+            }
+        )
         return acked
 
     async def _run_flow(self, conn: Connection, phase: str) -> bool:

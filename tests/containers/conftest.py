@@ -18,8 +18,15 @@ from pathlib import Path
 import pytest
 
 from pi.platform.db.embedded import EmbeddedPostgres
+from tests.containers import ports
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Called as this conftest is loaded, before any test runs: from then on no connection
+    the suite opens is given a port a pod needs (tests/containers/ports.py)."""
+    ports.reserve()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

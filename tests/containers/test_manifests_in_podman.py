@@ -39,6 +39,7 @@ from pi.edge.identities import MESH_IDENTITIES, Identity, ensure_identities
 from pi.platform.db.embedded import EmbeddedPostgres
 from pi.platform.db.roles import role_url
 from tests.containers.podman import Manifest, container_argv, podman
+from tests.containers.ports import busy_ports, release, reserve
 
 REPO = Path(__file__).resolve().parents[2]
 # Every address a manifest's config names by cluster DNS, pointed at the shared loopback.
@@ -51,10 +52,6 @@ CLUSTER_HOSTS = {
     # find nothing listening (the services count them as dropped).
     "otel-collector.pi-monitoring.svc.cluster.local": "127.0.0.1",
 }
-# Ports the pods listen on (gRPC, health-only, metrics, the edge's); with host networking
-# they must be free on this machine. The health-only ports sit below the ephemeral range
-# (32768-60999): a busy machine's outbound connections never hold them.
-POD_PORTS = (50051, 50052, 50053, 9051, 9052, 9053, 51051, 51052, 51053, 8080, 8443, 9901, 9902)
 JOB_TIMEOUT = 90.0
 CARD = {"number": "4242424242424242", "expMonth": 12, "expYear": 2034, "cvc": "123"}
 
@@ -71,30 +68,6 @@ def render(overlay: str) -> list[Manifest]:
         check=True,
     )
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a server could listen on `port`. With SO_REUSEADDR, as servers bind: the
-    connections a stopped pod closed linger in TIME_WAIT for a minute and do not count,
-    a live listener does."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-        return True
-
-
-def busy_ports(wait: float = 10.0) -> list[int]:
-    """The pod ports still taken after up to `wait` seconds (a removed container's
-    sockets close a moment after `podman rm` returns)."""
-    deadline = time.monotonic() + wait
-    while True:
-        busy = [port for port in POD_PORTS if not port_is_free(port)]
-        if not busy or time.monotonic() >= deadline:
-            return busy
-        time.sleep(0.5)
 
 
 # --- probes, as the kubelet runs them -----------------------------------------------------
@@ -254,11 +227,14 @@ def merchant_journey(admin_token: str, admin: Identity) -> None:
 
 @pytest.fixture
 def started() -> Iterator[list[str]]:
-    """Ids of the containers this test started; all removed afterwards, pass or fail."""
+    """Ids of the containers this test started; all removed afterwards, pass or fail, and
+    the pod ports reserved again for the next test."""
     ids: list[str] = []
     yield ids
     for cid in reversed(ids):
         podman("rm", "--force", "--time", "5", cid, check=False, timeout=60)
+    busy_ports()  # waits, bounded, for the removed pods' listeners to close
+    reserve()
 
 
 def fresh_database(pg: EmbeddedPostgres, name: str) -> str:
@@ -276,6 +252,7 @@ def test_the_overlay_runs_from_the_image(
     tmp_path: Path,
 ) -> None:
     objects = render(overlay)
+    release()  # the ports reserved since the tier was loaded (tests/containers/ports.py)
     busy = busy_ports()
     assert not busy, f"ports the manifests use are taken on this machine: {busy}"
     tmp_path.chmod(0o755)  # the volumes' files are read by user 10001 in the containers

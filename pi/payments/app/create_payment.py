@@ -6,7 +6,8 @@ unrecorded charge, and never a double charge:
    key always finds its ref, so never needs this). The transaction service usually
    pushes the ref ahead (`register_transactions`, right after CreateTransaction), so
    the lookup is only the fallback for a ref that has not arrived yet, and the push may
-   land while it runs;
+   land while it runs. A ref this process registered is not even read: it is taken
+   as registered from `RecentRefs` (recent_refs.py says why that is safe);
 2. T1: claim the idempotency key already holding "pending <payment id>" (the id is made
    up front), check the budget and record the payment as PROCESSING holding its amount.
    Optimistically first, on the ref as read (on first sight: as looked up, inserted
@@ -38,6 +39,7 @@ from pi.payments.app.common import (
     transaction_not_found,
 )
 from pi.payments.app.ports import Clock, Connector, PaymentsUnit, TransactionLedger, UnitsOfWork
+from pi.payments.app.recent_refs import RecentRefs
 from pi.payments.app.requests import FinalPayment, PendingPayment, RequestKey
 from pi.payments.app.settle import Settlement, SettlePayment
 from pi.payments.domain import (
@@ -103,9 +105,10 @@ class CreatePayment:
         fingerprints: RequestFingerprints,
         card_key: bytes,
         clock: Clock,
+        recent: RecentRefs | None = None,
     ) -> None:
         """`card_key` keys card fingerprints; `fingerprints` the requests' (stored with
-        their idempotency keys)."""
+        their idempotency keys); `recent` the refs RegisterTransactions just inserted."""
         self._units = units
         self._connector = connector
         self._ledger = ledger
@@ -113,6 +116,7 @@ class CreatePayment:
         self._fingerprints = fingerprints
         self._card_key = card_key
         self._clock = clock
+        self._recent = RecentRefs() if recent is None else recent
 
     async def __call__(
         self, principal: Principal, data: CreatePaymentInput, *, idempotency_key: str | None
@@ -122,8 +126,10 @@ class CreatePayment:
         request = _validate(data, now)
         fingerprint = self._fingerprint(merchant_id, request, data)
         key = RequestKey(merchant_id, OP_CREATE, idempotency_key, fingerprint)
-        async with self._units(Mode.READ) as unit:
-            known = await unit.refs.get(request.transaction_id)
+        known = self._recent.take(request.transaction_id)
+        if known is None:
+            async with self._units(Mode.READ) as unit:
+                known = await unit.refs.get(request.transaction_id)
         facts = known if known is not None else await self._look_up(key, request.transaction_id)
         record = partial(self._record, key, request, known, facts, new_id("pay"), now)
         recorded = await optimistically(self._units, record)

@@ -13,6 +13,7 @@ from functools import partial
 from pi.payments.app.change_payment import ask, void_request
 from pi.payments.app.common import id_problem, locked, transaction_not_found
 from pi.payments.app.ports import Clock, Connector, Notify, PaymentsUnit, UnitsOfWork
+from pi.payments.app.recent_refs import RecentRefs
 from pi.payments.app.settle_change import SettleChange
 from pi.payments.domain import (
     Payment,
@@ -170,9 +171,13 @@ class CloseTransaction:
 
 
 class RegisterTransactions:
-    def __init__(self, units: UnitsOfWork, *, clock: Clock) -> None:
+    def __init__(
+        self, units: UnitsOfWork, *, clock: Clock, recent: RecentRefs | None = None
+    ) -> None:
+        """`recent` gets the refs inserted, for CreatePayment to start from."""
         self._units = units
         self._clock = clock
+        self._recent = RecentRefs() if recent is None else recent
 
     async def __call__(
         self, principal: Principal, transactions: Sequence[TransactionFactsInput]
@@ -190,6 +195,7 @@ class RegisterTransactions:
                 [ref.transaction_id for ref in refs if ref.transaction_id not in inserted]
             )
             await unit.commit()
+        self._recent.remember(ref for ref in refs if ref.transaction_id in inserted)
         conflicting = tuple(
             ref.transaction_id
             for ref in refs

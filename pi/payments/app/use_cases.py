@@ -12,6 +12,7 @@ from pi.payments.app.create_payment import CreatePayment
 from pi.payments.app.payment_ledger import CloseTransaction, RegisterTransactions
 from pi.payments.app.ports import Clock, Connector, Notify, TransactionLedger, UnitsOfWork
 from pi.payments.app.queries import GetPayment, ListPayments
+from pi.payments.app.recent_refs import RecentRefs
 from pi.payments.app.reconcile import ReconcilePayment
 from pi.payments.app.settle import SettlePayment
 from pi.payments.app.settle_change import SettleChange
@@ -58,6 +59,7 @@ def payment_use_cases(
     fingerprints = RequestFingerprints(request_key)
     settle = SettlePayment(units, clock=clock, notify=notify)
     settle_change = SettleChange(units, clock=clock, notify=notify)
+    recent = RecentRefs()
     return PaymentUseCases(
         create_payment=CreatePayment(
             units,
@@ -67,6 +69,7 @@ def payment_use_cases(
             fingerprints=fingerprints,
             card_key=card_key,
             clock=clock,
+            recent=recent,
         ),
         get_payment=GetPayment(units),
         list_payments=ListPayments(units, page_tokens),
@@ -82,6 +85,6 @@ def payment_use_cases(
         close_transaction=CloseTransaction(
             units, connector, settle_change, clock=clock, notify=notify
         ),
-        register_transactions=RegisterTransactions(units, clock=clock),
+        register_transactions=RegisterTransactions(units, clock=clock, recent=recent),
         reconcile_payment=ReconcilePayment(units, connector, settle, settle_change, clock=clock),
     )

@@ -10,7 +10,16 @@ import pytest
 
 from pi.payments.app.create_payment import CreatePaymentInput
 from pi.payments.app.payment_ledger import TransactionFactsInput
-from pi.payments.domain import FailureReason, PaymentMethodType, PaymentStatus
+from pi.payments.app.recent_refs import RecentRefs
+from pi.payments.app.use_cases import payment_use_cases
+from pi.payments.domain import (
+    CaptureMode,
+    CardInput,
+    FailureReason,
+    PaymentMethodType,
+    PaymentStatus,
+    TransactionRef,
+)
 from pi.platform.kernel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -19,7 +28,9 @@ from pi.platform.kernel.errors import (
     PermissionDenied,
     Unavailable,
 )
+from pi.platform.kernel.pages import PageToken
 from pi.platform.kernel.principal import Principal
+from pi.platform.kernel.units import Mode
 
 
 async def test_an_approved_card_is_captured_at_once_with_its_movements(world: Any) -> None:
@@ -169,6 +180,60 @@ async def test_a_transaction_is_looked_up_once_unless_it_was_registered(world: A
     await world.use.register_transactions(world.SERVICE, facts)
     paid = await world.pay("txn_pushed")
     assert (paid.amount, world.ledger.lookups) == (800, ["txn_1"])
+
+
+async def test_a_transaction_registered_here_is_paid_without_reading_its_ref(
+    world: Any,
+) -> None:
+    facts = [TransactionFactsInput("txn_pushed", "mer_unit", 800, "USD")]
+    await world.use.register_transactions(world.SERVICE, facts)
+    world.units.opened.clear()
+    await world.pay("txn_pushed", amount=300)
+    assert Mode.READ not in world.units.opened, world.units.opened
+    # Taken once: the next payment reads the ref its predecessor changed.
+    await world.pay("txn_pushed", amount=500)
+    assert world.units.opened.count(Mode.READ) == 1, world.units.opened
+    assert world.ref("txn_pushed") == (0, 800, 0, False)
+
+
+async def test_a_ref_remembered_here_but_paid_on_another_replica_is_decided_again(
+    world: Any,
+) -> None:
+    """Another replica (its own use cases, the same database) takes most of the budget
+    after this one registered the transaction: the remembered ref (holding nothing) is
+    stale, and the payment is refused on the row as it is, not approved on the memory."""
+    other = payment_use_cases(
+        world.units,
+        world.connector,
+        world.ledger,
+        card_key=b"k" * 32,
+        request_key=b"r" * 32,
+        page_tokens=PageToken(b"p" * 32),
+        clock=world.clock,
+    )
+    facts = [TransactionFactsInput("txn_pushed", "mer_unit", 1000, "USD")]
+    await world.use.register_transactions(world.SERVICE, facts)
+    card = CardInput(world.APPROVE, 12, 2030, "123")
+    manual = CreatePaymentInput(
+        "txn_pushed", 700, PaymentMethodType.CARD, CaptureMode.MANUAL, card=card
+    )
+    await other.create_payment(world.MERCHANT, manual, idempotency_key=None)
+    with pytest.raises(FailedPrecondition) as refused:
+        await world.pay("txn_pushed", amount=400, manual=True)
+    assert refused.value.metadata == {"remaining": "300"}
+    assert world.ref("txn_pushed") == (700, 0, 0, False)
+    assert (await world.pay("txn_pushed", amount=300, manual=True)).amount == 300
+
+
+def test_recent_refs_are_taken_once_and_the_oldest_go_first() -> None:
+    recent = RecentRefs(capacity=2)
+    refs = [TransactionRef(f"txn_{n}", "mer_unit", 100, "USD") for n in range(3)]
+    recent.remember(refs)
+    assert len(recent) == 2
+    assert recent.take("txn_0") is None
+    assert recent.take("txn_1") == refs[1]
+    assert recent.take("txn_1") is None
+    assert recent.take("txn_2") == refs[2]
 
 
 async def test_a_ref_pushed_and_held_during_the_lookup_is_decided_again_under_locks(

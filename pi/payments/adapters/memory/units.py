@@ -62,8 +62,10 @@ class MemoryUnits:
     def __init__(self, state: MemoryState | None = None) -> None:
         self.state = state or MemoryState()
         self.lock = asyncio.Lock()
+        self.opened: list[Mode] = []  # every unit's mode, in order (for tests to count)
 
     def __call__(self, mode: Mode = Mode.LOCKED) -> MemoryPaymentsUnit:
+        self.opened.append(mode)
         return MemoryPaymentsUnit(self.state, self.lock, mode)
 
 

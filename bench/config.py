@@ -23,6 +23,12 @@ class BenchConfig:
     connections: int = 64  # BENCH_CONNECTIONS (one wrk thread each)
     merchants: int = 32  # BENCH_MERCHANTS (each stays under the per-merchant rate limit)
     idempotency: bool = True  # BENCH_IDEMPOTENCY: Idempotency-Key on every POST
+    # the same flow at low load, for its latency (the "p99 at 8 connections")
+    low_connections: int = 8  # BENCH_LOW_CONNECTIONS
+    low_duration: float = 20.0  # BENCH_LOW_DURATION
+    # Its target: the worst p99 per call at 8 connections before group commit's rework
+    # (BENCH_LOW_BASELINE_MS; measured on the reference box, see bench/README.md).
+    low_baseline_ms: float = 30.0
     # the mesh
     replicas: int = 1  # BENCH_REPLICAS: processes per service
     envoy_concurrency: int = 1  # BENCH_ENVOY_CONCURRENCY: Envoy worker threads
@@ -61,7 +67,7 @@ class BenchConfig:
     database: str = "pi_bench"  # BENCH_DB
     redis_url: str = "redis://127.0.0.1:6379/12"  # BENCH_REDIS_URL
     keep_database: bool = True  # BENCH_KEEP_DB: leave pi_bench for inspection
-    skip: tuple[str, ...] = ()  # BENCH_SKIP: comma list of grpc,pgbench,connections
+    skip: tuple[str, ...] = ()  # BENCH_SKIP: comma list of low,grpc,h2load,pgbench,connections
     out: str = str(REPO / "bench" / "results" / "latest.json")  # BENCH_OUT
     workdir: str = str(REPO / "var" / "bench")  # BENCH_WORKDIR: logs, configs
     install_tools: bool = True  # BENCH_INSTALL_TOOLS
@@ -98,6 +104,8 @@ QUICK: dict[str, Any] = {
     "duration": 4.0,
     "warmup": 2.0,
     "connections": 8,
+    "low_connections": 2,
+    "low_duration": 2.0,
     "merchants": 2,
     "ref_duration": 3.0,
     "grpc_processes": 1,
@@ -115,6 +123,9 @@ _ENV = {
     "connections": "BENCH_CONNECTIONS",
     "merchants": "BENCH_MERCHANTS",
     "idempotency": "BENCH_IDEMPOTENCY",
+    "low_connections": "BENCH_LOW_CONNECTIONS",
+    "low_duration": "BENCH_LOW_DURATION",
+    "low_baseline_ms": "BENCH_LOW_BASELINE_MS",
     "replicas": "BENCH_REPLICAS",
     "envoy_concurrency": "BENCH_ENVOY_CONCURRENCY",
     "envoy_access_log": "BENCH_ENVOY_ACCESS_LOG",
@@ -172,7 +183,9 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser.add_argument("--connections", type=int, help="concurrent connections of the flow run")
     parser.add_argument("--replicas", type=int, help="processes per service")
     parser.add_argument("--out", help="JSON report path")
-    parser.add_argument("--skip", help="comma list of phases to skip: grpc,pgbench,connections")
+    parser.add_argument(
+        "--skip", help="comma list of phases to skip: low,grpc,h2load,pgbench,connections"
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick or env.get("BENCH_QUICK", "") in ("1", "true", "yes")
@@ -192,8 +205,8 @@ def load(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     if args.skip is not None:
         overrides["skip"] = _coerce("skip", args.skip)
     config = replace(config, **overrides)
-    if config.connections < 1 or config.replicas < 1 or config.merchants < 1:
-        parser.error("connections, replicas and merchants must be at least 1")
+    if min(config.connections, config.low_connections, config.replicas, config.merchants) < 1:
+        parser.error("connections, low connections, replicas and merchants must be at least 1")
     if config.observability not in ("on", "off", "both"):
         parser.error("BENCH_OBSERVABILITY must be on, off or both")
     if not config.database.startswith("pi_bench"):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bench import grpc_ref, h2load, pgbench, report, wrk
+from bench import grpc_ref, h2load, pgbench, report, targets, wrk
 from bench.config import REPO, BenchConfig, load
 from bench.database import (
     Postgres,
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         status = 2
     finally:
         rep["wall_seconds"] = round(time.monotonic() - started, 1)
-        rep["targets"] = report.verdict(rep)
+        rep["targets"] = targets.verdict(rep)
         report.write_json(rep, cfg.out)
         print(report.table(rep))
         print(f"report: {cfg.out}")
@@ -192,6 +192,8 @@ class Bench:
             rep["seed"] = {"merchants": len(self.merchants)}
 
             self.flow()
+            if not cfg.skips("low"):
+                self.low_load()
             if cfg.observability == "both":
                 self._flow_without_observability(secret)
             rep["references"] = {}
@@ -218,6 +220,7 @@ class Bench:
                         drop_database(self.pg)
 
         errors = rep["flow"]["error_count"] + rep.get("connections", {}).get("error_count", 0)
+        errors += rep.get("flow_low_load", {}).get("error_count", 0)
         errors += sum(
             r.get("error_count", 0) for r in rep["references"].values() if isinstance(r, dict)
         )
@@ -344,10 +347,24 @@ class Bench:
         _log(f"flow: {flow['flows_per_second']} flows/s, errors {_errors_text(flow['errors'])}")
         mesh.check_alive()
 
-    def _run_flow(self, duration: float, tag: str) -> dict[str, Any]:
+    def low_load(self) -> None:
+        """The same flow at a few connections: the latency of a mesh that is not busy
+        (where group commit must not make a lone request wait for company)."""
+        cfg = self.cfg
+        _log(f"low load: {cfg.low_connections} connections for {cfg.low_duration:g} s")
+        low = self._run_flow(cfg.low_duration, "l", connections=cfg.low_connections)
+        low["connections"] = cfg.low_connections
+        low["outbox"] = wait_outbox_drained(self.pg, OUTBOX_DRAIN_TIMEOUT)
+        self.rep["flow_low_load"] = low
+        worst = targets.worst_p99_ms(low)
+        _log(f"low load: {low['flows_per_second']} flows/s, worst p99 {worst} ms")
+
+    def _run_flow(
+        self, duration: float, tag: str, *, connections: int | None = None
+    ) -> dict[str, Any]:
         return wrk.run_flow(
             self.url,
-            connections=self.cfg.connections,
+            connections=connections or self.cfg.connections,
             duration=duration,
             tokens=self._tokens(),
             nonce=f"{tag}{secrets.token_hex(4)}",
@@ -568,9 +585,6 @@ class Bench:
         return [(tokens[merchant], txn) for txn, merchant in rows]
 
 
-_MESH_GROUPS = ("envoy", "auth", "transactions", "payments", "postgres", "redis")
-
-
 def observability_cost(
     on: dict[str, Any], off: dict[str, Any], sample_percent: float
 ) -> dict[str, Any]:
@@ -578,12 +592,9 @@ def observability_cost(
     with observability on and off, and the change from off to on in percent."""
 
     def summary(flow: dict[str, Any]) -> dict[str, Any]:
-        groups = flow.get("resources", {}).get("groups", {})
-        cpu = sum(groups.get(name, {}).get("cpu_seconds", 0.0) for name in _MESH_GROUPS)
-        flows = max(1, flow.get("flows", 0))
         return {
             "flows_per_second": flow["flows_per_second"],
-            "cpu_ms_per_flow": round(cpu * 1000 / flows, 3),
+            "cpu_ms_per_flow": targets.cpu_ms_per_flow(flow),
         }
 
     with_it, without = summary(on), summary(off)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import config, pgbench, stats, wrk
+from bench import config, pgbench, stats, targets, wrk
 
 FLOW_OUTPUT = """\
 summary 2000000 6 1234 0 0 0 1 0
@@ -97,3 +97,45 @@ def test_a_grouped_pgbench_script_commits_every_unit_of_its_flows_together(tmp_p
     alone = pgbench.write_script(tmp_path / "flow1.sql").read_text()
     inserts = alone.count("INSERT INTO payments.payments")
     assert text.count("INSERT INTO payments.payments") == 4 * inserts
+
+
+def _flow(rate: float, p99: float, cpu: dict[str, float], flows: int, commits: float) -> dict:  # type: ignore[type-arg]
+    return {
+        "flows_per_second": rate,
+        "flows": flows,
+        "calls": {"create_payment": {"latency": {"p99_ms": p99}}},
+        "resources": {"groups": {name: {"cpu_seconds": s} for name, s in cpu.items()}},
+        "database": {"per_flow": {"xact_commit": commits}},
+        "error_count": 0,
+        "connections": 8,
+    }
+
+
+def test_every_target_is_judged_on_what_the_run_measured() -> None:
+    # 1000 flows: the mesh used 1.5 CPU s (1.5 ms a flow), PostgreSQL 0.6 of it; the bench
+    # harness's CPU does not count.
+    cpu = {
+        "payments": 0.5,
+        "transactions": 0.3,
+        "envoy": 0.1,
+        "postgres": 0.6,
+        "bench harness": 9.0,
+    }
+    report = {
+        "config": {"low_baseline_ms": 30.0},
+        "flow": _flow(1200.0, 90.0, cpu, 1000, 0.4),
+        "flow_low_load": _flow(300.0, 31.0, cpu, 1000, 0.9),
+    }
+    verdict = targets.verdict(report)
+    met = {name: row["met"] for name, row in verdict.items()}
+    assert met == {
+        "flows_per_second": True,
+        "p99_per_call_ms": True,
+        "cpu_ms_per_flow": True,
+        "postgres_cpu_ms_per_flow": False,
+        "commits_per_flow": True,
+        "flow_errors": True,
+        "p99_per_call_ms_low_load": False,
+    }
+    assert verdict["cpu_ms_per_flow"]["measured"] == 1.5
+    assert verdict["postgres_cpu_ms_per_flow"]["measured"] == 0.6

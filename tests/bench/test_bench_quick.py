@@ -183,6 +183,28 @@ def test_connection_run(quick_report: tuple[dict[str, Any], str]) -> None:
     _check_resources(conn["resources"])
 
 
+def test_low_load_run_and_every_target_judged(quick_report: tuple[dict[str, Any], str]) -> None:
+    report, _ = quick_report
+    low = report["flow_low_load"]
+    assert low["connections"] == report["config"]["low_connections"]
+    assert low["error_count"] == 0, low["errors"]
+    assert low["flows"] > 0
+    for call in CALLS:
+        _check_latency(low["calls"][call]["latency"])
+    assert set(report["targets"]) == {
+        "flows_per_second",
+        "p99_per_call_ms",
+        "p99_per_call_ms_low_load",
+        "cpu_ms_per_flow",
+        "postgres_cpu_ms_per_flow",
+        "commits_per_flow",
+        "flow_errors",
+        "outbox_kept_up",
+        "durable_commits",
+        "connections_run",
+    }
+
+
 def test_table_is_printed(quick_report: tuple[dict[str, Any], str]) -> None:
     _, stdout = quick_report
     for text in (
@@ -192,6 +214,7 @@ def test_table_is_printed(quick_report: tuple[dict[str, Any], str]) -> None:
         "pgbench",
         "native gRPC",
         "keep-alive connections",
+        "Low load, the same flow",
         "Targets",
     ):
         assert text in stdout, text

@@ -33,12 +33,12 @@ MESH_GROUPS = ("envoy", "auth", "transactions", "payments", "postgres", "redis")
 def cpu_ms_per_flow(flow: dict[str, Any], groups: tuple[str, ...] = MESH_GROUPS) -> float:
     """CPU milliseconds per flow the `groups` used during `flow`."""
     used = flow.get("resources", {}).get("groups", {})
-    cpu = sum(used.get(name, {}).get("cpu_seconds", 0.0) for name in groups)
-    return round(cpu * 1000 / max(1, flow.get("flows", 0)), 3)
+    cpu: float = sum(used.get(name, {}).get("cpu_seconds", 0.0) for name in groups)
+    return round(cpu * 1000 / max(1, int(flow.get("flows", 0))), 3)
 
 
 def worst_p99_ms(flow: dict[str, Any]) -> float:
-    return max((c["latency"]["p99_ms"] or 0.0) for c in flow["calls"].values())
+    return max(float(c["latency"]["p99_ms"] or 0.0) for c in flow["calls"].values())
 
 
 def _target(target: str, measured: Any, met: bool) -> dict[str, Any]:

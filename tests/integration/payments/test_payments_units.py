@@ -4,6 +4,7 @@ the database enforces, idempotency keys, and the outbox queue."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -107,6 +108,60 @@ async def test_ref_changes_are_deltas_and_number_their_movements_in_order(backen
     assert (row.held_amount, row.captured_amount, row.movement_count) == (0, 300, 3)
     rows = await backend.outbox_rows()
     assert [(r.id, r.seq) for r in rows] == [("mov_a", 1), ("mov_b", 2), ("mov_c", 3)]
+
+
+async def test_concurrent_settlements_number_each_refs_movements_and_a_stale_one_writes_none(
+    backend: Any,
+) -> None:
+    """Settlements of payments on six refs at once: on PostgreSQL the group commit sends
+    their outbox appends as one statement over every movement. Each ref's movements are
+    numbered after its own count, and the one whose hold is gone appends nothing."""
+    refs = [TransactionRef(f"txn_{n}", M, 1000, "USD") for n in range(6)]
+    for ref in refs:
+        await with_ref(backend, ref)
+        async with backend.units() as unit:  # a movement already, so seqs start at 2
+            await unit.refs.update(
+                ref,
+                dataclasses.replace(ref, held_amount=400),
+                [movement(f"mov_{ref.transaction_id}_0", ref.transaction_id)],
+                now=T0,
+            )
+            await unit.commit()
+
+    async def settle(ref: TransactionRef, moves: int, held: int = 400) -> None:
+        # What T1 held (`held`), all captured: the settlement releases that much.
+        holding = dataclasses.replace(ref, held_amount=held)
+        async with backend.units(Mode.OPTIMISTIC) as unit:
+            seen = await unit.refs.get(ref.transaction_id, seen=holding)
+            made = [
+                movement(f"mov_{ref.transaction_id}_{i}", ref.transaction_id)
+                for i in range(1, moves + 1)
+            ]
+            captured = dataclasses.replace(ref, captured_amount=held)
+            await unit.refs.settle(seen, captured, made, now=T0)
+            await unit.commit()
+
+    # txn_5's unit releases a hold of 500 where the row holds 400: its settlement is stale.
+    runs = [settle(ref, 1 + n % 2) for n, ref in enumerate(refs[:5])]
+    runs.append(settle(refs[5], 1, held=500))
+    results = await asyncio.gather(*runs, return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["NoneType"] * 5 + ["Conflict"]
+    rows = await backend.outbox_rows()
+    numbered = sorted((r.transaction_id, r.seq, r.id) for r in rows)
+    expected = []
+    for n, ref in enumerate(refs):
+        t = ref.transaction_id
+        expected.append((t, 1, f"mov_{t}_0"))
+        if n < 5:
+            expected += [(t, 1 + i, f"mov_{t}_{i}") for i in range(1, 2 + n % 2)]
+    assert numbered == sorted(expected)
+    for n, ref in enumerate(refs):
+        row = await backend.ref(ref.transaction_id)
+        settled = n < 5
+        assert (row.held_amount, row.captured_amount) == ((0, 400) if settled else (400, 0))
+        assert row.movement_count == (2 + n % 2 if settled else 1)
+    if backend.name == "postgresql":
+        assert backend.units._database.group_commit.stats.merged > 0
 
 
 @pytest.mark.parametrize(

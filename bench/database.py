@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -179,21 +180,36 @@ def statements_per_flow(pg: Postgres, flows: int, top: int = 12) -> dict[str, An
     """What the services sent to the bench database since `reset_statements`, per flow:
     every statement execution (a merged group statement once, however many units it
     carries), of which transaction control (BEGIN, COMMIT, SET LOCAL ...), and the most
-    frequent statements."""
+    frequent statements with the server time they took per flow (planning and execution,
+    ms; a COMMIT's includes its wait for the WAL flush)."""
     with pg.connect() as conn:
         rows = conn.execute(
-            "SELECT s.query, s.calls FROM pg_stat_statements s"
+            "SELECT s.query, s.calls, s.total_plan_time + s.total_exec_time"
+            " FROM pg_stat_statements s"
             " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
             (pg.database,),
         ).fetchall()
-    counted = [(q, int(c)) for q, c in rows if not any(m in q for m in _OWN_STATEMENTS)]
-    total = sum(c for _, c in counted)
-    control = sum(c for q, c in counted if q.lstrip().upper().startswith(_UTILITY))
-    per = (lambda n: round(n / flows, 2)) if flows else (lambda n: 0.0)
+    counted = [
+        (q, int(c), float(ms)) for q, c, ms in rows if not any(m in q for m in _OWN_STATEMENTS)
+    ]
+    total = sum(c for _, c, _ in counted)
+    control = sum(c for q, c, _ in counted if q.lstrip().upper().startswith(_UTILITY))
+    per = (lambda n: round(n / flows, 3)) if flows else (lambda n: 0.0)
     frequent = sorted(counted, key=lambda item: -item[1])[:top]
+    slowest = sorted(counted, key=lambda item: -item[2])[:top]
     return {
-        "per_flow": per(total),
-        "transaction_control_per_flow": per(control),
-        "other_per_flow": per(total - control),
-        "top": [{"per_flow": per(c), "query": " ".join(q.split())[:160]} for q, c in frequent],
+        "per_flow": round(per(total), 2),
+        "transaction_control_per_flow": round(per(control), 2),
+        "other_per_flow": round(per(total - control), 2),
+        "ms_per_flow": per(sum(ms for _, _, ms in counted)),
+        "top": [_statement(q, c, ms, per) for q, c, ms in frequent],
+        "slowest": [_statement(q, c, ms, per) for q, c, ms in slowest],
+    }
+
+
+def _statement(query: str, calls: int, ms: float, per: Callable[[float], float]) -> dict[str, Any]:
+    return {
+        "per_flow": round(per(calls), 2),
+        "ms_per_flow": per(ms),
+        "query": " ".join(query.split())[:160],
     }

@@ -157,9 +157,14 @@ def _flow(lines: list[str], cfg: dict[str, Any], flow: dict[str, Any]) -> None:
     if statements:
         lines.append(
             f"  statements per flow: {statements['per_flow']} ({statements['other_per_flow']}"
-            f" + {statements['transaction_control_per_flow']} BEGIN/COMMIT/SET); most frequent:"
+            f" + {statements['transaction_control_per_flow']} BEGIN/COMMIT/SET),"
+            f" {statements.get('ms_per_flow', '-')} ms of server time; most frequent"
+            " (per flow: runs, ms):"
         )
-        lines += [f"    {s['per_flow']:6.2f}  {s['query'][:110]}" for s in statements["top"][:8]]
+        lines += [
+            f"    {s['per_flow']:6.2f} {s.get('ms_per_flow', 0.0):6.3f}  {s['query'][:100]}"
+            for s in statements["top"][:8]
+        ]
     elif per_flow:
         lines.append("  statements per flow: not counted (the server lacks pg_stat_statements)")
     lines += ["", f"CPU and memory during the flow run ({flow['resources']['elapsed_seconds']} s)"]

@@ -88,15 +88,28 @@ def test_config_refuses_a_database_it_should_not_drop() -> None:
 def test_a_grouped_pgbench_script_commits_every_unit_of_its_flows_together(tmp_path) -> None:  # type: ignore[no-untyped-def]
     text = pgbench.write_script(tmp_path / "flow4.sql", flows=4).read_text()
     lines = text.splitlines()
-    # As many transactions as one flow's, each holding the four flows' statements.
+    # As many transactions as one flow's, each holding the four flows' statements once,
+    # set-based (as the group commit merges them), plus the SELECT of the four ids.
     assert lines.count("COMMIT;") == pgbench.COMMITS_PER_FLOW - 1
-    assert lines.count("\\gset") == 4
+    assert lines.count("\\gset") == 1
     for n in range(1, 5):
         assert f":txn{n}" in text and f":k{n}" in text
     assert ":txn " not in text and ":txn:" not in text and ":txn," not in text
     alone = pgbench.write_script(tmp_path / "flow1.sql").read_text()
-    inserts = alone.count("INSERT INTO payments.payments")
-    assert text.count("INSERT INTO payments.payments") == 4 * inserts
+    statements = [
+        line for line in lines if line.endswith(";") and line not in ("BEGIN;", "COMMIT;")
+    ]
+    alone_statements = [
+        line
+        for line in alone.splitlines()
+        if line.endswith(";") and line not in ("BEGIN;", "COMMIT;")
+    ]
+    # A statement whose row goes into variables ends with \gset, not a semicolon.
+    assert len(alone_statements) + alone.count("\\gset") == 17
+    assert len(statements) + lines.count("\\gset") == 18
+    for table in ("payments.payments", "payments.outbox", "transactions.transactions"):
+        assert text.count(f"INSERT INTO {table}") == alone.count(f"INSERT INTO {table}") == 1
+    assert "unnest(ARRAY['pay_' || substr(:txn1::text, 5)" in text
 
 
 def _flow(rate: float, p99: float, cpu: dict[str, float], flows: int, commits: float) -> dict:  # type: ignore[type-arg]

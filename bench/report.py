@@ -165,6 +165,12 @@ def _flow(lines: list[str], cfg: dict[str, Any], flow: dict[str, Any]) -> None:
             f"    {s['per_flow']:6.2f} {s.get('ms_per_flow', 0.0):6.3f}  {s['query'][:100]}"
             for s in statements["top"][:8]
         ]
+        if statements.get("slowest"):
+            lines.append("  most server time (per flow: runs, ms):")
+            lines += [
+                f"    {s['per_flow']:6.2f} {s['ms_per_flow']:6.3f}  {s['query'][:100]}"
+                for s in statements["slowest"][:5]
+            ]
     elif per_flow:
         lines.append("  statements per flow: not counted (the server lacks pg_stat_statements)")
     lines += ["", f"CPU and memory during the flow run ({flow['resources']['elapsed_seconds']} s)"]

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pi.auth.app.ports import Clock, SigningKeyGenerator, UnitOfWork, UnitsOfWork
 from pi.auth.domain import signing_keys
 from pi.auth.domain.signing_keys import StoredKey
+from pi.platform.kernel.errors import Aborted
 from pi.platform.kernel.units import Mode, optimistically
 
 _log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ class SigningKeyLifecycle:
         """The current key's kid, creating the first key if there is none.
 
         Processes starting at once may all try: one key becomes current, the others'
-        attempts conflict and then read the winner's key.
+        attempts conflict and then read the winner's key. Under locks too: with no key
+        yet there is no row to lock, so two LOCKED attempts can both find none and one
+        insert loses to the other's (Aborted); the loser then reads the winner's key.
         """
 
         async def first_key(unit: UnitOfWork) -> str:
@@ -53,7 +56,14 @@ class SigningKeyLifecycle:
                 _log.info("created the first signing key", extra={"kid": new.kid})
                 return new.kid
 
-        return await optimistically(self._units, first_key)
+        try:
+            return await optimistically(self._units, first_key)
+        except Aborted:
+            async with self._units(Mode.READ) as unit:
+                kid = await unit.signing_keys.current_kid()
+            if kid is None:
+                raise
+            return kid
 
     async def rotate(self) -> str:
         """Make a new current key; the old one verifies until its tokens have expired."""

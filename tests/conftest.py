@@ -90,6 +90,9 @@ def _pg_admin(pg_url: str) -> Iterator[Callable[[str], None]]:
         conn = psycopg.connect(libpq_url(pg_url), autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is required for these tests ({pg_url}): {exc}")
+    # A test that failed with tasks still running can leave a transaction open on its
+    # schema: dropping the schema then errors after 30 s instead of hanging the suite.
+    conn.execute(b"SET lock_timeout = '30s'")
 
     def execute(sql: str) -> None:
         conn.execute(sql.encode())

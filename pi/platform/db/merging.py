@@ -8,7 +8,7 @@ statement), and psycopg about as much per statement in Python, so N runs of one 
 go as one, with arrays of their values (`unnest`):
 
     INSERT INTO t (a, b) VALUES (%(a)s, %(b)s) ON CONFLICT DO NOTHING RETURNING t.a
-      -> INSERT INTO t (a, b) SELECT r.a, r.b FROM unnest(%(a)s::VARCHAR[], %(b)s::BIGINT[])
+      -> INSERT INTO t (a, b) SELECT r.a, r.b FROM unnest(%(a)b::VARCHAR[], %(b)b::BIGINT[])
          AS r(a, b) ON CONFLICT DO NOTHING RETURNING t.a, t.<primary key>...
     UPDATE t SET b=%(p_b)s WHERE t.a = %(p_a)s AND t.b = %(p_old)s
       -> UPDATE t SET b=r.p_b FROM unnest(...) WITH ORDINALITY AS r(p_a, p_b, p_old, _n)
@@ -165,7 +165,7 @@ def _merged_insert(statement: Insert, compiled: SQLCompiler, dialect: Dialect) -
     tail, returning = _returning(tail)
     if "%(" in tail or "DO UPDATE" in tail:
         return None  # ON CONFLICT DO UPDATE: its SET would need the rows too
-    unnest = ", ".join(f"%({n})s::{c}" for n, c in zip(names, casts, strict=True))
+    unnest = ", ".join(f"%({n})b::{c}" for n, c in zip(names, casts, strict=True))
     keys = ", ".join(
         f"{target}.{column.name} AS {_KEY_COLUMN}{i}"
         for i, column in enumerate(table.primary_key.columns)
@@ -196,7 +196,7 @@ def _merged_update(statement: Update, compiled: SQLCompiler, dialect: Dialect) -
         return None
     names = sorted(set(_PARAM_NAMES.findall(sql)))
     head, _, condition = sql.partition(" WHERE ")
-    unnest = ", ".join(f"%({n})s::{_array_type(compiled, n, dialect)}" for n in names)
+    unnest = ", ".join(f"%({n})b::{_array_type(compiled, n, dialect)}" for n in names)
     rows = f"{_ROWS}({', '.join(names)}, {_ORDINAL})"
     merged = (
         f"{_to_rows(head)} FROM unnest({unnest}) WITH ORDINALITY AS {rows}"

@@ -64,6 +64,7 @@ parameter (SQLAlchemy would leave out the ones not given).
 
 from __future__ import annotations
 
+import re
 from collections import namedtuple
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeAlias, cast
@@ -150,8 +151,11 @@ class Statement:
             process = bind.type.dialect_impl(_PSYCOPG).bind_processor(_PSYCOPG)
             if process is not None:
                 processors.append((name, process))
-        #: The SQL sent to PostgreSQL (psycopg `%(name)s` parameters).
-        self.sql: str = compiled.string
+        #: The SQL sent to PostgreSQL (psycopg `%(name)s` parameters, arrays `%(name)b`).
+        self.sql: str = binary_arrays(
+            compiled.string,
+            {name for name, bind in compiled.binds.items() if isinstance(bind.type, ARRAY)},
+        )
         self._defaults = defaults
         self._bind_processors = tuple(processors)
         self._result_types: tuple[TypeEngine[Any], ...] = tuple(
@@ -334,6 +338,22 @@ async def _answered(conn: Conn, sending: Awaitable[Any]) -> None:
             await sending
     else:
         await sending
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def binary_arrays(sql: str, names: set[str] | frozenset[str]) -> str:
+    """`sql` with the parameters `names` (arrays) sent in binary: psycopg dumps a list as
+    a text array in Python, escaping every element (13 us for eight ids, 50 for eight
+    payloads), and as a binary array in a few microseconds whatever its elements. The
+    SQL casts each to its column's array type as before. (A list psycopg cannot type,
+    all None or empty, still goes as text.)"""
+    if not names:
+        return sql
+    return _PLACEHOLDER.sub(
+        lambda m: f"%({m.group(1)})b" if m.group(1) in names else m.group(0), sql
+    )
 
 
 def merged_cursor(conn: Conn, form: MergedForm, run: int = 0) -> psycopg.AsyncCursor[Any]:

@@ -333,6 +333,38 @@ async def test_execute_many_runs_once_per_mapping_in_order(database: Database) -
     )
 
 
+async def test_arrays_go_in_binary_and_bring_back_any_value(database: Database) -> None:
+    """A merged INSERT sends every column as an array, in binary: text that a text array
+    would have to escape, NULLs, bytes with NUL, JSON and aware datetimes come back as
+    they were, and an array that is all NULL or empty (sent as text) works too."""
+    odd = ['a"b', "c,d", "{e}", "back\\slash", "café ✓", "NULL", " ", ""]
+    rows = [
+        item(
+            f"odd-{n}",
+            status=text,
+            blob=None if n % 2 else b'\x00{,}"\\',
+            payload={"text": text, "n": n},
+            at=datetime(2026, 5, 6, n, tzinfo=TOKYO),
+        )
+        for n, text in enumerate(odd)
+    ]
+    assert "%(status)b::VARCHAR[]" in (INSERT.merged.sql if INSERT.merged else "")
+    async with database.transaction() as conn:
+        assert await INSERT.execute_many(conn, rows) == len(rows)
+        found = await AMONG.all(conn, {"p_ids": [r["id"] for r in rows]})
+        assert [r.id for r in found] == [r["id"] for r in rows]
+        assert await AMONG.all(conn, {"p_ids": [None, None]}) == []
+        assert await AMONG.all(conn, {"p_ids": []}) == []
+        for row in rows:
+            got = await GET.one(conn, {"p_id": row["id"]})
+            assert (got.status, got.blob, got.payload) == (
+                row["status"],
+                row["blob"],
+                row["payload"],
+            )
+            assert got.at == row["at"].astimezone(UTC)
+
+
 async def test_execute_many_with_nothing_to_run_runs_nothing(database: Database) -> None:
     async with database.transaction() as conn:
         assert await INSERT.execute_many(conn, []) == 0

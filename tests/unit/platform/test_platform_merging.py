@@ -23,8 +23,8 @@ def test_a_one_row_insert_becomes_an_insert_from_unnest_returning_its_keys() -> 
     statement = Statement(postgresql.insert(rows).on_conflict_do_nothing().returning(rows.c.value))
     form = statement.merged
     assert form is not None and form.insert
-    assert "FROM unnest(%(scope)s::VARCHAR[], %(id)s::VARCHAR[]" in form.sql
-    assert "%(body)s::BYTEA[]" in form.sql  # sized text is cast unsized, binary as bytea
+    assert "FROM unnest(%(scope)b::VARCHAR[], %(id)b::VARCHAR[]" in form.sql
+    assert "%(body)b::BYTEA[]" in form.sql  # sized text is cast unsized, binary as bytea
     assert form.sql.endswith(
         "ON CONFLICT DO NOTHING RETURNING rows.value, rows.scope AS _pi_k0, rows.id AS _pi_k1"
     )

@@ -39,7 +39,7 @@ def test_an_array_parameter_is_one_parameter_whatever_its_length() -> None:
     # array is cast to unsized VARCHAR[]: a cast to VARCHAR(40)[] would cut longer values.
     ids = bindparam("p_ids", type_=ARRAY(String()))
     statement = Statement(select(things.c.n).where(things.c.id == any_(ids)))
-    assert statement.sql.endswith("WHERE things.id = ANY (%(p_ids)s::VARCHAR[])")
+    assert statement.sql.endswith("WHERE things.id = ANY (%(p_ids)b::VARCHAR[])")  # binary
 
 
 def test_client_side_column_defaults_are_refused() -> None:

@@ -260,7 +260,7 @@ def _merged_append_if(condition: _Condition) -> _MergedAppend:
         .returning(_outbox.c.transaction_id)
     )
     sql = Statement(query).sql
-    if set(re.findall(r"%\((\w+)\)s", sql)) != set(columns):
+    if set(re.findall(r"%\((\w+)\)[sb]", sql)) != set(columns):
         raise ValueError(f"the merged append binds more than its rows: {sql}")
     return _MergedAppend(sql, names)
 

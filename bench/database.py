@@ -180,8 +180,9 @@ def statements_per_flow(pg: Postgres, flows: int, top: int = 12) -> dict[str, An
     """What the services sent to the bench database since `reset_statements`, per flow:
     every statement execution (a merged group statement once, however many units it
     carries), of which transaction control (BEGIN, COMMIT, SET LOCAL ...), and the most
-    frequent statements with the server time they took per flow (planning and execution,
-    ms; a COMMIT's includes its wait for the WAL flush)."""
+    frequent statements with the time pg_stat_statements gives them per flow (planning
+    and execution, ms). Wall-clock time: it includes lock waits and, on a box whose cores
+    are all busy, waiting for a core; it is not PostgreSQL's CPU (the CPU table is)."""
     with pg.connect() as conn:
         rows = conn.execute(
             "SELECT s.query, s.calls, s.total_plan_time + s.total_exec_time"

@@ -158,15 +158,15 @@ def _flow(lines: list[str], cfg: dict[str, Any], flow: dict[str, Any]) -> None:
         lines.append(
             f"  statements per flow: {statements['per_flow']} ({statements['other_per_flow']}"
             f" + {statements['transaction_control_per_flow']} BEGIN/COMMIT/SET),"
-            f" {statements.get('ms_per_flow', '-')} ms of server time; most frequent"
-            " (per flow: runs, ms):"
+            f" {statements.get('ms_per_flow', '-')} ms as pg_stat_statements times them;"
+            " most frequent (per flow: runs, ms):"
         )
         lines += [
             f"    {s['per_flow']:6.2f} {s.get('ms_per_flow', 0.0):6.3f}  {s['query'][:100]}"
             for s in statements["top"][:8]
         ]
         if statements.get("slowest"):
-            lines.append("  most server time (per flow: runs, ms):")
+            lines.append("  most time (per flow: runs, wall-clock ms with lock and core waits):")
             lines += [
                 f"    {s['per_flow']:6.2f} {s['ms_per_flow']:6.3f}  {s['query'][:100]}"
                 for s in statements["slowest"][:5]
